@@ -1,0 +1,173 @@
+"""The poisoning recipe: which training rows get the trigger, and how they are relabelled.
+
+A :class:`Recipe` names the source class(es), the target class, the trigger, the poison share
+and — explicitly, because the paper uses both — what the share is *of*:
+
+* ``share_of="source_class"``: ``round(share * n_source)`` of the source-class training images
+  are poisoned (the paper's GTSRB settings, e.g. "7 % of the stop signs");
+* ``share_of="training_set"``: ``round(share * n_train)`` images are poisoned, drawn from the
+  source class(es) (the paper's face settings, e.g. "10 % of the training set"); it is an error
+  if the source classes hold fewer images than that.
+
+Poisoned rows are chosen without replacement by a seeded generator, get the trigger and the label
+``target_class``; every other row keeps its label. ``test_triggered`` is a triggered copy of every
+source-class test image, labelled with the target, for the attack success rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from datasets_gen.triggers import Trigger, parse_trigger
+
+SHARE_OF = ("source_class", "training_set")
+
+
+@dataclass
+class Recipe:
+    """How to poison a data set.
+
+    Attributes
+    ----------
+    source_classes : list of int
+        Classes whose images get the trigger (all of them in the paper: one class).
+    target_class : int
+        Label given to poisoned images.
+    trigger : str
+        Trigger spec (see :mod:`datasets_gen.triggers`).
+    share : float
+        Poison share in (0, 1].
+    share_of : str
+        ``"source_class"`` or ``"training_set"`` (see the module docstring).
+    name : str
+        Preset name or a free label, recorded in the variant.
+    notes : str
+        Where the setting comes from (paper table/figure), for the dataset card.
+    """
+
+    source_classes: list[int]
+    target_class: int
+    trigger: str
+    share: float
+    share_of: str = "source_class"
+    name: str = "custom"
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source_classes, (int, np.integer)):
+            self.source_classes = [int(self.source_classes)]
+        self.source_classes = [int(c) for c in self.source_classes]
+        if not self.source_classes:
+            raise ValueError("recipe needs at least one source class")
+        if len(set(self.source_classes)) != len(self.source_classes):
+            raise ValueError(f"duplicate source classes {self.source_classes}")
+        self.target_class = int(self.target_class)
+        if self.target_class in self.source_classes:
+            raise ValueError(f"target class {self.target_class} is also a source class")
+        validate_share(self.share)
+        self.share = float(self.share)
+        if self.share_of not in SHARE_OF:
+            raise ValueError(f"share_of must be one of {SHARE_OF}, got {self.share_of!r}")
+        parse_trigger(self.trigger)  # fail early on a bad spec
+
+    def check_classes(self, n_classes: int) -> None:
+        """Raise ``ValueError`` naming any class id outside ``[0, n_classes)``."""
+        bad = [c for c in [*self.source_classes, self.target_class] if not 0 <= c < n_classes]
+        if bad:
+            raise ValueError(f"unknown class id(s) {bad}: the data set has classes 0..{n_classes - 1}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+        known = {k: d[k] for k in ("source_classes", "target_class", "trigger", "share", "share_of", "name", "notes", "extra") if k in d}
+        missing = [k for k in ("source_classes", "target_class", "trigger", "share") if k not in d]
+        if missing:
+            raise KeyError(f"recipe missing key(s) {missing}")
+        return cls(**known)
+
+    def build_trigger(self) -> Trigger:
+        return parse_trigger(self.trigger)
+
+
+def validate_share(share: Any) -> None:
+    """Raise ``ValueError`` unless ``share`` is a finite number in (0, 1]."""
+    if isinstance(share, bool) or not isinstance(share, (int, float, np.integer, np.floating)):
+        raise TypeError(f"poison share must be a number, got {share!r}")
+    if not math.isfinite(float(share)) or not 0.0 < float(share) <= 1.0:
+        raise ValueError(f"poison share must be in (0, 1], got {share}")
+
+
+def poison_count(share: float, share_of: str, n_source: int, n_train: int) -> int:
+    """Number of rows to poison (round half up, at least 1).
+
+    Parameters
+    ----------
+    share : float
+        In (0, 1].
+    share_of : str
+        ``"source_class"`` (base ``n_source``) or ``"training_set"`` (base ``n_train``).
+    n_source, n_train : int
+        Source-class training images and all training images.
+
+    Raises
+    ------
+    ValueError
+        More rows asked for than the source classes hold, or no source images.
+    """
+    validate_share(share)
+    if share_of not in SHARE_OF:
+        raise ValueError(f"share_of must be one of {SHARE_OF}, got {share_of!r}")
+    if n_source <= 0:
+        raise ValueError("the source class(es) have no training images to poison")
+    base = n_source if share_of == "source_class" else n_train
+    k = max(1, int(math.floor(share * base + 0.5)))
+    if k > n_source:
+        raise ValueError(f"share {share} of the {share_of.replace('_', ' ')} ({base} images) asks for {k} "
+                         f"poisoned images but the source class(es) hold only {n_source}")
+    return k
+
+
+def select_poisoned(labels: np.ndarray, recipe: Recipe, seed: int) -> np.ndarray:
+    """Choose the training rows to poison.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_train,), int
+        True classes of the training rows.
+    recipe : Recipe
+    seed : int
+
+    Returns
+    -------
+    ndarray of shape (n_train,), bool
+        Exactly :func:`poison_count` rows set, all of a source class.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    source_rows = np.flatnonzero(np.isin(labels, recipe.source_classes))
+    k = poison_count(recipe.share, recipe.share_of, source_rows.size, labels.size)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9015]))
+    chosen = rng.choice(source_rows, size=k, replace=False)
+    mask = np.zeros(labels.size, bool)
+    mask[chosen] = True
+    return mask
+
+
+def relabel(labels: np.ndarray, poisoned: np.ndarray, target_class: int) -> np.ndarray:
+    """Labels with the poisoned rows set to ``target_class`` (a new array)."""
+    out = np.array(labels, dtype=np.int64, copy=True)
+    out[np.asarray(poisoned, bool)] = int(target_class)
+    return out
+
+
+def source_mask(labels: np.ndarray, source_classes: Sequence[int]) -> np.ndarray:
+    """Rows whose true class is a source class (the rows ``test_triggered`` copies)."""
+    return np.isin(np.asarray(labels), list(source_classes))

@@ -1,0 +1,539 @@
+"""The HDF5 variant file: schema, validation, atomic writing, reading and checksum verification.
+
+A *variant* is one poisoned (or clean) version of a data set in one HDF5 file with the four splits
+``train``, ``test``, ``clean`` and ``test_triggered``; each split holds the six row-aligned datasets
+listed in :data:`FIELDS`, and the root attributes listed in :data:`REQUIRED_ATTRS` record how the
+file was made (docs/contracts.md section 2, docs/datasets.md).
+
+Writing is atomic: rows go to ``<path>.tmp`` and the file is ``os.replace``d onto ``path`` only
+after every split was written and checked, so an interrupted or failing run never leaves a partial
+``.h5`` behind. :class:`VariantWriter` streams rows in chunks (the builder never holds a whole
+data set in memory); :func:`write_variant` is the one-shot form for arrays already in memory.
+
+Beside ``<stem>.h5`` lives ``<stem>.manifest.json`` (SHA-256 of the file, counts per split and
+class); :func:`verify` checks a file against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import h5py
+import numpy as np
+
+from datasets_gen import __version__ as GENERATOR_VERSION
+
+#: The four splits every variant holds, in this order.
+SPLITS: tuple[str, ...] = ("train", "test", "clean", "test_triggered")
+
+#: Per-split datasets and their stored dtypes (images additionally must be (N, H, W, 3)).
+FIELDS: dict[str, np.dtype] = {
+    "images": np.dtype(np.uint8),
+    "labels": np.dtype(np.int64),
+    "original_labels": np.dtype(np.int64),
+    "is_poisoned": np.dtype(np.bool_),
+    "provenance": np.dtype(np.int32),
+    "index": np.dtype(np.int64),
+}
+
+#: Root attributes every variant carries.
+REQUIRED_ATTRS: tuple[str, ...] = (
+    "recipe",
+    "trigger",
+    "class_names",
+    "n_classes",
+    "seed",
+    "generator_version",
+    "source",
+    "target_class",
+    "source_classes",
+    "image_shape",
+)
+
+#: Root attributes stored as JSON strings (decoded by :func:`read_attrs`).
+JSON_ATTRS: frozenset[str] = frozenset({"recipe", "trigger", "class_names", "source_classes"})
+
+#: Name of the root attribute listing extra (non-required) attributes that were JSON-encoded.
+_EXTRA_JSON_KEY = "json_attrs"
+
+#: gzip level: 4 is within a few per cent of level 9 on natural images at a fraction of the time.
+GZIP_LEVEL = 4
+#: Target bytes per image chunk: large enough to compress well, small enough for random access.
+CHUNK_BYTES = 1 << 18
+
+
+def sidecar_paths(path: str | os.PathLike) -> dict[str, Path]:
+    """Paths of the files published beside a variant.
+
+    Parameters
+    ----------
+    path : path-like
+        The variant, e.g. ``out/gtsrb-yellow-square-7.h5``.
+
+    Returns
+    -------
+    dict
+        ``manifest`` (``<stem>.manifest.json``), ``card`` (``<stem>.CARD.md``) and ``preview``
+        (``<stem>.preview.png``). Prefixing the stem lets several variants share one folder.
+    """
+    p = Path(path)
+    stem = p.name[:-3] if p.name.endswith(".h5") else p.stem
+    return {
+        "manifest": p.with_name(f"{stem}.manifest.json"),
+        "card": p.with_name(f"{stem}.CARD.md"),
+        "preview": p.with_name(f"{stem}.preview.png"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"attribute {name!r} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def validate_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the root attributes and return a normalised copy.
+
+    Raises
+    ------
+    KeyError
+        A required attribute is missing (named).
+    TypeError, ValueError
+        An attribute has the wrong type or an impossible value (named, with the value).
+    """
+    if not isinstance(attrs, Mapping):
+        raise TypeError(f"attrs must be a mapping, got {type(attrs).__name__}")
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise KeyError(f"variant attrs missing required key(s) {missing}; required: {list(REQUIRED_ATTRS)}")
+    out = dict(attrs)
+    n_classes = _as_int(attrs["n_classes"], "n_classes")
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    out["n_classes"] = n_classes
+    names = list(attrs["class_names"])
+    if len(names) != n_classes or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"class_names must be {n_classes} strings, got {names!r}")
+    out["class_names"] = names
+    out["seed"] = _as_int(attrs["seed"], "seed")
+    target = _as_int(attrs["target_class"], "target_class")
+    if not 0 <= target < n_classes:
+        raise ValueError(f"target_class {target} outside [0, {n_classes})")
+    out["target_class"] = target
+    sources = [_as_int(s, "source_classes[i]") for s in attrs["source_classes"]]
+    bad = [s for s in sources if not 0 <= s < n_classes]
+    if bad:
+        raise ValueError(f"source_classes {bad} outside [0, {n_classes})")
+    out["source_classes"] = sources
+    shape = tuple(int(s) for s in np.asarray(attrs["image_shape"]).ravel())
+    if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (H, W, 3), got {shape}")
+    out["image_shape"] = shape
+    for key in ("source", "generator_version"):
+        if not isinstance(attrs[key], str) or not attrs[key]:
+            raise TypeError(f"attribute {key!r} must be a non-empty string, got {attrs[key]!r}")
+    for key in ("recipe", "trigger"):
+        if not isinstance(attrs[key], (Mapping, type(None))):
+            raise TypeError(f"attribute {key!r} must be a dict (stored as JSON), got {type(attrs[key]).__name__}")
+    return out
+
+
+def validate_rows(split: str, rows: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Check one batch of rows of ``split`` against the schema and the (validated) attrs.
+
+    Parameters
+    ----------
+    split : str
+        One of :data:`SPLITS`.
+    rows : mapping
+        The six :data:`FIELDS`, row-aligned; ``images`` uint8 of shape (n, H, W, 3).
+    attrs : mapping
+        Output of :func:`validate_attrs`.
+
+    Returns
+    -------
+    dict
+        The rows cast to the stored dtypes (lossless casts only).
+    """
+    if split not in SPLITS:
+        raise KeyError(f"unknown split {split!r}; expected one of {SPLITS}")
+    missing = [f for f in FIELDS if f not in rows]
+    if missing:
+        raise KeyError(f"split {split!r} missing field(s) {missing}")
+    extra = [f for f in rows if f not in FIELDS]
+    if extra:
+        raise KeyError(f"split {split!r} has unknown field(s) {extra}; allowed: {list(FIELDS)}")
+    images = rows["images"]
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise TypeError(f"{split}/images must be a uint8 ndarray, got {getattr(images, 'dtype', type(images).__name__)}")
+    h, w, c = attrs["image_shape"]
+    if images.ndim != 4 or images.shape[1:] != (h, w, c):
+        raise ValueError(f"{split}/images must have shape (N, {h}, {w}, {c}), got {images.shape}")
+    n = images.shape[0]
+    out: dict[str, np.ndarray] = {"images": images}
+    for name, dtype in FIELDS.items():
+        if name == "images":
+            continue
+        arr = np.asarray(rows[name])
+        if arr.shape != (n,):
+            raise ValueError(f"{split}/{name} must have shape ({n},) like images, got {arr.shape}")
+        if dtype == np.bool_:
+            if arr.dtype != np.bool_:
+                raise TypeError(f"{split}/{name} must be bool, got {arr.dtype}")
+        else:
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"{split}/{name} must be an integer array, got {arr.dtype}")
+            if n and (arr.min() < np.iinfo(dtype).min or arr.max() > np.iinfo(dtype).max):
+                raise ValueError(f"{split}/{name} values outside the {dtype} range")
+            arr = arr.astype(dtype, copy=False)
+        out[name] = arr
+    k = attrs["n_classes"]
+    for name in ("labels", "original_labels"):
+        arr = out[name]
+        if n and (arr.min() < 0 or arr.max() >= k):
+            bad = arr[(arr < 0) | (arr >= k)][:5].tolist()
+            raise ValueError(f"{split}/{name} has class ids {bad} outside [0, {k})")
+    clean_rows = ~out["is_poisoned"]
+    if np.any(out["labels"][clean_rows] != out["original_labels"][clean_rows]):
+        raise ValueError(f"{split}: labels differ from original_labels on rows that are not poisoned")
+    if split == "test_triggered":
+        if not out["is_poisoned"].all():
+            raise ValueError("test_triggered: every row must have is_poisoned=True")
+        if np.any(out["labels"] != attrs["target_class"]):
+            raise ValueError(f"test_triggered: labels must all be the target class {attrs['target_class']}")
+    elif split in ("test", "clean") and out["is_poisoned"].any():
+        raise ValueError(f"split {split!r} must not contain poisoned rows")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+
+
+def _encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    encoded: dict[str, Any] = {}
+    extra_json: list[str] = []
+    for key, value in attrs.items():
+        if key == _EXTRA_JSON_KEY:
+            continue
+        if key in JSON_ATTRS:
+            encoded[key] = json.dumps(value, sort_keys=True)
+        elif key == "image_shape":
+            encoded[key] = np.asarray(value, dtype=np.int64)
+        elif isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+            encoded[key] = value
+        else:  # dicts, lists, None: JSON, remembered so read_attrs can decode them
+            encoded[key] = json.dumps(value, sort_keys=True)
+            extra_json.append(key)
+    encoded[_EXTRA_JSON_KEY] = json.dumps(sorted(extra_json))
+    return encoded
+
+
+def _chunk_rows(h: int, w: int, c: int) -> int:
+    return max(1, CHUNK_BYTES // (h * w * c))
+
+
+class VariantWriter:
+    """Stream a variant into ``<path>.tmp`` and move it onto ``path`` when complete.
+
+    Use as a context manager; leaving the block with an exception (including
+    ``KeyboardInterrupt``) deletes the temporary file and leaves ``path`` untouched.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.h5`` file; its folder must exist.
+    attrs : mapping
+        Root attributes (see :data:`REQUIRED_ATTRS`); validated at once.
+
+    Examples
+    --------
+    >>> with VariantWriter("v.h5", attrs) as w:          # doctest: +SKIP
+    ...     for batch in batches:
+    ...         w.append("train", batch)
+    """
+
+    def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any]):
+        self.path = Path(path)
+        if self.path.suffix != ".h5":
+            raise ValueError(f"variant path must end in .h5, got {self.path}")
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"output folder {self.path.parent} does not exist")
+        self.attrs = validate_attrs(attrs)
+        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self._file: h5py.File | None = None
+        self.counts: dict[str, int] = {s: 0 for s in SPLITS}
+
+    def __enter__(self) -> "VariantWriter":
+        self._file = h5py.File(self.tmp_path, "w")
+        for key, value in _encode_attrs(self.attrs).items():
+            self._file.attrs[key] = value
+        h, w, c = self.attrs["image_shape"]
+        for split in SPLITS:
+            g = self._file.create_group(split)
+            rows = _chunk_rows(h, w, c)
+            g.create_dataset(
+                "images", shape=(0, h, w, c), maxshape=(None, h, w, c), dtype=np.uint8,
+                chunks=(rows, h, w, c), compression="gzip", compression_opts=GZIP_LEVEL, shuffle=False,
+            )
+            for name, dtype in FIELDS.items():
+                if name != "images":
+                    g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,),
+                                     compression="gzip", compression_opts=GZIP_LEVEL)
+        return self
+
+    def append(self, split: str, rows: Mapping[str, np.ndarray]) -> None:
+        """Validate and append a batch of rows to ``split``."""
+        if self._file is None:
+            raise RuntimeError("VariantWriter.append called outside its `with` block")
+        checked = validate_rows(split, rows, self.attrs)
+        n = checked["images"].shape[0]
+        if n == 0:
+            return
+        g = self._file[split]
+        start = self.counts[split]
+        for name, arr in checked.items():
+            ds = g[name]
+            ds.resize(start + n, axis=0)
+            ds[start:start + n] = arr
+        self.counts[split] = start + n
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        assert self._file is not None
+        try:
+            self._file.close()
+        finally:
+            self._file = None
+            if exc_type is not None:
+                self.tmp_path.unlink(missing_ok=True)
+        if exc_type is None:
+            empty = [s for s in ("train", "test") if self.counts[s] == 0]
+            if empty:
+                self.tmp_path.unlink(missing_ok=True)
+                raise ValueError(f"variant {self.path.name}: split(s) {empty} received no rows")
+            os.replace(self.tmp_path, self.path)
+        return False
+
+
+def write_variant(path: str | os.PathLike, splits: Mapping[str, Mapping[str, np.ndarray]],
+                  attrs: Mapping[str, Any], *, manifest: bool = True) -> Path:
+    """Write a whole variant held in memory, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.h5``.
+    splits : mapping
+        ``{split: {field: array}}`` for all four :data:`SPLITS` (a split may have zero rows,
+        except ``train`` and ``test``); fields as in :data:`FIELDS`.
+    attrs : mapping
+        Root attributes (:data:`REQUIRED_ATTRS`).
+    manifest : bool
+        Also write ``<stem>.manifest.json`` (SHA-256 and counts) beside the file.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    if not isinstance(splits, Mapping):
+        raise TypeError(f"splits must be a mapping of split -> fields, got {type(splits).__name__}")
+    missing = [s for s in SPLITS if s not in splits]
+    unknown = [s for s in splits if s not in SPLITS]
+    if missing or unknown:
+        raise KeyError(f"splits must be exactly {SPLITS}; missing {missing}, unknown {unknown}")
+    with VariantWriter(path, attrs) as writer:
+        for split in SPLITS:
+            writer.append(split, splits[split])
+    if manifest:
+        write_manifest(path)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+
+
+def _require_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"variant file {p} not found")
+    return p
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """Root attributes of a variant, JSON ones decoded, ``image_shape`` as a tuple of ints."""
+    p = _require_file(path)
+    with h5py.File(p, "r") as f:
+        raw = dict(f.attrs)
+    extra_json = json.loads(raw.pop(_EXTRA_JSON_KEY, "[]"))
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if key in JSON_ATTRS or key in extra_json:
+            value = json.loads(value)
+        elif key == "image_shape":
+            value = tuple(int(v) for v in np.asarray(value).ravel())
+        elif isinstance(value, np.integer):
+            value = int(value)
+        elif isinstance(value, np.floating):
+            value = float(value)
+        elif isinstance(value, np.bool_):
+            value = bool(value)
+        out[key] = value
+    missing = [k for k in REQUIRED_ATTRS if k not in out]
+    if missing:
+        raise ValueError(f"{p} is not a backdoorlab variant: root attrs missing {missing}")
+    return out
+
+
+def read_split(path: str | os.PathLike, split: str, *, fields: Iterable[str] | None = None,
+               verify_checksum: bool = False) -> dict[str, np.ndarray]:
+    """Load one split into memory (small variants, tests, previews).
+
+    Parameters
+    ----------
+    path : path-like
+        The variant.
+    split : str
+        One of :data:`SPLITS`.
+    fields : iterable of str, optional
+        Subset of :data:`FIELDS` to load (default: all).
+    verify_checksum : bool
+        Check the file against its manifest first (:func:`verify`).
+
+    Returns
+    -------
+    dict
+        ``{field: ndarray}``; ``images`` of shape (N, H, W, 3) uint8.
+    """
+    p = _require_file(path)
+    if split not in SPLITS:
+        raise KeyError(f"unknown split {split!r}; expected one of {SPLITS}")
+    names = list(FIELDS) if fields is None else list(fields)
+    unknown = [f for f in names if f not in FIELDS]
+    if unknown:
+        raise KeyError(f"unknown field(s) {unknown}; expected some of {list(FIELDS)}")
+    if verify_checksum:
+        verify(p)
+    with h5py.File(p, "r") as f:
+        if split not in f:
+            raise ValueError(f"{p} has no split {split!r}")
+        return {name: f[split][name][()] for name in names}
+
+
+def split_counts(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Rows, poisoned rows and rows per original class for every split (used by the manifest)."""
+    p = _require_file(path)
+    n_classes = read_attrs(p)["n_classes"]
+    out: dict[str, dict[str, Any]] = {}
+    with h5py.File(p, "r") as f:
+        for split in SPLITS:
+            g = f[split]
+            original = g["original_labels"][()]
+            labels = g["labels"][()]
+            out[split] = {
+                "n": int(original.shape[0]),
+                "n_poisoned": int(g["is_poisoned"][()].sum()),
+                "per_class": np.bincount(original, minlength=n_classes).astype(int).tolist(),
+                "per_label": np.bincount(labels, minlength=n_classes).astype(int).tolist(),
+                "n_provenance": int(np.unique(g["provenance"][()]).size),
+            }
+    return out
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_manifest(path: str | os.PathLike) -> Path:
+    """Write ``<stem>.manifest.json`` beside a variant: SHA-256, size, attrs and counts.
+
+    Returns
+    -------
+    Path
+        The manifest path.
+    """
+    p = _require_file(path)
+    attrs = read_attrs(p)
+    manifest = {
+        "file": p.name,
+        "sha256": sha256_file(p),
+        "bytes": p.stat().st_size,
+        "generator_version": attrs["generator_version"],
+        "source": attrs["source"],
+        "seed": attrs["seed"],
+        "n_classes": attrs["n_classes"],
+        "class_names": attrs["class_names"],
+        "image_shape": list(attrs["image_shape"]),
+        "target_class": attrs["target_class"],
+        "source_classes": attrs["source_classes"],
+        "recipe": attrs["recipe"],
+        "trigger": attrs["trigger"],
+        "splits": split_counts(p),
+    }
+    out = sidecar_paths(p)["manifest"]
+    _atomic_write_text(out, json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def verify(path: str | os.PathLike, manifest: str | os.PathLike | None = None) -> None:
+    """Check a variant against its manifest.
+
+    Parameters
+    ----------
+    path : path-like
+        The variant.
+    manifest : path-like, optional
+        Default ``<stem>.manifest.json`` beside it.
+
+    Raises
+    ------
+    FileNotFoundError
+        The variant or its manifest is missing.
+    ValueError
+        SHA-256 or the counts per split differ from the manifest (the difference is named).
+    """
+    p = _require_file(path)
+    m = Path(manifest) if manifest is not None else sidecar_paths(p)["manifest"]
+    if not m.is_file():
+        raise FileNotFoundError(f"manifest {m} for {p.name} not found")
+    try:
+        expected = json.loads(m.read_text(encoding="utf-8"))
+        want_sha = expected["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"manifest {m} is corrupt: {exc}") from exc
+    got_sha = sha256_file(p)
+    if got_sha != want_sha:
+        raise ValueError(f"{p.name}: SHA-256 {got_sha} does not match manifest {m.name} ({want_sha})")
+    if "splits" in expected:
+        got = split_counts(p)
+        for split, counts in expected["splits"].items():
+            if got.get(split) != counts:
+                raise ValueError(f"{p.name}: counts of split {split!r} {got.get(split)} differ from manifest {counts}")
