@@ -1,0 +1,166 @@
+"""Model checkpoints: one self-describing ``.pt`` file, written atomically, read with ``weights_only``.
+
+A checkpoint is a plain dict of tensors and JSON-like values, so ``torch.load(...,
+weights_only=True)`` can read it without unpickling arbitrary objects::
+
+    {"format": "backdoorlab-checkpoint", "version": 1,
+     "model": {"name": "gtsrb_cnn", "n_classes": 43, ...},   # BackdoorModel.spec: rebuilds it
+     "state_dict": {...},                                     # weights, buffers (pruning masks)
+     "meta": {...},                                           # seed, config, metrics, provenance
+     "train_state": None | {"epoch": k, "optimizer": ..., ...}}   # present while training runs
+
+Writing goes to ``<path>.tmp`` and is ``os.replace``d onto ``path``: an interrupted save never
+leaves a half-written checkpoint. Reading distinguishes the failures a user meets: no file,
+a truncated file, a file that is not a torch file, a torch file that is not ours, and a
+checkpoint of another architecture than the model passed in.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from backdoorlab.models import MODELS, BackdoorModel, build_model
+
+FORMAT = "backdoorlab-checkpoint"
+VERSION = 1
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save(path: str | os.PathLike, model: BackdoorModel, meta: dict | None = None, *, train_state: dict | None = None) -> Path:
+    """Write ``model`` (weights, buffers, constructor spec) and ``meta`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.pt``.
+    model : BackdoorModel
+    meta : dict, optional
+        JSON-like values only (str, numbers, bool, None, lists, dicts): seed, config, metrics.
+    train_state : dict, optional
+        Optimizer state and epoch, for resuming (:mod:`backdoorlab.train` fills it).
+
+    Returns
+    -------
+    Path
+    """
+    if not isinstance(model, BackdoorModel):
+        raise TypeError(f"model must be a BackdoorModel, got {type(model).__name__}")
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": dict(model.spec),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+        "train_state": train_state,
+    }
+    path = Path(path)
+    _atomic_torch_save(payload, path)
+    return path
+
+
+def read(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict (validated), loaded on CPU with ``weights_only=True``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Truncated/corrupt file, not a torch file, or not a backdoorlab checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): an interrupted copy?")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if zipfile.is_zipfile(path) or "central directory" in msg or "zip archive" in msg:
+            raise ValueError(
+                f"checkpoint {str(path)!r} ({path.stat().st_size} bytes) is truncated or corrupt: {msg}"
+            ) from exc
+        raise ValueError(
+            f"{str(path)!r} is not a readable torch checkpoint (truncated, corrupt, or another format): {msg}"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        kind = type(payload).__name__
+        hint = ""
+        if isinstance(payload, dict):
+            keys = sorted(map(str, payload))[:8]
+            hint = f" with keys {keys}"
+            if payload and all(torch.is_tensor(v) for v in payload.values()):
+                hint += " (a bare state dict: load it with model.load_state_dict instead)"
+        raise ValueError(f"{str(path)!r} is not a backdoorlab checkpoint: it holds a {kind}{hint}")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"{str(path)!r}: checkpoint version {payload.get('version')!r} is not supported (expected {VERSION})")
+    spec = payload.get("model")
+    if not isinstance(spec, dict) or spec.get("name") not in MODELS:
+        raise ValueError(f"{str(path)!r}: unknown model spec {spec!r}; known models {sorted(MODELS)}")
+    return payload
+
+
+def load(path: str | os.PathLike, model: BackdoorModel | None = None, *, device: str | torch.device = "cpu") -> tuple[BackdoorModel, dict]:
+    """Load a checkpoint written by :func:`save`.
+
+    Parameters
+    ----------
+    path : path-like
+    model : BackdoorModel, optional
+        Load into this model (it must have the checkpoint's architecture and class count);
+        default: build one from the stored spec.
+    device : str or torch.device
+        Where the returned model lives.
+
+    Returns
+    -------
+    (model, meta)
+        ``meta`` also carries ``"train_state"`` when the file was a training checkpoint.
+    """
+    payload = read(path)
+    spec = dict(payload["model"])
+    if model is None:
+        name = spec.pop("name")
+        n_classes = spec.pop("n_classes")
+        spec.pop("init_seed", None)
+        # Pre-trained weights are already in the state dict: do not ask for the weights file again.
+        spec.pop("weights", None)
+        model = build_model(name, n_classes, **spec)
+    else:
+        if not isinstance(model, BackdoorModel):
+            raise TypeError(f"model must be a BackdoorModel, got {type(model).__name__}")
+        if model.arch != spec["name"] or model.n_classes != spec["n_classes"]:
+            raise ValueError(
+                f"{str(path)!r} holds a {spec['name']} with {spec['n_classes']} classes; "
+                f"the model passed is a {model.arch} with {model.n_classes} classes"
+            )
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{str(path)!r}: weights do not fit the {model.arch} model: {exc}") from exc
+    model.spec.update({k: v for k, v in payload["model"].items() if k not in ("name", "n_classes")})
+    meta = dict(payload.get("meta") or {})
+    if payload.get("train_state") is not None:
+        meta["train_state"] = payload["train_state"]
+    return model.to(device), meta

@@ -1,0 +1,41 @@
+"""Device selection shared by training, evaluation and activation extraction.
+
+``"auto"`` means CUDA when PyTorch sees a GPU, else CPU; asking for ``"cuda"`` without one is an
+error that says why (no silent fallback), so a run never quietly takes hours on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto" | "cpu" | "cuda" | "cuda:N"`` (or a ``torch.device``) -> ``torch.device``.
+
+    Raises
+    ------
+    RuntimeError
+        CUDA asked for but not available (CPU-only torch build or no visible GPU).
+    ValueError
+        Anything else.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+    else:
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise RuntimeError(f"device {str(dev)!r} requested but CUDA is unavailable: {why}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(dev)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return dev

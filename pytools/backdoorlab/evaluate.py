@@ -1,0 +1,132 @@
+"""Clean accuracy, attack success rate and per-class accuracy of a model on a variant.
+
+Definitions (the paper's): *clean accuracy* is the share of the ``test`` split predicted as its
+label; *attack success rate* is the share of ``test_triggered`` -- one triggered copy of every
+source-class test image -- predicted as the target class. Per-class accuracy is reported for
+every class (``None`` where the test split has no image of it), which shows whether a defence
+repaired the backdoor at the expense of one class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backdoorlab.data import BatchSource, H5Split
+from backdoorlab.devices import resolve_device
+from backdoorlab.models import BackdoorModel
+
+
+@torch.no_grad()
+def predict(model: BackdoorModel, dataset: H5Split, *, batch_size: int = 256, device: str | torch.device = "auto",
+            progress: bool = False) -> np.ndarray:
+    """Predicted class of every row of ``dataset``.
+
+    Returns
+    -------
+    np.ndarray of int64, shape (len(dataset),)
+    """
+    from tqdm.auto import tqdm
+
+    from backdoorlab.train import check_compatible
+
+    check_compatible(model, dataset)
+    dev = resolve_device(device)
+    was_training = model.training
+    model.to(dev).eval()
+    out = np.empty(len(dataset), dtype=np.int64)
+    pos = 0
+    try:
+        source = BatchSource(dataset, dev)
+        with tqdm(total=len(dataset), desc=f"predict {dataset.split}", unit="img", disable=not progress, leave=False) as bar:
+            for x, _ in source.batches(batch_size):
+                pred = model(x).argmax(1).cpu().numpy()
+                out[pos : pos + pred.size] = pred
+                pos += pred.size
+                bar.update(pred.size)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate(model: BackdoorModel, test: H5Split, test_triggered: H5Split | None, *, target_class: int,
+             device: str | torch.device = "auto", batch_size: int = 256, progress: bool = False) -> dict:
+    """Clean accuracy on ``test`` and attack success on ``test_triggered``.
+
+    Parameters
+    ----------
+    model : BackdoorModel
+    test : H5Split
+    test_triggered : H5Split or None
+        ``None`` (or an empty split) gives ``attack_success_rate = None``.
+    target_class : int
+        The attacker's target label.
+
+    Returns
+    -------
+    dict
+        ``clean_accuracy`` (float), ``attack_success_rate`` (float or None),
+        ``per_class_accuracy`` (list of length n_classes, None for absent classes),
+        ``n_test``, ``n_triggered``, ``target_class``.
+    """
+    if isinstance(target_class, bool) or not isinstance(target_class, (int, np.integer)):
+        raise TypeError(f"target_class must be an int, got {target_class!r}")
+    if not 0 <= int(target_class) < model.n_classes:
+        raise ValueError(f"target_class {target_class} outside [0, {model.n_classes})")
+    if len(test) == 0:
+        raise ValueError(f"{test!r} is empty: no clean accuracy to measure")
+    pred = predict(model, test, batch_size=batch_size, device=device, progress=progress)
+    correct = pred == test.labels
+    per_class: list[float | None] = []
+    for c in range(model.n_classes):
+        mask = test.labels == c
+        per_class.append(float(correct[mask].mean()) if mask.any() else None)
+    asr = None
+    n_trig = 0
+    if test_triggered is not None and len(test_triggered):
+        trig_pred = predict(model, test_triggered, batch_size=batch_size, device=device, progress=progress)
+        asr = float((trig_pred == int(target_class)).mean())
+        n_trig = len(test_triggered)
+    return {
+        "clean_accuracy": float(correct.mean()),
+        "attack_success_rate": asr,
+        "per_class_accuracy": per_class,
+        "n_test": len(test),
+        "n_triggered": n_trig,
+        "target_class": int(target_class),
+    }
+
+
+def evaluate_variant(data: str | os.PathLike, model_path: str | os.PathLike, *, json_out: str | os.PathLike | None = None,
+                     device: str = "auto", batch_size: int = 256, progress: bool = True) -> dict:
+    """Evaluate a checkpoint on a variant's ``test``/``test_triggered`` splits (the CLI's function).
+
+    The target class is the variant's ``target_class`` attribute. With ``json_out`` the result
+    (plus the paths and the checkpoint's seed) is written there atomically.
+    """
+    from backdoorlab import checkpoint as ckpt
+    from backdoorlab.data import open_variant
+
+    splits = open_variant(data, ("test", "test_triggered"))
+    if "test" not in splits:
+        raise ValueError(f"{str(data)!r} has no 'test' split")
+    test = splits["test"]
+    target = test.attrs.get("target_class")
+    if target is None:
+        raise ValueError(f"{str(data)!r} has no target_class attribute")
+    model, meta = ckpt.load(model_path)
+    result = evaluate(model, test, splits.get("test_triggered"), target_class=int(target), device=device,
+                      batch_size=batch_size, progress=progress)
+    result.update({"data": str(data), "model": str(model_path), "model_arch": model.arch,
+                   "train_seed": meta.get("seed"), "data_seed": test.attrs.get("seed")})
+    if json_out is not None:
+        path = Path(json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, path)
+    return result

@@ -1,0 +1,172 @@
+"""The common base of every victim model: layer roles and the named blocks defences hook into.
+
+Defences ask a model for a layer *by role* ("last_conv", "second_last_conv", "penultimate") or
+by module name, hook its output and, for Fine-Pruning, silence some of its channels. So that the
+hooked output is what the papers analyse -- the activation *after* the non-linearity -- every
+named layer of our models is a small block (:class:`ConvReLU`, :class:`LinearReLU`) that holds
+its weights (``.conv`` / ``.linear``) and applies the ReLU itself. A forward hook on
+``model.layer("last_conv")`` therefore sees post-ReLU feature maps ``(N, C, H, W)``, and a
+hook on ``model.layer("penultimate")`` the post-ReLU hidden vector ``(N, D)``.
+
+Each block also carries a ``channel_mask`` buffer (all ones by default, float32 ``(C,)``)
+multiplied onto its output. Fine-Pruning sets entries to 0 with :meth:`BackdoorModel.prune`;
+the mask is part of the state dict, so a pruned model saved and loaded stays pruned, and the
+pruned channels stay silent while the rest of the network is fine-tuned.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+ROLES: tuple[str, ...] = ("last_conv", "second_last_conv", "penultimate")
+
+
+class _MaskedBlock(nn.Module):
+    """A weight layer + ReLU whose output channels can be masked (pruned)."""
+
+    out_channels: int
+
+    def _init_mask(self, n_channels: int) -> None:
+        self.out_channels = int(n_channels)
+        self.register_buffer("channel_mask", torch.ones(n_channels, dtype=torch.float32))
+
+    def _apply_mask(self, y: torch.Tensor) -> torch.Tensor:
+        # Always multiplied (no "is anything pruned?" test): such a test would force a device sync
+        # on CUDA at every block, and the multiply is cheap next to the conv.
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        return y * self.channel_mask.view(shape)
+
+
+class ConvReLU(_MaskedBlock):
+    """``relu(conv(x)) * channel_mask``; the hooked output is post-ReLU ``(N, C, H, W)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int | str = 0):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding)
+        self._init_mask(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply_mask(torch.relu(self.conv(x)))
+
+
+class LinearReLU(_MaskedBlock):
+    """``relu(linear(x)) * channel_mask``; the hooked output is post-ReLU ``(N, D)``."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self._init_mask(out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply_mask(torch.relu(self.linear(x)))
+
+
+class BackdoorModel(nn.Module):
+    """Base class of the victim models.
+
+    Subclasses set :attr:`arch` (registry name), :attr:`input_size` ``(H, W)``, fill
+    :attr:`roles` (role -> module name) and name their last layer in :attr:`classifier_name`.
+    ``forward`` takes float32 ``(N, 3, H, W)`` images in ``[0, 1]``; the model applies its own
+    normalisation.
+    """
+
+    arch: ClassVar[str] = ""
+    input_size: tuple[int, int] = (0, 0)
+    roles: dict[str, str]
+    classifier_name: str = ""
+
+    def __init__(self, n_classes: int):
+        super().__init__()
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+            raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+        self.n_classes = int(n_classes)
+        self.roles = {}
+        # Constructor arguments, saved in checkpoints so `checkpoint.load` can rebuild the model.
+        self.spec: dict = {"name": self.arch, "n_classes": self.n_classes}
+
+    # -- layer lookup -------------------------------------------------------------------------
+    def layer_names(self) -> list[str]:
+        """All module names usable with :meth:`layer` (besides the roles)."""
+        return [name for name, _ in self.named_modules() if name]
+
+    def layer_name(self, role_or_name: str) -> str:
+        """Resolve a role ("last_conv", "second_last_conv", "penultimate") or module name.
+
+        Raises
+        ------
+        KeyError
+            If it is neither a role nor a module name; the message lists the valid ones.
+        """
+        if not isinstance(role_or_name, str):
+            raise TypeError(f"layer must be a role or module name (str), got {type(role_or_name).__name__}")
+        if role_or_name in self.roles:
+            return self.roles[role_or_name]
+        names = self.layer_names()
+        if role_or_name in names:
+            return role_or_name
+        raise KeyError(
+            f"unknown layer {role_or_name!r} for {self.arch}: roles are {sorted(self.roles)}, "
+            f"module names are {names}"
+        )
+
+    def layer(self, role_or_name: str) -> nn.Module:
+        """The module for a role or module name (see :meth:`layer_name`)."""
+        return self.get_submodule(self.layer_name(role_or_name))
+
+    def classifier(self) -> nn.Module:
+        """The last (output) layer: the only one trained in the ``trainable="last"`` setting."""
+        return self.get_submodule(self.classifier_name)
+
+    # -- pruning ------------------------------------------------------------------------------
+    def prune(self, role_or_name: str, channels) -> None:
+        """Silence output channels of a named block (Fine-Pruning); cumulative, not reset.
+
+        Parameters
+        ----------
+        role_or_name : str
+            A role or the name of a :class:`ConvReLU` / :class:`LinearReLU` block.
+        channels : array-like of int, shape (k,)
+            Channel indices in ``[0, out_channels)``.
+        """
+        block = self.layer(role_or_name)
+        if not isinstance(block, _MaskedBlock):
+            raise TypeError(
+                f"layer {role_or_name!r} ({type(block).__name__}) cannot be pruned; "
+                f"prunable blocks: {[n for n, m in self.named_modules() if isinstance(m, _MaskedBlock)]}"
+            )
+        idx = np.asarray(channels)
+        if idx.size == 0:
+            return
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"channels must be a 1-D integer array, got dtype {idx.dtype} shape {idx.shape}")
+        if idx.min() < 0 or idx.max() >= block.out_channels:
+            raise ValueError(
+                f"channel index out of range [0, {block.out_channels}) for layer {role_or_name!r}: "
+                f"min {idx.min()}, max {idx.max()}"
+            )
+        with torch.no_grad():
+            block.channel_mask[torch.as_tensor(idx, dtype=torch.long, device=block.channel_mask.device)] = 0.0
+
+    def pruned_channels(self, role_or_name: str) -> np.ndarray:
+        """Indices (int64) of the channels currently masked in a named block."""
+        block = self.layer(role_or_name)
+        if not isinstance(block, _MaskedBlock):
+            raise TypeError(f"layer {role_or_name!r} ({type(block).__name__}) has no channel mask")
+        return np.flatnonzero(block.channel_mask.detach().cpu().numpy() == 0).astype(np.int64)
+
+    # -- input checks ---------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless ``x`` is a float ``(N, 3, H, W)`` batch of this model's size."""
+        if not torch.is_tensor(x):
+            raise TypeError(f"{self.arch} expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != tuple(self.input_size):
+            raise ValueError(
+                f"{self.arch} expects input of shape (N, 3, {self.input_size[0]}, {self.input_size[1]}), "
+                f"got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{self.arch} expects float images in [0, 1], got dtype {x.dtype}")

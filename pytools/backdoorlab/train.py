@@ -1,0 +1,363 @@
+"""Training the victim models with the paper's hyper-parameters, reproducibly and resumably.
+
+:data:`PRESETS` holds the paper's settings (GTSRB: 10 epochs, batch 32, Adam 1e-3; YTAF:
+10 epochs, batch 32, Adadelta 0.1; LFW: 50 epochs, batch 32, Adadelta 0.1, last layer only).
+Adam and Adadelta use Keras's constants (eps 1e-7, Adadelta rho 0.95), the framework of the
+original experiments, rather than PyTorch's defaults.
+
+Reproducibility: the shuffling order of epoch ``e`` is drawn from a generator seeded with
+``(seed, e)`` and dropout from a torch RNG seeded with ``seed`` (the caller's global RNG is left
+as it was), so the same seed gives the same weights on CPU -- also across an interruption: the
+RNG state is part of every epoch checkpoint, and a resumed run ends with the weights of an
+uninterrupted one. Checkpoints (:mod:`backdoorlab.checkpoint`) are written atomically after
+every epoch; ``resume=True`` continues from the last completed one.
+
+Speed: batches come from :class:`backdoorlab.data.BatchSource`, which holds small splits in
+memory as uint8 and cuts batches with index tensors (``backdoorlab bench train`` measures it
+against a bare PyTorch loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from backdoorlab import checkpoint as ckpt
+from backdoorlab.data import DEFAULT_MAX_MEMORY_BYTES, BatchSource, H5Split
+from backdoorlab.devices import resolve_device
+from backdoorlab.models import BackdoorModel
+
+OPTIMIZERS = ("adam", "adadelta", "sgd")
+TRAINABLE = ("all", "last")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (validated on construction).
+
+    Parameters
+    ----------
+    epochs : int
+    batch_size : int
+    optimizer : {"adam", "adadelta", "sgd"}
+    lr : float
+    trainable : {"all", "last"}
+        ``"last"`` trains only the output layer (the paper's LFW / VGG-Face setting).
+    weight_decay : float
+    momentum : float
+        SGD only.
+    in_memory : {"auto", True, False}
+        Hold the split in memory as uint8 (fast path) or stream it; see :class:`BatchSource`.
+    max_memory_mb : int
+        Memory bound of the fast path.
+    num_workers : int
+        DataLoader workers when streaming.
+    """
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    trainable: str = "all"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    in_memory: bool | str = "auto"
+    max_memory_mb: int = DEFAULT_MAX_MEMORY_BYTES >> 20
+    num_workers: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "max_memory_mb"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {v!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("lr", "weight_decay", "momentum"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"TrainConfig.trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.in_memory not in ("auto", True, False):
+            raise ValueError(f"TrainConfig.in_memory must be 'auto', True or False, got {self.in_memory!r}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"TrainConfig.num_workers must be an integer >= 0, got {self.num_workers!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a dict, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def _identity(self) -> dict:
+        """Fields that must agree for a resume (how batches are fed and how long we train may differ)."""
+        d = self.to_dict()
+        for k in ("epochs", "in_memory", "max_memory_mb", "num_workers"):
+            d.pop(k)
+        return d
+
+
+#: The paper's training settings.
+PRESETS: dict[str, TrainConfig] = {
+    "gtsrb": TrainConfig(epochs=10, batch_size=32, optimizer="adam", lr=1e-3),
+    "ytaf": TrainConfig(epochs=10, batch_size=32, optimizer="adadelta", lr=0.1),
+    "lfw": TrainConfig(epochs=50, batch_size=32, optimizer="adadelta", lr=0.1, trainable="last"),
+}
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over ``params`` (Keras constants for Adam and Adadelta)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, eps=1e-7, weight_decay=config.weight_decay)
+    if config.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=config.lr, rho=0.95, eps=1e-7, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffling permutation (int64 ``(n,)``) of ``epoch`` for ``seed``: independent of any global RNG."""
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0] >> 1))
+    return torch.randperm(n, generator=g)
+
+
+def check_compatible(model: BackdoorModel, dataset: H5Split) -> None:
+    """Raise ValueError when the split's image size or labels do not fit the model."""
+    if not isinstance(model, BackdoorModel):
+        raise TypeError(f"model must be a BackdoorModel, got {type(model).__name__}")
+    if not isinstance(dataset, H5Split):
+        raise TypeError(f"dataset must be an H5Split, got {type(dataset).__name__}")
+    h, w, _ = dataset.image_shape
+    if (h, w) != tuple(model.input_size):
+        raise ValueError(
+            f"{model.arch} expects {model.input_size[0]}x{model.input_size[1]} images, "
+            f"but {dataset!r} has {h}x{w}"
+        )
+    if len(dataset) and int(dataset.labels.max()) >= model.n_classes:
+        raise ValueError(
+            f"{dataset!r} has label {int(dataset.labels.max())} but the model has {model.n_classes} classes"
+        )
+
+
+def _trainable_parameters(model: BackdoorModel, trainable: str) -> list[nn.Parameter]:
+    if trainable == "all":
+        return [p for p in model.parameters() if p.requires_grad]
+    head = {id(p) for p in model.classifier().parameters()}
+    return [p for p in model.parameters() if id(p) in head]
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _data_meta(dataset: H5Split) -> dict:
+    attrs = dataset.attrs
+    return {
+        "path": str(dataset.path), "split": dataset.split, "n": len(dataset),
+        "n_poisoned": int(dataset.is_poisoned.sum()),
+        "source": attrs.get("source"), "seed": attrs.get("seed"),
+        "target_class": attrs.get("target_class"),
+        "recipe": attrs.get("recipe") if isinstance(attrs.get("recipe"), (dict, str)) else None,
+    }
+
+
+def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, seed: int = 0,
+                device: str | torch.device = "auto", checkpoint: str | os.PathLike | None = None,
+                resume: bool = False, progress: bool = True, meta: dict | None = None) -> BackdoorModel:
+    """Train ``model`` on ``dataset`` with ``config``; returns the model (on ``device``).
+
+    Parameters
+    ----------
+    model : BackdoorModel
+    dataset : H5Split
+        Training rows; images of the model's input size, labels < ``model.n_classes``.
+    config : TrainConfig
+    seed : int
+        Seeds shuffling and dropout (the caller's global RNG state is restored afterwards).
+    device : "auto" | "cpu" | "cuda[:N]"
+    checkpoint : path-like, optional
+        Written atomically after every epoch (weights, optimizer, RNG state, history, config,
+        seed); the final file is the trained model, loadable with :func:`backdoorlab.checkpoint.load`.
+    resume : bool
+        Continue from ``checkpoint`` if it exists (its config, apart from ``epochs`` and the
+        feeding options, and its seed must match); start afresh when it does not exist.
+    progress : bool
+        tqdm bar per epoch.
+    meta : dict, optional
+        Extra JSON-like fields stored in the checkpoint's meta.
+
+    Returns
+    -------
+    BackdoorModel
+        The trained model; ``model.train_history`` holds one dict per epoch (loss, accuracy,
+        seconds, images/s).
+    """
+    from tqdm.auto import tqdm
+
+    check_compatible(model, dataset)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset!r} is empty: nothing to train on")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    dev = resolve_device(device)
+    model.to(dev)
+    params = _trainable_parameters(model, config.trainable)
+    if not params:
+        raise ValueError(f"no trainable parameters in {model.arch} for trainable={config.trainable!r}")
+    trainable_ids = {id(p) for p in params}
+    saved_flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable_ids)
+    optimizer = make_optimizer(params, config)
+    loss_fn = nn.CrossEntropyLoss()
+
+    start_epoch = 0
+    history: list[dict] = []
+    resumed_state = None
+    if resume and Path(checkpoint).exists():
+        _, prev = ckpt.load(checkpoint, model, device=dev)
+        state = prev.get("train_state")
+        if state is None:
+            raise ValueError(f"{str(checkpoint)!r} has no training state to resume from")
+        prev_cfg = TrainConfig.from_dict(state["config"])
+        if prev_cfg._identity() != config._identity() or int(state["seed"]) != int(seed):
+            raise ValueError(
+                f"cannot resume {str(checkpoint)!r}: it was trained with seed {state['seed']} and "
+                f"{prev_cfg._identity()}, now seed {seed} and {config._identity()}"
+            )
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        history = list(prev.get("history", []))
+        resumed_state = state["rng"]
+        if start_epoch > config.epochs:
+            raise ValueError(f"{str(checkpoint)!r} already has {start_epoch} epochs, more than epochs={config.epochs}")
+
+    source = BatchSource(dataset, dev, in_memory=config.in_memory, max_bytes=config.max_memory_mb << 20,
+                         num_workers=config.num_workers, progress=progress)
+    base_meta = {
+        "seed": int(seed), "config": config.to_dict(), "data": _data_meta(dataset),
+        "feed": source.mode, "device": str(dev), "torch": torch.__version__, **(meta or {}),
+    }
+    fork_devices = [dev] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=fork_devices):
+            if resumed_state is not None:
+                _set_rng_state(resumed_state, dev)
+            else:
+                torch.manual_seed(int(seed))
+            n = len(dataset)
+            for epoch in range(start_epoch, config.epochs):
+                model.train()
+                order = epoch_order(n, seed, epoch)
+                loss_sum = torch.zeros((), device=dev)
+                correct = torch.zeros((), dtype=torch.long, device=dev)
+                t0 = time.perf_counter()
+                with tqdm(total=n, desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
+                          disable=not progress, leave=False, mininterval=0.5) as bar:
+                    for x, y in source.batches(config.batch_size, order):
+                        logits = model(x)
+                        loss = loss_fn(logits, y)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                        # Accumulate on the device: a .item() per batch would sync a GPU every step.
+                        loss_sum += loss.detach() * y.shape[0]
+                        correct += (logits.detach().argmax(1) == y).sum()
+                        bar.update(y.shape[0])
+                seconds = time.perf_counter() - t0
+                record = {"epoch": epoch + 1, "loss": float(loss_sum) / n, "accuracy": int(correct) / n,
+                          "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 1)}
+                history.append(record)
+                if progress:
+                    tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}  "
+                               f"train acc {record['accuracy']:.4f}  {record['images_per_s']:.0f} img/s")
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(f"training loss became {record['loss']} in epoch {epoch + 1}; lower the lr")
+                if checkpoint is not None:
+                    train_state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                                   "rng": _rng_state(dev), "config": config.to_dict(), "seed": int(seed)}
+                    ckpt.save(checkpoint, model, {**base_meta, "epochs_done": epoch + 1, "history": history,
+                                                  "complete": epoch + 1 == config.epochs},
+                              train_state=train_state)
+    finally:
+        for p, flag in saved_flags:
+            p.requires_grad_(flag)
+    model.eval()
+    model.train_history = history
+    return model
+
+
+def fine_tune(model: BackdoorModel, dataset: H5Split, epochs: int, lr: float, *, batch_size: int = 32,
+              optimizer: str = "adam", seed: int = 0, device: str | torch.device = "auto",
+              progress: bool = True) -> BackdoorModel:
+    """Fine-tune all layers of ``model`` on (clean) ``dataset`` -- the second step of Fine-Pruning.
+
+    Pruned channels stay pruned: their masks are buffers, not parameters. Parameters as in
+    :func:`train_model`; no checkpoint is written.
+    """
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr)
+    return train_model(model, dataset, config, seed=seed, device=device, progress=progress)
+
+
+def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLike, *,
+                  preset: str = "gtsrb", seed: int = 0, epochs: int | None = None, batch_size: int | None = None,
+                  lr: float | None = None, resume: bool = False, overwrite: bool = False,
+                  device: str = "auto", split: str = "train", progress: bool = True, **model_kw) -> Path:
+    """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
+
+    Returns
+    -------
+    Path
+        ``out``, the final checkpoint (a training checkpoint that :func:`backdoorlab.checkpoint.load` reads).
+    """
+    from backdoorlab.models import build_model
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    out = Path(out)
+    if out.exists() and not (resume or overwrite):
+        raise ValueError(f"{str(out)!r} exists; pass resume (continue it) or overwrite")
+    config = PRESETS[preset]
+    changes = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
+    config = config.replace(**changes)
+    dataset = H5Split(data, split)
+    model = build_model(model_name, dataset.n_classes, seed=seed, **model_kw)
+    if overwrite and not resume:
+        out.unlink(missing_ok=True)
+    train_model(model, dataset, config, seed=seed, device=device, checkpoint=out, resume=resume,
+                progress=progress, meta={"preset": preset, "model_name": model_name})
+    return out
