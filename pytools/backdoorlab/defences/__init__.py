@@ -1,0 +1,71 @@
+"""Defences against data-poisoning backdoors, alone and in sequence.
+
+Data filtering (find poisoned training samples, remove them, retrain):
+:class:`ActivationClustering` (``"ac"``), :class:`SpectralSignatures` (``"ss"``),
+:class:`DataProvenance` (``"dp"``). Model repair: :class:`FinePruning` (``"fp"``).
+:class:`Pipeline` chains them from a spec such as ``"ac>fp"``; :func:`defend` is the CLI's entry.
+
+``DEFENCES`` maps registry names to classes; ``ALIASES`` maps convenience tokens to a name plus
+preset parameters (``fp-last``/``fp-second`` choose the pruned layer, ``ac-paper`` the ART-style
+``smaller`` analysis the paper ran, ``ss-art`` ART 1.20's scoring and defaults).
+"""
+
+from __future__ import annotations
+
+from .activation_clustering import ActivationClustering
+from .base import Defence, DefenceContext, DefenceResult, removal_report
+from .fine_pruning import FinePruning
+from .provenance import DataProvenance
+from .spectral_signatures import SpectralSignatures
+
+#: registry name -> defence class
+DEFENCES: dict[str, type[Defence]] = {
+    "ac": ActivationClustering,
+    "ss": SpectralSignatures,
+    "dp": DataProvenance,
+    "fp": FinePruning,
+}
+
+#: alias -> (registry name, preset parameters)
+ALIASES: dict[str, tuple[str, dict]] = {
+    "fp-last": ("fp", {"layer": "last_conv"}),
+    "fp-second": ("fp", {"layer": "second_last_conv"}),
+    "ac-paper": ("ac", {"analysis": "smaller"}),
+    "ac-exclusionary": ("ac", {"analysis": "smaller", "exclusionary": True}),
+    "ss-art": ("ss", {"scoring": "art-compatible", "expected_poison_share": 0.33}),
+}
+
+
+def canonical_name(token: str) -> str:
+    """Registry name of a spec token (``"fp-second"`` -> ``"fp"``)."""
+    if token in DEFENCES:
+        return token
+    if token in ALIASES:
+        return ALIASES[token][0]
+    known = sorted(DEFENCES) + sorted(ALIASES)
+    raise ValueError(f"unknown defence {token!r}; known: {', '.join(known)}")
+
+
+def make_defence(token: str, configs: dict | None = None) -> Defence:
+    """Build the defence for a spec token; parameters: alias presets < ``configs[name]`` < ``configs[token]``."""
+    name = canonical_name(token)
+    configs = configs or {}
+    params = dict(ALIASES[token][1]) if token in ALIASES else {}
+    params.update(configs.get(name, {}))
+    if token != name:
+        params.update(configs.get(token, {}))
+    try:
+        return DEFENCES[name](**params)
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise ValueError(f"defence {token!r}: {exc}") from exc
+        raise
+
+
+from .pipeline import Pipeline, PipelineReport, defend  # noqa: E402  (needs the registry above)
+
+__all__ = [
+    "ActivationClustering", "SpectralSignatures", "DataProvenance", "FinePruning",
+    "Defence", "DefenceContext", "DefenceResult", "removal_report",
+    "DEFENCES", "ALIASES", "canonical_name", "make_defence", "Pipeline", "PipelineReport", "defend",
+]

@@ -1,0 +1,379 @@
+"""What every defence receives, returns and reports.
+
+A defence is one step of a pipeline: it takes a :class:`DefenceContext` (the current model, the
+current training set, the trusted clean set, the test sets and the training recipe) and returns a
+new context plus a :class:`DefenceResult`. Data-filtering defences (AC, SS, DP) set
+``result.flags`` — one boolean per row of the *incoming* training set, ``True`` = removed — and
+retrain on what they keep; the model-repair defence (FP) sets ``result.pruned_channels`` and
+returns a repaired model on the same training set.
+
+The removal columns of the paper (Milakovic & Mayer, DBSec 2022, Tables 4 and 7: poisoned
+samples present, removed poisoned, removed clean, with percentages) are computed here once, by
+:func:`removal_report`, so every defence reports them the same way. The module also holds the
+small pieces shared by the defences: streaming a layer's outputs batch by batch (images are never
+all in memory), resolving the device, re-initialising a model for retraining, and validating
+parameters with messages that name the bad value.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "DefenceContext",
+    "DefenceResult",
+    "Defence",
+    "removal_report",
+    "check_fraction",
+    "check_positive_int",
+    "check_choice",
+    "resolve_device",
+    "native_device",
+    "resolve_layer",
+    "predict_labels",
+    "iter_layer_outputs",
+    "layer_outputs",
+    "reinitialised_copy",
+    "retrain",
+]
+
+
+@dataclass
+class DefenceContext:
+    """The state a defence step receives and returns (a new one; the input is never mutated).
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The current model; it answers ``layer(role_or_name)`` and ``layer_name(role_or_name)``.
+    train : H5Split
+        The current training set (rows may already be a subset of the HDF5 ``train`` split).
+    clean : H5Split
+        The trusted clean set (tuning set of Fine-Pruning, evaluation set of Data Provenance).
+    test, test_triggered : H5Split
+        Clean test images, and triggered copies of the source-class test images.
+    target_class : int
+        The attacker's target label (attack success = share of ``test_triggered`` predicted as it).
+    train_config : TrainConfig
+        The recipe used to retrain after filtering (and the default fine-tuning schedule).
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    seed : int
+        Seed of every random choice of the step (same seed, same result).
+    """
+
+    model: nn.Module
+    train: Any
+    clean: Any
+    test: Any
+    test_triggered: Any
+    target_class: int
+    train_config: Any
+    device: str = "auto"
+    seed: int = 0
+
+    def replace(self, **changes: Any) -> "DefenceContext":
+        """A copy with ``changes`` applied (the dataclass fields named in ``changes``)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class DefenceResult:
+    """What one defence step found and did.
+
+    Attributes
+    ----------
+    name : str
+        Registry name of the defence (``"ac"``, ``"ss"``, ``"dp"``, ``"fp"``).
+    flags : ndarray of bool, shape (n_train,) or None
+        Data filtering: ``True`` for each row of the incoming ``ctx.train`` that was removed.
+    pruned_channels : ndarray of int64, shape (n_pruned,) or None
+        Model repair: indices of the channels masked in ``report["layer"]``.
+    report : dict
+        The paper's columns (``poisoned_present``, ``removed_poisoned``, ``removed_clean`` and their
+        percentages; ``neurons_pruned``, ``layer`` for FP) and the analysis details. JSON-ready.
+    """
+
+    name: str
+    flags: np.ndarray | None = None
+    pruned_channels: np.ndarray | None = None
+    report: dict = field(default_factory=dict)
+
+
+class Defence:
+    """Base class of the defences: configure in ``__init__``, act in :meth:`run`.
+
+    Subclasses validate every parameter in their constructor (so a bad pipeline spec fails before
+    any training starts) and implement :meth:`run`.
+    """
+
+    name: str = "defence"
+
+    def run(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[DefenceContext, DefenceResult]:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """The parameters of this defence (JSON-ready), recorded in every report."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def removal_report(flags: np.ndarray, is_poisoned: np.ndarray) -> dict:
+    """The paper's removal columns for one data-filtering step.
+
+    Parameters
+    ----------
+    flags : ndarray of bool, shape (n,)
+        ``True`` = the row was removed.
+    is_poisoned : ndarray of bool, shape (n,)
+        Ground truth of the same rows (known in the HDF5 file, never used by a defence to decide).
+
+    Returns
+    -------
+    dict
+        ``n_samples``, ``poisoned_present``, ``removed_poisoned``, ``removed_poisoned_pct`` (of the
+        poisoned present), ``removed_clean``, ``removed_clean_pct`` (of the clean present),
+        ``removed_total``, ``kept_total``. Percentages are 0.0 when the denominator is 0.
+    """
+    flags = np.asarray(flags)
+    is_poisoned = np.asarray(is_poisoned)
+    if flags.dtype != np.bool_ or is_poisoned.dtype != np.bool_:
+        raise TypeError(f"flags and is_poisoned must be bool arrays, got {flags.dtype} and {is_poisoned.dtype}")
+    if flags.shape != is_poisoned.shape or flags.ndim != 1:
+        raise ValueError(f"flags {flags.shape} and is_poisoned {is_poisoned.shape} must be equal 1-D shapes")
+    n = int(flags.size)
+    n_poisoned = int(is_poisoned.sum())
+    n_clean = n - n_poisoned
+    removed_poisoned = int((flags & is_poisoned).sum())
+    removed_clean = int((flags & ~is_poisoned).sum())
+    return {
+        "n_samples": n,
+        "poisoned_present": n_poisoned,
+        "removed_poisoned": removed_poisoned,
+        "removed_poisoned_pct": 100.0 * removed_poisoned / n_poisoned if n_poisoned else 0.0,
+        "removed_clean": removed_clean,
+        "removed_clean_pct": 100.0 * removed_clean / n_clean if n_clean else 0.0,
+        "removed_total": removed_poisoned + removed_clean,
+        "kept_total": n - removed_poisoned - removed_clean,
+    }
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_fraction(name: str, value: float) -> float:
+    """``value`` as a float strictly inside (0, 1), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number in (0, 1), got {value!r}")
+    value = float(value)
+    if not (0.0 < value < 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must be inside (0, 1), got {value!r}")
+    return value
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum``, else an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+    return value
+
+
+# --------------------------------------------------------------------------- torch helpers
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA raises (no silent fallback)."""
+    from backdoorlab.devices import resolve_device as _resolve
+
+    return _resolve(device)
+
+
+def native_device(device: str) -> str:
+    """The native-core device matching a torch device string (CUDA only where the core has it)."""
+    if resolve_device(device).type != "cuda":
+        return "cpu"
+    from backdoorlab import native
+
+    return "cuda" if native.build_info().get("cuda") else "cpu"
+
+
+def _loader(dataset: Any, batch_size: int) -> torch.utils.data.DataLoader:
+    # shuffle=False: outputs must stay aligned with the rows of ``dataset`` (the flags are per row;
+    # BackdoorBench's shuffled double pass is exactly the misalignment we avoid).
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def resolve_layer(model: nn.Module, layer: str) -> tuple[str, nn.Module]:
+    """``(module name, module)`` for a layer role or module name, with a clear error if unknown."""
+    if not isinstance(layer, str) or not layer:
+        raise TypeError(f"layer must be a role or module name (str), got {layer!r}")
+    try:
+        if hasattr(model, "layer_name"):
+            name = model.layer_name(layer)
+            module = model.layer(layer)
+        else:
+            name, module = layer, dict(model.named_modules())[layer]
+    except (KeyError, ValueError, AttributeError) as exc:
+        names = [n for n, _ in model.named_modules() if n]
+        raise ValueError(
+            f"unknown layer {layer!r} for {type(model).__name__}; roles: 'last_conv', "
+            f"'second_last_conv', 'penultimate'; modules: {', '.join(names)}"
+        ) from exc
+    return name, module
+
+
+@torch.no_grad()
+def iter_layer_outputs(
+    model: nn.Module,
+    dataset: Any,
+    layer: str,
+    *,
+    batch_size: int = 256,
+    device: str = "auto",
+    progress: bool = False,
+    desc: str = "activations",
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Stream the output of ``layer`` over ``dataset``, one batch at a time, in row order.
+
+    Yields
+    ------
+    (start, outputs, labels) : int, Tensor of shape (b, ...), Tensor of shape (b,)
+        ``start`` is the row of the first sample of the batch; ``outputs`` is on the CPU, float32.
+
+    Only one batch of images and its outputs are in memory at a time. The forward pass stops at
+    nothing: the whole model runs (the output of the hooked layer is what is kept).
+    """
+    from tqdm.auto import tqdm
+
+    dev = resolve_device(device)
+    _, module = resolve_layer(model, layer)
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+    was_training = model.training
+    model.eval()
+    model.to(dev)
+    start = 0
+    try:
+        for images, labels in tqdm(_loader(dataset, batch_size), desc=desc, disable=not progress, leave=False):
+            captured.clear()
+            model(images.to(dev))
+            if len(captured) != 1:
+                raise RuntimeError(f"layer {layer!r} ran {len(captured)} times in one forward pass; expected once")
+            out = captured[0].float().cpu()
+            yield start, out, labels
+            start += out.shape[0]
+    finally:
+        handle.remove()
+        model.train(was_training)
+
+
+def layer_outputs(
+    model: nn.Module,
+    dataset: Any,
+    layer: str,
+    *,
+    batch_size: int = 256,
+    device: str = "auto",
+    progress: bool = False,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Flattened outputs of ``layer`` for every row of ``dataset``: float32, shape (N, D).
+
+    Built from batches into one preallocated matrix (``out`` may be a ``np.memmap`` for data sets
+    whose activations do not fit in memory); images are never all loaded at once.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("cannot extract activations of an empty data set")
+    matrix = out
+    for start, batch, _ in iter_layer_outputs(
+        model, dataset, layer, batch_size=batch_size, device=device, progress=progress, desc=f"{layer} activations"
+    ):
+        flat = batch.reshape(batch.shape[0], -1).numpy()
+        if matrix is None:
+            matrix = np.empty((n, flat.shape[1]), dtype=np.float32)
+        elif matrix.shape != (n, flat.shape[1]) or matrix.dtype != np.float32:
+            raise ValueError(f"out must be float32 of shape {(n, flat.shape[1])}, got {matrix.dtype} {matrix.shape}")
+        matrix[start : start + flat.shape[0]] = flat
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"activations of layer {layer!r} contain NaN or inf; is the model diverged?")
+    return matrix
+
+
+def reinitialised_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A deep copy of ``model`` with fresh parameters (``reset_parameters`` of every submodule).
+
+    Buffers that are not parameters' statistics — in particular a Fine-Pruning channel mask — are
+    kept, so a pruned architecture stays pruned when it is retrained.
+    """
+    fresh = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for module in fresh.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        reset_stats = getattr(module, "reset_running_stats", None)
+        if callable(reset_stats):
+            reset_stats()
+    return fresh
+
+
+def retrain(ctx: DefenceContext, keep: np.ndarray, *, mode: str = "scratch", progress: bool = True) -> tuple[nn.Module, Any]:
+    """Train on the kept rows of ``ctx.train``; returns ``(model, kept training set)``.
+
+    ``mode``: ``"scratch"`` (fresh weights, ``ctx.train_config`` — what the paper does),
+    ``"fine-tune"`` (continue from ``ctx.model`` with the same recipe) or ``"none"`` (keep the
+    model; only the training set shrinks).
+    """
+    check_choice("retrain mode", mode, ("scratch", "fine-tune", "none"))
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (len(ctx.train),):
+        raise ValueError(f"keep mask has shape {keep.shape}, expected ({len(ctx.train)},)")
+    if not keep.any():
+        raise ValueError("the defence removed every training sample; nothing left to retrain on")
+    kept = ctx.train.subset(np.flatnonzero(keep))
+    if mode == "none":
+        return ctx.model, kept
+    from backdoorlab.train import train_model
+
+    model = reinitialised_copy(ctx.model, ctx.seed) if mode == "scratch" else copy.deepcopy(ctx.model)
+    model = train_model(model, kept, ctx.train_config, seed=ctx.seed, device=ctx.device, progress=progress)
+    return model, kept
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, dataset: Any, *, batch_size: int = 256, device: str = "auto") -> np.ndarray:
+    """Arg-max predictions of ``model`` for every row of ``dataset``: int64, shape (N,)."""
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    model.to(dev)
+    preds = []
+    try:
+        for images, _ in _loader(dataset, batch_size):
+            preds.append(model(images.to(dev)).argmax(dim=1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(preds).numpy().astype(np.int64) if preds else np.empty(0, dtype=np.int64)

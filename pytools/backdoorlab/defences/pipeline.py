@@ -1,0 +1,331 @@
+"""Defences in sequence: ``Pipeline("ac>fp")`` and the ``backdoorlab defend`` library function.
+
+A pipeline spec names defences separated by ``>`` and runs them left to right (``ac>fp``,
+``fp>ac``, ``ss>fp``, ``ac>ss>fp``; aliases such as ``fp-last`` / ``fp-second`` choose the pruned
+layer). Each step receives the current model and training set and returns new ones (a data filter
+shrinks the training set and retrains; Fine-Pruning repairs the model). Clean accuracy and attack
+success are measured on the test sets before the first step and after every step, and the report
+carries the paper's columns (Table 6: removed poisoned / clean, neurons pruned, clean accuracy,
+attack success), per step and cumulated over the original training set.
+
+:func:`defend` is what the CLI calls: it opens the HDF5 variant and the checkpoint, runs a
+pipeline, and writes the defended checkpoint and a JSON report atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import DefenceContext, DefenceResult, resolve_device
+
+__all__ = ["Pipeline", "PipelineReport", "parse_spec", "evaluate_context", "defend", "TABLE_COLUMNS"]
+
+#: Columns of the per-step table (the paper's Table 6, plus the step's position and name).
+TABLE_COLUMNS = (
+    "step", "defence", "clean_accuracy", "attack_success_rate", "removed_poisoned", "removed_poisoned_pct",
+    "removed_clean", "removed_clean_pct", "neurons_pruned", "seconds",
+)
+
+
+def parse_spec(spec: str) -> list[str]:
+    """``"ac>fp"`` -> ``["ac", "fp"]``; every name checked against the registry (``"none"`` -> ``[]``)."""
+    from . import canonical_name
+
+    if not isinstance(spec, str):
+        raise TypeError(f"pipeline spec must be a string like 'ac>fp', got {spec!r}")
+    if spec.strip().lower() in ("", "none"):
+        return []
+    steps = [token.strip().lower() for token in spec.split(">")]
+    for token in steps:
+        try:
+            canonical_name(token)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in pipeline {spec!r})") from None
+    return steps
+
+
+def evaluate_context(ctx: DefenceContext) -> dict:
+    """Clean accuracy and attack success of ``ctx.model`` on ``ctx.test`` / ``ctx.test_triggered``."""
+    from backdoorlab.evaluate import evaluate
+
+    metrics = evaluate(ctx.model, ctx.test, ctx.test_triggered, target_class=ctx.target_class, device=ctx.device)
+    return {k: metrics[k] for k in ("clean_accuracy", "attack_success_rate") if k in metrics}
+
+
+@dataclass
+class PipelineReport:
+    """What a pipeline did: metrics before and after every step, and each step's report.
+
+    Attributes
+    ----------
+    spec : str
+    initial : dict
+        Metrics of the incoming model (``clean_accuracy``, ``attack_success_rate``) and the size and
+        poisoned count of the incoming training set.
+    steps : list of dict
+        Per step: ``step``, ``defence`` (the spec token), ``name``, the metrics after it, the paper's
+        columns, ``cumulative`` removal over the original training set, ``seconds``, ``report``.
+    context : DefenceContext
+        The final context (model and kept training set); not serialised.
+    results : list of DefenceResult
+        The raw results (flags / pruned channels) of every step; not serialised.
+    """
+
+    spec: str
+    initial: dict
+    steps: list[dict] = field(default_factory=list)
+    context: DefenceContext | None = None
+    results: list[DefenceResult] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict:
+        """Metrics after the last step (the initial ones for an empty pipeline)."""
+        return {k: (self.steps[-1] if self.steps else self.initial)[k] for k in ("clean_accuracy", "attack_success_rate")}
+
+    def table(self) -> list[dict]:
+        """One row per step (row 0 = before any defence) with :data:`TABLE_COLUMNS`."""
+        rows = [{c: None for c in TABLE_COLUMNS} | {"step": 0, "defence": "none", **self.final_keys(self.initial)}]
+        for s in self.steps:
+            rows.append({c: s.get(c) for c in TABLE_COLUMNS})
+        return rows
+
+    @staticmethod
+    def final_keys(d: dict) -> dict:
+        return {k: d.get(k) for k in ("clean_accuracy", "attack_success_rate")}
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no model, no per-sample arrays)."""
+        return {"spec": self.spec, "config": self.config, "initial": self.initial, "final": self.final,
+                "steps": self.steps, "table": self.table()}
+
+    def to_markdown(self) -> str:
+        """The per-step table as Markdown (percentages for rates)."""
+        head = "| step | defence | clean acc. | attack success | removed poisoned | removed clean | neurons pruned |"
+        lines = [head, "|---|---|---|---|---|---|---|"]
+
+        def pct(v):
+            return "" if v is None else f"{100 * v:.2f} %"
+
+        for r in self.table():
+            rp = "" if r["removed_poisoned"] is None else f"{r['removed_poisoned']} ({r['removed_poisoned_pct']:.1f} %)"
+            rc = "" if r["removed_clean"] is None else f"{r['removed_clean']} ({r['removed_clean_pct']:.1f} %)"
+            lines.append(f"| {r['step']} | {r['defence']} | {pct(r['clean_accuracy'])} | "
+                         f"{pct(r['attack_success_rate'])} | {rp} | {rc} | {r['neurons_pruned'] or ''} |")
+        return "\n".join(lines)
+
+
+class Pipeline:
+    """Defences in sequence, configured once and run on a :class:`DefenceContext`.
+
+    Parameters
+    ----------
+    spec : str
+        ``"ac>fp"`` and the like (see :func:`parse_spec`).
+    configs : dict, optional
+        Keyword arguments per defence: keyed by registry name (``"fp"``: every FP step) or by the
+        exact token (``"fp-second"``: that alias only; it wins over the name).
+
+    Examples
+    --------
+    >>> pipe = Pipeline("ac>fp", {"ac": {"analysis": "smaller"}, "fp": {"threshold": 0.02}})
+    >>> report = pipe.run(ctx)                      # doctest: +SKIP
+    >>> report.final["attack_success_rate"]         # doctest: +SKIP
+    """
+
+    def __init__(self, spec: str = "ac>fp", configs: dict | None = None) -> None:
+        from . import canonical_name, make_defence
+
+        self.spec = spec
+        self.tokens = parse_spec(spec)
+        configs = dict(configs or {})
+        if not all(isinstance(v, dict) for v in configs.values()):
+            raise TypeError("configs must map a defence name to a dict of its parameters")
+        unused = set(configs) - set(self.tokens) - {canonical_name(t) for t in self.tokens}
+        if unused:
+            raise ValueError(f"configs given for {sorted(unused)}, which pipeline {spec!r} does not run")
+        self.configs = configs
+        # build (and so validate) every step now, before any training starts
+        self.defences = [make_defence(t, configs) for t in self.tokens]
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.spec!r}, {self.configs!r})"
+
+    def run(self, ctx: DefenceContext, *, progress: bool = True) -> PipelineReport:
+        """Run every step in order; metrics before and after each one."""
+        is_poisoned = np.asarray(ctx.train.is_poisoned, dtype=bool)
+        alive = np.arange(len(ctx.train))  # positions in the original training set still present
+        initial = evaluate_context(ctx) | {"n_train": int(alive.size), "poisoned_present": int(is_poisoned.sum())}
+        report = PipelineReport(spec=self.spec, initial=initial,
+                                config={t: d.config() for t, d in zip(self.tokens, self.defences)})
+        for i, (token, defence) in enumerate(zip(self.tokens, self.defences), start=1):
+            if progress:
+                print(f"[{i}/{len(self.defences)}] {token}: {defence!r}", flush=True)
+            started = time.perf_counter()
+            ctx, result = defence.run(ctx, progress=progress)
+            seconds = time.perf_counter() - started
+            if result.flags is not None:
+                alive = alive[~result.flags]
+            metrics = evaluate_context(ctx)
+            rep = result.report
+            step = {
+                "step": i,
+                "defence": token,
+                "name": result.name,
+                **metrics,
+                "removed_poisoned": rep.get("removed_poisoned"),
+                "removed_poisoned_pct": rep.get("removed_poisoned_pct"),
+                "removed_clean": rep.get("removed_clean"),
+                "removed_clean_pct": rep.get("removed_clean_pct"),
+                "neurons_pruned": rep.get("neurons_pruned_str"),
+                "cumulative": {
+                    "n_train": int(alive.size),
+                    "removed_poisoned": int(is_poisoned.sum() - is_poisoned[alive].sum()),
+                    "removed_clean": int((~is_poisoned).sum() - (~is_poisoned[alive]).sum()),
+                },
+                "seconds": seconds,
+                "report": rep,
+            }
+            report.steps.append(step)
+            report.results.append(result)
+            if progress:
+                print(f"    clean accuracy {metrics.get('clean_accuracy', float('nan')):.4f}, "
+                      f"attack success {metrics.get('attack_success_rate', float('nan')):.4f} ({seconds:.1f} s)",
+                      flush=True)
+        report.context = ctx
+        return report
+
+
+# --------------------------------------------------------------------------- the CLI's function
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_ready(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def load_context(data: str | os.PathLike, model: str | os.PathLike, *, train_config: Any = None,
+                 device: str = "auto", seed: int = 0) -> tuple[DefenceContext, dict]:
+    """Open a variant file and a checkpoint as a :class:`DefenceContext`; also returns the checkpoint meta.
+
+    ``train_config``: a ``TrainConfig``, a preset name of ``backdoorlab.train.PRESETS``, a dict of
+    ``TrainConfig`` fields, or None (the checkpoint's recorded recipe, else the preset named after
+    the variant's source).
+    """
+    from backdoorlab import checkpoint
+    from backdoorlab.data import H5Split
+    from backdoorlab.train import PRESETS, TrainConfig
+
+    data = Path(data)
+    if not data.is_file():
+        raise FileNotFoundError(f"variant file not found: {str(data)!r}")
+    splits = {s: H5Split(data, s) for s in ("train", "clean", "test", "test_triggered")}
+    attrs = splits["train"].attrs
+    if "target_class" not in attrs:
+        raise ValueError(f"{str(data)!r} has no 'target_class' attribute; is it a poisoned variant?")
+    net, meta = checkpoint.load(model, device="cpu")
+    if isinstance(train_config, str):
+        if train_config not in PRESETS:
+            raise ValueError(f"unknown training preset {train_config!r}; choose one of {sorted(PRESETS)}")
+        train_config = PRESETS[train_config]
+    elif isinstance(train_config, dict):
+        train_config = TrainConfig(**train_config)
+    elif train_config is None:
+        recorded = meta.get("train_config") or meta.get("config", {}).get("train_config") if isinstance(meta, dict) else None
+        if isinstance(recorded, dict):
+            fields = set(TrainConfig.__dataclass_fields__)
+            train_config = TrainConfig(**{k: v for k, v in recorded.items() if k in fields})
+        else:
+            source = str(attrs.get("source", "gtsrb"))
+            train_config = PRESETS.get(source) or PRESETS["gtsrb"]
+    ctx = DefenceContext(model=net, train=splits["train"], clean=splits["clean"], test=splits["test"],
+                         test_triggered=splits["test_triggered"], target_class=int(attrs["target_class"]),
+                         train_config=train_config, device=device, seed=int(seed))
+    return ctx, meta
+
+
+def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out: str | os.PathLike | None,
+           report: str | os.PathLike | None, *, configs: dict | None = None, train_config: Any = None,
+           device: str = "auto", seed: int = 0, progress: bool = True) -> dict:
+    """Run a defence pipeline on a variant and a checkpoint; write the defended model and the report.
+
+    Parameters
+    ----------
+    data : path
+        HDF5 variant (splits ``train``, ``clean``, ``test``, ``test_triggered``).
+    model : path
+        Checkpoint of the (possibly backdoored) model (``backdoorlab.checkpoint`` format).
+    pipeline : str
+        Spec such as ``"ac>fp"``.
+    out : path or None
+        Where the defended checkpoint goes (atomic); None = do not save.
+    report : path or None
+        Where the JSON report goes (atomic); None = do not write.
+    configs : dict, optional
+        Per-defence parameters (see :class:`Pipeline`).
+    train_config : TrainConfig, str, dict or None
+        Recipe for retraining (see :func:`load_context`).
+
+    Returns
+    -------
+    dict
+        The JSON report (also written to ``report``).
+    """
+    from backdoorlab import checkpoint
+
+    pipe = Pipeline(pipeline, configs)  # validate the spec before opening anything heavy
+    resolve_device(device)
+    ctx, meta = load_context(data, model, train_config=train_config, device=device, seed=seed)
+    started = time.perf_counter()
+    result = pipe.run(ctx, progress=progress)
+    summary = result.to_dict()
+    summary.update({
+        "data": str(data), "model": str(model), "out": None if out is None else str(out), "seed": int(seed),
+        "device": str(device), "train_config": _json_ready(_config_dict(ctx.train_config)),
+        "seconds": time.perf_counter() - started,
+    })
+    summary = _json_ready(summary)
+    if out is not None:
+        checkpoint.save(out, result.context.model, {
+            "defended_from": str(model), "pipeline": pipeline, "seed": int(seed),
+            "final": summary["final"], "source_meta": _json_ready(meta),
+            "train_config": summary["train_config"],
+        })
+    if report is not None:
+        _atomic_write_text(Path(report), json.dumps(summary, indent=2))
+    return summary
+
+
+def _config_dict(config: Any) -> dict:
+    import dataclasses
+
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    return dict(vars(config)) if hasattr(config, "__dict__") else {"repr": repr(config)}
