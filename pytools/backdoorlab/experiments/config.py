@@ -1,0 +1,565 @@
+"""Study configuration: what the study runs, loaded from presets, TOML or YAML and validated.
+
+A study is a grid: **settings** (one poisoned variant each: a data set, a trigger, a poison share)
+× **defences** (a pipeline spec such as ``"ac"``, ``"fp"`` or ``"ac>fp"`` with its parameters) ×
+**seeds**. Each point of that grid is a *cell* whose result is cached by a hash of its resolved
+configuration (see :mod:`backdoorlab.experiments.cache`), so this module turns a loose mapping
+(from a preset, a TOML file read with :mod:`tomllib` or a YAML file read with PyYAML) into frozen,
+fully resolved dataclasses and rejects anything it does not understand with a message naming the
+bad key or value. Relative paths in a file are resolved against that file's folder, so a config
+can say ``source = "../shared/data/gtsrb-32"`` and work from any working directory.
+
+File layout (TOML shown; YAML has the same keys)::
+
+    name = "gtsrb-real"
+    seeds = [0]
+    device = "auto"
+    defences = ["none", "ac", "ss", "dp", "fp-last", "fp-second-last", "ac>fp", "fp>ac"]
+    fp_thresholds = [0.02, 0.04, 0.06]   # Fig. 3 sweep (on the settings named by threshold_sweep)
+    threshold_sweep = "first"            # "first" | "all" | [setting ids]
+
+    [datasets.gtsrb]
+    source = "../shared/data/gtsrb-32"   # "synth", "toy" or a folder in the official layout
+    model = "gtsrb_cnn"
+    train = { preset = "gtsrb" }         # a backdoorlab.train preset plus overrides (epochs = 2, ...)
+    limit_per_class = 200                # optional
+
+    [[settings]]
+    dataset = "gtsrb"
+    preset = "gtsrb-yellow-square-7"     # a datasets_gen preset (its recipe may be overridden)
+    trigger = "yellow square 4x4"        # label used in tables and plots
+    shares = [0.03, 0.07, 0.10]          # one setting per share
+
+    [quick]                              # what --quick changes (defaults shown in QUICK_DEFAULTS)
+    limit_per_class = 30
+    epochs = 2
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+# Defence ids every study may name without defining them. Each maps to the pipeline spec of
+# backdoorlab.defences.pipeline and the per-step parameters passed as ``configs``. "none" is the
+# undefended poisoned model (the attack itself, Fig. 1) and "clean" the model trained without
+# the poisoned rows (the baseline the attack is measured against).
+DEFENCE_CATALOG: dict[str, dict[str, Any]] = {
+    "clean": {"pipeline": "", "configs": {}, "kind": "clean"},
+    "none": {"pipeline": "", "configs": {}, "kind": "attack"},
+    "ac": {"pipeline": "ac", "configs": {}, "kind": "filter"},
+    "ac-smaller": {"pipeline": "ac", "configs": {"ac": {"analysis": "smaller"}}, "kind": "filter"},
+    "ss": {"pipeline": "ss", "configs": {}, "kind": "filter"},
+    "ss-art": {"pipeline": "ss", "configs": {"ss": {"scoring": "art-compatible"}}, "kind": "filter"},
+    "dp": {"pipeline": "dp", "configs": {}, "kind": "filter"},
+    "fp-last": {"pipeline": "fp", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "repair"},
+    "fp-second-last": {"pipeline": "fp", "configs": {"fp": {"layer": "second_last_conv", "threshold": 0.04}},
+                       "kind": "repair"},
+    "ac>fp": {"pipeline": "ac>fp", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "combination"},
+    "fp>ac": {"pipeline": "fp>ac", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "combination"},
+    "ss>fp": {"pipeline": "ss>fp", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "combination"},
+    "fp>ss": {"pipeline": "fp>ss", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "combination"},
+}
+DEFENCE_KINDS = ("clean", "attack", "filter", "repair", "combination")
+KNOWN_STEPS = ("ac", "ss", "dp", "fp")
+DEFAULT_FP_THRESHOLD = 0.04
+
+# Model and training preset per data-set family, as in the paper.
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gtsrb": {"model": "gtsrb_cnn", "train": {"preset": "gtsrb"}},
+    "ytaf": {"model": "deepid", "train": {"preset": "ytaf"}},
+    "lfw": {"model": "vgg16_face", "train": {"preset": "lfw"}},
+}
+
+# What --quick changes when the config has no [quick] table of its own.
+QUICK_DEFAULTS: dict[str, Any] = {
+    "limit_per_class": 30,  # images per class and split handed to build_variant
+    "epochs": 2,  # cap on training epochs (and fine-tuning epochs where configurable)
+    "max_settings": None,  # keep only the first N settings (None: all)
+    "threshold_sweep": "first",
+}
+
+_TOP_KEYS = {"name", "seeds", "seed", "device", "datasets", "settings", "defences", "fp_thresholds",
+             "threshold_sweep", "quick", "description", "eval_batch_size"}
+_DATASET_KEYS = {"source", "model", "model_kw", "train", "limit_per_class", "weights", "toy", "note"}
+_SETTING_KEYS = {"id", "dataset", "preset", "recipe", "trigger", "share", "shares", "share_key", "note"}
+_DEFENCE_KEYS = {"id", "pipeline", "configs", "kind", "settings", "label"}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One data-set family of the study (e.g. ``gtsrb``) and how its models are built and trained.
+
+    Attributes
+    ----------
+    name : str
+        Family name used by settings (``"gtsrb"``, ``"ytaf"``, ``"lfw"`` or any other).
+    source : str
+        ``"synth"`` (the embedded synthetic data), ``"toy"`` (``datasets_gen.toy``, for tests) or
+        an absolute folder in the official layout of the real data set.
+    model : str
+        Name for ``backdoorlab.models.build_model``.
+    model_kw : dict
+        Extra keyword arguments for ``build_model`` (``weights`` is added from :attr:`weights`).
+    train : dict
+        ``{"preset": name, **overrides}`` for ``backdoorlab.train.TrainConfig``.
+    limit_per_class : int or None
+        Cap on images per class handed to ``build_variant``.
+    weights : str or None
+        Absolute path of pre-trained weights (VGG-Face), or None.
+    toy : dict
+        Keyword arguments for ``datasets_gen.toy.make_toy_variant`` when ``source == "toy"``.
+    """
+
+    name: str
+    source: str
+    model: str
+    model_kw: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    limit_per_class: int | None = None
+    weights: str | None = None
+    toy: dict = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One poisoned variant: a data set, a trigger recipe and a poison share.
+
+    ``recipe`` holds overrides applied on top of the datasets_gen preset ``preset`` (or the whole
+    recipe when there is no preset); the poison share is written under ``share_key``.
+    """
+
+    id: str
+    dataset: str
+    trigger: str
+    poison_share: float
+    preset: str | None = None
+    recipe: dict = field(default_factory=dict)
+    share_key: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DefenceSpec:
+    """One column of the grid: a pipeline spec (``""`` for no defence) and its step parameters."""
+
+    id: str
+    pipeline: str
+    kind: str
+    configs: dict = field(default_factory=dict)
+    settings: tuple[str, ...] | None = None  # restrict to these setting ids (None: every setting)
+    label: str = ""
+
+    def applies_to(self, setting_id: str) -> bool:
+        return self.settings is None or setting_id in self.settings
+
+    def display_label(self) -> str:
+        """Human label for tables: 'AC', 'FP (last conv, 2%)', 'AC→FP', ..."""
+        if self.label:
+            return self.label
+        if self.kind == "clean":
+            return "clean model"
+        if self.kind == "attack":
+            return "no defence"
+        steps = [s.upper() for s in self.pipeline.split(">")]
+        label = "→".join(steps)
+        fp = self.configs.get("fp", {})
+        if self.pipeline == "fp":
+            layer = {"last_conv": "last conv", "second_last_conv": "2nd-last conv"}.get(fp.get("layer"),
+                                                                                     str(fp.get("layer")))
+            thr = fp.get("threshold")
+            extra = "" if thr in (None, DEFAULT_FP_THRESHOLD) else f", {_pct(thr)}"
+            label = f"FP ({layer}{extra})"
+        for step, cfg in self.configs.items():
+            if step != "fp" and cfg:
+                label += " [" + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) + "]"
+        return label
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The resolved study: every setting, defence and seed; see the module docstring for the file layout."""
+
+    name: str
+    seeds: tuple[int, ...]
+    device: str
+    datasets: dict[str, DatasetSpec]
+    settings: tuple[SettingSpec, ...]
+    defences: tuple[DefenceSpec, ...]
+    quick: bool = False
+    eval_batch_size: int = 256
+    description: str = ""
+    source_file: str | None = None
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable copy (written as ``study.json`` beside the results)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def with_seed(self, seed: int) -> "StudyConfig":
+        """The same study with one seed (the CLI's ``--seed``)."""
+        return replace(self, seeds=(_check_int("seed", seed, minimum=0),))
+
+    def setting(self, setting_id: str) -> SettingSpec:
+        for s in self.settings:
+            if s.id == setting_id:
+                return s
+        raise KeyError(f"unknown setting {setting_id!r}; known: {[s.id for s in self.settings]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | Path, *, quick: bool = False) -> StudyConfig:
+    """Read a study from a ``.toml``, ``.yaml`` or ``.yml`` file and validate it.
+
+    Parameters
+    ----------
+    path : str or Path
+        The config file. Relative paths inside it (``source``, ``weights``) are resolved against
+        the file's folder.
+    quick : bool
+        Apply the file's ``[quick]`` table (or :data:`QUICK_DEFAULTS`) to shrink the study.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
+    ValueError
+        When the file cannot be parsed or a key or value is invalid (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    suffix = path.suffix.lower()
+    text = path.read_bytes()
+    if suffix == ".toml":
+        import tomllib
+
+        try:
+            raw = tomllib.loads(text.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot parse TOML config {path}: {exc}") from exc
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text.decode("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot parse YAML config {path}: {exc}") from exc
+    else:
+        raise ValueError(f"config file must end in .toml, .yaml or .yml, got {path.name!r}")
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"config file {path} must hold a mapping at the top, got {type(raw).__name__}")
+    return study_from_dict(raw, base_dir=path.resolve().parent, quick=quick, source_file=str(path.resolve()))
+
+
+def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = None, quick: bool = False,
+                    source_file: str | None = None) -> StudyConfig:
+    """Validate a study mapping (as in a config file) and resolve it into a :class:`StudyConfig`.
+
+    Parameters
+    ----------
+    raw : mapping
+        Keys as described in the module docstring.
+    base_dir : path, optional
+        Folder that relative paths are resolved against (default: the current directory).
+    quick : bool
+        Shrink the study with ``raw["quick"]`` merged over :data:`QUICK_DEFAULTS`.
+    """
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"study config must be a mapping, got {type(raw).__name__}")
+    raw = copy.deepcopy(dict(raw))
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ValueError(f"unknown top-level config key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+
+    name = raw.get("name", "study")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"'name' must be a non-empty string, got {name!r}")
+
+    if "seed" in raw and "seeds" in raw:
+        raise ValueError("give either 'seed' or 'seeds', not both")
+    seeds_raw = raw.get("seeds", [raw.get("seed", 0)])
+    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
+        seeds_raw = [seeds_raw]
+    if not isinstance(seeds_raw, Sequence) or isinstance(seeds_raw, str) or not seeds_raw:
+        raise ValueError(f"'seeds' must be a non-empty list of integers, got {seeds_raw!r}")
+    seeds = tuple(_check_int("seeds[]", s, minimum=0) for s in seeds_raw)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"'seeds' has duplicates: {list(seeds)}")
+
+    device = raw.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda") and not (isinstance(device, str) and device.startswith("cuda:")):
+        raise ValueError(f"'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    eval_batch_size = _check_int("eval_batch_size", raw.get("eval_batch_size", 256), minimum=1)
+
+    quick_opts = dict(QUICK_DEFAULTS)
+    if "quick" in raw:
+        q = raw["quick"]
+        if not isinstance(q, Mapping):
+            raise ValueError(f"'quick' must be a table/mapping, got {q!r}")
+        bad = set(q) - set(QUICK_DEFAULTS)
+        if bad:
+            raise ValueError(f"unknown key(s) in [quick]: {sorted(bad)}; allowed: {sorted(QUICK_DEFAULTS)}")
+        quick_opts.update(q)
+
+    # -- datasets
+    ds_raw = raw.get("datasets")
+    if not isinstance(ds_raw, Mapping) or not ds_raw:
+        raise ValueError("'datasets' must be a non-empty table of data-set families (e.g. [datasets.gtsrb])")
+    datasets = {str(k): _parse_dataset(str(k), v, base) for k, v in ds_raw.items()}
+    if quick:
+        datasets = {k: _quicken_dataset(v, quick_opts) for k, v in datasets.items()}
+
+    # -- settings
+    st_raw = raw.get("settings")
+    if not isinstance(st_raw, Sequence) or isinstance(st_raw, str) or not st_raw:
+        raise ValueError("'settings' must be a non-empty list of [[settings]] tables")
+    settings: list[SettingSpec] = []
+    for i, s in enumerate(st_raw):
+        settings.extend(_parse_setting(i, s, datasets))
+    ids = [s.id for s in settings]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ValueError(f"duplicate setting id(s) {dup}: give each [[settings]] entry a distinct 'id'")
+    if quick and quick_opts.get("max_settings") is not None:
+        n = _check_int("quick.max_settings", quick_opts["max_settings"], minimum=1)
+        settings = settings[:n]
+
+    # -- defences
+    df_raw = raw.get("defences", ["none", "ac", "ss", "dp", "fp-last", "fp-second-last", "ac>fp", "fp>ac"])
+    if not isinstance(df_raw, Sequence) or isinstance(df_raw, str) or not df_raw:
+        raise ValueError(f"'defences' must be a non-empty list, got {df_raw!r}")
+    defences = [_parse_defence(d) for d in df_raw]
+    # The clean baseline and the undefended model are what every delta is measured against.
+    present = {d.id for d in defences}
+    for must in ("none", "clean"):
+        if must not in present:
+            defences.insert(0 if must == "clean" else 1, _parse_defence(must))
+            present.add(must)
+    thresholds = raw.get("fp_thresholds", [])
+    if not isinstance(thresholds, Sequence) or isinstance(thresholds, str):
+        raise ValueError(f"'fp_thresholds' must be a list of fractions, got {thresholds!r}")
+    sweep = quick_opts["threshold_sweep"] if quick else raw.get("threshold_sweep", "all")
+    sweep_ids = _resolve_sweep(sweep, [s.id for s in settings])
+    # The Fig. 3 sweep: FP on the last conv at each threshold. A threshold that an FP defence of
+    # the grid already runs on every sweep setting is not run twice (the report finds it there).
+    plain_fp = {(d.configs.get("fp", {}).get("layer"), d.configs.get("fp", {}).get("threshold"))
+                for d in defences if d.pipeline == "fp" and d.settings is None}
+    for t in thresholds:
+        t = _check_fraction("fp_thresholds[]", t)
+        for layer, short in (("last_conv", "last"),):
+            did = f"fp-{short}@{_pct(t)}"
+            if did in present or (layer, t) in plain_fp:
+                continue
+            defences.append(DefenceSpec(id=did, pipeline="fp", kind="repair",
+                                        configs={"fp": {"layer": layer, "threshold": t}},
+                                        settings=sweep_ids, label=f"FP ({short} conv, {_pct(t)})"))
+            present.add(did)
+    ids = [d.id for d in defences]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ValueError(f"duplicate defence id(s) {dup}")
+    known_settings = {s.id for s in settings}
+    for d in defences:
+        if d.settings is not None:
+            missing = [s for s in d.settings if s not in known_settings]
+            if missing and not quick:  # quick mode may have cut those settings away
+                raise ValueError(f"defence {d.id!r} names unknown setting(s) {missing}; known: {sorted(known_settings)}")
+
+    return StudyConfig(name=name, seeds=seeds, device=device, datasets=datasets, settings=tuple(settings),
+                       defences=tuple(defences), quick=quick, eval_batch_size=eval_batch_size,
+                       description=str(raw.get("description", "")), source_file=source_file)
+
+
+# ----------------------------------------------------------------------------------------------
+# pieces
+
+
+def _parse_dataset(name: str, v: Any, base: Path) -> DatasetSpec:
+    if not isinstance(v, Mapping):
+        raise ValueError(f"datasets.{name} must be a table, got {v!r}")
+    bad = set(v) - _DATASET_KEYS
+    if bad:
+        raise ValueError(f"unknown key(s) {sorted(bad)} in datasets.{name}; allowed: {sorted(_DATASET_KEYS)}")
+    family = FAMILY_DEFAULTS.get(name, {})
+    source = v.get("source", "synth")
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"datasets.{name}.source must be 'synth', 'toy' or a folder path, got {source!r}")
+    if source not in ("synth", "toy"):
+        p = Path(source).expanduser()
+        p = p if p.is_absolute() else (base / p)
+        p = p.resolve()
+        if not p.is_dir():
+            raise FileNotFoundError(f"datasets.{name}.source folder not found: {p} (from {source!r})")
+        source = str(p)
+    model = v.get("model", family.get("model"))
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"datasets.{name}.model must name a model (e.g. 'gtsrb_cnn'), got {model!r}")
+    model_kw = v.get("model_kw", {})
+    if not isinstance(model_kw, Mapping):
+        raise ValueError(f"datasets.{name}.model_kw must be a table, got {model_kw!r}")
+    train = v.get("train", family.get("train", {}))
+    if isinstance(train, str):
+        train = {"preset": train}
+    if not isinstance(train, Mapping):
+        raise ValueError(f"datasets.{name}.train must be a preset name or a table, got {train!r}")
+    train = dict(train)
+    if "epochs" in train:
+        _check_int(f"datasets.{name}.train.epochs", train["epochs"], minimum=1)
+    limit = v.get("limit_per_class")
+    if limit is not None:
+        limit = _check_int(f"datasets.{name}.limit_per_class", limit, minimum=1)
+    weights = v.get("weights")
+    if weights is not None:
+        if not isinstance(weights, str) or not weights:
+            raise ValueError(f"datasets.{name}.weights must be a file path, got {weights!r}")
+        w = Path(weights).expanduser()
+        w = (w if w.is_absolute() else base / w).resolve()
+        if not w.is_file():
+            raise FileNotFoundError(f"datasets.{name}.weights file not found: {w} (from {weights!r})")
+        weights = str(w)
+    toy = v.get("toy", {})
+    if not isinstance(toy, Mapping):
+        raise ValueError(f"datasets.{name}.toy must be a table, got {toy!r}")
+    return DatasetSpec(name=name, source=source, model=model, model_kw=dict(model_kw), train=train,
+                       limit_per_class=limit, weights=weights, toy=dict(toy), note=str(v.get("note", "")))
+
+
+def _quicken_dataset(d: DatasetSpec, q: Mapping[str, Any]) -> DatasetSpec:
+    train = dict(d.train)
+    if q.get("epochs") is not None:
+        cap = _check_int("quick.epochs", q["epochs"], minimum=1)
+        train["epochs"] = min(int(train.get("epochs", cap)), cap)
+    limit = d.limit_per_class
+    if q.get("limit_per_class") is not None:
+        cap = _check_int("quick.limit_per_class", q["limit_per_class"], minimum=1)
+        limit = cap if limit is None else min(limit, cap)
+    return replace(d, train=train, limit_per_class=limit)
+
+
+def _parse_setting(i: int, s: Any, datasets: Mapping[str, DatasetSpec]) -> list[SettingSpec]:
+    where = f"settings[{i}]"
+    if not isinstance(s, Mapping):
+        raise ValueError(f"{where} must be a table, got {s!r}")
+    bad = set(s) - _SETTING_KEYS
+    if bad:
+        raise ValueError(f"unknown key(s) {sorted(bad)} in {where}; allowed: {sorted(_SETTING_KEYS)}")
+    preset = s.get("preset")
+    recipe = s.get("recipe", {})
+    if preset is None and not recipe:
+        raise ValueError(f"{where} needs a datasets_gen 'preset' or a 'recipe'")
+    if preset is not None and (not isinstance(preset, str) or not preset):
+        raise ValueError(f"{where}.preset must be a preset name, got {preset!r}")
+    if not isinstance(recipe, Mapping):
+        raise ValueError(f"{where}.recipe must be a table, got {recipe!r}")
+    dataset = s.get("dataset")
+    if dataset is None and preset:
+        dataset = preset.split("-", 1)[0]
+    if dataset not in datasets:
+        raise ValueError(f"{where}.dataset {dataset!r} is not one of the [datasets] tables {sorted(datasets)}")
+    if "share" in s and "shares" in s:
+        raise ValueError(f"{where}: give 'share' or 'shares', not both")
+    shares = s.get("shares", [s["share"]] if "share" in s else None)
+    if shares is None:
+        raise ValueError(f"{where} needs 'share' or 'shares' (poison share(s) in (0, 1])")
+    if not isinstance(shares, Sequence) or isinstance(shares, str) or not shares:
+        raise ValueError(f"{where}.shares must be a non-empty list, got {shares!r}")
+    shares = [_check_fraction(f"{where}.shares[]", x) for x in shares]
+    trigger = s.get("trigger", preset or "trigger")
+    if not isinstance(trigger, str) or not trigger:
+        raise ValueError(f"{where}.trigger must be a label string, got {trigger!r}")
+    base_id = s.get("id", preset or f"{dataset}-{trigger}".replace(" ", "-"))
+    share_key = s.get("share_key")
+    out = []
+    for x in shares:
+        sid = base_id if (len(shares) == 1 and "id" in s) else f"{base_id}@{_pct(x)}"
+        out.append(SettingSpec(id=sid, dataset=dataset, trigger=trigger, poison_share=x, preset=preset,
+                               recipe=dict(recipe), share_key=share_key, note=str(s.get("note", ""))))
+    return out
+
+
+def _parse_defence(d: Any) -> DefenceSpec:
+    if isinstance(d, str):
+        if d in DEFENCE_CATALOG:
+            e = DEFENCE_CATALOG[d]
+            return DefenceSpec(id=d, pipeline=e["pipeline"], kind=e["kind"], configs=copy.deepcopy(e["configs"]))
+        # a bare pipeline spec such as "ac>ss>fp"
+        steps = _check_pipeline(d, where=f"defence {d!r}")
+        kind = "combination" if len(steps) > 1 else ("repair" if steps[0] == "fp" else "filter")
+        configs = {"fp": {"layer": "last_conv", "threshold": DEFAULT_FP_THRESHOLD}} if "fp" in steps else {}
+        return DefenceSpec(id=d, pipeline=d, kind=kind, configs=configs)
+    if not isinstance(d, Mapping):
+        raise ValueError(f"a defence must be a name or a table, got {d!r}")
+    bad = set(d) - _DEFENCE_KEYS
+    if bad:
+        raise ValueError(f"unknown key(s) {sorted(bad)} in defence {d!r}; allowed: {sorted(_DEFENCE_KEYS)}")
+    did = d.get("id")
+    if not isinstance(did, str) or not did:
+        raise ValueError(f"a defence table needs an 'id' string, got {d!r}")
+    pipeline = d.get("pipeline", did)
+    steps = _check_pipeline(pipeline, where=f"defence {did!r}") if pipeline else []
+    kind = d.get("kind") or ("attack" if not steps else "combination" if len(steps) > 1
+                             else "repair" if steps[0] == "fp" else "filter")
+    if kind not in DEFENCE_KINDS:
+        raise ValueError(f"defence {did!r}: kind must be one of {DEFENCE_KINDS}, got {kind!r}")
+    configs = d.get("configs", {})
+    if not isinstance(configs, Mapping) or not all(isinstance(v, Mapping) for v in configs.values()):
+        raise ValueError(f"defence {did!r}: configs must map step names to tables, got {configs!r}")
+    unknown_steps = set(configs) - set(steps)
+    if unknown_steps:
+        raise ValueError(f"defence {did!r}: configs for step(s) {sorted(unknown_steps)} not in pipeline {pipeline!r}")
+    settings = d.get("settings")
+    if settings is not None:
+        if isinstance(settings, str) or not isinstance(settings, Sequence):
+            raise ValueError(f"defence {did!r}: settings must be a list of setting ids, got {settings!r}")
+        settings = tuple(str(x) for x in settings)
+    return DefenceSpec(id=did, pipeline=pipeline, kind=kind, configs=copy.deepcopy(dict(configs)),
+                       settings=settings, label=str(d.get("label", "")))
+
+
+def _check_pipeline(spec: Any, *, where: str) -> list[str]:
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"{where}: pipeline must be a spec such as 'ac>fp', got {spec!r}")
+    steps = [p.strip() for p in spec.lower().split(">")]
+    bad = [p for p in steps if p not in KNOWN_STEPS]
+    if bad:
+        raise ValueError(f"{where}: unknown defence step(s) {bad} in {spec!r}; known: {list(KNOWN_STEPS)} "
+                         f"or a name from {sorted(DEFENCE_CATALOG)}")
+    return steps
+
+
+def _resolve_sweep(sweep: Any, setting_ids: list[str]) -> tuple[str, ...] | None:
+    if sweep == "all":
+        return None
+    if sweep == "first":
+        return tuple(setting_ids[:1])
+    if isinstance(sweep, Sequence) and not isinstance(sweep, str):
+        return tuple(str(x) for x in sweep)
+    raise ValueError(f"'threshold_sweep' must be 'all', 'first' or a list of setting ids, got {sweep!r}")
+
+
+def _check_int(name: str, v: Any, *, minimum: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def _check_fraction(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or not 0.0 < float(v) <= 1.0:
+        raise ValueError(f"{name} must be a fraction in (0, 1], got {v!r}")
+    return float(v)
+
+
+def _pct(x: float) -> str:
+    """0.07 -> '7%', 0.025 -> '2.5%' (used in ids, so stable and short)."""
+    return f"{round(x * 100, 4):g}%"

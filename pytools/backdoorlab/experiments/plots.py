@@ -1,0 +1,200 @@
+"""The report's figures (matplotlib, Agg canvas, PNG), drawn from the aggregated cells.
+
+* ``fig1_attack.png`` — like the paper's Fig. 1: clean accuracy and attack success of the
+  poisoned model against the poison share, one line per (data set, trigger); the clean model's
+  accuracy dashed for reference.
+* ``fig2_ac.png`` — like Fig. 2: Activation Clustering's removed poisoned and removed clean
+  samples (%) and the attack success after AC against the poison share.
+* ``fig3_fp_threshold.png`` — like Fig. 3: Fine-Pruning's accuracy-drop threshold (2/4/6 %)
+  against clean accuracy and attack success after pruning and fine-tuning, per setting and layer.
+* ``fig4_defences.png`` — an overview: attack success after every defence, per setting.
+
+Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas directly, so drawing
+never touches pyplot's global state or the user's chosen backend, and written atomically.
+A figure with no cells to draw is not written; the report says so instead.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .cache import atomic_write_bytes
+
+FIGURES: dict[str, dict[str, str]] = {
+    "fig1_attack": {"title": "Fig. 1: the attack vs poison share",
+                    "caption": "Clean test accuracy (left) and attack success (right) of the poisoned model against "
+                               "the poison share, per trigger; dashed: the clean model's accuracy."},
+    "fig2_ac": {"title": "Fig. 2: Activation Clustering vs poison share",
+                "caption": "Share of the poisoned (left) and clean (middle) training samples AC removed, and the "
+                           "attack success after retraining (right), against the poison share."},
+    "fig3_fp_threshold": {"title": "Fig. 3: Fine-Pruning threshold",
+                          "caption": "Clean accuracy (left) and attack success (right) after Fine-Pruning with an "
+                                     "accuracy-drop threshold of 2/4/6 %, per setting and pruned layer; dotted: "
+                                     "the poisoned model before pruning."},
+    "fig4_defences": {"title": "Overview: attack success after each defence",
+                      "caption": "Attack success (%) on the triggered test images after each defence, per setting."},
+}
+_DPI = 110
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _trigger_groups(recs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in recs:
+        groups.setdefault(f"{r['dataset']}: {r['trigger']}", []).append(r)
+    for g in groups.values():
+        g.sort(key=lambda r: r["poison_share"])
+    return groups
+
+
+def _pc(v: float | None) -> float:
+    return float("nan") if v is None else 100.0 * v
+
+
+def fig1_attack(agg: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    attack = [r for r in agg if r["kind"] == "attack"]
+    if not attack:
+        return None
+    clean = {r["setting"]: r for r in agg if r["kind"] == "clean"}
+    fig = Figure(figsize=(11, 4))
+    ax_acc, ax_asr = fig.subplots(1, 2)
+    for i, (name, recs) in enumerate(_trigger_groups(attack).items()):
+        x = [100 * r["poison_share"] for r in recs]
+        color = f"C{i % 10}"
+        ax_acc.plot(x, [_pc(r["accuracy"]) for r in recs], "o-", color=color, label=name)
+        ax_asr.plot(x, [_pc(r["attack_success"]) for r in recs], "o-", color=color, label=name)
+        base = [clean[r["setting"]]["accuracy"] for r in recs if r["setting"] in clean]
+        if base:
+            ax_acc.axhline(100 * sum(base) / len(base), color=color, ls="--", lw=0.8)
+    ax_acc.set(xlabel="poison share (%)", ylabel="clean test accuracy (%)", title="clean accuracy")
+    ax_asr.set(xlabel="poison share (%)", ylabel="attack success (%)", title="attack success", ylim=(-2, 102))
+    ax_asr.legend(fontsize=8, loc="lower right")
+    for ax in (ax_acc, ax_asr):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def fig2_ac(agg: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    ac = [r for r in agg if r["kind"] == "filter" and r["pipeline"] == "ac"]
+    if not ac:
+        return None
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in ac:
+        groups.setdefault(f"{r['dataset']}: {r['trigger']} ({r.get('defence_label') or r['defence']})", []).append(r)
+    for i, (name, recs) in enumerate(groups.items()):
+        recs = sorted(recs, key=lambda r: r["poison_share"])
+        x = [100 * r["poison_share"] for r in recs]
+        for ax, f in zip(axes, ("removed_poisoned_share", "removed_clean_share", "attack_success")):
+            ax.plot(x, [_pc(r.get(f)) for r in recs], "o-", color=f"C{i % 10}", label=name)
+    for ax, title in zip(axes, ("removed poisoned (% of poisoned)", "removed clean (% of clean)",
+                                "attack success after AC (%)")):
+        ax.set(xlabel="poison share (%)", title=title, ylim=(-2, 102))
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def fig3_fp_threshold(agg: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    fp = [r for r in agg if r["kind"] == "repair" and r.get("fp_threshold") is not None]
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in fp:
+        groups.setdefault((r["setting"], r.get("layer") or "?"), []).append(r)
+    # Only settings swept over more than one threshold make a curve.
+    groups = {k: sorted(v, key=lambda r: r["fp_threshold"]) for k, v in groups.items()
+              if len({r["fp_threshold"] for r in v}) > 1}
+    if not groups:
+        return None
+    before = {r["setting"]: r for r in agg if r["kind"] == "attack"}
+    fig = Figure(figsize=(11, 4))
+    ax_acc, ax_asr = fig.subplots(1, 2)
+    settings = sorted({s for s, _ in groups})
+    for (setting, layer), recs in groups.items():
+        color = f"C{settings.index(setting) % 10}"
+        style = "o-" if layer == "last_conv" else "s--"
+        x = [100 * r["fp_threshold"] for r in recs]
+        lab = f"{setting} ({layer})"
+        ax_acc.plot(x, [_pc(r["accuracy"]) for r in recs], style, color=color, label=lab)
+        ax_asr.plot(x, [_pc(r["attack_success"]) for r in recs], style, color=color, label=lab)
+        if setting in before:
+            ax_acc.axhline(_pc(before[setting]["accuracy"]), color=color, ls=":", lw=0.8)
+            ax_asr.axhline(_pc(before[setting]["attack_success"]), color=color, ls=":", lw=0.8)
+    ax_acc.set(xlabel="pruning threshold: allowed clean-accuracy drop (%)", ylabel="clean test accuracy (%)",
+               title="clean accuracy after FP")
+    ax_asr.set(xlabel="pruning threshold: allowed clean-accuracy drop (%)", ylabel="attack success (%)",
+               title="attack success after FP", ylim=(-2, 102))
+    ax_asr.legend(fontsize=8)
+    for ax in (ax_acc, ax_asr):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def fig4_defences(agg: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    recs = [r for r in agg if r["kind"] != "clean"]
+    if not recs:
+        return None
+    settings = list(dict.fromkeys(r["setting"] for r in recs))
+    per_def: dict[str, set] = {}
+    for r in recs:
+        per_def.setdefault(r["defence"], set()).add(r["setting"])
+    defences = [d for d in dict.fromkeys(r["defence"] for r in recs) if len(per_def[d]) == len(settings)]
+    label = {r["defence"]: r.get("defence_label") or r["defence"] for r in recs}
+    idx = {(r["setting"], r["defence"]): r for r in recs}
+    fig = Figure(figsize=(max(7.0, 1.1 * len(settings) * max(1, len(defences)) / 3 + 3), 4.5))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(defences))
+    for j, d in enumerate(defences):
+        xs = [i + (j - (len(defences) - 1) / 2) * width for i in range(len(settings))]
+        ys = [_pc(idx[(s, d)]["attack_success"]) if (s, d) in idx else float("nan") for s in settings]
+        ax.bar(xs, ys, width=width, label=label[d], color=f"C{j % 10}")
+    ax.set_xticks(range(len(settings)))
+    ax.set_xticklabels(settings, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="attack success (%)", ylim=(0, 102), title="attack success after each defence")
+    ax.legend(fontsize=8, ncol=min(4, max(1, len(defences))))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+_DRAW = {"fig1_attack": fig1_attack, "fig2_ac": fig2_ac, "fig3_fp_threshold": fig3_fp_threshold,
+         "fig4_defences": fig4_defences}
+_MISSING = {"fig1_attack": "Not drawn: no undefended poisoned models in this study.",
+            "fig2_ac": "Not drawn: Activation Clustering is not in this study.",
+            "fig3_fp_threshold": "Not drawn: no setting was pruned at more than one threshold (set fp_thresholds).",
+            "fig4_defences": "Not drawn: no defended cells."}
+
+
+def make_figures(agg: Sequence[Mapping[str, Any]], folder: str | Path, *, root: str | Path) -> dict[str, dict[str, str]]:
+    """Draw every figure that has data into ``folder``.
+
+    Returns
+    -------
+    dict
+        ``{name: {"title", "caption", "path" (relative to root) or "missing" (why not drawn)}}``,
+        in the order of :data:`FIGURES`.
+    """
+    folder, root = Path(folder), Path(root)
+    out: dict[str, dict[str, str]] = {}
+    for name, info in FIGURES.items():
+        entry = dict(info)
+        target = folder / f"{name}.png"
+        written = _DRAW[name](agg, target)
+        if written is None:
+            if target.exists():  # a stale figure from an earlier run of a different grid
+                target.unlink()
+            entry["missing"] = _MISSING[name]
+        else:
+            entry["path"] = written.relative_to(root).as_posix()
+        out[name] = entry
+    return out

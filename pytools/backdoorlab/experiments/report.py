@@ -1,0 +1,385 @@
+"""The study report: tables shaped like the paper's, written as Markdown, HTML, CSV and JSON.
+
+From the finished cells this module builds
+
+* the **main table** — attack success (and clean accuracy) of every defence per setting;
+* **Table A** — the attack itself: clean vs poisoned model (the numbers behind Fig. 1);
+* **Table 4** — data-filtering defences (AC, SS, DP): poisoned samples present, removed poisoned
+  and clean (counts and %), accuracy, Δ accuracy, attack success, Δ attack success;
+* **Table 5** — Fine-Pruning: layer, threshold, neurons pruned, accuracy and attack success with
+  their Δ;
+* **Table 6** — combinations (AC→FP, FP→AC, …) with the columns of both kinds;
+
+and writes ``cells.json`` (every cell record, in full), ``cells.csv`` (one flat row per cell),
+``tables.json`` (the tables as data, with the cache keys behind each row), ``report.md`` and
+``report.html`` (self-contained: figures and trigger previews embedded as base64 PNG), plus the
+figures of :mod:`backdoorlab.experiments.plots` and the findings of
+:mod:`backdoorlab.experiments.findings`. Every Δ is measured against the undefended poisoned model
+of the same setting and seed (``before_*`` in the cell), in percentage points.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from . import findings as findings_mod
+from . import plots
+from .cache import atomic_write_json, atomic_write_text
+from .records import CSV_COLUMNS, aggregate_cells, csv_row, index_by, pct, signed_points, validate_cell
+
+
+@dataclass
+class Table:
+    """One report table: header, formatted rows, and the cache keys each row was computed from."""
+
+    id: str
+    title: str
+    caption: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    sources: list[list[str]] = field(default_factory=list)
+
+    def add(self, row: Sequence[Any], keys: Iterable[str]) -> None:
+        if len(row) != len(self.columns):
+            raise ValueError(f"table {self.id}: row has {len(row)} cells for {len(self.columns)} columns")
+        self.rows.append([str(x) for x in row])
+        self.sources.append([k for k in keys if k])
+
+
+def _sd_suffix(rec: Mapping[str, Any], f: str) -> str:
+    sd = rec.get(f + "_sd")
+    return "" if sd is None else f" ± {100 * sd:.1f}"
+
+
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{round(100 * x, 4):g}"
+
+
+def _count(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def _pruned(rec: Mapping[str, Any]) -> str:
+    n, c = rec.get("neurons_pruned"), rec.get("n_channels")
+    if n is None:
+        return "–"
+    return f"{_count(n)}/{_count(c)}" if c is not None else _count(n)
+
+
+def _layer(rec: Mapping[str, Any]) -> str:
+    return {"last_conv": "last conv", "second_last_conv": "2nd-last conv"}.get(rec.get("layer"), rec.get("layer") or "–")
+
+
+def _settings_in_order(agg: Sequence[Mapping[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in agg:
+        seen.setdefault(r["setting"], None)
+    return list(seen)
+
+
+def _defences_in_order(agg: Sequence[Mapping[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in agg:
+        seen.setdefault(r["defence"], None)
+    return list(seen)
+
+
+def is_sweep_only(rec: Mapping[str, Any], all_settings: int, settings_of: Mapping[str, set]) -> bool:
+    """A defence run on fewer settings than the study has (e.g. the Fig. 3 threshold sweep)."""
+    return len(settings_of[rec["defence"]]) < all_settings
+
+
+def build_tables(agg: Sequence[Mapping[str, Any]]) -> list[Table]:
+    """The report's tables from aggregated records (see :func:`records.aggregate_cells`)."""
+    idx = index_by(agg)
+    settings = _settings_in_order(agg)
+    defences = _defences_in_order(agg)
+    settings_of: dict[str, set] = {}
+    for r in agg:
+        settings_of.setdefault(r["defence"], set()).add(r["setting"])
+    label = {r["defence"]: (r.get("defence_label") or r["defence"]) for r in agg}
+    kind = {r["defence"]: r["kind"] for r in agg}
+    main_defences = [d for d in defences if kind[d] not in ("clean",) and len(settings_of[d]) == len(settings)]
+
+    tables: list[Table] = []
+
+    main = Table("main", "Main table: attack success after each defence",
+                 "Attack success rate in % on the triggered test images, with clean test accuracy in % in "
+                 "brackets, for every setting (rows) and defence (columns). 'no defence' is the poisoned model.",
+                 ["Setting", "Trigger", "Share %"] + [label[d] for d in main_defences])
+    for s in settings:
+        recs = [idx.get((s, d)) for d in main_defences]
+        any_rec = next(r for r in agg if r["setting"] == s)
+        row = [s, any_rec["trigger"], _share(any_rec["poison_share"])]
+        row += [("–" if r is None else f"{pct(r['attack_success'])} ({pct(r['accuracy'])})") for r in recs]
+        main.add(row, [k for r in recs if r for k in r["keys"]])
+    tables.append(main)
+
+    attack = Table("attack", "Table A: the attack (clean vs poisoned model)",
+                   "Clean test accuracy and attack success of the model trained without the poisoned rows "
+                   "(clean) and of the poisoned model; Δ accuracy = poisoned − clean, in points.",
+                   ["Setting", "Data", "Trigger", "Share %", "Poisoned samples", "Clean acc %", "Poisoned acc %",
+                    "Δ acc", "ASR clean model %", "ASR poisoned model %"])
+    for s in settings:
+        none, clean = idx.get((s, "none")), idx.get((s, "clean"))
+        ref = none or clean
+        if ref is None:
+            continue
+        d_acc = (none["accuracy"] - clean["accuracy"]) if (none and clean) else None
+        attack.add([s, ref["dataset"], ref["trigger"], _share(ref["poison_share"]),
+                    _count(none.get("poisoned_present")) if none else "–",
+                    pct(clean["accuracy"]) + _sd_suffix(clean, "accuracy") if clean else "–",
+                    pct(none["accuracy"]) + _sd_suffix(none, "accuracy") if none else "–",
+                    signed_points(d_acc),
+                    pct(clean["attack_success"]) if clean else "–",
+                    pct(none["attack_success"]) + _sd_suffix(none, "attack_success") if none else "–"],
+                   (none or {}).get("keys", []) + (clean or {}).get("keys", []))
+    tables.append(attack)
+
+    t4 = Table("table4", "Table 4: data-filtering defences (AC, SS, DP)",
+               "Poisoned training samples present, removed poisoned and removed clean samples (count and % of "
+               "the poisoned resp. clean samples), then the retrained model's clean accuracy and attack success "
+               "with their change against the poisoned model (Δ, points).",
+               ["Setting", "Defence", "Poisoned present", "Removed poisoned", "Removed poisoned %",
+                "Removed clean", "Removed clean %", "Acc %", "Δ acc", "ASR %", "Δ ASR"])
+    t5 = Table("table5", "Table 5: Fine-Pruning",
+               "Channels of the pruned layer removed (pruned/total) until clean-set accuracy fell by more than "
+               "the threshold, then fine-tuned on the clean set; Δ against the poisoned model, points.",
+               ["Setting", "Defence", "Layer", "Threshold %", "Neurons pruned", "Acc %", "Δ acc", "ASR %", "Δ ASR"])
+    t6 = Table("table6", "Table 6: combined defences",
+               "Defences in sequence (AC→FP: filter, retrain, then prune; FP→AC: prune and fine-tune, then "
+               "filter with the pruned model's activations and retrain). Removals from the filtering step, "
+               "neurons from the pruning step; Δ against the poisoned model, points.",
+               ["Setting", "Order", "Removed poisoned", "Removed poisoned %", "Removed clean", "Removed clean %",
+                "Neurons pruned", "Acc %", "Δ acc", "ASR %", "Δ ASR"])
+    for s in settings:
+        for d in defences:
+            r = idx.get((s, d))
+            if r is None:
+                continue
+            tail = [pct(r["accuracy"]) + _sd_suffix(r, "accuracy"), signed_points(r.get("delta_accuracy")),
+                    pct(r["attack_success"]) + _sd_suffix(r, "attack_success"),
+                    signed_points(r.get("delta_attack_success"))]
+            if r["kind"] == "filter":
+                t4.add([s, label[d], _count(r.get("poisoned_present")), _count(r.get("removed_poisoned")),
+                        pct(r.get("removed_poisoned_share")), _count(r.get("removed_clean")),
+                        pct(r.get("removed_clean_share"))] + tail, r["keys"])
+            elif r["kind"] == "repair":
+                t5.add([s, label[d], _layer(r), _share(r.get("fp_threshold")), _pruned(r)] + tail, r["keys"])
+            elif r["kind"] == "combination":
+                t6.add([s, label[d], _count(r.get("removed_poisoned")), pct(r.get("removed_poisoned_share")),
+                        _count(r.get("removed_clean")), pct(r.get("removed_clean_share")), _pruned(r)] + tail,
+                       r["keys"])
+    tables += [t4, t5, t6]
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------
+# rendering
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def table_markdown(t: Table) -> str:
+    lines = [f"### {t.title}", "", t.caption, ""]
+    if not t.rows:
+        lines.append("_No cells of this kind in this study._")
+        return "\n".join(lines) + "\n"
+    lines.append("| " + " | ".join(_md_escape(c) for c in t.columns) + " |")
+    lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(t.columns))) + "|")
+    for row in t.rows:
+        lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_html(t: Table) -> str:
+    parts = [f"<h3 id='{html.escape(t.id)}'>{html.escape(t.title)}</h3>", f"<p class='caption'>{html.escape(t.caption)}</p>"]
+    if not t.rows:
+        parts.append("<p><em>No cells of this kind in this study.</em></p>")
+        return "\n".join(parts)
+    parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in t.columns) + "</tr></thead><tbody>")
+    for row in t.rows:
+        parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    parts.append("</tbody></table>")
+    return "\n".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){text-align:left}
+.caption{color:#555;font-size:0.9em}img{max-width:100%;border:1px solid #ddd;margin:0.3em 0}
+code{background:#f6f6f6;padding:0 3px}.fail{color:#a00}
+"""
+
+
+def _img_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def render_markdown(meta: Mapping[str, Any], tables: Sequence[Table], figures: Mapping[str, Mapping[str, str]],
+                    previews: Mapping[str, str], findings: Sequence[str]) -> str:
+    """The Markdown report; figures and previews are linked relative to the results folder."""
+    out = [f"# backdoorlab study report: {meta.get('name', 'study')}", ""]
+    out += _meta_lines(meta) + [""]
+    out += ["## Findings", ""]
+    out += [f"- {s}" for s in findings] or ["- (no findings: too few cells)"]
+    out += ["", "## Tables", ""]
+    for t in tables:
+        out.append(table_markdown(t))
+    out += ["## Figures", ""]
+    for name, fig in figures.items():
+        out += [f"### {fig['title']}", "", fig["caption"], ""]
+        out.append(f"![{fig['title']}]({fig['path']})" if fig.get("path") else f"_{fig.get('missing', 'not drawn')}_")
+        out.append("")
+    out += ["## Trigger previews", "", "Clean (top) vs poisoned (bottom) training samples of each variant, as "
+            "written by datasets_gen beside the variant.", ""]
+    if previews:
+        for setting, rel in previews.items():
+            out += [f"**{setting}**", "", f"![preview {setting}]({rel})", ""]
+    else:
+        out.append("_No preview grids were written by the data-set generator._")
+    failures = meta.get("failures") or []
+    if failures:
+        out += ["", "## Cells that failed", ""]
+        out += [f"- `{f['setting']}` / `{f['defence']}` (seed {f['seed']}): {f['error']}" for f in failures]
+    return "\n".join(out) + "\n"
+
+
+def _meta_lines(meta: Mapping[str, Any]) -> list[str]:
+    lines = []
+    if meta.get("description"):
+        lines += [str(meta["description"]), ""]
+    mode = "quick (reduced data, epochs and settings)" if meta.get("quick") else "full"
+    lines.append(f"- Mode: {mode}; seeds: {meta.get('seeds')}; device: {meta.get('device')}")
+    lines.append(f"- Cells: {meta.get('n_cells')} ({meta.get('n_computed', 0)} computed in this run, "
+                 f"{meta.get('n_cached', 0)} from the cache, {len(meta.get('failures') or [])} failed)")
+    if meta.get("wall_time_s") is not None:
+        lines.append(f"- Wall time of this run: {meta['wall_time_s']:.1f} s")
+    v = meta.get("versions") or {}
+    if v:
+        lines.append("- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+    for note in meta.get("notes") or []:
+        lines.append(f"- Note: {note}")
+    lines.append("- Data: `cells.json` (every cell in full), `cells.csv` (one row per cell), `tables.json`, "
+                 "`study.json` (the resolved configuration)")
+    return lines
+
+
+def render_html(meta: Mapping[str, Any], tables: Sequence[Table], figures: Mapping[str, Mapping[str, str]],
+                previews: Mapping[str, str], findings: Sequence[str], root: Path) -> str:
+    """A self-contained HTML page: the same content as the Markdown, images embedded as base64."""
+    e = html.escape
+    body = [f"<h1>backdoorlab study report: {e(str(meta.get('name', 'study')))}</h1><ul>"]
+    body += [f"<li>{e(line[2:])}</li>" for line in _meta_lines(meta) if line.startswith("- ")]
+    body.append("</ul><h2>Findings</h2><ul>")
+    body += [f"<li>{e(s)}</li>" for s in findings] or ["<li>(no findings: too few cells)</li>"]
+    body.append("</ul><h2>Tables</h2>")
+    body += [table_html(t) for t in tables]
+    body.append("<h2>Figures</h2>")
+    for fig in figures.values():
+        body.append(f"<h3>{e(fig['title'])}</h3><p class='caption'>{e(fig['caption'])}</p>")
+        if fig.get("path"):
+            body.append(f"<img alt='{e(fig['title'])}' src='{_img_data_uri(root / fig['path'])}'>")
+        else:
+            body.append(f"<p><em>{e(fig.get('missing', 'not drawn'))}</em></p>")
+    body.append("<h2>Trigger previews</h2><p class='caption'>Clean vs poisoned training samples of each variant.</p>")
+    for setting, rel in previews.items():
+        body.append(f"<h4>{e(setting)}</h4><img alt='preview {e(setting)}' src='{_img_data_uri(root / rel)}'>")
+    if not previews:
+        body.append("<p><em>No preview grids were written by the data-set generator.</em></p>")
+    failures = meta.get("failures") or []
+    if failures:
+        body.append("<h2 class='fail'>Cells that failed</h2><ul>")
+        body += [f"<li><code>{e(f['setting'])}</code> / <code>{e(f['defence'])}</code> (seed {f['seed']}): "
+                 f"{e(f['error'])}</li>" for f in failures]
+        body.append("</ul>")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>backdoorlab report: {e(str(meta.get('name', 'study')))}</title><style>{_CSS}</style></head>"
+            "<body>" + "\n".join(body) + "</body></html>\n")
+
+
+def write_cells_csv(path: Path, cells: Sequence[Mapping[str, Any]]) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for c in cells:
+        w.writerow({k: ("" if v is None else v) for k, v in csv_row(c).items()})
+    return atomic_write_text(path, buf.getvalue())
+
+
+def write_report(out: str | Path, cells: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None,
+                 *, progress: bool = False) -> dict[str, Path]:
+    """Write every report file for ``cells`` into ``out``.
+
+    Parameters
+    ----------
+    out : path
+        The results folder; ``figures/`` is created inside it. Preview paths in the cells
+        (``cell['preview']``) are relative to it.
+    cells : sequence of dict
+        Finished cell records (see :mod:`backdoorlab.experiments.records`); at least one.
+    meta : dict, optional
+        Study facts shown at the top: ``name``, ``quick``, ``seeds``, ``device``, ``versions``,
+        ``wall_time_s``, ``n_computed``, ``n_cached``, ``failures``, ``notes``, ``description``.
+
+    Returns
+    -------
+    dict
+        ``{"report_md", "report_html", "cells_json", "cells_csv", "tables_json", <figure names>}`` → paths.
+    """
+    out = Path(out)
+    if not cells:
+        raise ValueError("no finished cells to report on (every cell failed or the grid is empty)")
+    for c in cells:
+        validate_cell(c)
+    meta = dict(meta or {})
+    meta.setdefault("n_cells", len(cells))
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    agg = aggregate_cells(cells)
+    tables = build_tables(agg)
+    figures = plots.make_figures(agg, out / "figures", root=out)
+    found = findings_mod.compute_findings(agg)
+    previews: dict[str, str] = {}
+    for r in agg:
+        rel = r.get("preview")
+        if rel and (out / rel).is_file() and r["setting"] not in previews:
+            previews[r["setting"]] = rel
+
+    paths: dict[str, Path] = {}
+    paths["cells_json"] = atomic_write_json(out / "cells.json", list(cells))
+    paths["cells_csv"] = write_cells_csv(out / "cells.csv", cells)
+    paths["tables_json"] = atomic_write_json(out / "tables.json", {
+        "tables": [asdict(t) for t in tables], "findings": found,
+        "figures": {k: v.get("path") for k, v in figures.items()}, "previews": previews})
+    paths["report_md"] = atomic_write_text(out / "report.md", render_markdown(meta, tables, figures, previews, found))
+    paths["report_html"] = atomic_write_text(out / "report.html",
+                                             render_html(meta, tables, figures, previews, found, out))
+    for name, fig in figures.items():
+        if fig.get("path"):
+            paths[name] = out / fig["path"]
+    if progress:
+        print(f"report written to {paths['report_md']} ({time.perf_counter() - t0:.1f} s)")
+    return paths
+
+
+def load_cells(out: str | Path) -> list[dict]:
+    """Read ``cells.json`` of a results folder (for re-rendering or checks)."""
+    p = Path(out) / "cells.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no cells.json in {Path(out)}")
+    return json.loads(p.read_text(encoding="utf-8"))

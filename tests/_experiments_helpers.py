@@ -1,0 +1,71 @@
+"""Fabricated cell records for the report tests (no training: numbers drawn from a seeded RNG).
+
+The records have exactly the fields the runner writes, so the report, plots and findings can be
+tested on many shapes of grid in milliseconds; the end-to-end test then checks the same
+properties on a real tiny run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backdoorlab.experiments.config import DEFENCE_CATALOG, DefenceSpec
+
+SETTINGS = [("gtsrb", "yellow square", 0.03), ("gtsrb", "yellow square", 0.07), ("gtsrb", "yellow square", 0.10),
+            ("gtsrb", "white pattern", 0.07), ("ytaf", "green glasses", 0.05)]
+DEFENCES = ["clean", "none", "ac", "ss", "dp", "fp-last", "fp-second-last", "ac>fp", "fp>ac"]
+
+
+def _spec(did: str) -> DefenceSpec:
+    e = DEFENCE_CATALOG[did]
+    return DefenceSpec(id=did, pipeline=e["pipeline"], kind=e["kind"], configs=e["configs"])
+
+
+def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0, sweep=(0.02, 0.06)):
+    rng = np.random.default_rng(rng_seed)
+    cells = []
+    specs = [_spec(d) for d in defences]
+    for i, (dataset, trigger, share) in enumerate(settings):
+        sid = f"{dataset}-{trigger.replace(' ', '-')}@{round(share * 100, 4):g}%"
+        extra = []
+        if i == 0:
+            for t in sweep:
+                extra.append(DefenceSpec(id=f"fp-last@{t * 100:g}%", pipeline="fp", kind="repair",
+                                         configs={"fp": {"layer": "last_conv", "threshold": t}}))
+        for seed in seeds:
+            n_train, n_pois = 1000, int(round(share * 300))
+            before_acc, before_asr = float(rng.uniform(0.9, 0.97)), float(rng.uniform(0.85, 1.0))
+            for spec in specs + extra:
+                c = {"setting": sid, "dataset": dataset, "trigger": trigger, "preset": f"{dataset}-preset",
+                     "poison_share": share, "defence": spec.id, "defence_label": spec.display_label(),
+                     "kind": spec.kind, "pipeline": spec.pipeline, "seed": seed, "n_train": n_train,
+                     "poisoned_present": n_pois, "before_accuracy": before_acc, "before_attack_success": before_asr,
+                     "removed_poisoned": None, "removed_clean": None, "removed_poisoned_share": None,
+                     "removed_clean_share": None, "neurons_pruned": None, "n_channels": None, "layer": None,
+                     "fp_threshold": None, "preview": None, "steps": [],
+                     "versions": {"backdoorlab": "0.1.0", "torch": "x", "numpy": "y"},
+                     "timings": {"total_s": float(rng.uniform(1, 5))}, "config": {"defence": spec.id},
+                     "key": f"{len(cells):016x}"}
+                if spec.kind == "clean":
+                    c.update(accuracy=float(rng.uniform(0.93, 0.98)), attack_success=float(rng.uniform(0, 0.05)),
+                             before_accuracy=None, before_attack_success=None, poisoned_present=0)
+                elif spec.kind == "attack":
+                    c.update(accuracy=before_acc, attack_success=before_asr)
+                else:
+                    c.update(accuracy=float(rng.uniform(0.8, 0.97)), attack_success=float(rng.uniform(0, 1)))
+                    if spec.kind in ("filter", "combination"):
+                        rp = int(rng.integers(0, n_pois + 1))
+                        rc = int(rng.integers(0, 300))
+                        c.update(removed_poisoned=rp, removed_clean=rc,
+                                 removed_poisoned_share=rp / n_pois, removed_clean_share=rc / (n_train - n_pois))
+                    if spec.pipeline.endswith("fp") or spec.pipeline.startswith("fp"):
+                        fp = spec.configs["fp"]
+                        c.update(neurons_pruned=int(rng.integers(0, 128)), n_channels=128, layer=fp["layer"],
+                                 fp_threshold=fp["threshold"])
+                if c["before_accuracy"] is not None:
+                    c["delta_accuracy"] = c["accuracy"] - c["before_accuracy"]
+                    c["delta_attack_success"] = c["attack_success"] - c["before_attack_success"]
+                else:
+                    c["delta_accuracy"] = c["delta_attack_success"] = None
+                cells.append(c)
+    return cells
