@@ -1,17 +1,136 @@
-// The only file that includes pybind11: it exposes the plain C++ core as backdoorlab._core.
+// The only file that includes pybind11: it exposes the plain C++ core (csrc/cpu) as
+// backdoorlab._core. Python callers go through backdoorlab.native, which validates arguments
+// first; the checks here are the last line (never crash the interpreter on bad input).
+//
+// ---- The _core API (mirror it in _core_cuda: same names, same argument order, same results) ---
+//
+//   build_info() -> dict        version, openmp, max_threads, num_threads, simd, compiler
+//                               (_core_cuda adds "cuda_devices": int — native.py reads it)
+//   set_num_threads(n: int) -> None ; get_num_threads() -> int
+//   stats_update(acts: f32[N, C, S], group: i64[N], count: i64[G], values: i64[G],
+//                mean: f64[G, C], m2: f64[G, C], maxv: f64[G, C], npos: i64[G, C]) -> None
+//       in place (Chan merge of the batch into the running float64 moments); S = H*W (1 for
+//       dense layers); group in [0, G); count = rows seen, values = rows * S.
+//   fastica(X: f32[n, d], offsets: i64[G+1], n_components: int, max_iter: int, tol: float,
+//           seed: int) -> (sources f32[n, n_components], n_iter i32[G])
+//   pca(X, offsets, n_components: int) -> f32[n, n_components]
+//   kmeans(X, offsets, k: int, n_init: int, max_iter: int, tol: float, seed: int)
+//       -> (labels i32[n], centers f32[G, k, d], inertia f64[G], n_iter i32[G])
+//   silhouette_samples(X, offsets, labels: i32[n]) -> f32[n]
+//   spectral_scores(X, offsets, center: bool) -> f32[n]
+//   pruning_order(mean: f64[C]) -> i64[C]
+//   pruning_mask(order: i64[C], n_pruned: int) -> f32[C]
+//
+// Conventions: X is float32 C-contiguous (n, d), rows grouped by class, class c = rows
+// offsets[c]:offsets[c+1]; empty classes are skipped (their outputs: zeros, NaN centres and
+// inertia, n_iter 0). Array arguments are taken with py::arg().noconvert() and
+// py::array::c_style | py::array::forcecast is NOT used: a wrong dtype or a strided array is a
+// TypeError here (native.py copies strided float32 views to C order before calling, and refuses
+// other dtypes, so no silent conversion happens anywhere). Errors: std::invalid_argument ->
+// ValueError with the bad value named. Output arrays are allocated while the GIL is held; the
+// kernels then run with the GIL released and touch no Python object. Random streams come from
+// csrc/common/rng.hpp keyed by (seed, class, run), so results do not depend on thread count.
+// ------------------------------------------------------------------------------------------
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+#include <string>
+
 #include "cpu/parallel.hpp"
+#include "cpu/pruning.hpp"
+#include "cpu/stats.hpp"
 
 namespace py = pybind11;
+using i64 = std::int64_t;
+
+namespace {
+
+template <typename T>
+using carray = py::array_t<T, py::array::c_style>;
+
+// Shape checks with the argument named (the NumPy dtype/contiguity checks are done by noconvert).
+template <typename T>
+void expect_ndim(const carray<T>& a, const char* name, py::ssize_t ndim) {
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " +
+                          std::to_string(a.ndim()) + "-D");
+}
+
+template <typename T>
+void expect_shape(const carray<T>& a, const char* name, std::initializer_list<py::ssize_t> shape) {
+  expect_ndim(a, name, static_cast<py::ssize_t>(shape.size()));
+  py::ssize_t i = 0;
+  for (py::ssize_t s : shape) {
+    if (a.shape(i) != s)
+      throw py::value_error(std::string(name) + " has size " + std::to_string(a.shape(i)) + " in dimension " +
+                            std::to_string(i) + ", expected " + std::to_string(s));
+    ++i;
+  }
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = BACKDOORLAB_VERSION;
+  info["openmp"] = backdoorlab::openmp_enabled();
+  info["max_threads"] = backdoorlab::max_threads();
+  info["num_threads"] = backdoorlab::num_threads();
+#if defined(__clang__)
+  info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  info["compiler"] = "unknown";
+#endif
+  return info;
+}
+
+void stats_update(const carray<float>& acts, const carray<i64>& group, carray<i64> count, carray<i64> values,
+                  carray<double> mean, carray<double> m2, carray<double> maxv, carray<i64> npos) {
+  expect_ndim(acts, "acts", 3);
+  const i64 N = acts.shape(0), C = acts.shape(1), S = acts.shape(2);
+  const i64 G = count.ndim() == 1 ? count.shape(0) : -1;
+  expect_shape(group, "group", {N});
+  expect_shape(count, "count", {G});
+  expect_shape(values, "values", {G});
+  expect_shape(mean, "mean", {G, C});
+  expect_shape(m2, "m2", {G, C});
+  expect_shape(maxv, "maxv", {G, C});
+  expect_shape(npos, "npos", {G, C});
+  const float* a = acts.data();
+  const i64* g = group.data();
+  i64 *cnt = count.mutable_data(), *val = values.mutable_data(), *pos = npos.mutable_data();
+  double *mu = mean.mutable_data(), *q = m2.mutable_data(), *mx = maxv.mutable_data();
+  py::gil_scoped_release release;
+  backdoorlab::stats_update(a, N, C, S, g, G, cnt, val, mu, q, mx, pos);
+}
+
+carray<i64> pruning_order(const carray<double>& mean) {
+  expect_ndim(mean, "mean_activation", 1);
+  const i64 C = mean.shape(0);
+  carray<i64> order(C);
+  backdoorlab::pruning_order(mean.data(), C, order.mutable_data());
+  return order;
+}
+
+carray<float> pruning_mask(const carray<i64>& order, i64 n_pruned) {
+  expect_ndim(order, "order", 1);
+  const i64 C = order.shape(0);
+  carray<float> mask(C);
+  backdoorlab::pruning_mask(order.data(), C, n_pruned, mask.mutable_data());
+  return mask;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "backdoorlab native CPU core (private: use backdoorlab.native)";
-  m.def("build_info", []() {
-    py::dict info;
-    info["version"] = BACKDOORLAB_VERSION;
-    info["openmp"] = backdoorlab::openmp_enabled();
-    info["max_threads"] = backdoorlab::max_threads();
-    return info;
-  });
+  m.def("build_info", &build_info, "What was compiled (see backdoorlab.native.build_info).");
+  m.def("set_num_threads", &backdoorlab::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &backdoorlab::num_threads);
+  m.def("stats_update", &stats_update, py::arg("acts").noconvert(), py::arg("group").noconvert(),
+        py::arg("count").noconvert(), py::arg("values").noconvert(), py::arg("mean").noconvert(),
+        py::arg("m2").noconvert(), py::arg("maxv").noconvert(), py::arg("npos").noconvert());
+  m.def("pruning_order", &pruning_order, py::arg("mean").noconvert());
+  m.def("pruning_mask", &pruning_mask, py::arg("order").noconvert(), py::arg("n_pruned"));
 }

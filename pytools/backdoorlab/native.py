@@ -1,0 +1,536 @@
+"""The native defence core: validated, documented wrappers over the compiled ``_core`` module.
+
+This is the only Python module that touches ``backdoorlab._core`` (CPU, C++17 + OpenMP) and
+``backdoorlab._core_cuda`` (optional CUDA twin with the same function names and argument order).
+Every function checks its input here — dtype, shape, offsets, parameter ranges — and the C++ core
+checks again what only it sees cheaply (NaN/Inf while it reads the rows), so bad input gives a
+``TypeError``/``ValueError`` naming the problem, never a crash.
+
+Calling form (docs/contracts.md, section 1): the batched kernels take one float32 C-contiguous
+matrix ``X`` of shape (n, d) whose rows are grouped by class, plus int64 ``offsets`` of shape
+(n_classes + 1,): class ``c`` is ``X[offsets[c]:offsets[c+1]]``. :func:`group_by_class` builds
+both from per-row labels. Conversions: ``X`` must already be float32 (``TypeError`` otherwise —
+a silent float64 -> float32 copy would double memory behind the caller's back); a
+non-contiguous float32 array is copied to C order; integer ``offsets``/``labels`` of any width
+are converted to the width the core takes.
+
+Devices: ``device="cpu"`` uses ``_core``; ``"cuda"`` uses ``_core_cuda`` and raises
+``RuntimeError`` with the reason when it is not built, sees no GPU or lacks that kernel;
+``"auto"`` takes CUDA only when it is built, a GPU is visible and the kernel exists there, else
+the CPU. Nothing ever falls back to :mod:`backdoorlab.reference` silently: :func:`build_info`
+reports which implementation serves each kernel.
+
+Threads: the CPU core spreads classes over OpenMP threads (``OMP_NUM_THREADS`` or
+:func:`set_num_threads`); results do not depend on the thread count. Long kernels release the
+GIL, so other Python threads keep running.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import numpy as np
+
+from backdoorlab import reference as _ref
+from backdoorlab.reference import (
+    KMeansResult,
+    _check_acts,
+    _check_components,
+    _check_groups,
+    _check_int,
+    _check_labels,
+    _check_matrix,
+    _check_min_rows,
+    _check_offsets,
+    _check_order,
+    _check_tol,
+    _finish_stats,
+    group_by_class,
+)
+
+__all__ = [
+    "NativeKernelMissingWarning",
+    "KMeansResult",
+    "build_info",
+    "set_num_threads",
+    "get_num_threads",
+    "group_by_class",
+    "activation_stats",
+    "ActivationStats",
+    "fastica",
+    "pca",
+    "kmeans",
+    "silhouette_samples",
+    "spectral_scores",
+    "pruning_order",
+    "pruning_mask",
+]
+
+#: Kernel names every backend module must expose (same names, same argument order).
+KERNELS = ("stats_update", "fastica", "pca", "kmeans", "silhouette_samples", "spectral_scores",
+           "pruning_order", "pruning_mask")
+
+
+def _load(name: str) -> tuple[Any, str | None]:
+    """Import ``backdoorlab.<name>``; return (module, None) or (None, why it is unavailable)."""
+    try:
+        return importlib.import_module(f"backdoorlab.{name}"), None
+    except ImportError as exc:  # not built, or built against a missing runtime library
+        return None, f"backdoorlab.{name} could not be imported ({exc})"
+
+
+_core, _core_error = _load("_core")
+_cuda, _cuda_error = _load("_core_cuda")
+
+
+def _cuda_devices() -> int:
+    if _cuda is None:
+        return 0
+    try:
+        return int(_cuda.build_info().get("cuda_devices", 0))
+    except Exception:  # a broken driver must not break the CPU path
+        return 0
+
+
+def _backend(device: str, kernel: str):
+    """The compiled module that runs ``kernel`` on ``device`` (raises with the reason)."""
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str ('cpu', 'cuda' or 'auto'), got {type(device).__name__}")
+    if device not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    if device in ("cuda", "auto"):
+        why = None
+        if _cuda is None:
+            why = _cuda_error
+        elif _cuda_devices() == 0:
+            why = "backdoorlab._core_cuda is built but no CUDA device is visible"
+        elif not hasattr(_cuda, kernel):
+            why = f"backdoorlab._core_cuda has no kernel {kernel!r}"
+        if why is None:
+            return _cuda
+        if device == "cuda":
+            raise RuntimeError(f"device='cuda' is not available: {why}")
+    if _core is None:
+        raise RuntimeError(f"the native CPU core is not available: {_core_error}; "
+                           "rebuild with `pip install --no-build-isolation -Cbuild-dir=build -e .`")
+    if not hasattr(_core, kernel):
+        if kernel in _INTERIM_REFERENCE:
+            # Interim while the C++ kernel is being written: visible (a warning every call and
+            # build_info()["kernels"][kernel]["cpu"] == "reference (interim)"), never silent.
+            warnings.warn(f"native kernel {kernel!r} is not built yet: running the NumPy/scikit-learn "
+                          "reference instead (slow)", NativeKernelMissingWarning, stacklevel=3)
+            return _INTERIM
+        raise RuntimeError(f"backdoorlab._core has no kernel {kernel!r}: the installed build is older "
+                           "than this Python wrapper; rebuild the package")
+    return _core
+
+
+class NativeKernelMissingWarning(UserWarning):
+    """A kernel ran in the NumPy/scikit-learn reference because its native code is not built."""
+
+
+# Kernels that may run in the reference while their C++ is in progress (emptied once all land).
+_INTERIM_REFERENCE = {"fastica", "pca", "kmeans", "silhouette_samples", "spectral_scores",
+                      "pruning_order", "pruning_mask"}
+_INTERIM = object()
+
+
+# ---- build information and threads ----------------------------------------------------------
+
+
+def build_info() -> dict:
+    """What was compiled and what serves each kernel.
+
+    Returns
+    -------
+    dict
+        ``version``, ``openmp`` (bool), ``max_threads``, ``simd`` (list of instruction sets the
+        CPU core can dispatch to at run time, and the one this CPU uses), ``compiler``,
+        ``cuda`` (bool: ``_core_cuda`` built and a GPU visible), ``cuda_built`` (bool),
+        ``cuda_devices`` (int), ``cuda_error`` (why not, or None), ``kernels`` (name ->
+        ``{"cpu": "native" | "missing", "cuda": "native" | "missing"}``).
+    """
+    info: dict[str, Any] = {}
+    if _core is not None:
+        info.update(_core.build_info())
+    else:
+        info.update(version=None, openmp=False, max_threads=0, simd=[], core_error=_core_error)
+    n_dev = _cuda_devices()
+    info["cuda_built"] = _cuda is not None
+    info["cuda_devices"] = n_dev
+    info["cuda"] = _cuda is not None and n_dev > 0
+    info["cuda_error"] = _cuda_error if _cuda is None else (None if n_dev else "no CUDA device visible")
+    if _cuda is not None:
+        try:
+            info["cuda_info"] = dict(_cuda.build_info())
+        except Exception as exc:
+            info["cuda_info"] = {"error": str(exc)}
+    info["kernels"] = {
+        k: {"cpu": "native" if _core is not None and hasattr(_core, k)
+            else "reference (interim)" if k in _INTERIM_REFERENCE else "missing",
+            "cuda": "native" if _cuda is not None and hasattr(_cuda, k) else "missing"}
+        for k in KERNELS
+    }
+    return info
+
+
+def set_num_threads(n: int) -> None:
+    """Set the OpenMP thread count of the CPU core (results do not depend on it)."""
+    n = _check_int(n, "n", 1)
+    _backend("cpu", "set_num_threads").set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """OpenMP threads the CPU core uses."""
+    return int(_backend("cpu", "get_num_threads").get_num_threads())
+
+
+# ---- 1. activation statistics ----------------------------------------------------------------
+
+
+def activation_stats(acts: np.ndarray, labels: np.ndarray | None = None, n_classes: int | None = None,
+                     device: str = "cpu") -> dict:
+    """Per-channel mean, std, max and fraction > 0 of activations, optionally per class.
+
+    Parameters
+    ----------
+    acts : ndarray of shape (N, C) or (N, C, H, W), float32
+        Activations; for conv maps every spatial position counts as one value of its channel.
+    labels : ndarray of shape (N,), integer, optional
+        Class of every row; with it every statistic is per (class, channel).
+    n_classes : int, optional
+        Number of classes with ``labels`` (``labels.max() + 1`` by default).
+    device : {"cpu", "cuda", "auto"}
+
+    Returns
+    -------
+    dict
+        ``mean``, ``std`` (population, ddof=0), ``max``, ``frac_positive``: float64 of shape
+        (C,) or (n_classes, C) (NaN for a class without rows); ``count``: int64 rows, shape ()
+        or (n_classes,).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Wrong dtype/ndim, empty input, NaN/Inf, labels out of range.
+    """
+    a = _check_acts(acts)
+    if labels is None and n_classes is not None:
+        raise ValueError("n_classes was given without labels")
+    if labels is not None and n_classes is None:
+        n_classes = int(_check_labels(labels, a.shape[0]).max()) + 1
+    acc = ActivationStats(a.shape[1], n_classes if labels is not None else None, device=device)
+    acc.update(acts, labels)
+    return acc.result()
+
+
+class ActivationStats:
+    """Streaming per-channel statistics: feed batches, read the statistics of everything fed.
+
+    The accumulator keeps, per (class, channel), the count, mean and sum of squared deviations
+    in float64 and merges every batch with Chan et al.'s parallel update, so a data set streamed
+    in any batch sizes gives the statistics of the whole without holding it.
+
+    Parameters
+    ----------
+    n_channels : int
+        C, the channel count every batch must have.
+    n_classes : int, optional
+        With it, statistics are per (class, channel) and every ``update`` needs labels.
+    device : {"cpu", "cuda", "auto"}
+    """
+
+    def __init__(self, n_channels: int, n_classes: int | None = None, device: str = "cpu") -> None:
+        self.n_channels = _check_int(n_channels, "n_channels", 1)
+        self.n_classes = None if n_classes is None else _check_int(n_classes, "n_classes", 1)
+        self._mod = _backend(device, "stats_update")
+        g = 1 if self.n_classes is None else self.n_classes
+        self._count = np.zeros(g, dtype=np.int64)
+        self._values = np.zeros(g, dtype=np.int64)
+        self._mean = np.zeros((g, self.n_channels))
+        self._m2 = np.zeros((g, self.n_channels))
+        self._max = np.full((g, self.n_channels), -np.inf)
+        self._npos = np.zeros((g, self.n_channels), dtype=np.int64)
+
+    def update(self, batch: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Add a batch.
+
+        Parameters
+        ----------
+        batch : ndarray of shape (B, C) or (B, C, H, W), float32
+        labels : ndarray of shape (B,), integer — required iff the accumulator is per class.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Wrong dtype/shape/channel count, NaN/Inf (the accumulator is left unchanged).
+        """
+        a = _check_acts(batch, "batch")
+        if a.shape[1] != self.n_channels:
+            raise ValueError(f"batch has {a.shape[1]} channels, the accumulator was made for {self.n_channels}")
+        if self.n_classes is None:
+            if labels is not None:
+                raise ValueError("labels given to an accumulator made without n_classes")
+            groups = np.zeros(a.shape[0], dtype=np.int64)
+        else:
+            if labels is None:
+                raise ValueError(f"labels are required: the accumulator is per class (n_classes={self.n_classes})")
+            groups, _ = _check_groups(labels, self.n_classes, a.shape[0])
+            groups = np.ascontiguousarray(groups, dtype=np.int64)
+        self._mod.stats_update(a, groups, self._count, self._values, self._mean, self._m2, self._max, self._npos)
+
+    def result(self) -> dict:
+        """Statistics so far, same keys and shapes as :func:`activation_stats`."""
+        return _finish_stats(self._count, self._mean, self._m2, self._max, self._npos, self._values,
+                             squeeze=self.n_classes is None)
+
+
+# ---- 2. FastICA and PCA ----------------------------------------------------------------------
+
+
+def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter: int = 1000,
+            tol: float = 0.005, seed: int = 0, device: str = "cpu", *,
+            return_n_iter: bool = False):
+    """FastICA fitted on every class: the Activation-Clustering dimensionality reduction.
+
+    Per class: centre, whiten with the top ``n_components`` eigenvectors of the covariance
+    (eigen-decomposition, no LAPACK), then the parallel (symmetric) FastICA fixed point with
+    G = logcosh, started from a seeded standard-normal matrix, until
+    ``max|abs(diag(W_new W^T)) - 1| < tol`` or ``max_iter`` iterations — scikit-learn's
+    ``FastICA(whiten="unit-variance", fun="logcosh", algorithm="parallel")``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+        Rows grouped by class (C-contiguous; a strided view is copied).
+    offsets : ndarray of shape (n_classes + 1,), int64
+        Class ``c`` is ``X[offsets[c]:offsets[c+1]]``; empty classes are skipped.
+    n_components : int
+        Output dimension, ``1 <= n_components <= d``; every non-empty class needs at least
+        ``max(n_components, 2)`` rows.
+    max_iter : int
+    tol : float
+    seed : int
+        Seeds every class's initial matrix (class ``c`` draws from a stream derived from
+        ``(seed, c)``, so results do not depend on the thread count).
+    device : {"cpu", "cuda", "auto"}
+    return_n_iter : bool
+        Also return the iterations used per class.
+
+    Returns
+    -------
+    sources : ndarray of shape (n, n_components), float32
+        Unit-variance independent components of every row, rows aligned with ``X``.
+    n_iter : ndarray of shape (n_classes,), int32
+        Only with ``return_n_iter``; ``max_iter`` means not converged.
+    """
+    X = _check_matrix(X, check_finite=False)  # the core checks finiteness while it reads rows
+    offsets = _check_offsets(offsets, X.shape[0])
+    n_components = _check_components(n_components, X.shape[1])
+    _check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    tol = _check_tol(tol)
+    seed = _check_int(seed, "seed", 0)
+    mod = _backend(device, "fastica")
+    if mod is _INTERIM:
+        sources = _ref.fastica(X, offsets, n_components, max_iter, tol, seed)
+        n_iter = np.full(offsets.size - 1, -1, dtype=np.int32)
+    else:
+        sources, n_iter = mod.fastica(X, offsets, n_components, max_iter, tol, seed)
+    return (sources, n_iter) if return_n_iter else sources
+
+
+def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: str = "cpu") -> np.ndarray:
+    """Per-class PCA projection ``(x - mu) @ V_k`` (not whitened).
+
+    ``V_k`` are the top ``n_components`` eigenvectors of the class covariance, each signed so
+    its largest-magnitude entry is positive (scikit-learn's ``svd_flip`` convention).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+    offsets : ndarray of shape (n_classes + 1,), int64
+    n_components : int
+        ``1 <= n_components <= d``; every non-empty class needs at least that many rows.
+    device : {"cpu", "cuda", "auto"}
+
+    Returns
+    -------
+    ndarray of shape (n, n_components), float32
+    """
+    X = _check_matrix(X, check_finite=False)
+    offsets = _check_offsets(offsets, X.shape[0])
+    n_components = _check_components(n_components, X.shape[1])
+    _check_min_rows(offsets, n_components, "n_components")
+    mod = _backend(device, "pca")
+    if mod is _INTERIM:
+        return _ref.pca(X, offsets, n_components)
+    return mod.pca(X, offsets, n_components)
+
+
+# ---- 3. k-means and silhouette ---------------------------------------------------------------
+
+
+def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max_iter: int = 300,
+           tol: float = 1e-4, seed: int = 0, device: str = "cpu") -> KMeansResult:
+    """k-means fitted on every class (k-means++ init, Lloyd iterations, best of ``n_init``).
+
+    As scikit-learn's ``KMeans(algorithm="lloyd")``: greedy k-means++ with ``2 + log(k)``
+    local trials; stop when the labels no longer change or the squared centre shift is at most
+    ``tol`` times the mean feature variance of the class; a final assignment step; the run
+    with the lowest inertia wins. An empty cluster is re-seeded with the row farthest from its
+    centre.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+    offsets : ndarray of shape (n_classes + 1,), int64
+    k : int
+        Clusters per class; every non-empty class needs at least ``k`` rows.
+    n_init, max_iter : int
+    tol : float
+    seed : int
+        Class ``c``, run ``r`` draws from a stream derived from ``(seed, c, r)``.
+    device : {"cpu", "cuda", "auto"}
+
+    Returns
+    -------
+    KMeansResult
+        ``labels`` int32 (n,) in ``[0, k)`` within each class, ``centers`` float32
+        (n_classes, k, d), ``inertia`` float64 (n_classes,) (NaN for empty classes).
+    """
+    X = _check_matrix(X, check_finite=False)
+    offsets = _check_offsets(offsets, X.shape[0])
+    k = _check_int(k, "k", 1)
+    _check_min_rows(offsets, k, "k")
+    n_init = _check_int(n_init, "n_init", 1)
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    tol = _check_tol(tol)
+    seed = _check_int(seed, "seed", 0)
+    mod = _backend(device, "kmeans")
+    if mod is _INTERIM:
+        return _ref.kmeans(X, offsets, k, n_init, max_iter, tol, seed)
+    labels, centers, inertia, _n_iter = mod.kmeans(X, offsets, k, n_init, max_iter, tol, seed)
+    return KMeansResult(labels, centers, inertia)
+
+
+def silhouette_samples(X: np.ndarray, offsets: np.ndarray, labels: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Silhouette of every row within its class (Euclidean; scikit-learn's definition).
+
+    ``s = (b - a) / max(a, b)`` with ``a`` the mean distance to the other rows of its cluster
+    and ``b`` the lowest mean distance to another cluster of the same class. Rows alone in
+    their cluster get 0.0; a class whose rows share one label has no silhouette and gets 0.0
+    (scikit-learn raises there; a batched call must not fail for one degenerate class).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+    offsets : ndarray of shape (n_classes + 1,), int64
+    labels : ndarray of shape (n,), integer
+        Cluster of every row within its class (e.g. ``kmeans(...).labels``), ``>= 0``.
+    device : {"cpu", "cuda", "auto"}
+
+    Returns
+    -------
+    ndarray of shape (n,), float32
+    """
+    X = _check_matrix(X, check_finite=False)
+    offsets = _check_offsets(offsets, X.shape[0])
+    labels = _check_labels(labels, X.shape[0])
+    if labels.size and labels.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"labels must fit in int32, got {labels.max()}")
+    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    mod = _backend(device, "silhouette_samples")
+    if mod is _INTERIM:
+        return _ref.silhouette_samples(X, offsets, labels)
+    return mod.silhouette_samples(X, offsets, labels)
+
+
+# ---- 4. spectral signatures ------------------------------------------------------------------
+
+
+def spectral_scores(X: np.ndarray, offsets: np.ndarray, center: bool = True, device: str = "cpu") -> np.ndarray:
+    """Spectral-signature outlier score of every row within its class.
+
+    ``center=True`` (Tran et al. 2018): ``|<v, x - mu>|`` with ``v`` the top right singular
+    vector of the centred class matrix. ``center=False`` reproduces IBM ART 1.20 (SVD of the
+    un-centred class matrix, un-centred rows projected): ``|<v, x>|``. ``v`` is found by power
+    iteration on the d x d (co)variance in float64 with a convergence check, falling back to a
+    full symmetric eigen-decomposition when the top eigenvalue is not well separated.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+    offsets : ndarray of shape (n_classes + 1,), int64
+    center : bool
+    device : {"cpu", "cuda", "auto"}
+
+    Returns
+    -------
+    ndarray of shape (n,), float32
+    """
+    if not isinstance(center, (bool, np.bool_)):
+        raise TypeError(f"center must be a bool, got {type(center).__name__}")
+    X = _check_matrix(X, check_finite=False)
+    offsets = _check_offsets(offsets, X.shape[0])
+    mod = _backend(device, "spectral_scores")
+    if mod is _INTERIM:
+        return _ref.spectral_scores(X, offsets, bool(center))
+    return mod.spectral_scores(X, offsets, bool(center))
+
+
+# ---- 5. pruning ------------------------------------------------------------------------------
+
+
+def pruning_order(mean_activation: np.ndarray) -> np.ndarray:
+    """Channels by ascending mean activation, ties in channel order (stable sort).
+
+    Parameters
+    ----------
+    mean_activation : ndarray of shape (C,), floating point (converted to float64)
+
+    Returns
+    -------
+    ndarray of shape (C,), int64
+        ``order[0]`` is the channel Fine-Pruning removes first.
+    """
+    m = np.asarray(mean_activation)
+    if m.dtype.kind != "f":
+        raise TypeError(f"mean_activation must be floating point, got dtype {m.dtype}")
+    if m.ndim != 1 or m.size == 0:
+        raise ValueError(f"mean_activation must be 1-D and non-empty, got shape {m.shape}")
+    mod = _backend("cpu", "pruning_order")
+    if mod is _INTERIM:
+        return _ref.pruning_order(m)
+    return mod.pruning_order(np.ascontiguousarray(m, dtype=np.float64))
+
+
+def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
+    """Channel mask pruning the first ``n_pruned`` channels of ``order``.
+
+    Parameters
+    ----------
+    order : ndarray of shape (C,), integer
+        A permutation of ``0..C-1`` (e.g. from :func:`pruning_order`).
+    n_pruned : int
+        ``0 <= n_pruned <= C``.
+
+    Returns
+    -------
+    ndarray of shape (C,), float32
+        0.0 for pruned channels, 1.0 for kept ones.
+    """
+    order = _check_order(order)
+    n_pruned = _check_int(n_pruned, "n_pruned", 0)
+    if n_pruned > order.size:
+        raise ValueError(f"n_pruned={n_pruned} exceeds the channel count {order.size}")
+    mod = _backend("cpu", "pruning_mask")
+    if mod is _INTERIM:
+        return _ref.pruning_mask(order, n_pruned)
+    return mod.pruning_mask(np.ascontiguousarray(order), n_pruned)
+
+
+# The reference twins, for callers that want to compare (tests, benchmarks).
+reference = _ref

@@ -1,0 +1,556 @@
+"""NumPy / scikit-learn twins of every native kernel (the specification the native core must meet).
+
+Every function here has the signature of its twin in :mod:`backdoorlab.native` minus ``device``
+(docs/contracts.md, section 1) and computes the same quantity the obvious way: per class, with
+NumPy in float64 or with the scikit-learn estimator the defences of the literature used (IBM ART's
+Activation Clustering calls ``FastICA(n_components=10, max_iter=1000, tol=0.005)`` and
+``KMeans(n_clusters=2)``; its Spectral Signatures calls ``numpy.linalg.svd``). The tests compare
+the native core against these functions on the same inputs, and ``python -m backdoorlab.bench
+kernels`` times both in one run.
+
+The input rules (dtype, shape, finiteness, offsets, minimum rows per class) are checked here by
+the same helpers :mod:`backdoorlab.native` uses, so both sides reject the same inputs with the
+same messages. This module imports only NumPy and scikit-learn: it works without the compiled
+core.
+
+Stochastic kernels (FastICA, k-means) agree with the native core in distribution, not bit for
+bit: the random initialisations come from different generators. Tests compare them through
+invariants (inertia within 1 %, sources recovered, clusters found), never element by element.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "KMeansResult",
+    "group_by_class",
+    "activation_stats",
+    "ActivationStats",
+    "fastica",
+    "pca",
+    "kmeans",
+    "silhouette_samples",
+    "spectral_scores",
+    "pruning_order",
+    "pruning_mask",
+]
+
+
+class KMeansResult(NamedTuple):
+    """Per-class k-means result.
+
+    Attributes
+    ----------
+    labels : ndarray of shape (n,), int32
+        Cluster of every row, numbered 0..k-1 within its class.
+    centers : ndarray of shape (n_classes, k, d), float32
+        Cluster centres per class (NaN for an empty class).
+    inertia : ndarray of shape (n_classes,), float64
+        Sum of squared distances of the class rows to their centre (NaN for an empty class).
+    """
+
+    labels: np.ndarray
+    centers: np.ndarray
+    inertia: np.ndarray
+
+
+# ---- input checks shared with backdoorlab.native --------------------------------------------
+
+
+def _check_matrix(X: np.ndarray, name: str = "X", *, check_finite: bool = True) -> np.ndarray:
+    """Return ``X`` as a C-contiguous float32 (n, d) array, or raise naming the problem.
+
+    float32 is required (TypeError otherwise: a silent float64 -> float32 copy would double the
+    memory of a large activation matrix behind the caller's back). A non-contiguous float32 view
+    is copied to C order — documented, and the only conversion done.
+    """
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(X).__name__}")
+    if X.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, got {X.dtype} (convert with {name}.astype(np.float32))")
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {X.ndim}-D with shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {X.shape}")
+    X = np.ascontiguousarray(X)
+    if check_finite and not np.isfinite(X).all():
+        bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+        raise ValueError(f"{name} contains NaN or Inf (first at row {bad})")
+    return X
+
+
+def _check_offsets(offsets: np.ndarray, n_rows: int, name: str = "offsets") -> np.ndarray:
+    """Return ``offsets`` as int64 (n_classes + 1,), or raise naming the problem.
+
+    Class ``c`` holds rows ``offsets[c]:offsets[c+1]``; offsets start at 0, end at ``n_rows`` and
+    never decrease (an empty class, two equal offsets, is allowed).
+    """
+    offsets = np.asarray(offsets)
+    if offsets.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {offsets.dtype}")
+    if offsets.ndim != 1 or offsets.size < 2:
+        raise ValueError(f"{name} must be 1-D with n_classes + 1 >= 2 entries, got shape {offsets.shape}")
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    if offsets[0] != 0:
+        raise ValueError(f"{name}[0] must be 0, got {offsets[0]}")
+    if offsets[-1] != n_rows:
+        raise ValueError(f"{name}[-1] must equal the number of rows of X ({n_rows}), got {offsets[-1]}")
+    steps = np.diff(offsets)
+    if (steps < 0).any():
+        c = int(np.flatnonzero(steps < 0)[0])
+        raise ValueError(f"{name} must be non-decreasing, but {name}[{c + 1}]={offsets[c + 1]} < {name}[{c}]={offsets[c]}")
+    return offsets
+
+
+def _check_min_rows(offsets: np.ndarray, min_rows: int, what: str) -> None:
+    """Raise if a non-empty class has fewer than ``min_rows`` rows (empty classes are skipped)."""
+    sizes = np.diff(offsets)
+    bad = np.flatnonzero((sizes > 0) & (sizes < min_rows))
+    if bad.size:
+        c = int(bad[0])
+        raise ValueError(f"class {c} has {int(sizes[c])} rows, fewer than {what}={min_rows}")
+
+
+def _check_int(value: int, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_tol(tol: float, name: str = "tol") -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(tol).__name__}")
+    if not np.isfinite(tol) or tol < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {tol}")
+    return float(tol)
+
+
+def _check_components(n_components: int, d: int) -> int:
+    n_components = _check_int(n_components, "n_components", 1)
+    if n_components > d:
+        raise ValueError(f"n_components={n_components} exceeds the number of features d={d}")
+    return n_components
+
+
+def _check_labels(labels: np.ndarray, n: int, name: str = "labels") -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {labels.shape}")
+    if n and labels.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got {labels.min()} at row {int(np.argmin(labels))}")
+    return labels
+
+
+def _classes(offsets: np.ndarray):
+    """(class index, start, stop) of every non-empty class."""
+    for c in range(offsets.size - 1):
+        start, stop = int(offsets[c]), int(offsets[c + 1])
+        if stop > start:
+            yield c, start, stop
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def group_by_class(X: np.ndarray, labels: np.ndarray, n_classes: int | None = None):
+    """Sort rows by class so the batched kernels can take them with class offsets.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+        Rows to group (copied to C order if needed; see :func:`_check_matrix`).
+    labels : ndarray of shape (n,), integer
+        Class of every row, in ``[0, n_classes)``.
+    n_classes : int, optional
+        Number of classes; ``labels.max() + 1`` by default. Classes without rows get empty
+        ranges.
+
+    Returns
+    -------
+    X_sorted : ndarray of shape (n, d), float32
+        ``X[order]``.
+    offsets : ndarray of shape (n_classes + 1,), int64
+        Class ``c`` is ``X_sorted[offsets[c]:offsets[c+1]]``.
+    order : ndarray of shape (n,), int64
+        Stable sort of ``labels``; map per-row results back with ``out[order] = res``.
+    """
+    X = _check_matrix(X, check_finite=False)
+    labels = _check_labels(labels, X.shape[0])
+    top = int(labels.max()) + 1
+    if n_classes is None:
+        n_classes = top
+    n_classes = _check_int(n_classes, "n_classes", 1)
+    if top > n_classes:
+        raise ValueError(f"labels hold class {top - 1}, but n_classes={n_classes}")
+    order = np.argsort(labels, kind="stable").astype(np.int64)
+    counts = np.bincount(labels, minlength=n_classes)
+    offsets = np.zeros(n_classes + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return np.ascontiguousarray(X[order]), offsets, order
+
+
+# ---- 1. activation statistics ----------------------------------------------------------------
+
+
+def _check_acts(acts: np.ndarray, name: str = "acts") -> np.ndarray:
+    """Return activations as float32 (N, C, S) (S = H*W, 1 for (N, C)); raise naming the problem."""
+    if not isinstance(acts, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(acts).__name__}")
+    if acts.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, got {acts.dtype} (convert with {name}.astype(np.float32))")
+    if acts.ndim not in (2, 4):
+        raise ValueError(f"{name} must be (N, C) or (N, C, H, W), got {acts.ndim}-D with shape {acts.shape}")
+    if acts.shape[0] == 0:
+        raise ValueError(f"{name} is empty: shape {acts.shape}")
+    if acts.shape[1] == 0 or (acts.ndim == 4 and acts.shape[2] * acts.shape[3] == 0):
+        raise ValueError(f"{name} has no channels or an empty spatial map: shape {acts.shape}")
+    n, c = acts.shape[:2]
+    return np.ascontiguousarray(acts).reshape(n, c, -1)
+
+
+def _check_groups(labels: np.ndarray | None, n_classes: int | None, n: int) -> tuple[np.ndarray | None, int | None]:
+    if labels is None:
+        if n_classes is not None:
+            raise ValueError("n_classes was given without labels")
+        return None, None
+    labels = _check_labels(labels, n)
+    top = int(labels.max()) + 1 if n else 0
+    if n_classes is None:
+        raise ValueError("n_classes is required with labels (the accumulator's shape must not depend on the batch)")
+    n_classes = _check_int(n_classes, "n_classes", 1)
+    if top > n_classes:
+        raise ValueError(f"labels hold class {top - 1}, but n_classes={n_classes}")
+    return labels.astype(np.int64, copy=False), n_classes
+
+
+def _finish_stats(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, maxv: np.ndarray,
+                  npos: np.ndarray, per_value: np.ndarray, squeeze: bool) -> dict:
+    """Turn accumulated moments into the result dict (population std, as numpy's default)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denom = per_value[:, None].astype(np.float64)
+        std = np.sqrt(np.maximum(m2, 0.0) / denom)
+        frac = npos / denom
+    empty = per_value == 0
+    mean = mean.copy()
+    mean[empty] = np.nan
+    std[empty] = np.nan
+    frac[empty] = np.nan
+    maxv = maxv.copy()
+    maxv[empty] = np.nan
+    out = {"mean": mean, "std": std, "max": maxv, "frac_positive": frac, "count": count.copy()}
+    if squeeze:
+        out = {k: v[0] for k, v in out.items()}
+    return out
+
+
+def activation_stats(acts: np.ndarray, labels: np.ndarray | None = None, n_classes: int | None = None) -> dict:
+    """Per-channel mean, std, max and fraction > 0 of activations, optionally per class.
+
+    Parameters
+    ----------
+    acts : ndarray of shape (N, C) or (N, C, H, W), float32
+        Activations; for conv maps every spatial position counts as one value of its channel.
+    labels : ndarray of shape (N,), integer, optional
+        Class of every row; with it every statistic is per (class, channel).
+    n_classes : int, optional
+        Number of classes with ``labels`` (``labels.max() + 1`` by default).
+
+    Returns
+    -------
+    dict
+        ``mean``, ``std`` (population), ``max``, ``frac_positive``: float64 of shape (C,) or
+        (n_classes, C) (NaN for a class without rows); ``count``: int64 number of rows, () or
+        (n_classes,).
+    """
+    a = _check_acts(acts)
+    if labels is None and n_classes is not None:
+        raise ValueError("n_classes was given without labels")
+    if labels is not None and n_classes is None:
+        n_classes = int(_check_labels(labels, a.shape[0]).max()) + 1
+    acc = ActivationStats(a.shape[1], n_classes if labels is not None else None)
+    acc.update(acts, labels)
+    return acc.result()
+
+
+class ActivationStats:
+    """Streaming per-channel statistics (NumPy twin of :class:`backdoorlab.native.ActivationStats`).
+
+    Batches are merged with Chan et al.'s parallel update of (count, mean, M2) in float64, so a
+    data set streamed in any batch sizes gives the statistics of the whole.
+
+    Parameters
+    ----------
+    n_channels : int
+        C, the channel count every batch must have.
+    n_classes : int, optional
+        With it, statistics are per (class, channel) and every ``update`` needs labels.
+    """
+
+    def __init__(self, n_channels: int, n_classes: int | None = None) -> None:
+        self.n_channels = _check_int(n_channels, "n_channels", 1)
+        self.n_classes = None if n_classes is None else _check_int(n_classes, "n_classes", 1)
+        g = 1 if self.n_classes is None else self.n_classes
+        self._count = np.zeros(g, dtype=np.int64)       # rows per group
+        self._values = np.zeros(g, dtype=np.int64)      # values per channel per group (rows * H * W)
+        self._mean = np.zeros((g, self.n_channels))
+        self._m2 = np.zeros((g, self.n_channels))
+        self._max = np.full((g, self.n_channels), -np.inf)
+        self._npos = np.zeros((g, self.n_channels), dtype=np.int64)
+
+    def _check_batch(self, batch: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        a = _check_acts(batch, "batch")
+        if a.shape[1] != self.n_channels:
+            raise ValueError(f"batch has {a.shape[1]} channels, the accumulator was made for {self.n_channels}")
+        if not np.isfinite(a).all():
+            bad = int(np.flatnonzero(~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1))[0])
+            raise ValueError(f"batch contains NaN or Inf (first at row {bad})")
+        if self.n_classes is None:
+            if labels is not None:
+                raise ValueError("labels given to an accumulator made without n_classes")
+            groups = np.zeros(a.shape[0], dtype=np.int64)
+        else:
+            if labels is None:
+                raise ValueError(f"labels are required: the accumulator is per class (n_classes={self.n_classes})")
+            groups, _ = _check_groups(labels, self.n_classes, a.shape[0])
+        return a, groups
+
+    def update(self, batch: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Add a batch of shape (B, C) or (B, C, H, W), float32 (with (B,) labels if per class)."""
+        a, groups = self._check_batch(batch, labels)
+        s = a.shape[2]
+        for g in np.unique(groups):
+            rows = a[groups == g].astype(np.float64)          # (b, C, S)
+            nb = rows.shape[0] * s
+            vals = rows.transpose(1, 0, 2).reshape(self.n_channels, -1)
+            bmean = vals.mean(axis=1)
+            bm2 = ((vals - bmean[:, None]) ** 2).sum(axis=1)
+            na = self._values[g]
+            tot = na + nb
+            delta = bmean - self._mean[g]
+            self._mean[g] = self._mean[g] + delta * (nb / tot)
+            self._m2[g] = self._m2[g] + bm2 + delta**2 * (na * nb / tot)
+            self._values[g] = tot
+            self._count[g] += rows.shape[0]
+            self._max[g] = np.maximum(self._max[g], vals.max(axis=1))
+            self._npos[g] += (vals > 0).sum(axis=1)
+
+    def result(self) -> dict:
+        """Statistics so far, same keys and shapes as :func:`activation_stats`."""
+        return _finish_stats(self._count, self._mean, self._m2, self._max, self._npos, self._values,
+                             squeeze=self.n_classes is None)
+
+
+# ---- 2. FastICA and PCA per class ------------------------------------------------------------
+
+
+def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter: int = 1000,
+            tol: float = 0.005, seed: int = 0) -> np.ndarray:
+    """scikit-learn FastICA (parallel, logcosh, unit-variance whitening) fitted on every class.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+        Rows grouped by class.
+    offsets : ndarray of shape (n_classes + 1,), int64
+    n_components, max_iter, tol, seed
+        As ``sklearn.decomposition.FastICA`` (``random_state=seed`` for every class).
+
+    Returns
+    -------
+    ndarray of shape (n, n_components), float32
+        The estimated sources of every row, fitted within its class.
+    """
+    from sklearn.decomposition import FastICA
+
+    X = _check_matrix(X)
+    offsets = _check_offsets(offsets, X.shape[0])
+    n_components = _check_components(n_components, X.shape[1])
+    _check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    tol = _check_tol(tol)
+    out = np.zeros((X.shape[0], n_components), dtype=np.float32)
+    for _, start, stop in _classes(offsets):
+        ica = FastICA(n_components=n_components, max_iter=max_iter, tol=tol, random_state=seed,
+                      whiten="unit-variance", fun="logcosh", algorithm="parallel")
+        with warnings.catch_warnings():
+            # non-convergence within max_iter is part of the defence's normal life (ART ignores it too)
+            warnings.simplefilter("ignore")
+            out[start:stop] = ica.fit_transform(X[start:stop].astype(np.float64))
+    return out
+
+
+def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.ndarray:
+    """Per-class PCA projection (centred, not whitened), signs as scikit-learn's ``svd_flip``.
+
+    Returns
+    -------
+    ndarray of shape (n, n_components), float32
+    """
+    from sklearn.decomposition import PCA
+
+    X = _check_matrix(X)
+    offsets = _check_offsets(offsets, X.shape[0])
+    n_components = _check_components(n_components, X.shape[1])
+    _check_min_rows(offsets, n_components, "n_components")
+    out = np.zeros((X.shape[0], n_components), dtype=np.float32)
+    for _, start, stop in _classes(offsets):
+        rows = X[start:stop].astype(np.float64)
+        if stop - start == 1:
+            continue  # one row: centred it is zero, so is its projection
+        out[start:stop] = PCA(n_components=n_components, svd_solver="full").fit_transform(rows)
+    return out
+
+
+# ---- 3. k-means and silhouette per class -----------------------------------------------------
+
+
+def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max_iter: int = 300,
+           tol: float = 1e-4, seed: int = 0) -> KMeansResult:
+    """scikit-learn KMeans (k-means++, Lloyd) fitted on every class.
+
+    Returns
+    -------
+    KMeansResult
+        labels int32 (n,), centers float32 (n_classes, k, d), inertia float64 (n_classes,).
+    """
+    from sklearn.cluster import KMeans
+
+    X = _check_matrix(X)
+    offsets = _check_offsets(offsets, X.shape[0])
+    k = _check_int(k, "k", 1)
+    _check_min_rows(offsets, k, "k")
+    n_init = _check_int(n_init, "n_init", 1)
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    tol = _check_tol(tol)
+    n_classes = offsets.size - 1
+    labels = np.zeros(X.shape[0], dtype=np.int32)
+    centers = np.full((n_classes, k, X.shape[1]), np.nan, dtype=np.float32)
+    inertia = np.full(n_classes, np.nan)
+    for c, start, stop in _classes(offsets):
+        km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed,
+                    algorithm="lloyd")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning on duplicate points
+            km.fit(X[start:stop].astype(np.float64))
+        labels[start:stop] = km.labels_
+        centers[c] = km.cluster_centers_
+        inertia[c] = km.inertia_
+    return KMeansResult(labels, centers, inertia)
+
+
+def silhouette_samples(X: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Silhouette of every row within its class (Euclidean), scikit-learn's definition.
+
+    A class whose rows all share one cluster label has no silhouette; its rows get 0.0
+    (scikit-learn would raise; a batched call must not fail for one degenerate class). Rows in a
+    cluster of one get 0.0, as in scikit-learn.
+
+    Returns
+    -------
+    ndarray of shape (n,), float32
+    """
+    from sklearn.metrics import silhouette_samples as sk_silhouette
+
+    X = _check_matrix(X)
+    offsets = _check_offsets(offsets, X.shape[0])
+    labels = _check_labels(labels, X.shape[0])
+    out = np.zeros(X.shape[0], dtype=np.float32)
+    for _, start, stop in _classes(offsets):
+        lab = labels[start:stop]
+        n_labels = np.unique(lab).size
+        if n_labels < 2:
+            continue
+        if n_labels == stop - start:
+            continue  # every row alone in its cluster: every silhouette is 0
+        out[start:stop] = sk_silhouette(X[start:stop].astype(np.float64), lab)
+    return out
+
+
+# ---- 4. spectral signatures ------------------------------------------------------------------
+
+
+def spectral_scores(X: np.ndarray, offsets: np.ndarray, center: bool = True) -> np.ndarray:
+    """Spectral-signature outlier score of every row within its class.
+
+    ``center=True`` (Tran et al. 2018): ``|<v, x - mu>|`` with ``v`` the top right singular
+    vector of the centred class matrix. ``center=False`` reproduces IBM ART 1.20, which takes the
+    SVD of the un-centred class matrix and projects the un-centred rows: ``|<v, x>|``.
+
+    Returns
+    -------
+    ndarray of shape (n,), float32
+    """
+    if not isinstance(center, (bool, np.bool_)):
+        raise TypeError(f"center must be a bool, got {type(center).__name__}")
+    X = _check_matrix(X)
+    offsets = _check_offsets(offsets, X.shape[0])
+    out = np.zeros(X.shape[0], dtype=np.float32)
+    for _, start, stop in _classes(offsets):
+        rows = X[start:stop].astype(np.float64)
+        if center:
+            rows = rows - rows.mean(axis=0)
+        _, _, vt = np.linalg.svd(rows, full_matrices=False)
+        out[start:stop] = np.abs(rows @ vt[0])
+    return out
+
+
+# ---- 5. pruning order and mask ---------------------------------------------------------------
+
+
+def pruning_order(mean_activation: np.ndarray) -> np.ndarray:
+    """Channels by ascending mean activation, ties kept in channel order (stable).
+
+    Parameters
+    ----------
+    mean_activation : ndarray of shape (C,), float
+
+    Returns
+    -------
+    ndarray of shape (C,), int64
+        ``order[0]`` is the channel to prune first.
+    """
+    m = np.asarray(mean_activation)
+    if m.dtype.kind != "f":
+        raise TypeError(f"mean_activation must be floating point, got dtype {m.dtype}")
+    if m.ndim != 1 or m.size == 0:
+        raise ValueError(f"mean_activation must be 1-D and non-empty, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError(f"mean_activation contains NaN or Inf (first at channel {int(np.flatnonzero(~np.isfinite(m))[0])})")
+    return np.argsort(m, kind="stable").astype(np.int64)
+
+
+def _check_order(order: np.ndarray) -> np.ndarray:
+    order = np.asarray(order)
+    if order.dtype.kind not in "iu":
+        raise TypeError(f"order must hold integers, got dtype {order.dtype}")
+    if order.ndim != 1 or order.size == 0:
+        raise ValueError(f"order must be 1-D and non-empty, got shape {order.shape}")
+    order = order.astype(np.int64, copy=False)
+    if not np.array_equal(np.sort(order), np.arange(order.size)):
+        raise ValueError(f"order must be a permutation of 0..{order.size - 1}")
+    return order
+
+
+def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
+    """Channel mask that prunes the first ``n_pruned`` channels of ``order``.
+
+    Returns
+    -------
+    ndarray of shape (C,), float32
+        0.0 for pruned channels, 1.0 for kept ones.
+    """
+    order = _check_order(order)
+    n_pruned = _check_int(n_pruned, "n_pruned", 0)
+    if n_pruned > order.size:
+        raise ValueError(f"n_pruned={n_pruned} exceeds the channel count {order.size}")
+    mask = np.ones(order.size, dtype=np.float32)
+    mask[order[:n_pruned]] = 0.0
+    return mask
