@@ -20,6 +20,7 @@ import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -198,3 +199,33 @@ def make_figures(agg: Sequence[Mapping[str, Any]], folder: str | Path, *, root: 
             entry["path"] = written.relative_to(root).as_posix()
         out[name] = entry
     return out
+
+
+def preview_from_variant(variant: str | Path, path: str | Path, *, n: int = 8, title: str = "") -> Path:
+    """Draw clean test images (top row) above their triggered copies (bottom row).
+
+    Used when the data-set generator wrote no ``<stem>.preview.png`` beside the variant (the toy
+    generator does not): ``test_triggered`` row *i* is the triggered copy of ``test`` row
+    ``index[i]``, so each column shows one image without and with the trigger.
+    """
+    from datasets_gen.variant_io import read_split
+
+    trig = read_split(variant, "test_triggered", fields=["images", "index"])
+    test = read_split(variant, "test", fields=["images"])
+    k = min(int(n), int(trig["images"].shape[0]))
+    if k == 0:
+        raise ValueError(f"{variant}: test_triggered is empty, nothing to preview")
+    cols = np.linspace(0, trig["images"].shape[0] - 1, k).round().astype(int)
+    fig = Figure(figsize=(1.3 * k, 3.0))
+    axes = np.asarray(fig.subplots(2, k, squeeze=False))
+    for j, i in enumerate(cols):
+        axes[0, j].imshow(test["images"][int(trig["index"][i])])
+        axes[1, j].imshow(trig["images"][i])
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("clean", fontsize=8)
+    axes[1, 0].set_ylabel("triggered", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, Path(path))

@@ -1,0 +1,521 @@
+"""The study runner: variants, models and defences for every cell of the grid, cached and resumable.
+
+:func:`run_study` plans the grid (settings × defences × seeds), skips the cells already in the
+cache, and computes the rest setting by setting, sharing what cells of one setting have in
+common:
+
+1. the **variant** (``variants/<key>.h5``, built by ``datasets_gen`` — or the toy generator for
+   tests — keyed by source, recipe, poison share, seed and size limit);
+2. the **poisoned model** (``models/<key>.pt``) trained on the variant's training split, and the
+   **clean model** trained on the same rows without the poisoned ones (one per data set and seed,
+   on the first setting's variant; every setting of that data set is evaluated with it);
+3. each **defence cell**: a fresh copy of the poisoned model goes through
+   ``backdoorlab.defences.Pipeline(spec, configs)``; the cell records the pipeline's before/after
+   metrics, the paper's removal and pruning columns, the per-step report, the seed, package
+   versions and timings, and is written atomically to ``cells/<key>.json``.
+
+Models are trained through a resumable checkpoint (``models/<key>.partial.pt``), so an interrupted
+run loses at most one epoch; a finished cell is never recomputed. A cell that raises is recorded
+in ``failures.json`` and the report (and retried by the next run); the study goes on. tqdm shows
+which cell runs and how many are done.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .cache import CellCache, atomic_write_json, config_key
+from .config import DatasetSpec, DefenceSpec, SettingSpec, StudyConfig, load_config, study_from_dict
+
+__all__ = ["run_study", "plan_cells", "CellPlan", "resolve_study"]
+
+
+# ----------------------------------------------------------------------------------------------
+# planning
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """One cell to compute: its setting, defence, seed and cache key (with the hashed config)."""
+
+    setting: SettingSpec
+    defence: DefenceSpec
+    seed: int
+    key: str
+    config: dict = field(hash=False, compare=False)
+
+
+def resolve_study(config: StudyConfig | Mapping | str | os.PathLike | None, *, quick: bool = False) -> StudyConfig:
+    """Turn what the caller gave into a :class:`StudyConfig`.
+
+    ``None`` → the built-in synthetic grid (:func:`presets.full_study` or, with ``quick``,
+    :func:`presets.quick_study`); a path → :func:`config.load_config`; a mapping →
+    :func:`config.study_from_dict`; a :class:`StudyConfig` is used as is.
+    """
+    if config is None:
+        from .presets import full_study, quick_study
+
+        return quick_study() if quick else full_study()
+    if isinstance(config, StudyConfig):
+        return config
+    if isinstance(config, Mapping):
+        return study_from_dict(config, quick=quick)
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config, quick=quick)
+    raise TypeError(f"config must be None, a StudyConfig, a mapping or a file path, got {type(config).__name__}")
+
+
+def _variant_config(study: StudyConfig, s: SettingSpec, seed: int) -> dict:
+    d = study.datasets[s.dataset]
+    return {"source": d.source, "toy": d.toy if d.source == "toy" else None, "preset": s.preset,
+            "recipe": s.recipe, "share": s.poison_share, "share_key": s.share_key, "seed": seed,
+            "limit_per_class": d.limit_per_class}
+
+
+def _model_config(study: StudyConfig, d: DatasetSpec, seed: int) -> dict:
+    return {"model": d.model, "model_kw": d.model_kw, "weights": d.weights, "train": d.train, "seed": seed}
+
+
+def _clean_anchor(study: StudyConfig, dataset: str) -> SettingSpec:
+    """The setting whose variant the clean model of ``dataset`` is trained on (its first one)."""
+    return next(s for s in study.settings if s.dataset == dataset)
+
+
+def plan_cells(study: StudyConfig) -> list[CellPlan]:
+    """Every cell of the study in run order (setting by setting, seed by seed, defences in grid order)."""
+    plans = []
+    for s in study.settings:
+        d = study.datasets[s.dataset]
+        for seed in study.seeds:
+            variant = _variant_config(study, s, seed)
+            model = _model_config(study, d, seed)
+            for df in study.defences:
+                if not df.applies_to(s.id):
+                    continue
+                cfg = {"variant": variant, "model": model, "kind": df.kind, "pipeline": df.pipeline,
+                       "configs": df.configs, "seed": seed, "device_independent": True}
+                if df.kind == "clean":
+                    cfg["clean_model_variant"] = _variant_config(study, _clean_anchor(study, s.dataset), seed)
+                plans.append(CellPlan(s, df, seed, config_key(cfg), cfg))
+    return plans
+
+
+# ----------------------------------------------------------------------------------------------
+# artefacts shared by cells: variants and trained models
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a cell (recorded in every cell)."""
+    import torch
+
+    import backdoorlab
+
+    v = {"backdoorlab": backdoorlab.__version__, "torch": torch.__version__, "numpy": np.__version__,
+         "python": platform.python_version()}
+    try:
+        import datasets_gen
+
+        v["datasets_gen"] = datasets_gen.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+def _json_safe(obj: Any) -> Any:
+    """Numpy scalars/arrays to Python, NaN/inf to None, tuples to lists, unknown objects to str."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)
+
+
+class _Workspace:
+    """Builds (or finds) the variants and trained models of one results folder."""
+
+    def __init__(self, study: StudyConfig, out: Path, progress: bool) -> None:
+        self.study, self.out, self.progress = study, out, progress
+        self.timings: dict[str, float] = {}
+
+    # -- variants
+    def variant(self, s: SettingSpec, seed: int) -> Path:
+        cfg = _variant_config(self.study, s, seed)
+        path = self.out / "variants" / f"{config_key(cfg)}.h5"
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        d = self.study.datasets[s.dataset]
+        if d.source == "toy":
+            _build_toy(path, s, d, seed)
+        else:
+            _build_real_or_synth(path, s, d, seed, self.progress)
+        self.timings[f"variant:{path.name}"] = time.perf_counter() - started
+        atomic_write_json(path.with_suffix(".json"), {"config": cfg, "setting": s.id,
+                                                       "seconds": time.perf_counter() - started})
+        return path
+
+    def preview(self, s: SettingSpec, seed: int, variant: Path) -> str | None:
+        """Copy (or draw) the variant's preview grid to ``previews/`` and return its relative path."""
+        from datasets_gen.variant_io import sidecar_paths
+
+        from .cache import atomic_write_bytes
+
+        target = self.out / "previews" / f"{_slug(s.id)}.png"
+        if not target.is_file():
+            src = sidecar_paths(variant)["preview"]
+            if src.is_file():
+                atomic_write_bytes(target, src.read_bytes())
+            else:  # the toy generator writes no preview: draw clean/triggered test pairs ourselves
+                from .plots import preview_from_variant
+
+                preview_from_variant(variant, target, title=s.id)
+        return target.relative_to(self.out).as_posix()
+
+    # -- models
+    def _model_path(self, cfg: Mapping[str, Any]) -> Path:
+        return self.out / "models" / f"{config_key(cfg)}.pt"
+
+    def trained_model(self, s: SettingSpec, seed: int, *, clean: bool):
+        """Path and training seconds of the poisoned (or clean) model of setting ``s``."""
+        from backdoorlab import checkpoint
+        from backdoorlab.data import H5Split
+        from backdoorlab.models import build_model
+        from backdoorlab.train import train_model
+
+        d = self.study.datasets[s.dataset]
+        anchor = _clean_anchor(self.study, s.dataset) if clean else s
+        variant = self.variant(anchor, seed)
+        cfg = {"variant": _variant_config(self.study, anchor, seed), "model": _model_config(self.study, d, seed),
+               "clean": clean}
+        path = self._model_path(cfg)
+        info_path = path.with_suffix(".json")
+        if path.is_file() and info_path.is_file():
+            return path, json.loads(info_path.read_text())["seconds"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        train = H5Split(variant, "train")
+        if clean:
+            train = train.subset(np.flatnonzero(~np.asarray(train.is_poisoned, dtype=bool)))
+        model = build_model(d.model, train.n_classes, seed=seed, **_model_kw(d))
+        config = train_config(d)
+        started = time.perf_counter()
+        partial = path.with_name(path.stem + ".partial.pt")
+        model = train_model(model, train, config, seed=seed, device=self.study.device, checkpoint=partial,
+                            resume=True, progress=self.progress,
+                            meta={"study_key": config_key(cfg), "clean": clean, "setting": anchor.id})
+        seconds = time.perf_counter() - started
+        checkpoint.save(path, model, {"config": _json_safe(cfg), "seed": seed, "clean": clean,
+                                      "train_seconds": seconds})
+        atomic_write_json(info_path, {"config": _json_safe(cfg), "seconds": seconds, "n_train": len(train)})
+        if partial.exists():
+            partial.unlink()
+        return path, seconds
+
+
+def _model_kw(d: DatasetSpec) -> dict:
+    kw = dict(d.model_kw)
+    if d.weights:
+        kw["weights"] = d.weights
+    return kw
+
+
+def train_config(d: DatasetSpec):
+    """The :class:`backdoorlab.train.TrainConfig` of a data set: its preset with the overrides."""
+    from backdoorlab.train import PRESETS, TrainConfig
+
+    spec = dict(d.train)
+    preset = spec.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"datasets.{d.name}.train.preset {preset!r} is not one of {sorted(PRESETS)}")
+        return PRESETS[preset].replace(**spec)
+    try:
+        return TrainConfig(**spec)
+    except TypeError as exc:
+        raise ValueError(f"datasets.{d.name}.train: {exc}") from exc
+
+
+def _build_toy(path: Path, s: SettingSpec, d: DatasetSpec, seed: int) -> Path:
+    from datasets_gen.toy import make_toy_variant
+
+    kw = dict(d.toy)
+    r = dict(s.recipe)
+    if "source_classes" in r:
+        src = r.pop("source_classes")
+        r["source_class"] = src[0] if isinstance(src, (list, tuple)) else src
+    allowed = {"trigger", "source_class", "target_class"}
+    bad = set(r) - allowed
+    if bad:
+        raise ValueError(f"setting {s.id!r}: toy recipes take only {sorted(allowed)}, got {sorted(bad)}")
+    kw.update(r)
+    return make_toy_variant(path, poison_share=s.poison_share, seed=seed, **kw)
+
+
+def _build_real_or_synth(path: Path, s: SettingSpec, d: DatasetSpec, seed: int, progress: bool) -> Path:
+    from datasets_gen.build import build_variant
+
+    recipe: Any
+    if s.preset is not None:
+        from datasets_gen.presets import PRESETS
+
+        if s.preset not in PRESETS:
+            raise ValueError(f"setting {s.id!r}: unknown datasets_gen preset {s.preset!r}; known: {sorted(PRESETS)}")
+        recipe = copy.deepcopy(PRESETS[s.preset])
+    else:
+        recipe = {}
+    recipe = _deep_update(recipe, copy.deepcopy(s.recipe))
+    _set_share(recipe, s.poison_share, s.share_key, s.id)
+    source: Any = "synth" if d.source == "synth" else Path(d.source)
+    return build_variant(recipe, path, source=source, seed=seed, limit_per_class=d.limit_per_class, progress=progress)
+
+
+def _deep_update(base: dict, over: Mapping) -> dict:
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def _set_share(recipe: dict, share: float, share_key: str | None, setting_id: str) -> None:
+    """Write the poison share into a recipe: at ``share_key`` (dotted), else at ``share`` wherever it is."""
+    if share_key:
+        node = recipe
+        *parents, last = share_key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = share
+        return
+    if "share" in recipe:
+        recipe["share"] = share
+    elif isinstance(recipe.get("recipe"), dict):
+        recipe["recipe"]["share"] = share
+    else:
+        raise ValueError(f"setting {setting_id!r}: cannot find where the recipe keeps the poison share "
+                         f"(keys {sorted(recipe)}); give 'share_key' in the setting")
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+# ----------------------------------------------------------------------------------------------
+# one cell
+
+
+def _metrics(model, test, test_triggered, target: int, device: str, batch_size: int) -> dict:
+    from backdoorlab.evaluate import evaluate
+
+    m = evaluate(model, test, test_triggered, target_class=target, device=device)
+    return {"accuracy": float(m["clean_accuracy"]), "attack_success": float(m["attack_success_rate"])}
+
+
+def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
+    from backdoorlab import checkpoint
+    from backdoorlab.data import H5Split
+
+    study, s, df, seed = ws.study, plan.setting, plan.defence, plan.seed
+    d = study.datasets[s.dataset]
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    ws.timings.clear()
+    variant = ws.variant(s, seed)
+    preview = ws.preview(s, seed, variant)
+    splits = {name: H5Split(variant, name) for name in ("train", "clean", "test", "test_triggered")}
+    target = int(splits["train"].attrs["target_class"])
+    is_poisoned = np.asarray(splits["train"].is_poisoned, dtype=bool)
+    cell: dict[str, Any] = {
+        "setting": s.id, "dataset": s.dataset, "trigger": s.trigger, "preset": s.preset,
+        "poison_share": s.poison_share, "defence": df.id, "defence_label": df.display_label(), "kind": df.kind,
+        "pipeline": df.pipeline, "seed": seed, "n_train": int(is_poisoned.size),
+        "poisoned_present": int(is_poisoned.sum()), "target_class": target,
+        "before_accuracy": None, "before_attack_success": None, "delta_accuracy": None, "delta_attack_success": None,
+        "removed_poisoned": None, "removed_clean": None, "removed_poisoned_share": None, "removed_clean_share": None,
+        "neurons_pruned": None, "n_channels": None, "layer": None, "fp_threshold": None,
+        "model": d.model, "variant": variant.relative_to(ws.out).as_posix(), "preview": preview, "steps": [],
+    }
+
+    model_path, train_s = ws.trained_model(s, seed, clean=df.kind == "clean")
+    timings["model_train_s"] = train_s  # time it took to train (whether now or in an earlier run)
+    model, _ = checkpoint.load(model_path)
+    t0 = time.perf_counter()
+    if df.kind == "clean":
+        m = _metrics(model, splits["test"], splits["test_triggered"], target, study.device, study.eval_batch_size)
+        cell.update(m)
+        cell["n_train"] = int((~is_poisoned).sum())
+        cell["poisoned_present"] = 0
+        timings["evaluate_s"] = time.perf_counter() - t0
+    elif df.kind == "attack":
+        m = _metrics(model, splits["test"], splits["test_triggered"], target, study.device, study.eval_batch_size)
+        cell.update(m)
+        cell.update(before_accuracy=m["accuracy"], before_attack_success=m["attack_success"],
+                    delta_accuracy=0.0, delta_attack_success=0.0)
+        timings["evaluate_s"] = time.perf_counter() - t0
+    else:
+        from backdoorlab.defences import DefenceContext, Pipeline
+
+        pipe = Pipeline(df.pipeline, copy.deepcopy(df.configs))
+        ctx = DefenceContext(model=model, train=splits["train"], clean=splits["clean"], test=splits["test"],
+                             test_triggered=splits["test_triggered"], target_class=target,
+                             train_config=train_config(d), device=study.device, seed=seed)
+        rep = pipe.run(ctx, progress=progress)
+        timings["defence_s"] = time.perf_counter() - t0
+        cell.update(_columns_from_pipeline(rep, is_poisoned))
+    cell["timings"] = {**timings, **{k.split(":")[0] + "_build_s": v for k, v in ws.timings.items()},
+                       "total_s": time.perf_counter() - t_start}
+    cell["versions"] = versions()
+    cell["config"] = _json_safe(plan.config)
+    cell["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return _json_safe(cell)
+
+
+def _columns_from_pipeline(rep, is_poisoned: np.ndarray) -> dict:
+    """The paper's columns of a defence cell from a :class:`PipelineReport`."""
+    out: dict[str, Any] = {}
+    init, final = rep.initial, rep.final
+    out["before_accuracy"] = float(init["clean_accuracy"])
+    out["before_attack_success"] = float(init["attack_success_rate"])
+    out["accuracy"] = float(final["clean_accuracy"])
+    out["attack_success"] = float(final["attack_success_rate"])
+    out["delta_accuracy"] = out["accuracy"] - out["before_accuracy"]
+    out["delta_attack_success"] = out["attack_success"] - out["before_attack_success"]
+    n_pois = int(is_poisoned.sum())
+    n_clean = int(is_poisoned.size - n_pois)
+    filtered = [st for st in rep.steps if st.get("removed_poisoned") is not None]
+    if filtered:
+        cum = rep.steps[-1]["cumulative"]
+        out["removed_poisoned"] = int(cum["removed_poisoned"])
+        out["removed_clean"] = int(cum["removed_clean"])
+        out["removed_poisoned_share"] = out["removed_poisoned"] / n_pois if n_pois else 0.0
+        out["removed_clean_share"] = out["removed_clean"] / n_clean if n_clean else 0.0
+    pruned = [st for st in rep.steps if st["report"].get("neurons_pruned") is not None]
+    if pruned:
+        r = pruned[-1]["report"]
+        out["neurons_pruned"] = int(r["neurons_pruned"])
+        out["n_channels"] = int(r["n_channels"])
+        out["layer"] = str(r.get("layer"))
+        out["fp_threshold"] = float(r["threshold"]) if r.get("threshold") is not None else None
+    steps = []
+    for st in rep.steps:
+        steps.append({k: st.get(k) for k in ("step", "defence", "name", "clean_accuracy", "attack_success_rate",
+                                             "removed_poisoned", "removed_clean", "neurons_pruned", "cumulative",
+                                             "seconds")} | {"report": st.get("report")})
+    out["steps"] = steps
+    out["pipeline_config"] = rep.config
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the study
+
+
+def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str | os.PathLike,
+              quick: bool = False, progress: bool = True, *, seed: int | None = None,
+              report: bool = True, on_cell: Callable[[dict], None] | None = None) -> Path:
+    """Run (or resume) a study and write its report; returns the path of ``report.md``.
+
+    Parameters
+    ----------
+    config : StudyConfig, mapping, path or None
+        The study (see :func:`resolve_study`); ``None`` runs the built-in synthetic grid.
+    out : path
+        Results folder: ``cells/``, ``variants/``, ``models/``, ``previews/``, ``figures/``,
+        ``cells.json``, ``cells.csv``, ``tables.json``, ``study.json``, ``report.md``, ``report.html``.
+    quick : bool
+        The reduced study (config files: their ``[quick]`` table).
+    progress : bool
+        tqdm over the cells (and the inner bars of training and the defences).
+    seed : int, optional
+        Run with this one seed instead of the config's seeds.
+    report : bool
+        Write the report at the end (tests of the runner alone may skip it).
+    on_cell : callable, optional
+        Called with each finished (or cached) cell record.
+
+    Raises
+    ------
+    RuntimeError
+        When every cell failed (the report would be empty); single failures are reported instead.
+    """
+    from tqdm.auto import tqdm
+
+    study = resolve_study(config, quick=quick)
+    if seed is not None:
+        study = study.with_seed(seed)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "study.json", study.to_dict())
+    started = time.perf_counter()
+    plans = plan_cells(study)
+    if not plans:
+        raise ValueError("the study has no cells (no settings, or every defence restricted to absent settings)")
+    cache = CellCache(out)
+    cached = {p.key: cache.get(p.key) for p in plans}
+    n_cached = sum(v is not None for v in cached.values())
+    ws = _Workspace(study, out, progress)
+    failures: list[dict] = []
+    cells: list[dict] = []
+    bar = tqdm(total=len(plans), initial=0, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
+    try:
+        for p in plans:
+            cell = cached[p.key]
+            if cell is None:
+                bar.set_description(f"{p.setting.id} | {p.defence.id} | seed {p.seed}")
+                try:
+                    cell = _run_cell(p, ws, progress)
+                except (KeyboardInterrupt, SystemExit, MemoryError):
+                    raise
+                except Exception as exc:  # one bad cell must not lose the study; it is reported and retried
+                    failures.append({"setting": p.setting.id, "defence": p.defence.id, "seed": p.seed, "key": p.key,
+                                     "error": f"{type(exc).__name__}: {exc}",
+                                     "traceback": traceback.format_exc(limit=8)})
+                    if progress:
+                        tqdm.write(f"cell {p.setting.id} / {p.defence.id} (seed {p.seed}) failed: {exc}")
+                    bar.update(1)
+                    continue
+                cache.put(p.key, cell)
+                cell = cache.get(p.key)
+            cells.append(cell)
+            if on_cell is not None:
+                on_cell(cell)
+            bar.update(1)
+    finally:
+        bar.close()
+        atomic_write_json(out / "failures.json", failures)
+    if not cells:
+        raise RuntimeError(f"every cell failed; first error: {failures[0]['error']} (see {out / 'failures.json'})")
+    wall = time.perf_counter() - started
+    meta = {"name": study.name, "description": study.description, "quick": study.quick, "seeds": list(study.seeds),
+            "device": study.device, "versions": versions(), "wall_time_s": wall,
+            "n_computed": len(cells) - n_cached, "n_cached": n_cached, "failures": failures,
+            "notes": [n for n in (d.note for d in study.datasets.values()) if n]}
+    if report:
+        from .report import write_report
+
+        write_report(out, cells, meta, progress=False)
+    atomic_write_json(out / "run.json", {k: v for k, v in meta.items() if k != "failures"} |
+                      {"n_failures": len(failures), "n_cells": len(plans)})
+    return out / "report.md"
