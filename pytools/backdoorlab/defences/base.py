@@ -38,6 +38,7 @@ __all__ = [
     "native_device",
     "resolve_layer",
     "predict_labels",
+    "iter_image_batches",
     "iter_layer_outputs",
     "layer_outputs",
     "reinitialised_copy",
@@ -219,10 +220,29 @@ def native_device(device: str) -> str:
     return "cuda" if native.build_info().get("cuda") else "cpu"
 
 
-def _loader(dataset: Any, batch_size: int) -> torch.utils.data.DataLoader:
-    # shuffle=False: outputs must stay aligned with the rows of ``dataset`` (the flags are per row;
-    # BackdoorBench's shuffled double pass is exactly the misalignment we avoid).
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+def iter_image_batches(dataset: Any, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Float batches ``(x (b, 3, H, W) in [0, 1], y (b,))`` of ``dataset`` in row order.
+
+    Each batch is read as one slab (``H5Split.load_images`` on a subset of consecutive rows), so
+    only ``batch_size`` images are in memory at a time and the HDF5 chunks are decompressed once
+    per batch, not once per image. Objects that are not ``H5Split`` fall back to a DataLoader.
+    In row order on purpose: outputs must stay aligned with the rows of ``dataset`` (the flags
+    are per row; BackdoorBench's shuffled double pass is exactly the misalignment we avoid).
+    """
+    dev = torch.device(device)
+    if hasattr(dataset, "load_images") and hasattr(dataset, "subset"):
+        from backdoorlab.data import to_float_chw
+
+        n = len(dataset)
+        labels = torch.as_tensor(np.asarray(dataset.labels, dtype=np.int64))
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            chunk = dataset.subset(np.arange(start, stop)).load_images(max_bytes=None)
+            yield to_float_chw(chunk).to(dev), labels[start:stop].to(dev)
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for x, y in loader:
+        yield x.to(dev), y.to(dev)
 
 
 def resolve_layer(model: nn.Module, layer: str) -> tuple[str, nn.Module]:
@@ -276,13 +296,15 @@ def iter_layer_outputs(
     model.to(dev)
     start = 0
     try:
-        for images, labels in tqdm(_loader(dataset, batch_size), desc=desc, disable=not progress, leave=False):
+        n_batches = -(-len(dataset) // batch_size)
+        for images, labels in tqdm(iter_image_batches(dataset, batch_size, dev), total=n_batches, desc=desc,
+                                   disable=not progress, leave=False):
             captured.clear()
-            model(images.to(dev))
+            model(images)
             if len(captured) != 1:
                 raise RuntimeError(f"layer {layer!r} ran {len(captured)} times in one forward pass; expected once")
             out = captured[0].float().cpu()
-            yield start, out, labels
+            yield start, out, labels.cpu()
             start += out.shape[0]
     finally:
         handle.remove()
@@ -372,8 +394,8 @@ def predict_labels(model: nn.Module, dataset: Any, *, batch_size: int = 256, dev
     model.to(dev)
     preds = []
     try:
-        for images, _ in _loader(dataset, batch_size):
-            preds.append(model(images.to(dev)).argmax(dim=1).cpu())
+        for images, _ in iter_image_batches(dataset, batch_size, dev):
+            preds.append(model(images).argmax(dim=1).cpu())
     finally:
         model.train(was_training)
     return torch.cat(preds).numpy().astype(np.int64) if preds else np.empty(0, dtype=np.int64)

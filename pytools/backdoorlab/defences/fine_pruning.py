@@ -40,6 +40,7 @@ from .base import (
     check_choice,
     check_fraction,
     check_positive_int,
+    iter_image_batches,
     iter_layer_outputs,
     predict_labels,
     resolve_device,
@@ -213,11 +214,11 @@ class TailEvaluator:
         self.head, self.tail = split_at(model, name)
         self.cached: list[tuple[torch.Tensor, ...]] = []
         self.labels: list[torch.Tensor] = []
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
         with torch.no_grad():
-            for images, labels in tqdm(loader, desc="caching head", disable=not progress, leave=False):
-                self.cached.append(tuple(t.detach() for t in self.head(images.to(self.device))))
-                self.labels.append(labels.to(self.device))
+            for images, labels in tqdm(iter_image_batches(dataset, batch_size, self.device), desc="caching head",
+                                       disable=not progress, leave=False):
+                self.cached.append(tuple(t.detach() for t in self.head(images)))
+                self.labels.append(labels)
         self.n = sum(int(lab.numel()) for lab in self.labels)
         if self.n == 0:
             raise ValueError("cannot tune pruning on an empty clean set")
@@ -233,29 +234,41 @@ class TailEvaluator:
 
 
 class FullEvaluator:
-    """Clean-set accuracy under a channel mask by re-running the whole network (the naive loop)."""
+    """Clean-set accuracy under a channel mask by re-running the whole network (the naive loop).
+
+    The input batches are read once and kept, so the comparison with :class:`TailEvaluator`
+    measures network compute, not HDF5 reads.
+    """
 
     path = "full-forward"
 
     def __init__(self, model: nn.Module, dataset: Any, layer: str, *, batch_size: int = 256,
                  device: str = "auto", progress: bool = False) -> None:
-        self.model, self.dataset, self.batch_size = model, dataset, batch_size
-        self.device = device
+        self.model = model
+        self.device = resolve_device(device)
         _, self.module = resolve_layer(model, layer)
-        self.labels = np.asarray(dataset.labels)
+        model.eval().to(self.device)
+        self.batches = list(iter_image_batches(dataset, batch_size, self.device))
+        self.n = sum(int(y.numel()) for _, y in self.batches)
+        if self.n == 0:
+            raise ValueError("cannot tune pruning on an empty clean set")
 
+    @torch.no_grad()
     def accuracy(self, mask: np.ndarray) -> float:
-        m = torch.as_tensor(mask, dtype=torch.float32)
+        m = torch.as_tensor(mask, dtype=torch.float32, device=self.device)
 
         def hook(_mod, _inp, out):
-            return out * _broadcast(m.to(out.device), out.dim())
+            return out * _broadcast(m, out.dim())
 
         handle = self.module.register_forward_hook(hook)
+        was_training = self.model.training
+        self.model.eval()
         try:
-            preds = predict_labels(self.model, self.dataset, batch_size=self.batch_size, device=self.device)
+            correct = sum(int((self.model(x).argmax(dim=1) == y).sum()) for x, y in self.batches)
         finally:
             handle.remove()
-        return float((preds == self.labels).mean())
+            self.model.train(was_training)
+        return correct / self.n
 
 
 # --------------------------------------------------------------------------- search
@@ -324,7 +337,7 @@ class FinePruning(Defence):
     finetune_epochs : int
         Epochs of fine-tuning on the clean set after pruning (default 10; 0 = prune only).
     finetune_lr : float or None
-        Fine-tuning learning rate (default: 0.1 x the training recipe's).
+        Fine-tuning learning rate (default: the training recipe's, with its optimizer).
     max_prune_share : float in (0, 1]
         Never prune more than this share of the layer's channels (default: all but one).
     """
@@ -421,9 +434,10 @@ class FinePruning(Defence):
         if self.finetune_epochs > 0:
             from backdoorlab.train import fine_tune
 
-            lr = self.finetune_lr if self.finetune_lr is not None else 0.1 * float(ctx.train_config.lr)
-            model = fine_tune(model, ctx.clean, epochs=self.finetune_epochs, lr=lr, seed=ctx.seed,
-                              device=ctx.device, batch_size=ctx.train_config.batch_size, progress=progress)
+            lr = self.finetune_lr if self.finetune_lr is not None else float(ctx.train_config.lr)
+            model = fine_tune(model, ctx.clean, self.finetune_epochs, lr, batch_size=ctx.train_config.batch_size,
+                              optimizer=ctx.train_config.optimizer, seed=ctx.seed, device=ctx.device,
+                              progress=progress)
             report["finetune_lr"] = lr
         report["finetune_epochs"] = self.finetune_epochs
         report["config"] = self.config()

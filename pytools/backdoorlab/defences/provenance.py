@@ -43,6 +43,7 @@ from .base import (
     predict_labels,
     reinitialised_copy,
     removal_report,
+    resolve_device,
     retrain,
 )
 
@@ -106,12 +107,35 @@ class DataProvenance(Defence):
         self.tune_share = check_fraction("tune_share", tune_share)
         self.retrain = check_choice("retrain mode", retrain, ("scratch", "fine-tune", "none"))
 
-    def _fine_tune(self, model, dataset, ctx: DefenceContext, progress: bool):
-        from backdoorlab.train import fine_tune
+    def _fine_tune(self, model, images: torch.Tensor, labels: torch.Tensor, ctx: DefenceContext):
+        """A short fine-tune of ``model`` on uint8 ``images`` (n, H, W, 3) with the recipe's optimizer.
 
-        lr = self.lr if self.lr is not None else float(ctx.train_config.lr)
-        return fine_tune(model, dataset, epochs=self.epochs, lr=lr, seed=ctx.seed, device=ctx.device,
-                         batch_size=ctx.train_config.batch_size, progress=progress)
+        The two arms of a group mix rows of two splits (the group's training rows and the trusted
+        tuning rows), which no single ``H5Split`` holds; the rows are small and already in memory,
+        so a plain loop over index tensors does it. Shuffling follows ``train.epoch_order`` (seeded),
+        dropout the seeded torch RNG: the arms differ only by their data.
+        """
+        from backdoorlab.data import to_float_chw
+        from backdoorlab.train import epoch_order, make_optimizer
+
+        dev = resolve_device(ctx.device)
+        config = ctx.train_config.replace(lr=self.lr) if self.lr is not None else ctx.train_config
+        model.to(dev).train()
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        images, labels = images.to(dev), labels.to(dev)
+        n = labels.numel()
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(ctx.seed)
+            for epoch in range(self.epochs):
+                order = epoch_order(n, ctx.seed, epoch).to(dev)
+                for start in range(0, n, config.batch_size):
+                    idx = order[start : start + config.batch_size]
+                    loss = loss_fn(model(to_float_chw(images[idx])), labels[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+        return model.eval()
 
     def detect(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[np.ndarray, dict]:
         """Flag rows of ``ctx.train`` (whole groups) without retraining. Returns ``(flags, report)``."""
@@ -134,15 +158,19 @@ class DataProvenance(Defence):
                                device=ctx.device, progress=progress)
         else:
             base = ctx.model
-        without = self._fine_tune(copy.deepcopy(base), tune, ctx, progress=False)
+        tune_images = tune.load_images()
+        tune_labels = torch.as_tensor(tune.labels, dtype=torch.int64)
+        without = self._fine_tune(copy.deepcopy(base), tune_images, tune_labels, ctx)
         acc_without = _accuracy(without, holdout, ctx.device)
         del without
 
         per_group = []
         flagged_ids = []
         for g, rows in tqdm(groups.items(), desc="provenance groups", disable=not progress, leave=False):
-            joined = torch.utils.data.ConcatDataset([train.subset(rows), tune])
-            with_g = self._fine_tune(copy.deepcopy(base), joined, ctx, progress=False)
+            group = train.subset(rows)  # by row index, never by pixel value
+            images = torch.cat([group.load_images(), tune_images])
+            labels = torch.cat([torch.as_tensor(group.labels, dtype=torch.int64), tune_labels])
+            with_g = self._fine_tune(copy.deepcopy(base), images, labels, ctx)
             acc_with = _accuracy(with_g, holdout, ctx.device)
             delta = acc_without - acc_with
             flagged = delta > self.threshold
