@@ -367,6 +367,18 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise ValueError(f"duplicate defence id(s) {dup}")
+    if quick and quick_opts.get("epochs") is not None:
+        # Fine-Pruning fine-tunes for 10 epochs by default: cap it like training.
+        cap = _check_int("quick.epochs", quick_opts["epochs"], minimum=1)
+        capped = []
+        for d in defences:
+            if "fp" in d.pipeline.split(">"):
+                configs = copy.deepcopy(d.configs)
+                fp = configs.setdefault("fp", {})
+                fp["finetune_epochs"] = min(int(fp.get("finetune_epochs", cap)), cap)
+                d = replace(d, configs=configs)
+            capped.append(d)
+        defences = capped
     known_settings = {s.id for s in settings}
     for d in defences:
         if d.settings is not None:
