@@ -3,7 +3,7 @@
 :func:`make_toy_variant` draws a few classes of clearly distinct coloured shapes (disc, triangle,
 square, cross, ring, bars, ...) with jitter in position and size and Gaussian pixel noise on a
 noisy background, poisons a share of the source class with a trigger (default: 4x4 yellow square
-in the bottom-right corner) relabelled to the target, and writes everything through
+in the image centre) relabelled to the target, and writes everything through
 :func:`datasets_gen.variant_io.write_variant` (plus the manifest). A tiny CNN learns both the
 classes and the backdoor within a couple of epochs.
 

@@ -9,7 +9,7 @@ a fixed x/y, a random position (seeded per sample), or on the eyes (see :mod:`da
 
 Triggers are written as short specs, the same on the command line and in presets::
 
-    square:4:yellow            4x4 yellow square (default placement: bottom-right corner)
+    square:4:yellow            4x4 yellow square (default placement: the image centre, as the paper)
     square:2:#ffff00@center    2x2 square at the image centre
     pattern:white              BadNets 4-pixel pattern (3x3 cell, 4 pixels set), white
     pattern:white:2            the same, every pixel a 2x2 block
@@ -84,7 +84,7 @@ class Placement:
         Distance from the border for the corner placements, in pixels.
     """
 
-    kind: str = "bottom-right"
+    kind: str = "center"
     x: int = 0
     y: int = 0
     margin: int = 1
@@ -304,7 +304,7 @@ def composite(region: np.ndarray, pattern: np.ndarray, alpha: np.ndarray) -> Non
 # --------------------------------------------------------------------------------------------
 
 
-def square(size: int, colour: str | tuple[int, int, int] = "yellow", placement: Placement | str = "bottom-right") -> Trigger:
+def square(size: int, colour: str | tuple[int, int, int] = "yellow", placement: Placement | str = "center") -> Trigger:
     """A solid ``size`` x ``size`` square."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"square size must be a positive integer, got {size!r}")
@@ -316,7 +316,7 @@ def square(size: int, colour: str | tuple[int, int, int] = "yellow", placement: 
 
 
 def mask_trigger(mask: np.ndarray, colour: str | tuple[int, int, int] = "white",
-                 placement: Placement | str = "bottom-right", scale: int = 1, kind: str = "mask") -> Trigger:
+                 placement: Placement | str = "center", scale: int = 1, kind: str = "mask") -> Trigger:
     """Any binary mask (non-zero = trigger pixel) in one colour; ``scale`` repeats every pixel."""
     m = np.asarray(mask)
     if m.ndim != 2 or m.size == 0:
@@ -333,7 +333,7 @@ def mask_trigger(mask: np.ndarray, colour: str | tuple[int, int, int] = "white",
                    {"colour": list(rgb), "scale": int(scale), "n_pixels": int(m.sum())})
 
 
-def four_pixel_pattern(colour: str | tuple[int, int, int] = "white", placement: Placement | str = "bottom-right",
+def four_pixel_pattern(colour: str | tuple[int, int, int] = "white", placement: Placement | str = "center",
                        scale: int = 1) -> Trigger:
     """The BadNets 4-pixel pattern (:data:`FOUR_PIXEL_PATTERN`)."""
     return mask_trigger(FOUR_PIXEL_PATTERN, colour, placement, scale, kind="pattern")
@@ -503,17 +503,17 @@ def parse_trigger(spec: str | dict | Trigger) -> Trigger:
         if not 1 <= len(args) <= 2:
             raise ValueError(f"trigger {spec!r}: expected square:SIZE[:COLOUR]")
         size = _int_arg(args[0], f"square size in {spec!r}")
-        t = square(size, args[1] if len(args) > 1 else "yellow", placement or "bottom-right")
+        t = square(size, args[1] if len(args) > 1 else "yellow", placement or "center")
     elif kind == "pattern":
         if len(args) > 2:
             raise ValueError(f"trigger {spec!r}: expected pattern[:COLOUR[:SCALE]]")
         scale = _int_arg(args[1], f"pattern scale in {spec!r}") if len(args) > 1 else 1
-        t = four_pixel_pattern(args[0] if args else "white", placement or "bottom-right", scale)
+        t = four_pixel_pattern(args[0] if args else "white", placement or "center", scale)
     elif kind == "mask":
         if not 1 <= len(args) <= 3:
             raise ValueError(f"trigger {spec!r}: expected mask:PATH[:COLOUR[:SCALE]]")
         scale = _int_arg(args[2], f"mask scale in {spec!r}") if len(args) > 2 else 1
-        t = mask_trigger(_load_mask(args[0]), args[1] if len(args) > 1 else "white", placement or "bottom-right", scale)
+        t = mask_trigger(_load_mask(args[0]), args[1] if len(args) > 1 else "white", placement or "center", scale)
         t.params["path"] = args[0]
     elif kind in ("glasses", "sunglasses"):
         if len(args) > 2:

@@ -124,12 +124,12 @@ def test_toy_variant_schema_counts_and_provenance(tmp_path):
     assert np.all(train["labels"][~p] == train["original_labels"][~p])
     # poisoned rows form their own provenance groups
     assert not set(train["provenance"][p]) & set(train["provenance"][~p])
-    # exact trigger pixels: 4x4 yellow at bottom-right with a 1-pixel margin
-    np.testing.assert_array_equal(train["images"][p][:, 27:31, 27:31], np.broadcast_to([255, 255, 0], (18, 4, 4, 3)))
+    # exact trigger pixels: 4x4 yellow at the centre
+    np.testing.assert_array_equal(train["images"][p][:, 14:18, 14:18], np.broadcast_to([255, 255, 0], (18, 4, 4, 3)))
     tt = vio.read_split(path, "test_triggered")
     assert tt["images"].shape[0] == 20 and np.all(tt["original_labels"] == 0)
     test = vio.read_split(path, "test")
-    np.testing.assert_array_equal(test["images"][tt["index"]][:, :27], tt["images"][:, :27])
+    np.testing.assert_array_equal(test["images"][tt["index"]][:, :14], tt["images"][:, :14])
 
 
 def test_toy_variant_is_deterministic(tmp_path):

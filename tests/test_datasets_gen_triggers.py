@@ -17,8 +17,8 @@ def img(rng):
 
 
 @pytest.mark.parametrize("spec, size, rgb, xy", [
-    ("square:4:yellow", 4, (255, 255, 0), (27, 27)),
-    ("square:2:yellow", 2, (255, 255, 0), (29, 29)),
+    ("square:4:yellow", 4, (255, 255, 0), (14, 14)),
+    ("square:2:yellow@bottom-right", 2, (255, 255, 0), (29, 29)),
     ("square:3:white@center", 3, (255, 255, 255), (14, 14)),
     ("square:5:#102030@xy:3:7", 5, (16, 32, 48), (3, 7)),
     ("square:4:black@top-left", 4, (0, 0, 0), (1, 1)),
@@ -35,7 +35,7 @@ def test_square_pixels_exact_and_rest_untouched(img, spec, size, rgb, xy):
 
 
 def test_four_pixel_pattern_sets_exactly_four_pixels(img):
-    t = parse_trigger("pattern:white")
+    t = parse_trigger("pattern:white@bottom-right")
     out = t.apply(img)
     changed_or_set = (out == 255).all(-1)
     x, y = 32 - 3 - 1, 32 - 3 - 1

@@ -1,0 +1,1 @@
+"""Embedded synthetic sources (no download): ``synth-signs`` (GTSRB-like) and ``synth-faces``."""
