@@ -69,3 +69,47 @@ def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0
                     c["delta_accuracy"] = c["delta_attack_success"] = None
                 cells.append(c)
     return cells
+
+
+def tiny_study(shares=(0.5,), seeds=(0,)) -> dict:
+    """A whole study in seconds: the toy variant, the GTSRB CNN, one or two epochs everywhere."""
+    fp = {"layer": "last_conv", "threshold": 0.04, "finetune_epochs": 1, "search": "bisect"}
+    return {
+        "name": "tiny",
+        "seeds": list(seeds),
+        "device": "cpu",
+        "datasets": {"toy": {
+            "source": "toy", "model": "gtsrb_cnn",
+            "train": {"epochs": 1, "batch_size": 16, "optimizer": "adam", "lr": 0.003},
+            "toy": {"n_classes": 3, "n_train_per_class": 20, "n_test_per_class": 6, "n_clean_per_class": 8,
+                    "group_size": 20}}},
+        "settings": [{"dataset": "toy", "trigger": "yellow square", "shares": list(shares),
+                      "recipe": {"trigger": "square:4:yellow", "source_class": 0, "target_class": 1}}],
+        "defences": [
+            "none",
+            {"id": "ac", "pipeline": "ac", "configs": {"ac": {"n_components": 4}}},
+            "ss",
+            {"id": "dp", "pipeline": "dp", "configs": {"dp": {"epochs": 1}}},
+            {"id": "fp-last", "pipeline": "fp", "configs": {"fp": dict(fp)}},
+            {"id": "fp-second-last", "pipeline": "fp", "configs": {"fp": dict(fp, layer="second_last_conv")}},
+            {"id": "ac>fp", "pipeline": "ac>fp", "configs": {"ac": {"n_components": 4}, "fp": dict(fp)}},
+            {"id": "fp>ac", "pipeline": "fp>ac", "configs": {"ac": {"n_components": 4}, "fp": dict(fp)}},
+        ],
+        "fp_thresholds": [0.02],
+        "threshold_sweep": "first",
+    }
+
+
+def md_tables(md: str) -> dict[str, list[list[str]]]:
+    """Parse the Markdown tables of a report: ``{title: rows}`` with the header row first."""
+    out, title, rows = {}, None, []
+    for line in md.splitlines():
+        if line.startswith("### "):
+            if title and rows:
+                out[title] = rows
+            title, rows = line[4:].strip(), []
+        elif line.startswith("|") and not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    if title and rows:
+        out[title] = rows
+    return out

@@ -9,27 +9,12 @@ import re
 
 import pytest
 
-from _experiments_helpers import fabricate_cells
+from _experiments_helpers import fabricate_cells, md_tables as _md_tables
 from backdoorlab.experiments import findings
 from backdoorlab.experiments.records import CSV_COLUMNS, aggregate_cells, pct, signed_points
 from backdoorlab.experiments.report import build_tables, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _md_tables(md: str) -> dict[str, list[list[str]]]:
-    """Parse the Markdown tables of a report: {title: rows (header first)}."""
-    out, title, rows = {}, None, []
-    for line in md.splitlines():
-        if line.startswith("### "):
-            if title and rows:
-                out[title] = rows
-            title, rows = line[4:].strip(), []
-        elif line.startswith("|") and not line.startswith("|---"):
-            rows.append([c.strip() for c in line.strip("|").split(" | ")])
-    if title and rows:
-        out[title] = rows
-    return out
 
 
 @pytest.fixture(scope="module")
