@@ -37,8 +37,12 @@
 #include <cstdint>
 #include <string>
 
+#include "cpu/cluster.hpp"
+#include "cpu/decompose.hpp"
 #include "cpu/parallel.hpp"
 #include "cpu/pruning.hpp"
+#include "cpu/simd.hpp"
+#include "cpu/spectral.hpp"
 #include "cpu/stats.hpp"
 
 namespace py = pybind11;
@@ -75,6 +79,10 @@ py::dict build_info() {
   info["openmp"] = backdoorlab::openmp_enabled();
   info["max_threads"] = backdoorlab::max_threads();
   info["num_threads"] = backdoorlab::num_threads();
+  py::list clones;
+  for (const auto& c : backdoorlab::simd_clones()) clones.append(c);
+  info["simd"] = clones;
+  info["simd_selected"] = backdoorlab::simd_selected();
 #if defined(__clang__)
   info["compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)
@@ -105,6 +113,92 @@ void stats_update(const carray<float>& acts, const carray<i64>& group, carray<i6
   backdoorlab::stats_update(a, N, C, S, g, G, cnt, val, mu, q, mx, pos);
 }
 
+// X (n, d) and offsets (G + 1,): shapes checked here, values (offsets, NaN) by the core.
+struct Batch {
+  const float* X;
+  i64 n, d, G;
+  const i64* offsets;
+};
+
+Batch batch(const carray<float>& X, const carray<i64>& offsets) {
+  expect_ndim(X, "X", 2);
+  expect_ndim(offsets, "offsets", 1);
+  if (X.shape(0) == 0 || X.shape(1) == 0) throw py::value_error("X is empty");
+  if (offsets.shape(0) < 2) throw py::value_error("offsets must have n_classes + 1 >= 2 entries");
+  return {X.data(), X.shape(0), X.shape(1), offsets.shape(0) - 1, offsets.data()};
+}
+
+py::tuple fastica(const carray<float>& X, const carray<i64>& offsets, int n_components, int max_iter, double tol,
+                  std::uint64_t seed) {
+  const Batch b = batch(X, offsets);
+  if (n_components < 1 || n_components > b.d)
+    throw py::value_error("n_components=" + std::to_string(n_components) + " must be in [1, d=" + std::to_string(b.d) + "]");
+  carray<float> out({b.n, static_cast<i64>(n_components)});
+  carray<std::int32_t> n_iter(b.G);
+  float* o = out.mutable_data();
+  std::int32_t* it = n_iter.mutable_data();
+  {
+    py::gil_scoped_release release;
+    backdoorlab::fastica(b.X, b.n, b.d, b.offsets, b.G, n_components, max_iter, tol, seed, o, it);
+  }
+  return py::make_tuple(out, n_iter);
+}
+
+carray<float> pca(const carray<float>& X, const carray<i64>& offsets, int n_components) {
+  const Batch b = batch(X, offsets);
+  if (n_components < 1 || n_components > b.d)
+    throw py::value_error("n_components=" + std::to_string(n_components) + " must be in [1, d=" + std::to_string(b.d) + "]");
+  carray<float> out({b.n, static_cast<i64>(n_components)});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    backdoorlab::pca(b.X, b.n, b.d, b.offsets, b.G, n_components, o);
+  }
+  return out;
+}
+
+py::tuple kmeans(const carray<float>& X, const carray<i64>& offsets, int k, int n_init, int max_iter, double tol,
+                 std::uint64_t seed) {
+  const Batch b = batch(X, offsets);
+  if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+  carray<std::int32_t> labels(b.n);
+  carray<float> centers({b.G, static_cast<i64>(k), b.d});
+  carray<double> inertia(b.G);
+  carray<std::int32_t> n_iter(b.G);
+  std::int32_t *lab = labels.mutable_data(), *it = n_iter.mutable_data();
+  float* cen = centers.mutable_data();
+  double* in = inertia.mutable_data();
+  {
+    py::gil_scoped_release release;
+    backdoorlab::kmeans(b.X, b.n, b.d, b.offsets, b.G, k, n_init, max_iter, tol, seed, lab, cen, in, it);
+  }
+  return py::make_tuple(labels, centers, inertia, n_iter);
+}
+
+carray<float> silhouette_samples(const carray<float>& X, const carray<i64>& offsets, const carray<std::int32_t>& labels) {
+  const Batch b = batch(X, offsets);
+  expect_shape(labels, "labels", {b.n});
+  carray<float> out(b.n);
+  float* o = out.mutable_data();
+  const std::int32_t* lab = labels.data();
+  {
+    py::gil_scoped_release release;
+    backdoorlab::silhouette_samples(b.X, b.n, b.d, b.offsets, b.G, lab, o);
+  }
+  return out;
+}
+
+carray<float> spectral_scores(const carray<float>& X, const carray<i64>& offsets, bool center) {
+  const Batch b = batch(X, offsets);
+  carray<float> out(b.n);
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    backdoorlab::spectral_scores(b.X, b.n, b.d, b.offsets, b.G, center, o);
+  }
+  return out;
+}
+
 carray<i64> pruning_order(const carray<double>& mean) {
   expect_ndim(mean, "mean_activation", 1);
   const i64 C = mean.shape(0);
@@ -131,6 +225,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("stats_update", &stats_update, py::arg("acts").noconvert(), py::arg("group").noconvert(),
         py::arg("count").noconvert(), py::arg("values").noconvert(), py::arg("mean").noconvert(),
         py::arg("m2").noconvert(), py::arg("maxv").noconvert(), py::arg("npos").noconvert());
+  m.def("fastica", &fastica, py::arg("X").noconvert(), py::arg("offsets").noconvert(), py::arg("n_components"),
+        py::arg("max_iter"), py::arg("tol"), py::arg("seed"));
+  m.def("pca", &pca, py::arg("X").noconvert(), py::arg("offsets").noconvert(), py::arg("n_components"));
+  m.def("kmeans", &kmeans, py::arg("X").noconvert(), py::arg("offsets").noconvert(), py::arg("k"), py::arg("n_init"),
+        py::arg("max_iter"), py::arg("tol"), py::arg("seed"));
+  m.def("silhouette_samples", &silhouette_samples, py::arg("X").noconvert(), py::arg("offsets").noconvert(),
+        py::arg("labels").noconvert());
+  m.def("spectral_scores", &spectral_scores, py::arg("X").noconvert(), py::arg("offsets").noconvert(),
+        py::arg("center"));
   m.def("pruning_order", &pruning_order, py::arg("mean").noconvert());
   m.def("pruning_mask", &pruning_mask, py::arg("order").noconvert(), py::arg("n_pruned"));
 }

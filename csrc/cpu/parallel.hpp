@@ -8,6 +8,7 @@
 // the lowest work index so the message does not depend on thread timing.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <exception>
 #include <limits>
@@ -36,8 +37,9 @@ class ErrorSlot {
       index_ = index;
       error_ = std::current_exception();
     }
+    failed_.store(true);
   }
-  bool failed() const { return static_cast<bool>(error_); }
+  bool failed() const { return failed_.load(); }
   void rethrow() const {
     if (error_) std::rethrow_exception(error_);
   }
@@ -46,6 +48,47 @@ class ErrorSlot {
   std::mutex mutex_;
   std::int64_t index_ = std::numeric_limits<std::int64_t>::max();
   std::exception_ptr error_;
+  std::atomic<bool> failed_{false};
 };
+
+}  // namespace backdoorlab
+
+namespace backdoorlab {
+
+// Run body(c, inner_parallel) for every non-empty class c of `offsets` (G + 1 entries).
+// With at least as many classes as threads, classes are spread over threads (dynamic schedule,
+// one class at a time) and body must not start its own parallel region (inner_parallel false);
+// with fewer classes they run one after another and body may parallelise inside
+// (inner_parallel true). Exceptions thrown by body are rethrown after the region, the one of the
+// lowest class first.
+template <class Body>
+void for_each_class(const std::int64_t* offsets, std::int64_t G, Body&& body) {
+  std::int64_t n_nonempty = 0;
+  for (std::int64_t c = 0; c < G; ++c) n_nonempty += offsets[c + 1] > offsets[c];
+  ErrorSlot errors;
+  const int nt = num_threads();
+  if (n_nonempty >= nt && nt > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (std::int64_t c = 0; c < G; ++c) {
+      if (offsets[c + 1] <= offsets[c] || errors.failed()) continue;
+      try {
+        body(c, false);
+      } catch (...) {
+        errors.capture(c);
+      }
+    }
+  } else {
+    for (std::int64_t c = 0; c < G; ++c) {
+      if (offsets[c + 1] <= offsets[c]) continue;
+      try {
+        body(c, nt > 1);
+      } catch (...) {
+        errors.capture(c);
+        break;
+      }
+    }
+  }
+  errors.rethrow();
+}
 
 }  // namespace backdoorlab

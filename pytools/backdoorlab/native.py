@@ -28,7 +28,6 @@ GIL, so other Python threads keep running.
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Any
 
 import numpy as np
@@ -51,7 +50,6 @@ from backdoorlab.reference import (
 )
 
 __all__ = [
-    "NativeKernelMissingWarning",
     "KMeansResult",
     "build_info",
     "set_num_threads",
@@ -116,25 +114,9 @@ def _backend(device: str, kernel: str):
         raise RuntimeError(f"the native CPU core is not available: {_core_error}; "
                            "rebuild with `pip install --no-build-isolation -Cbuild-dir=build -e .`")
     if not hasattr(_core, kernel):
-        if kernel in _INTERIM_REFERENCE:
-            # Interim while the C++ kernel is being written: visible (a warning every call and
-            # build_info()["kernels"][kernel]["cpu"] == "reference (interim)"), never silent.
-            warnings.warn(f"native kernel {kernel!r} is not built yet: running the NumPy/scikit-learn "
-                          "reference instead (slow)", NativeKernelMissingWarning, stacklevel=3)
-            return _INTERIM
         raise RuntimeError(f"backdoorlab._core has no kernel {kernel!r}: the installed build is older "
                            "than this Python wrapper; rebuild the package")
     return _core
-
-
-class NativeKernelMissingWarning(UserWarning):
-    """A kernel ran in the NumPy/scikit-learn reference because its native code is not built."""
-
-
-# Kernels that may run in the reference while their C++ is in progress (emptied once all land).
-_INTERIM_REFERENCE = {"fastica", "pca", "kmeans", "silhouette_samples", "spectral_scores",
-                      "pruning_order", "pruning_mask"}
-_INTERIM = object()
 
 
 # ---- build information and threads ----------------------------------------------------------
@@ -168,8 +150,7 @@ def build_info() -> dict:
         except Exception as exc:
             info["cuda_info"] = {"error": str(exc)}
     info["kernels"] = {
-        k: {"cpu": "native" if _core is not None and hasattr(_core, k)
-            else "reference (interim)" if k in _INTERIM_REFERENCE else "missing",
+        k: {"cpu": "native" if _core is not None and hasattr(_core, k) else "missing",
             "cuda": "native" if _cuda is not None and hasattr(_cuda, k) else "missing"}
         for k in KERNELS
     }
@@ -333,12 +314,7 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
     max_iter = _check_int(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
     seed = _check_int(seed, "seed", 0)
-    mod = _backend(device, "fastica")
-    if mod is _INTERIM:
-        sources = _ref.fastica(X, offsets, n_components, max_iter, tol, seed)
-        n_iter = np.full(offsets.size - 1, -1, dtype=np.int32)
-    else:
-        sources, n_iter = mod.fastica(X, offsets, n_components, max_iter, tol, seed)
+    sources, n_iter = _backend(device, "fastica").fastica(X, offsets, n_components, max_iter, tol, seed)
     return (sources, n_iter) if return_n_iter else sources
 
 
@@ -364,10 +340,7 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: str 
     offsets = _check_offsets(offsets, X.shape[0])
     n_components = _check_components(n_components, X.shape[1])
     _check_min_rows(offsets, n_components, "n_components")
-    mod = _backend(device, "pca")
-    if mod is _INTERIM:
-        return _ref.pca(X, offsets, n_components)
-    return mod.pca(X, offsets, n_components)
+    return _backend(device, "pca").pca(X, offsets, n_components)
 
 
 # ---- 3. k-means and silhouette ---------------------------------------------------------------
@@ -409,10 +382,7 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
     max_iter = _check_int(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
     seed = _check_int(seed, "seed", 0)
-    mod = _backend(device, "kmeans")
-    if mod is _INTERIM:
-        return _ref.kmeans(X, offsets, k, n_init, max_iter, tol, seed)
-    labels, centers, inertia, _n_iter = mod.kmeans(X, offsets, k, n_init, max_iter, tol, seed)
+    labels, centers, inertia, _n_iter = _backend(device, "kmeans").kmeans(X, offsets, k, n_init, max_iter, tol, seed)
     return KMeansResult(labels, centers, inertia)
 
 
@@ -442,10 +412,7 @@ def silhouette_samples(X: np.ndarray, offsets: np.ndarray, labels: np.ndarray, d
     if labels.size and labels.max() > np.iinfo(np.int32).max:
         raise ValueError(f"labels must fit in int32, got {labels.max()}")
     labels = np.ascontiguousarray(labels, dtype=np.int32)
-    mod = _backend(device, "silhouette_samples")
-    if mod is _INTERIM:
-        return _ref.silhouette_samples(X, offsets, labels)
-    return mod.silhouette_samples(X, offsets, labels)
+    return _backend(device, "silhouette_samples").silhouette_samples(X, offsets, labels)
 
 
 # ---- 4. spectral signatures ------------------------------------------------------------------
@@ -475,10 +442,7 @@ def spectral_scores(X: np.ndarray, offsets: np.ndarray, center: bool = True, dev
         raise TypeError(f"center must be a bool, got {type(center).__name__}")
     X = _check_matrix(X, check_finite=False)
     offsets = _check_offsets(offsets, X.shape[0])
-    mod = _backend(device, "spectral_scores")
-    if mod is _INTERIM:
-        return _ref.spectral_scores(X, offsets, bool(center))
-    return mod.spectral_scores(X, offsets, bool(center))
+    return _backend(device, "spectral_scores").spectral_scores(X, offsets, bool(center))
 
 
 # ---- 5. pruning ------------------------------------------------------------------------------
@@ -501,10 +465,7 @@ def pruning_order(mean_activation: np.ndarray) -> np.ndarray:
         raise TypeError(f"mean_activation must be floating point, got dtype {m.dtype}")
     if m.ndim != 1 or m.size == 0:
         raise ValueError(f"mean_activation must be 1-D and non-empty, got shape {m.shape}")
-    mod = _backend("cpu", "pruning_order")
-    if mod is _INTERIM:
-        return _ref.pruning_order(m)
-    return mod.pruning_order(np.ascontiguousarray(m, dtype=np.float64))
+    return _backend("cpu", "pruning_order").pruning_order(np.ascontiguousarray(m, dtype=np.float64))
 
 
 def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
@@ -526,10 +487,7 @@ def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
     n_pruned = _check_int(n_pruned, "n_pruned", 0)
     if n_pruned > order.size:
         raise ValueError(f"n_pruned={n_pruned} exceeds the channel count {order.size}")
-    mod = _backend("cpu", "pruning_mask")
-    if mod is _INTERIM:
-        return _ref.pruning_mask(order, n_pruned)
-    return mod.pruning_mask(np.ascontiguousarray(order), n_pruned)
+    return _backend("cpu", "pruning_mask").pruning_mask(np.ascontiguousarray(order), n_pruned)
 
 
 # The reference twins, for callers that want to compare (tests, benchmarks).

@@ -1,0 +1,261 @@
+// FastICA and PCA per class (the reduction step of Activation Clustering, Chen et al. 2018).
+//
+// Per class: column means in float64 (NaN/Inf rejected here, where the rows are read anyway),
+// the centred rows transposed to float32 XT[d, m], the covariance XT XT^T / m in float64, its top
+// k eigenpairs (linalg.hpp). PCA projects on the eigenvectors. FastICA whitens,
+// X1 = diag(lambda^-1/2) E^T XT (k x m, so X1 X1^T / m = I), then runs scikit-learn's parallel
+// fixed point with G = logcosh: W <- sym_decorr(E[g(W X1) X1^T] - diag(E[g'(W X1)]) W) until
+// max_i |abs(<W_new[i], W[i]>) - 1| < tol. The iteration's work — two k x k x m products and
+// k*m tanh per step — runs in float32 over blocks of 64 samples with the block sums added in
+// float64 (ica_step, compiled for AVX-512/AVX2/SSE2 and picked at run time); the k x k
+// decorrelation runs in float64 by Jacobi.
+#include "cpu/decompose.hpp"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/ica_math.hpp"
+#include "common/rng.hpp"
+#include "cpu/linalg.hpp"
+#include "cpu/parallel.hpp"
+#include "cpu/simd.hpp"
+
+namespace backdoorlab {
+
+void check_offsets(const i64* offsets, i64 G, i64 n) {
+  if (G < 1) throw std::invalid_argument("offsets must have at least 2 entries");
+  if (offsets[0] != 0) throw std::invalid_argument("offsets[0] must be 0, got " + std::to_string(offsets[0]));
+  if (offsets[G] != n)
+    throw std::invalid_argument("offsets[-1] must equal the number of rows (" + std::to_string(n) + "), got " +
+                                std::to_string(offsets[G]));
+  for (i64 c = 0; c < G; ++c)
+    if (offsets[c + 1] < offsets[c])
+      throw std::invalid_argument("offsets must be non-decreasing (offsets[" + std::to_string(c + 1) + "] < offsets[" +
+                                  std::to_string(c) + "])");
+}
+
+namespace {
+
+constexpr i64 BLOCK = 64;  // samples per block of the FastICA step
+
+i64 pad4(i64 d) { return (d + 3) / 4 * 4; }
+
+// Covariance eigenpairs of one class: fills mean (d), XT (d_pad x m, centred), evals/evecs (k).
+// Returns false when the class has no variance at all.
+bool class_eigen(const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool inner, std::vector<double>& mean,
+                 std::vector<float>& XT, std::vector<double>& evals, std::vector<double>& evecs) {
+  const i64 dp = pad4(d);
+  mean.resize(d);
+  column_mean(X, m, d, mean.data(), row0, cls);
+  XT.resize(dp * m);
+  transpose_centred(X, m, d, mean.data(), XT.data(), dp);
+  std::vector<double> C(d * d);
+  gram(XT.data(), d, dp, m, C.data(), inner);
+  const double inv = 1.0 / static_cast<double>(m);
+  double trace = 0.0;
+  for (i64 i = 0; i < d * d; ++i) C[i] *= inv;
+  for (i64 a = 0; a < d; ++a) trace += C[a * d + a];
+  evals.resize(k);
+  evecs.resize(static_cast<i64>(k) * d);
+  if (!(trace > 0.0)) return false;
+  sym_eig_top(C.data(), d, k, evals.data(), evecs.data());
+  return evals[0] > 0.0;
+}
+
+// Y[k, m] = A[k, d] XT[d, m] (A float64 row-major, accumulated in float32 over d).
+BDL_SIMD_CLONES
+void project(const double* A, int k, const float* XT, i64 d, i64 m, float* Y) {
+  for (int i = 0; i < k; ++i) {
+    float* y = Y + i * m;
+    std::fill(y, y + m, 0.0f);
+    for (i64 a = 0; a < d; ++a) {
+      const float w = static_cast<float>(A[i * d + a]);
+      const float* x = XT + a * m;
+#pragma omp simd
+      for (i64 s = 0; s < m; ++s) y[s] += w * x[s];
+    }
+  }
+}
+
+// One FastICA evaluation: GX[k, k] = sum_s g(W X1)[:, s] X1[:, s]^T, gp[k] = sum_s g'(W X1)[:, s]
+// (sums, not means). buf: k * BLOCK floats.
+BDL_SIMD_CLONES
+void ica_step(const float* X1, int k, i64 m, const float* W, double* GX, double* gp, float* buf) {
+  std::fill(GX, GX + k * k, 0.0);
+  std::fill(gp, gp + k, 0.0);
+  for (i64 s0 = 0; s0 < m; s0 += BLOCK) {
+    const i64 len = std::min(BLOCK, m - s0);
+    for (int i = 0; i < k; ++i) {
+      float* wx = buf + i * BLOCK;
+      const float* wi = W + i * k;
+      {
+        const float w0 = wi[0];
+        const float* x = X1 + s0;
+#pragma omp simd
+        for (i64 s = 0; s < len; ++s) wx[s] = w0 * x[s];
+      }
+      for (int j = 1; j < k; ++j) {
+        const float w = wi[j];
+        const float* x = X1 + j * m + s0;
+#pragma omp simd
+        for (i64 s = 0; s < len; ++s) wx[s] += w * x[s];
+      }
+      float gsum = 0.0f;
+#pragma omp simd reduction(+ : gsum)
+      for (i64 s = 0; s < len; ++s) {
+        const float t = tanh_f(wx[s]);
+        wx[s] = t;
+        gsum += 1.0f - t * t;
+      }
+      gp[i] += gsum;
+    }
+    for (int i = 0; i < k; ++i) {
+      const float* g = buf + i * BLOCK;
+      for (int j = 0; j < k; ++j) {
+        const float* x = X1 + j * m + s0;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (i64 s = 0; s < len; ++s) acc += g[s] * x[s];
+        GX[i * k + j] += acc;
+      }
+    }
+  }
+}
+
+// W <- (W W^T)^{-1/2} W, in place (k x k, float64). scratch: 3 k^2 + k doubles.
+void sym_decorrelation(double* W, int k, double* scratch) {
+  double *M = scratch, *V = M + k * k, *T = V + k * k, *lam = T + k * k;
+  for (int i = 0; i < k; ++i)
+    for (int j = i; j < k; ++j) {
+      double s = 0.0;
+      for (int t = 0; t < k; ++t) s += W[i * k + t] * W[j * k + t];
+      M[i * k + j] = M[j * k + i] = s;
+    }
+  jacobi_eig(M, k, lam, V);
+  for (int j = 0; j < k; ++j) lam[j] = 1.0 / std::sqrt(std::max(lam[j], DBL_MIN));
+  // T = V diag(lam^-1/2) V^T, then W <- T W
+  for (int i = 0; i < k; ++i)
+    for (int j = 0; j < k; ++j) {
+      double s = 0.0;
+      for (int t = 0; t < k; ++t) s += V[i * k + t] * lam[t] * V[j * k + t];
+      T[i * k + j] = s;
+    }
+  for (int i = 0; i < k; ++i)
+    for (int j = 0; j < k; ++j) {
+      double s = 0.0;
+      for (int t = 0; t < k; ++t) s += T[i * k + t] * W[t * k + j];
+      M[i * k + j] = s;
+    }
+  std::copy(M, M + k * k, W);
+}
+
+}  // namespace
+
+void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int max_iter, double tol,
+             std::uint64_t seed, float* out, std::int32_t* n_iter) {
+  check_offsets(offsets, G, n);
+  if (k < 1 || k > d)
+    throw std::invalid_argument("n_components=" + std::to_string(k) + " must be in [1, d=" + std::to_string(d) + "]");
+  if (max_iter < 1) throw std::invalid_argument("max_iter must be >= 1, got " + std::to_string(max_iter));
+  for (i64 c = 0; c < G; ++c) {
+    const i64 m = offsets[c + 1] - offsets[c];
+    n_iter[c] = 0;
+    if (m > 0 && m < std::max<i64>(k, 2))
+      throw std::invalid_argument("class " + std::to_string(c) + " has " + std::to_string(m) +
+                                  " rows, fewer than n_components=" + std::to_string(k) + " (and at least 2)");
+  }
+  std::fill(out, out + n * k, 0.0f);
+  for_each_class(offsets, G, [&](i64 c, bool inner) {
+    const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
+    std::vector<double> mean, evals, evecs;
+    std::vector<float> XT;
+    if (!class_eigen(X + r0 * d, m, d, r0, c, k, inner, mean, XT, evals, evecs)) return;  // constant rows
+    // whitening matrix K = diag(lambda^-1/2) E^T; eigenvalues at round-off level are clipped so a
+    // rank-deficient class (dead ReLU channels) does not blow up
+    const double floor = evals[0] * 1e-12;
+    for (int i = 0; i < k; ++i) {
+      const double s = 1.0 / std::sqrt(std::max(evals[i], floor));
+      for (i64 a = 0; a < d; ++a) evecs[i * d + a] *= s;
+    }
+    std::vector<float> X1(static_cast<i64>(k) * m);
+    project(evecs.data(), k, XT.data(), d, m, X1.data());
+    XT.clear();
+    XT.shrink_to_fit();
+
+    std::vector<double> W(k * k), W1(k * k), GX(k * k), gp(k), scratch(3 * k * k + k);
+    std::vector<float> Wf(k * k), buf(static_cast<i64>(k) * BLOCK);
+    Rng rng(seed, static_cast<std::uint64_t>(c));
+    for (int i = 0; i < k * k; ++i) W[i] = rng.normal();
+    sym_decorrelation(W.data(), k, scratch.data());
+    const double inv_m = 1.0 / static_cast<double>(m);
+    int it = 0;
+    for (; it < max_iter;) {
+      for (int i = 0; i < k * k; ++i) Wf[i] = static_cast<float>(W[i]);
+      ica_step(X1.data(), k, m, Wf.data(), GX.data(), gp.data(), buf.data());
+      for (int i = 0; i < k; ++i)
+        for (int j = 0; j < k; ++j) W1[i * k + j] = GX[i * k + j] * inv_m - gp[i] * inv_m * W[i * k + j];
+      sym_decorrelation(W1.data(), k, scratch.data());
+      double lim = 0.0;
+      for (int i = 0; i < k; ++i) {
+        double s = 0.0;
+        for (int j = 0; j < k; ++j) s += W1[i * k + j] * W[i * k + j];
+        lim = std::max(lim, std::abs(std::abs(s) - 1.0));
+      }
+      W.swap(W1);
+      ++it;
+      if (lim < tol) break;
+    }
+    n_iter[c] = it;
+
+    // sources S = W X1, scaled to unit variance (scikit-learn's whiten="unit-variance")
+    std::vector<float> S(static_cast<i64>(k) * m);
+    project(W.data(), k, X1.data(), k, m, S.data());
+    for (int i = 0; i < k; ++i) {
+      const float* si = S.data() + i * m;
+      double mu = 0.0, q = 0.0;
+      for (i64 s = 0; s < m; ++s) mu += si[s];
+      mu *= inv_m;
+      for (i64 s = 0; s < m; ++s) q += (si[s] - mu) * (si[s] - mu);
+      const double sd = std::sqrt(q * inv_m);
+      const float scale = sd > 0.0 ? static_cast<float>(1.0 / sd) : 0.0f;
+      for (i64 s = 0; s < m; ++s) out[(r0 + s) * k + i] = si[s] * scale;
+    }
+  });
+}
+
+void pca(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, float* out) {
+  check_offsets(offsets, G, n);
+  if (k < 1 || k > d)
+    throw std::invalid_argument("n_components=" + std::to_string(k) + " must be in [1, d=" + std::to_string(d) + "]");
+  for (i64 c = 0; c < G; ++c) {
+    const i64 m = offsets[c + 1] - offsets[c];
+    if (m > 0 && m < k)
+      throw std::invalid_argument("class " + std::to_string(c) + " has " + std::to_string(m) +
+                                  " rows, fewer than n_components=" + std::to_string(k));
+  }
+  std::fill(out, out + n * k, 0.0f);
+  for_each_class(offsets, G, [&](i64 c, bool inner) {
+    const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
+    std::vector<double> mean, evals, evecs;
+    std::vector<float> XT;
+    if (!class_eigen(X + r0 * d, m, d, r0, c, k, inner, mean, XT, evals, evecs)) return;
+    for (int i = 0; i < k; ++i) {  // svd_flip: the largest |entry| of every component positive
+      double* v = evecs.data() + i * d;
+      i64 best = 0;
+      for (i64 a = 1; a < d; ++a)
+        if (std::abs(v[a]) > std::abs(v[best])) best = a;
+      if (v[best] < 0)
+        for (i64 a = 0; a < d; ++a) v[a] = -v[a];
+    }
+    std::vector<float> Y(static_cast<i64>(k) * m);
+    project(evecs.data(), k, XT.data(), d, m, Y.data());
+    for (int i = 0; i < k; ++i)
+      for (i64 s = 0; s < m; ++s) out[(r0 + s) * k + i] = Y[i * m + s];
+  });
+}
+
+}  // namespace backdoorlab

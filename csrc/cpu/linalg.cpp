@@ -1,0 +1,380 @@
+// Dense linear algebra for the defence kernels (see linalg.hpp).
+//
+// Why these algorithms: whitening and PCA need only the top k (typically 10) eigenvectors of a
+// d x d covariance (d = 160 ... 4096), so the full QL-with-vectors (~6 d^3) would be wasted work;
+// Householder tridiagonalisation (~d^3 here, vectorised row by row), eigenvalues by implicit QL
+// (O(d^2)), and inverse iteration for the k wanted vectors (O(k d) each, re-orthogonalised within
+// clusters of close eigenvalues as LAPACK's dstein does) cost little more than the reduction.
+#include "cpu/linalg.hpp"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <stdexcept>
+
+#include "common/rng.hpp"
+#include "cpu/parallel.hpp"
+#include "cpu/simd.hpp"
+
+namespace backdoorlab {
+
+void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls) {
+  std::fill(mean, mean + d, 0.0);
+  for (i64 r = 0; r < n; ++r) {
+    const float* row = X + r * d;
+    bool finite = true;
+#pragma omp simd reduction(&& : finite)
+    for (i64 a = 0; a < d; ++a) {
+      finite = finite && std::isfinite(row[a]);
+      mean[a] += row[a];
+    }
+    if (!finite)
+      throw std::invalid_argument("X contains NaN or Inf at row " + std::to_string(row0 + r) + " (class " +
+                                  std::to_string(cls) + ")");
+  }
+  const double inv = 1.0 / static_cast<double>(n);
+  for (i64 a = 0; a < d; ++a) mean[a] *= inv;
+}
+
+void transpose_centred(const float* X, i64 n, i64 d, const double* mean, float* XT, i64 d_pad) {
+  // Blocked transpose: 32 x 32 tiles keep both sides in L1.
+  constexpr i64 B = 32;
+  for (i64 a0 = 0; a0 < d; a0 += B) {
+    const i64 a1 = std::min(d, a0 + B);
+    for (i64 s0 = 0; s0 < n; s0 += B) {
+      const i64 s1 = std::min(n, s0 + B);
+      for (i64 s = s0; s < s1; ++s)
+        for (i64 a = a0; a < a1; ++a)
+          XT[a * n + s] = mean ? static_cast<float>(X[s * d + a] - mean[a]) : X[s * d + a];
+    }
+  }
+  std::fill(XT + d * n, XT + d_pad * n, 0.0f);
+}
+
+namespace {
+
+// One 4 x 2 block of the Gram matrix: rows a..a+3 against rows b, b+1 of XT.
+BDL_SIMD_CLONES
+void gram_block(const float* XT, i64 n, i64 a, i64 b, double out[8]) {
+  const float *x0 = XT + a * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+  const float *y0 = XT + b * n, *y1 = y0 + n;
+  for (int i = 0; i < 8; ++i) out[i] = 0.0;
+  constexpr i64 CHUNK = 128;
+  for (i64 s0 = 0; s0 < n; s0 += CHUNK) {
+    const i64 s1 = std::min(n, s0 + CHUNK);
+    float c00 = 0, c01 = 0, c10 = 0, c11 = 0, c20 = 0, c21 = 0, c30 = 0, c31 = 0;
+#pragma omp simd reduction(+ : c00, c01, c10, c11, c20, c21, c30, c31)
+    for (i64 s = s0; s < s1; ++s) {
+      const float u0 = y0[s], u1 = y1[s];
+      c00 += x0[s] * u0;
+      c01 += x0[s] * u1;
+      c10 += x1[s] * u0;
+      c11 += x1[s] * u1;
+      c20 += x2[s] * u0;
+      c21 += x2[s] * u1;
+      c30 += x3[s] * u0;
+      c31 += x3[s] * u1;
+    }
+    out[0] += c00;
+    out[1] += c01;
+    out[2] += c10;
+    out[3] += c11;
+    out[4] += c20;
+    out[5] += c21;
+    out[6] += c30;
+    out[7] += c31;
+  }
+}
+
+}  // namespace
+
+void gram(const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel) {
+  const i64 n_blocks = d_pad / 4;
+  // Blocks of four rows a against pairs of rows b >= a (b up to d_pad, padded rows are zero).
+#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(num_threads())
+  for (i64 ib = 0; ib < n_blocks; ++ib) {
+    const i64 a = ib * 4;
+    double out[8];
+    for (i64 b = a; b < d_pad; b += 2) {
+      gram_block(XT, n, a, b, out);
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 2; ++j) {
+          const i64 r = a + i, c = b + j;
+          if (r < d && c < d && c >= r) {
+            C[r * d + c] = out[2 * i + j];
+            C[c * d + r] = out[2 * i + j];
+          }
+        }
+    }
+  }
+}
+
+namespace {
+
+// Householder reduction of symmetric A (full storage) to tridiagonal T = Q^T A Q.
+// diag (d,), off (d-1,): T's diagonals. The Householder vector of step k is left in
+// A[k, k+1:], its scale in beta[k]; Q = H_0 H_1 ... H_{d-3}.
+BDL_SIMD_CLONES
+void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, double* p) {
+  for (i64 k = 0; k + 2 < d; ++k) {
+    double* v = A + k * d + k + 1;  // x = A[k, k+1:], becomes v
+    const i64 m = d - k - 1;
+    double xnorm2 = 0.0;
+    for (i64 j = 0; j < m; ++j) xnorm2 += v[j] * v[j];
+    diag[k] = A[k * d + k];
+    const double tail2 = xnorm2 - v[0] * v[0];
+    if (tail2 <= 0.0) {  // already tridiagonal in this column
+      off[k] = v[0];
+      beta[k] = 0.0;
+      continue;
+    }
+    const double x0 = v[0];
+    const double alpha = x0 >= 0 ? -std::sqrt(xnorm2) : std::sqrt(xnorm2);
+    v[0] = x0 - alpha;
+    const double vnorm2 = tail2 + v[0] * v[0];
+    const double bk = 2.0 / vnorm2;
+    off[k] = alpha;
+    beta[k] = bk;
+    double* A22 = A + (k + 1) * d + (k + 1);
+    // p = beta A22 v ; K = beta (p.v) / 2 ; w = p - K v ; A22 -= v w^T + w v^T
+    double pv = 0.0;
+    for (i64 i = 0; i < m; ++i) {
+      const double* row = A22 + i * d;
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (i64 j = 0; j < m; ++j) s += row[j] * v[j];
+      p[i] = bk * s;
+      pv += p[i] * v[i];
+    }
+    const double K = 0.5 * bk * pv;
+    for (i64 i = 0; i < m; ++i) p[i] -= K * v[i];  // p now holds w
+    for (i64 i = 0; i < m; ++i) {
+      double* row = A22 + i * d;
+      const double vi = v[i], wi = p[i];
+#pragma omp simd
+      for (i64 j = 0; j < m; ++j) row[j] -= vi * p[j] + wi * v[j];
+    }
+  }
+  if (d >= 2) {
+    diag[d - 2] = A[(d - 2) * d + d - 2];
+    off[d - 2] = A[(d - 2) * d + d - 1];
+  }
+  diag[d - 1] = A[(d - 1) * d + d - 1];
+}
+
+// Eigenvalues of the symmetric tridiagonal (diag, off) by implicit QL with Wilkinson-type shifts.
+// diag is overwritten with the eigenvalues (unsorted), e is scratch of size d.
+void tridiagonal_eigenvalues(double* diag, const double* off, i64 d, double* e) {
+  for (i64 i = 0; i + 1 < d; ++i) e[i] = off[i];
+  e[d - 1] = 0.0;
+  for (i64 l = 0; l < d; ++l) {
+    int iter = 0;
+    i64 m;
+    do {
+      for (m = l; m + 1 < d; ++m) {
+        const double dd = std::abs(diag[m]) + std::abs(diag[m + 1]);
+        if (std::abs(e[m]) <= DBL_EPSILON * dd) break;
+      }
+      if (m != l) {
+        if (++iter > 200) throw std::runtime_error("eigenvalue iteration did not converge");
+        double g = (diag[l + 1] - diag[l]) / (2.0 * e[l]);
+        double r = std::hypot(g, 1.0);
+        g = diag[m] - diag[l] + e[l] / (g + std::copysign(r, g));
+        double s = 1.0, c = 1.0, p = 0.0;
+        i64 i;
+        bool underflow = false;
+        for (i = m - 1; i >= l; --i) {
+          const double f = s * e[i], b = c * e[i];
+          e[i + 1] = (r = std::hypot(f, g));
+          if (r == 0.0) {
+            diag[i + 1] -= p;
+            e[m] = 0.0;
+            underflow = true;
+            break;
+          }
+          s = f / r;
+          c = g / r;
+          g = diag[i + 1] - p;
+          r = (diag[i] - g) * s + 2.0 * c * b;
+          p = s * r;
+          diag[i + 1] = g + p;
+          g = c * r - b;
+        }
+        if (underflow) continue;
+        diag[l] -= p;
+        e[l] = g;
+        e[m] = 0.0;
+      }
+    } while (m != l);
+  }
+}
+
+// Solve (T - sigma I) x = b in place for the tridiagonal T (diag, off), by Gaussian elimination
+// with partial pivoting; zero pivots are replaced by `tiny` (inverse iteration wants the huge
+// growth a near-singular shift gives, not a division by zero).
+struct TridiagLU {
+  std::vector<double> dl, dd, du, du2;
+  std::vector<char> swap;
+
+  void factor(const double* diag, const double* off, i64 n, double sigma, double tiny) {
+    dl.assign(off, off + n - 1);
+    du.assign(off, off + n - 1);
+    dd.resize(n);
+    du2.assign(n, 0.0);
+    swap.assign(n, 0);
+    for (i64 i = 0; i < n; ++i) dd[i] = diag[i] - sigma;
+    for (i64 i = 0; i + 1 < n; ++i) {
+      if (std::abs(dd[i]) >= std::abs(dl[i])) {
+        const double piv = dd[i] != 0.0 ? dd[i] : tiny;
+        dd[i] = piv;
+        const double fact = dl[i] / piv;
+        dl[i] = fact;
+        dd[i + 1] -= fact * du[i];
+      } else {
+        const double fact = dd[i] / dl[i];
+        dd[i] = dl[i];
+        dl[i] = fact;
+        const double temp = du[i];
+        du[i] = dd[i + 1];
+        dd[i + 1] = temp - fact * dd[i + 1];
+        if (i + 2 < n) {
+          du2[i] = du[i + 1];
+          du[i + 1] = -fact * du[i + 1];
+        }
+        swap[i] = 1;
+      }
+    }
+    for (i64 i = 0; i < n; ++i)
+      if (std::abs(dd[i]) < tiny) dd[i] = dd[i] < 0 ? -tiny : tiny;
+  }
+
+  void solve(double* b, i64 n) const {
+    for (i64 i = 0; i + 1 < n; ++i) {
+      if (!swap[i]) {
+        b[i + 1] -= dl[i] * b[i];
+      } else {
+        const double t = b[i];
+        b[i] = b[i + 1];
+        b[i + 1] = t - dl[i] * b[i];
+      }
+    }
+    b[n - 1] /= dd[n - 1];
+    if (n >= 2) b[n - 2] = (b[n - 2] - du[n - 2] * b[n - 1]) / dd[n - 2];
+    for (i64 i = n - 3; i >= 0; --i) b[i] = (b[i] - du[i] * b[i + 1] - du2[i] * b[i + 2]) / dd[i];
+  }
+};
+
+void normalize(double* x, i64 n) {
+  double s = 0.0;
+  for (i64 i = 0; i < n; ++i) s += x[i] * x[i];
+  s = std::sqrt(s);
+  if (s > 0.0)
+    for (i64 i = 0; i < n; ++i) x[i] /= s;
+}
+
+}  // namespace
+
+void sym_eig_top(double* A, i64 d, i64 k, double* evals, double* evecs) {
+  if (k < 1 || k > d) throw std::invalid_argument("sym_eig_top: k out of range");
+  if (d == 1) {
+    evals[0] = A[0];
+    evecs[0] = 1.0;
+    return;
+  }
+  std::vector<double> diag(d), off(d), beta(d, 0.0), work(d), lam(d);
+  tridiagonalize(A, d, diag.data(), off.data(), beta.data(), work.data());
+  lam = diag;
+  tridiagonal_eigenvalues(lam.data(), off.data(), d, work.data());
+  std::sort(lam.begin(), lam.end(), std::greater<double>());
+
+  double tnorm = 0.0;  // infinity norm of T
+  for (i64 i = 0; i < d; ++i) {
+    const double row = std::abs(diag[i]) + (i > 0 ? std::abs(off[i - 1]) : 0.0) + (i + 1 < d ? std::abs(off[i]) : 0.0);
+    tnorm = std::max(tnorm, row);
+  }
+  if (tnorm == 0.0) tnorm = 1.0;
+  const double tiny = DBL_EPSILON * tnorm;
+  const double cluster = 1e-3 * tnorm;  // vectors of eigenvalues this close are re-orthogonalised
+  // Successive shifts inside a cluster are pushed apart a little so their factorisations differ.
+  const double pert = 10.0 * DBL_EPSILON * tnorm;
+
+  TridiagLU lu;
+  std::vector<double> Z(k * d);  // eigenvectors of T
+  double prev_shift = 0.0;
+  for (i64 j = 0; j < k; ++j) {
+    double shift = lam[j];
+    if (j > 0 && prev_shift - shift < pert) shift = prev_shift - pert;
+    prev_shift = shift;
+    lu.factor(diag.data(), off.data(), d, shift, tiny);
+    double* z = Z.data() + j * d;
+    Rng rng(0x5eed, static_cast<std::uint64_t>(j));
+    for (i64 i = 0; i < d; ++i) z[i] = rng.uniform() - 0.5;
+    normalize(z, d);
+    for (int it = 0; it < 4; ++it) {
+      lu.solve(z, d);
+      for (i64 q = 0; q < j; ++q) {
+        if (std::abs(lam[q] - lam[j]) > cluster) continue;
+        const double* zq = Z.data() + q * d;
+        double dot = 0.0;
+        for (i64 i = 0; i < d; ++i) dot += zq[i] * z[i];
+        for (i64 i = 0; i < d; ++i) z[i] -= dot * zq[i];
+      }
+      normalize(z, d);
+    }
+    evals[j] = lam[j];
+  }
+  // Back to A's basis: x = H_0 (H_1 (... H_{d-3} z)).
+  for (i64 j = 0; j < k; ++j) {
+    double* x = evecs + j * d;
+    std::copy(Z.begin() + j * d, Z.begin() + (j + 1) * d, x);
+    for (i64 s = d - 3; s >= 0; --s) {
+      if (beta[s] == 0.0) continue;
+      const double* v = A + s * d + s + 1;
+      double t = 0.0;
+      for (i64 i = 0; i < d - s - 1; ++i) t += v[i] * x[s + 1 + i];
+      t *= beta[s];
+      for (i64 i = 0; i < d - s - 1; ++i) x[s + 1 + i] -= t * v[i];
+    }
+    normalize(x, d);
+  }
+}
+
+void jacobi_eig(double* A, int m, double* evals, double* V) {
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < m; ++j) V[i * m + j] = i == j ? 1.0 : 0.0;
+  for (int sweep = 0; sweep < 60; ++sweep) {
+    double offn = 0.0, diagn = 0.0;
+    for (int p = 0; p < m; ++p) {
+      diagn += A[p * m + p] * A[p * m + p];
+      for (int q = p + 1; q < m; ++q) offn += A[p * m + q] * A[p * m + q];
+    }
+    if (offn <= 1e-30 * diagn || offn == 0.0) break;
+    for (int p = 0; p < m; ++p) {
+      for (int q = p + 1; q < m; ++q) {
+        const double apq = A[p * m + q];
+        if (apq == 0.0) continue;
+        const double theta = (A[q * m + q] - A[p * m + p]) / (2.0 * apq);
+        const double t = (theta >= 0 ? 1.0 : -1.0) / (std::abs(theta) + std::sqrt(theta * theta + 1.0));
+        const double c = 1.0 / std::sqrt(t * t + 1.0), s = t * c;
+        for (int r = 0; r < m; ++r) {  // columns p, q
+          const double arp = A[r * m + p], arq = A[r * m + q];
+          A[r * m + p] = c * arp - s * arq;
+          A[r * m + q] = s * arp + c * arq;
+        }
+        for (int r = 0; r < m; ++r) {  // rows p, q
+          const double apr = A[p * m + r], aqr = A[q * m + r];
+          A[p * m + r] = c * apr - s * aqr;
+          A[q * m + r] = s * apr + c * aqr;
+        }
+        for (int r = 0; r < m; ++r) {
+          const double vrp = V[r * m + p], vrq = V[r * m + q];
+          V[r * m + p] = c * vrp - s * vrq;
+          V[r * m + q] = s * vrp + c * vrq;
+        }
+      }
+    }
+  }
+  for (int i = 0; i < m; ++i) evals[i] = A[i * m + i];
+}
+
+}  // namespace backdoorlab

@@ -1,0 +1,37 @@
+// Dense linear algebra the defence kernels need, without LAPACK (not a guaranteed build
+// dependency): class means and centring, Gram/covariance matrices with float64 accumulation,
+// the top eigenpairs of a symmetric matrix (Householder tridiagonalisation, implicit QL for the
+// eigenvalues, inverse iteration for the wanted eigenvectors), and a Jacobi solver for the tiny
+// k x k matrices of FastICA's symmetric decorrelation.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace backdoorlab {
+
+using i64 = std::int64_t;
+
+// Column means of rows X[n, d] in float64. Throws std::invalid_argument naming the row
+// (row0 + r) and class when a value is NaN or Inf.
+void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls);
+
+// XT[a, s] = X[s, a] - mean[a] (mean == nullptr: not centred) as float32, XT of shape
+// (d_pad, n) with rows d..d_pad-1 zero (d_pad a multiple of 4 for the Gram kernel's blocks).
+void transpose_centred(const float* X, i64 n, i64 d, const double* mean, float* XT, i64 d_pad);
+
+// C[d, d] = XT XT^T (full symmetric, float64). Products are summed in float32 over chunks of
+// at most 128 samples and the chunk sums in float64. parallel: split the rows of C over the
+// OpenMP threads (deterministic: every entry is summed by one thread in a fixed order).
+void gram(const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel);
+
+// The k largest eigenpairs of the symmetric matrix A[d, d] (overwritten). evals: (k,)
+// descending; evecs: (k, d), row i the unit eigenvector of evals[i].
+void sym_eig_top(double* A, i64 d, i64 k, double* evals, double* evecs);
+
+// All eigenpairs of a small symmetric matrix A[m, m] (overwritten) by cyclic Jacobi.
+// evals: (m,) unsorted; V[m, m]: column j is the eigenvector of evals[j].
+void jacobi_eig(double* A, int m, double* evals, double* V);
+
+}  // namespace backdoorlab
