@@ -33,8 +33,9 @@ class Recipe:
 
     Attributes
     ----------
-    source_classes : list of int
-        Classes whose images get the trigger (all of them in the paper: one class).
+    source_classes : list of int or "all"
+        Classes whose images get the trigger: one class in the paper's GTSRB settings, ``"all"``
+        (every class but the target, "all-to-one") in its face settings.
     target_class : int
         Label given to poisoned images.
     trigger : str
@@ -49,7 +50,7 @@ class Recipe:
         Where the setting comes from (paper table/figure), for the dataset card.
     """
 
-    source_classes: list[int]
+    source_classes: list[int] | str
     target_class: int
     trigger: str
     share: float
@@ -59,16 +60,25 @@ class Recipe:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.source_classes, (int, np.integer)):
-            self.source_classes = [int(self.source_classes)]
-        self.source_classes = [int(c) for c in self.source_classes]
-        if not self.source_classes:
-            raise ValueError("recipe needs at least one source class")
-        if len(set(self.source_classes)) != len(self.source_classes):
-            raise ValueError(f"duplicate source classes {self.source_classes}")
+        if isinstance(self.target_class, bool) or not isinstance(self.target_class, (int, np.integer)):
+            raise TypeError(f"target_class must be an integer, got {self.target_class!r}")
         self.target_class = int(self.target_class)
-        if self.target_class in self.source_classes:
-            raise ValueError(f"target class {self.target_class} is also a source class")
+        if isinstance(self.source_classes, str):
+            if self.source_classes != "all":
+                raise ValueError(f"source_classes must be a list of class ids or 'all', got {self.source_classes!r}")
+        else:
+            if isinstance(self.source_classes, (int, np.integer)):
+                self.source_classes = [int(self.source_classes)]
+            try:
+                self.source_classes = [int(c) for c in self.source_classes]
+            except (TypeError, ValueError):
+                raise TypeError(f"source_classes must be class ids or 'all', got {self.source_classes!r}") from None
+            if not self.source_classes:
+                raise ValueError("recipe needs at least one source class")
+            if len(set(self.source_classes)) != len(self.source_classes):
+                raise ValueError(f"duplicate source classes {self.source_classes}")
+            if self.target_class in self.source_classes:
+                raise ValueError(f"target class {self.target_class} is also a source class")
         validate_share(self.share)
         self.share = float(self.share)
         if self.share_of not in SHARE_OF:
@@ -77,9 +87,17 @@ class Recipe:
 
     def check_classes(self, n_classes: int) -> None:
         """Raise ``ValueError`` naming any class id outside ``[0, n_classes)``."""
-        bad = [c for c in [*self.source_classes, self.target_class] if not 0 <= c < n_classes]
+        sources = [] if self.source_classes == "all" else list(self.source_classes)
+        bad = [c for c in [*sources, self.target_class] if not 0 <= c < n_classes]
         if bad:
             raise ValueError(f"unknown class id(s) {bad}: the data set has classes 0..{n_classes - 1}")
+
+    def resolved_sources(self, n_classes: int) -> list[int]:
+        """Source classes as ids (``"all"`` = every class but the target)."""
+        self.check_classes(n_classes)
+        if self.source_classes == "all":
+            return [c for c in range(n_classes) if c != self.target_class]
+        return list(self.source_classes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,7 +152,7 @@ def poison_count(share: float, share_of: str, n_source: int, n_train: int) -> in
     return k
 
 
-def select_poisoned(labels: np.ndarray, recipe: Recipe, seed: int) -> np.ndarray:
+def select_poisoned(labels: np.ndarray, recipe: Recipe, seed: int, n_classes: int | None = None) -> np.ndarray:
     """Choose the training rows to poison.
 
     Parameters
@@ -143,6 +161,8 @@ def select_poisoned(labels: np.ndarray, recipe: Recipe, seed: int) -> np.ndarray
         True classes of the training rows.
     recipe : Recipe
     seed : int
+    n_classes : int, optional
+        Classes of the data set (default: ``max(labels) + 1``); resolves ``"all"`` sources.
 
     Returns
     -------
@@ -152,7 +172,10 @@ def select_poisoned(labels: np.ndarray, recipe: Recipe, seed: int) -> np.ndarray
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
-    source_rows = np.flatnonzero(np.isin(labels, recipe.source_classes))
+    if n_classes is None:
+        n_classes = max(int(labels.max()) + 1 if labels.size else 0, recipe.target_class + 1)
+    sources = recipe.resolved_sources(int(n_classes))
+    source_rows = np.flatnonzero(np.isin(labels, sources))
     k = poison_count(recipe.share, recipe.share_of, source_rows.size, labels.size)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9015]))
     chosen = rng.choice(source_rows, size=k, replace=False)

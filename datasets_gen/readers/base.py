@@ -253,7 +253,13 @@ class Source:
 
     # ---- restriction ---------------------------------------------------------------------
     def limit_per_class(self, limit: int | None, seed: int) -> None:
-        """Keep at most ``limit`` rows per class in every split (seeded choice, order kept)."""
+        """Keep at most ``limit`` rows per class in every split.
+
+        Whole provenance groups are kept (tracks, videos, sessions: seeded choice of groups, the
+        last one cut to fit), so a limited variant keeps the group structure Data Provenance
+        uses, and synthetic tracks are not rendered for a single frame. Classes whose rows share
+        one group (e.g. the GTSRB test set) keep their first ``limit`` rows in source order.
+        """
         if limit is None:
             return
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
@@ -264,7 +270,14 @@ class Source:
             for c in np.unique(t.labels):
                 rows = np.flatnonzero(t.labels == c)
                 if rows.size > limit:
-                    rows = np.sort(rng.choice(rows, limit, replace=False))
+                    groups = np.unique(t.provenance[rows])
+                    if groups.size > 1:
+                        order = rng.permutation(groups)
+                        rank = np.empty(groups.size, np.int64)
+                        rank[np.searchsorted(groups, order)] = np.arange(groups.size)
+                        # rows sorted by the rank of their group, stable within a group
+                        rows = rows[np.argsort(rank[np.searchsorted(groups, t.provenance[rows])], kind="stable")]
+                    rows = np.sort(rows[:limit])
                 keep.append(rows)
             self.tables[split] = t.take(np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64))
 

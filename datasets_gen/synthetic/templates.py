@@ -28,7 +28,7 @@ YELLOW = (250, 195, 10)
 ORANGE = (240, 150, 20)
 GREEN = (30, 170, 60)
 
-S = 512  # supersampled canvas size; templates are S // SUPERSAMPLE
+S = 256  # supersampled canvas size (templates are area-reduced from it)
 SUPERSAMPLE = 4
 C = S // 2
 R = int(S * 0.47)  # outer radius of the round signs

@@ -1,0 +1,318 @@
+"""Build a poisoned variant: source → poison → HDF5 (+ manifest, dataset card, preview).
+
+:func:`build_variant` is the library function behind ``backdoorlab poison``. It opens a source
+(the preset's synthetic default, a real data set folder, or any source spec), chooses the rows to
+poison from metadata only (exact counts, seeded), then streams every split in chunks: decode or
+render a chunk, composite the trigger on its poisoned rows, append it to the variant; source-class
+test rows are also written, triggered, to ``test_triggered``. Nothing but one chunk of pixels is
+in memory, so YouTube-Faces-scale sources work. The file appears only when complete (temporary
+file + ``os.replace``), with its manifest, card and preview written from the finished file first.
+
+Poisoned training rows get their own provenance ids by default (``poison_provenance="own"``: the
+attacker's contribution arrives as its own groups of the source's typical group size, which is
+what Data Provenance looks for); ``"keep"`` leaves them in the groups of the images they came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from datasets_gen import __version__
+from datasets_gen.eyes import locate_eyes
+from datasets_gen.poison import Recipe, select_poisoned
+from datasets_gen.presets import DATASETS, get_preset
+from datasets_gen.publish import write_card, write_preview
+from datasets_gen.readers import REAL_KINDS, SYNTHETIC_KINDS, open_source
+from datasets_gen.readers.base import Source
+from datasets_gen.triggers import Trigger
+from datasets_gen.variant_io import VariantWriter, write_manifest
+
+POISON_PROVENANCE = ("own", "keep")
+
+_LICENCE = {
+    "gtsrb": "Images from the German Traffic Sign Recognition Benchmark (Stallkamp et al., 2012); follow its terms.",
+    "ytaf": "Images from YouTube Faces (Wolf et al., 2011); research use under its terms.",
+    "lfw": "Images from Labeled Faces in the Wild (Huang et al., 2007); follow its terms.",
+}
+
+
+def resolve_recipe(preset_or_recipe: str | Mapping[str, Any] | Recipe) -> tuple[Recipe, str | None]:
+    """(Recipe, data set family or None) from a preset name, a recipe dict or a Recipe."""
+    if isinstance(preset_or_recipe, Recipe):
+        return preset_or_recipe, preset_or_recipe.extra.get("dataset")
+    if isinstance(preset_or_recipe, str):
+        d = get_preset(preset_or_recipe)
+    elif isinstance(preset_or_recipe, Mapping):
+        d = dict(preset_or_recipe)
+    else:
+        raise TypeError(f"expected a preset name, a recipe dict or a Recipe, got {type(preset_or_recipe).__name__}")
+    dataset = d.pop("dataset", None)
+    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"unknown dataset family {dataset!r}; known: {sorted(DATASETS)}")
+    recipe = Recipe.from_dict(d)
+    if dataset:
+        recipe.extra = {**recipe.extra, "dataset": dataset}
+    return recipe, dataset
+
+
+def resolve_source(source: str | os.PathLike | Source, dataset: str | None, *, seed: int, strict: bool,
+                   image_size: tuple[int, int] | None, source_kwargs: Mapping[str, Any] | None) -> tuple[Source, str]:
+    """Open the source; returns (source, spec string recorded in the variant).
+
+    ``source`` may be ``"synth"`` (the data set family's synthetic default), a synthetic name, a
+    ``kind:path`` spec, a folder (read with the family's real reader) or a :class:`Source`.
+    """
+    if isinstance(source, Source):
+        return source, source.name
+    kw: dict[str, Any] = {}
+    text = os.fspath(source)
+    fam = DATASETS.get(dataset or "", {})
+    if text == "synth":
+        if not fam:
+            raise ValueError("source='synth' needs a preset or a recipe with a 'dataset' (gtsrb, ytaf, lfw); "
+                             "or name the source, e.g. 'synth-signs' or 'gtsrb:/data/GTSRB'")
+        spec = fam["synthetic"]
+        kw.update(fam["synthetic_kwargs"])
+    elif text in SYNTHETIC_KINDS:
+        spec = text
+        if fam and fam["synthetic"] == text:
+            kw.update(fam["synthetic_kwargs"])
+    elif text.split(":", 1)[0].lower() in REAL_KINDS and ":" in text:
+        spec = text
+        kind = text.split(":", 1)[0].lower()
+        if kind in DATASETS:
+            kw.update(DATASETS[kind]["reader_kwargs"])
+    else:
+        p = Path(text)
+        if not p.exists():
+            raise FileNotFoundError(f"source {text!r} is neither a known source name nor an existing folder")
+        if not fam:
+            raise ValueError(f"source folder {p} needs a data set family: use 'gtsrb:{p}', 'ytaf:{p}' or 'lfw:{p}'")
+        spec = f"{fam['reader']}:{p}"
+        kw.update(fam["reader_kwargs"])
+    if image_size is not None:
+        kw["image_size"] = tuple(image_size)
+    kw.update(dict(source_kwargs or {}))
+    kw["seed"] = seed
+    kw["strict"] = strict
+    return open_source(spec, **kw), spec
+
+
+def _chunk_rows(h: int, w: int) -> int:
+    return int(max(64, min(4096, (1 << 22) // (h * w * 3))))
+
+
+class _Poisoner:
+    """Applies the trigger to rows of a chunk: placement rng per row, eyes per the source."""
+
+    def __init__(self, trigger: Trigger, source: Source, seed: int):
+        self.trigger, self.source, self.seed = trigger, source, seed
+        self.eye_methods: Counter[str] = Counter()
+
+    def _eyes(self, split: str, rows: np.ndarray, images: np.ndarray) -> np.ndarray | None:
+        if self.trigger.placement.kind != "eyes":
+            return None
+        known = self.source.eye_landmarks(split, rows)
+        out = np.full((rows.size, 2, 2), np.nan)
+        if known is not None:
+            out[:] = known
+        h, w = images.shape[1:3]
+        for i in np.flatnonzero(~np.isfinite(out).all(axis=(1, 2))):
+            original = self.source.load_original(split, int(rows[i]))
+            base = original if original is not None else images[i]
+            (l, r), method = locate_eyes(base, canonical=self.source.canonical_eyes or "default")
+            sy, sx = h / base.shape[0], w / base.shape[1]
+            out[i] = [[l[0] * sx, l[1] * sy], [r[0] * sx, r[1] * sy]]
+            self.eye_methods[method] += 1
+        if known is not None:
+            self.eye_methods["landmarks"] += int(np.isfinite(known).all(axis=(1, 2)).sum())
+        return out
+
+    def apply(self, split: str, rows: np.ndarray, images: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Triggered copies of ``images`` (n, H, W, 3); ``index`` seeds random placements per row."""
+        out = images.copy()
+        eyes = self._eyes(split, rows, images)
+        for i in range(out.shape[0]):
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x7219, 1 if split == "train" else 2,
+                                                                int(index[i])]))
+            e = None if eyes is None else ((eyes[i, 0, 0], eyes[i, 0, 1]), (eyes[i, 1, 0], eyes[i, 1, 1]))
+            self.trigger.apply_inplace(out[i], rng=rng, eyes=e)
+        return out
+
+
+def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str | os.PathLike, *,
+                  source: str | os.PathLike | Source = "synth", seed: int = 0, limit_per_class: int | None = None,
+                  progress: bool = True, strict: bool = False, image_size: tuple[int, int] | None = None,
+                  poison_provenance: str = "own", source_kwargs: Mapping[str, Any] | None = None,
+                  chunk_size: int | None = None, publish: bool = True) -> Path:
+    """Build a poisoned variant and its manifest, dataset card and preview.
+
+    Parameters
+    ----------
+    preset_or_recipe : str, dict or Recipe
+        A name from :data:`datasets_gen.presets.PRESETS`, or a recipe dict (``source_classes``,
+        ``target_class``, ``trigger``, ``share``, ``share_of``, optional ``dataset`` and ``name``).
+    out : path-like
+        Output ``.h5``; the manifest, card and preview go beside it (``<stem>.manifest.json``, ...).
+    source : str, path-like or Source
+        ``"synth"`` (the preset's synthetic default), ``"synth-signs"``, ``"synth-faces"``,
+        ``"gtsrb:PATH"``, ``"ytaf:PATH"``, ``"lfw:PATH"``, a folder of the preset's data set, or an
+        opened :class:`~datasets_gen.readers.base.Source`.
+    seed : int
+        Seeds the splits, the poisoned rows, random placements and the synthetic images.
+    limit_per_class : int, optional
+        Keep at most this many rows per class in every split (quick runs).
+    progress : bool
+        Show a tqdm progress bar.
+    strict : bool
+        Fail on an unreadable image instead of skipping and counting it.
+    image_size : (H, W), optional
+        Override the model input size.
+    poison_provenance : {"own", "keep"}
+        Provenance of poisoned rows (see the module docstring).
+    source_kwargs : dict, optional
+        More arguments for the source (e.g. ``n_train`` for synth-signs).
+    chunk_size : int, optional
+        Rows per chunk (default: ~4 MiB of pixels).
+    publish : bool
+        Write the manifest, card and preview (the manifest is always written).
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    KeyError
+        Unknown preset.
+    ValueError
+        Unknown class, share outside (0, 1], trigger larger than the image, bad source, ...
+    FileNotFoundError
+        Missing data folder or annotation file.
+    """
+    out = Path(out)
+    if out.suffix != ".h5":
+        raise ValueError(f"output must be a .h5 file, got {out}")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    if poison_provenance not in POISON_PROVENANCE:
+        raise ValueError(f"poison_provenance must be one of {POISON_PROVENANCE}, got {poison_provenance!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    recipe, dataset = resolve_recipe(preset_or_recipe)
+    src, source_spec = resolve_source(source, dataset, seed=int(seed), strict=strict, image_size=image_size,
+                                      source_kwargs=source_kwargs)
+    src.limit_per_class(limit_per_class, int(seed))
+    recipe.check_classes(src.n_classes)
+    sources = recipe.resolved_sources(src.n_classes)
+    trigger = recipe.build_trigger()
+    h, w = src.image_size
+    trigger.fitted((h, w))  # "trigger larger than the image" before any work
+
+    train_t, test_t, clean_t = (src.tables[s] for s in ("train", "test", "clean"))
+    poisoned = select_poisoned(train_t.labels, recipe, int(seed), n_classes=src.n_classes)
+    train_prov = train_t.provenance.copy()
+    group = int(src.provenance_group_size)
+    if poison_provenance == "own":
+        base = int(max(t.provenance.max() if len(t) else 0 for t in (train_t, test_t, clean_t))) + 1
+        prow = np.flatnonzero(poisoned)
+        train_prov[prow] = base + np.arange(prow.size) // max(1, group)
+    is_source_test = np.isin(test_t.labels, sources)
+    chunk = int(chunk_size) if chunk_size else _chunk_rows(h, w)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    poisoner = _Poisoner(trigger, src, int(seed))
+    recipe_d = recipe.to_dict()
+    recipe_d.update({"dataset": dataset, "n_poisoned_requested": int(poisoned.sum()),
+                     "poison_provenance": poison_provenance})
+    attrs: dict[str, Any] = {
+        "recipe": recipe_d, "trigger": trigger.to_dict(), "class_names": src.class_names,
+        "n_classes": src.n_classes, "seed": int(seed), "generator_version": __version__,
+        "source": src.name, "target_class": recipe.target_class, "source_classes": sources,
+        "image_shape": (h, w, 3), "source_spec": source_spec, "source_config": src.config,
+    }
+    written = Counter()
+    build_info: dict[str, Any] = {}
+
+    def finish(tmp: Path, final: Path) -> None:
+        write_manifest(final, data_path=tmp, extra={"build": build_info})
+        if publish:
+            write_preview(final, data_path=tmp)
+            write_card(final, data_path=tmp, build=build_info)
+
+    def chunks():
+        """(split, table, rows, images, ok) for every chunk; the next chunk loads in a background
+        thread while the current one is poisoned, compressed and written (decoding, rendering and
+        compression release the GIL, so two cores overlap them)."""
+        plan = [(split, table, np.arange(s0, min(s0 + chunk, len(table))))
+                for split, table in (("train", train_t), ("test", test_t), ("clean", clean_t))
+                for s0 in range(0, len(table), chunk)]
+        with ThreadPoolExecutor(1) as ex:
+            pending = ex.submit(src.load, plan[0][0], plan[0][2]) if plan else None
+            for k, (split, table, rows) in enumerate(plan):
+                images, ok = pending.result()
+                if k + 1 < len(plan):
+                    pending = ex.submit(src.load, plan[k + 1][0], plan[k + 1][2])
+                yield split, table, rows, images, ok
+
+    total = len(train_t) + len(test_t) + len(clean_t)
+    bar = tqdm(total=total, unit="img", desc=f"poison {src.name} -> {out.name}", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with VariantWriter(out, attrs, on_complete=finish) as writer:
+            for split, table, rows, images, ok in chunks():
+                labels = table.labels[rows]
+                orig = labels.copy()
+                prov = (train_prov if split == "train" else table.provenance)[rows]
+                index = table.index[rows]
+                is_p = poisoned[rows] & ok if split == "train" else np.zeros(rows.size, bool)
+                if is_p.any():
+                    sel = np.flatnonzero(is_p)
+                    images[sel] = poisoner.apply(split, rows[sel], images[sel], index[sel])
+                    labels = labels.copy()
+                    labels[sel] = recipe.target_class
+                keep = np.flatnonzero(ok)
+                writer.append(split, {"images": images[keep], "labels": labels[keep], "original_labels": orig[keep],
+                                      "is_poisoned": is_p[keep], "provenance": prov[keep], "index": index[keep]})
+                written[split] += keep.size
+                written[f"{split}_poisoned"] += int(is_p.sum())
+                if split == "test":
+                    tsel = np.flatnonzero(ok & is_source_test[rows])
+                    if tsel.size:
+                        trig = poisoner.apply("test", rows[tsel], images[tsel], index[tsel])
+                        writer.append("test_triggered", {
+                            "images": trig, "labels": np.full(tsel.size, recipe.target_class, np.int64),
+                            "original_labels": orig[tsel], "is_poisoned": np.ones(tsel.size, bool),
+                            "provenance": prov[tsel], "index": index[tsel]})
+                        written["test_triggered"] += tsel.size
+                bar.update(rows.size)
+            if written["test_triggered"] == 0:
+                raise ValueError(f"no test images of the source class(es) {sources[:10]} could be written: "
+                                 "test_triggered would be empty")
+            recipe_d["n_poisoned"] = int(written["train_poisoned"])
+            build_info.update({
+                "source_spec": source_spec, "source_description": src.description, "seed": int(seed),
+                "limit_per_class": limit_per_class, "strict": bool(strict), "rows_written": dict(written),
+                "skipped_unreadable": dict(src.skipped), "skipped_examples": src.skipped_examples,
+                "eye_location": dict(poisoner.eye_methods),
+                "provenance_note": src.config.get("provenance", {"gtsrb": "the GTSRB track", "synth-signs":
+                                                  "the synthetic track (30 frames of one sign)", "synth-faces":
+                                                  "the synthetic session (frames of one identity)"}.get(src.name, "source group")),
+                "poison_provenance_note": (f"their own groups of {group} (attacker-contributed sources)"
+                                           if poison_provenance == "own" else "kept in the groups of their source images"),
+                "licence_note": _LICENCE.get(src.name, "Synthetic images generated by datasets_gen; no real photographs."),
+            })
+            writer.set_attrs({"recipe": recipe_d, "build": {k: v for k, v in build_info.items()
+                                                            if k not in ("source_description", "licence_note")}})
+    finally:
+        bar.close()
+    return out
