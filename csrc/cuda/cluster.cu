@@ -23,8 +23,9 @@ constexpr int kKmThreads = 128;
 constexpr int kMaxLocalTrials = 16;
 constexpr int kSilWarpsPerBlock = 8;
 
-__device__ __forceinline__ double sqdist_rows(const float* __restrict__ a, const float* __restrict__ b,
-                                              int64_t d) {
+// No __restrict__ here or on `centers` below: centers are written by the same kernel, and a
+// const __restrict__ pointer lets the compiler read through the non-coherent read-only cache.
+__device__ __forceinline__ double sqdist_rows(const float* a, const float* b, int64_t d) {
   double s = 0.0;
   for (int64_t j = 0; j < d; ++j) {
     const double t = double(a[j]) - double(b[j]);
@@ -35,9 +36,9 @@ __device__ __forceinline__ double sqdist_rows(const float* __restrict__ a, const
 
 // One E-step: labels of every row of the class against `centers`; returns the inertia to every
 // thread and sets *changed when a label moved. counts[k] (shared) receives the cluster sizes.
-__device__ double assign_step(const float* __restrict__ Xc, int64_t rows, int64_t d, int k,
-                              const float* __restrict__ centers, int32_t* __restrict__ labels,
-                              double* __restrict__ dist, int* counts, int* changed, double* red) {
+__device__ double assign_step(const float* Xc, int64_t rows, int64_t d, int k,
+                              const float* centers, int32_t* labels, double* dist, int* counts,
+                              int* changed, double* red) {
   for (int c = threadIdx.x; c < k; c += blockDim.x) counts[c] = 0;
   __syncthreads();
   double inertia = 0.0;
