@@ -104,11 +104,14 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
-        known = {k: d[k] for k in ("source_classes", "target_class", "trigger", "share", "share_of", "name", "notes", "extra") if k in d}
+        fields = ("source_classes", "target_class", "trigger", "share", "share_of", "name", "notes", "extra")
         missing = [k for k in ("source_classes", "target_class", "trigger", "share") if k not in d]
         if missing:
             raise KeyError(f"recipe missing key(s) {missing}")
-        return cls(**known)
+        unknown = [k for k in d if k not in fields]
+        if unknown:
+            raise KeyError(f"unknown recipe key(s) {unknown}; allowed: {list(fields)}")
+        return cls(**{k: d[k] for k in fields if k in d})
 
     def build_trigger(self) -> Trigger:
         return parse_trigger(self.trigger)

@@ -79,6 +79,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+for _name, _preset in PRESETS.items():
+    _preset["name"] = _name
+
+
 def get_preset(name: str) -> dict[str, Any]:
     """A copy of preset ``name`` (with its ``name`` filled in).
 
@@ -89,6 +93,4 @@ def get_preset(name: str) -> dict[str, Any]:
     """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
-    d = dict(PRESETS[name])
-    d["name"] = name
-    return d
+    return dict(PRESETS[name])

@@ -1,0 +1,156 @@
+"""Benchmark of the data-set generator: ``synth-signs`` images per second, composite + write, 32x32.
+
+Builds the ``gtsrb-yellow-square-7`` variant on ``synth-signs`` (default: the full GTSRB-sized
+set, 39,209 training-pool and 12,630 test images) through :func:`datasets_gen.build.build_variant`
+— render, composite the trigger, gzip-compress and write the HDF5 file atomically with its
+manifest — and reports images written per second. To show where the time goes, the same run also
+times, on the same rows:
+
+* ``render``: rendering every image only (``Source.load``), no poisoning, no file;
+* ``write``: writing pre-rendered arrays through :class:`datasets_gen.variant_io.VariantWriter`;
+* ``sequential``: render then write chunk by chunk with no overlap — the reference the builder's
+  prefetching pipeline is compared against (``speed-up`` = end-to-end / sequential).
+
+The machine is shared: the load average at the start and the end is printed with the figures.
+Goal (issue 3): >= 5,000 images/s end to end on 2 cores.
+
+Usage: ``backdoorlab bench datagen [--n-train N] [--n-test N] [--repeats R] [--json out.json]``
+or ``python -m backdoorlab.bench.datagen``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GOAL_IMAGES_PER_S = 5000.0
+PRESET = "gtsrb-yellow-square-7"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="backdoorlab bench datagen", description=__doc__.split("\n\n")[0])
+    p.add_argument("--n-train", type=int, default=None, help="training-pool images (default 39,209, GTSRB's)")
+    p.add_argument("--n-test", type=int, default=None, help="test images (default 12,630)")
+    p.add_argument("--repeats", type=int, default=1, help="end-to-end builds; the best is reported (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--dir", type=Path, help="folder for the temporary variants (default: a temp dir)")
+    return p
+
+
+def _all_rows(src) -> list[tuple[str, np.ndarray]]:
+    return [(s, np.arange(len(src.tables[s]))) for s in ("train", "test", "clean")]
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a table; returns 0 (1 on bad arguments)."""
+    from datasets_gen.build import build_variant
+    from datasets_gen.readers import open_source
+    from datasets_gen.synthetic.templates import N_SIGN_CLASSES, template
+    from datasets_gen.variant_io import SPLITS, VariantWriter
+
+    args = _parser().parse_args(argv)
+    if args.repeats < 1:
+        print("--repeats must be >= 1", file=sys.stderr)
+        return 1
+    kw: dict[str, Any] = {"image_size": (32, 32), "seed": args.seed}
+    if args.n_train:
+        kw["n_train"] = args.n_train
+    if args.n_test:
+        kw["n_test"] = args.n_test
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    for c in range(N_SIGN_CLASSES):  # the one-off template drawing, reported on its own
+        template(c, 32)
+        template(c, 64)
+    t_templates = time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        tmpdir = Path(tmp)
+        # end to end (the figure that counts)
+        best = float("inf")
+        n_written = 0
+        for r in range(args.repeats):
+            out = tmpdir / f"bench{r}.h5"
+            t0 = time.perf_counter()
+            build_variant(PRESET, out, source="synth-signs", seed=args.seed, progress=False, publish=False,
+                          source_kwargs={k: v for k, v in kw.items() if k != "seed"})
+            best = min(best, time.perf_counter() - t0)
+            import h5py
+            with h5py.File(out, "r") as f:
+                n_written = sum(f[s]["images"].shape[0] for s in SPLITS)
+            out.unlink()
+        # components on the same rows
+        src = open_source("synth-signs", **kw)
+        chunk = 4096
+        t0 = time.perf_counter()
+        rendered = {s: src.load(s, rows)[0] for s, rows in _all_rows(src)}
+        t_render = time.perf_counter() - t0
+        n_rows = sum(len(v) for v in rendered.values())
+        attrs = {"recipe": {}, "trigger": {}, "class_names": src.class_names, "n_classes": src.n_classes, "seed": 0,
+                 "generator_version": "bench", "source": "synth-signs", "target_class": 14, "source_classes": [8],
+                 "image_shape": (32, 32, 3)}
+
+        def rows_of(split: str, imgs: np.ndarray) -> dict[str, np.ndarray]:
+            t = src.tables[split]
+            n = imgs.shape[0]
+            return {"images": imgs, "labels": t.labels[:n], "original_labels": t.labels[:n],
+                    "is_poisoned": np.zeros(n, bool), "provenance": t.provenance[:n], "index": t.index[:n]}
+
+        t0 = time.perf_counter()
+        with VariantWriter(tmpdir / "write.h5", attrs) as w:
+            for s, imgs in rendered.items():
+                for a in range(0, imgs.shape[0], chunk):
+                    sl = slice(a, a + chunk)
+                    w.append(s, {k: v[sl] for k, v in rows_of(s, imgs).items()})
+        t_write = time.perf_counter() - t0
+        del rendered
+        t0 = time.perf_counter()
+        with VariantWriter(tmpdir / "seq.h5", attrs) as w:
+            for s, rows in _all_rows(src):
+                for a in range(0, rows.size, chunk):
+                    imgs, _ = src.load(s, rows[a:a + chunk])
+                    t = src.tables[s]
+                    sl = slice(a, a + imgs.shape[0])
+                    w.append(s, {"images": imgs, "labels": t.labels[sl], "original_labels": t.labels[sl],
+                                 "is_poisoned": np.zeros(imgs.shape[0], bool), "provenance": t.provenance[sl],
+                                 "index": t.index[sl]})
+        t_seq = time.perf_counter() - t0
+    load_end = os.getloadavg()
+
+    e2e = n_written / best
+    res = {
+        "preset": PRESET, "image_size": [32, 32], "images_written": n_written, "rows_rendered": n_rows,
+        "end_to_end_s": best, "end_to_end_images_per_s": e2e,
+        "render_images_per_s": n_rows / t_render, "write_images_per_s": n_rows / t_write,
+        "sequential_images_per_s": n_rows / t_seq, "speedup_vs_sequential": e2e / (n_rows / t_seq),
+        "template_warmup_s": t_templates, "goal_images_per_s": GOAL_IMAGES_PER_S, "goal_met": e2e >= GOAL_IMAGES_PER_S,
+        "cpu_count": os.cpu_count(), "loadavg_start": list(load_start), "loadavg_end": list(load_end),
+        "repeats": args.repeats,
+    }
+    print(f"datagen benchmark: {PRESET} on synth-signs, 32x32, {n_written:,} images written "
+          f"(train+test+clean+test_triggered), {os.cpu_count()} CPUs, load average "
+          f"{load_start[0]:.1f} -> {load_end[0]:.1f}")
+    print(f"  {'stage':<34}{'images/s':>12}")
+    print(f"  {'end to end (render+poison+gzip+write)':<34}{e2e:>12,.0f}   ({best:.2f} s, best of {args.repeats})")
+    print(f"  {'render only':<34}{res['render_images_per_s']:>12,.0f}")
+    print(f"  {'write only (gzip + HDF5)':<34}{res['write_images_per_s']:>12,.0f}")
+    print(f"  {'sequential render→write (reference)':<34}{res['sequential_images_per_s']:>12,.0f}")
+    print(f"  speed-up of the builder over the sequential reference: {res['speedup_vs_sequential']:.2f}x")
+    print(f"  template warm-up (once per process): {t_templates:.2f} s")
+    print(f"  goal >= {GOAL_IMAGES_PER_S:,.0f} images/s: {'met' if res['goal_met'] else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())
