@@ -85,8 +85,9 @@ class SignRenderer:
     def draw_params(rng: np.random.Generator, n_frames: int, track: bool) -> dict[str, np.ndarray]:
         """Random scene parameters for ``n_frames`` frames.
 
-        ``track=True``: one sign, background and light for all frames, the scale growing along
-        the track with small per-frame jitter; ``track=False``: every frame independent.
+        ``track=True``: one sign, background palette and light for all frames, the scale growing
+        along the track with small per-frame jitter and fresh background detail per frame;
+        ``track=False``: every frame independent.
         """
         n = n_frames
         k = 1 if track else n
@@ -99,11 +100,14 @@ class SignRenderer:
         grid = _PALETTES[pal, 0][:, None, None] * (1 - mix) + _PALETTES[pal, 1][:, None, None] * mix
         # mostly luminance texture with a little chroma: real backgrounds are not rainbow-coloured
         grid = grid + rng.normal(0, 16, (k, 4, 4, 1)).astype(np.float32) + rng.normal(0, 6, (k, 4, 4, 3)).astype(np.float32)
-        fine = rng.normal(0, 14, (k, 9, 9, 1)).astype(np.float32) + rng.normal(0, 4, (k, 9, 9, 3)).astype(np.float32)
+        # Every frame gets its own background detail: the scene behind a sign changes as the
+        # camera moves, and identical backgrounds within a track would let a model memorise
+        # tracks instead of learning signs.
+        grid = shared(grid) + rng.normal(0, 12, (n, 4, 4, 1)).astype(np.float32)
+        fine = rng.normal(0, 14, (n, 9, 9, 1)).astype(np.float32) + rng.normal(0, 4, (n, 9, 9, 3)).astype(np.float32)
         p = {
-            "grid": grid,  # k rows; "bg" maps each frame to its row (a track shares one background)
+            "grid": grid,
             "fine": fine,
-            "bg": np.zeros(n, np.int64) if track else np.arange(n),
             "pole": shared(rng.uniform(0, 1, k) < 0.45),
             "pole_x": shared(rng.uniform(-0.08, 0.08, k)),
             "pole_w": shared(rng.uniform(0.06, 0.12, k)),
@@ -122,7 +126,10 @@ class SignRenderer:
             "motion_ang": shared(rng.uniform(0, 180, k)),
             "noise": shared(rng.uniform(2.0, 9.0, k)),
         }
-        if track:
+        if not track:
+            # independent frames cover the same range of sizes as the frames of a track
+            p["scale"] = np.clip(p["scale"] * rng.uniform(0.78, 1.08, n), 0.45, 1.0)
+        else:
             # approaching the sign: scale grows along the track; the pose jitters a little
             grow = np.linspace(0.78, 1.08, n) if n > 1 else np.ones(1)
             p["scale"] = np.clip(p["scale"] * grow * rng.uniform(0.97, 1.03, n), 0.45, 1.0)
@@ -162,11 +169,10 @@ class SignRenderer:
         ndarray of shape (n, H, W, 3), uint8
         """
         n, h, w = len(class_ids), self.h, self.w
-        backgrounds = np.empty((p["grid"].shape[0], h, w, 3), np.float32)
-        for b in range(backgrounds.shape[0]):
-            backgrounds[b] = cv2.resize(p["grid"][b], (w, h), interpolation=cv2.INTER_LINEAR)
-            backgrounds[b] += cv2.resize(p["fine"][b], (w, h), interpolation=cv2.INTER_LINEAR)
-        bg = backgrounds[p["bg"]]
+        bg = np.empty((n, h, w, 3), np.float32)
+        for b in range(n):
+            bg[b] = cv2.resize(p["grid"][b], (w, h), interpolation=cv2.INTER_LINEAR)
+            bg[b] += cv2.resize(p["fine"][b], (w, h), interpolation=cv2.INTER_LINEAR)
         poles = np.flatnonzero(p["pole"])
         for i in poles:
             x0 = int((0.5 + p["pole_x"][i] - p["pole_w"][i] / 2) * w)
