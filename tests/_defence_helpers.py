@@ -21,6 +21,9 @@ from backdoorlab.models.base import BackdoorModel, ConvReLU, LinearReLU
 IMAGE_SIZE = (16, 16)
 N_CLASSES = 4
 SOURCE, TARGET = 0, 1
+WIDTH = 32  # channels of the last conv (the layer Fine-Pruning prunes by default)
+HIDDEN = 64  # width of the penultimate layer (what AC and SS analyse)
+LR = 1e-3
 
 
 class TinyNet(BackdoorModel):
@@ -33,10 +36,10 @@ class TinyNet(BackdoorModel):
     def __init__(self, n_classes: int = N_CLASSES):
         super().__init__(n_classes)
         self.conv1 = ConvReLU(3, 8, 3, padding=1)
-        self.conv2 = ConvReLU(8, 16, 3, padding=1)
+        self.conv2 = ConvReLU(8, WIDTH, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = LinearReLU(16 * 4 * 4, 32)
-        self.fc2 = nn.Linear(32, n_classes)
+        self.fc1 = LinearReLU(WIDTH * 4 * 4, HIDDEN)
+        self.fc2 = nn.Linear(HIDDEN, n_classes)
         self.roles = {"second_last_conv": "conv1", "last_conv": "conv2", "penultimate": "fc1"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +48,7 @@ class TinyNet(BackdoorModel):
         return self.fc2(self.fc1(torch.flatten(x, 1)))
 
 
-def make_variant(path: Path, *, seed: int = 0, n_train_per_class: int = 60, poison_share: float = 0.3,
+def make_variant(path: Path, *, seed: int = 0, n_train_per_class: int = 100, poison_share: float = 0.5,
                  n_clean_per_class: int = 15, group_size: int = 10) -> Path:
     from datasets_gen.toy import make_toy_variant
 
@@ -54,13 +57,13 @@ def make_variant(path: Path, *, seed: int = 0, n_train_per_class: int = 60, pois
                             target_class=TARGET, poison_share=poison_share, seed=seed, group_size=group_size)
 
 
-def train_config(epochs: int = 12):
+def train_config(epochs: int = 10):
     from backdoorlab.train import TrainConfig
 
-    return TrainConfig(epochs=epochs, batch_size=16, optimizer="adam", lr=3e-3)
+    return TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=LR)
 
 
-def make_context(path: Path, model: nn.Module | None = None, *, epochs: int = 12, seed: int = 0):
+def make_context(path: Path, model: nn.Module | None = None, *, epochs: int = 10, seed: int = 1):
     """A DefenceContext on the variant with a (freshly trained, backdoored) TinyNet."""
     from backdoorlab.data import H5Split
     from backdoorlab.defences import DefenceContext
@@ -81,37 +84,22 @@ def fresh(ctx):
     return ctx.replace(model=copy.deepcopy(ctx.model))
 
 
-def install_native_fallback(force: bool = False) -> None:
-    """Until ``backdoorlab.native`` is built, route it to ``backdoorlab.reference`` (same signatures).
+class single_thread:
+    """Run torch on one thread inside the block: on a shared 2-core machine the default
+    multi-threaded kernels of such tiny models spend most of their time waiting for each other."""
 
-    Test-only shim: it is a no-op as soon as the native module imports.
-    """
-    import importlib
-    import sys
-    import types
+    def __enter__(self):
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
 
-    if not force:
-        try:
-            importlib.import_module("backdoorlab.native")
-            return
-        except ImportError:
-            pass
-    from backdoorlab import reference
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved)
+        return False
 
-    shim = types.ModuleType("backdoorlab.native")
 
-    def drop_device(fn):
-        def wrapped(*args, device="cpu", **kwargs):
-            return fn(*args, **kwargs)
-
-        return wrapped
-
-    for name in ("group_by_class", "activation_stats", "fastica", "pca", "kmeans", "silhouette_samples",
-                 "spectral_scores", "pruning_order", "pruning_mask"):
-        setattr(shim, name, drop_device(getattr(reference, name)))
-    shim.ActivationStats = reference.ActivationStats
-    shim.build_info = lambda: {"cuda": False, "shim": "reference"}
-    sys.modules["backdoorlab.native"] = shim
-    import backdoorlab
-
-    backdoorlab.native = shim
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the ``positive`` rows (Mann-Whitney, ties halved)."""
+    pos, neg = scores[positive], scores[~positive]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (pos.size * neg.size))

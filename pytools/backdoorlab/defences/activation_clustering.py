@@ -84,7 +84,8 @@ def _group(acts: np.ndarray, labels: np.ndarray, min_class_size: int, class_name
 
 
 def cluster_classes(
-    x_sorted: np.ndarray, offsets: np.ndarray, *, reduce: str, n_components: int, seed: int, device: str
+    x_sorted: np.ndarray, offsets: np.ndarray, *, reduce: str, n_components: int, seed: int, device: str,
+    n_init: int = 50,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reduce each class and split it in two. Returns ``(reduced (n, n_components), clusters (n,))``."""
     from backdoorlab import native
@@ -94,7 +95,7 @@ def cluster_classes(
     else:
         reduced = native.pca(x_sorted, offsets, n_components=n_components, device=device)
     reduced = np.ascontiguousarray(reduced, dtype=np.float32)
-    km = native.kmeans(reduced, offsets, k=2, seed=seed, device=device)
+    km = native.kmeans(reduced, offsets, k=2, n_init=n_init, seed=seed, device=device)
     return reduced, np.asarray(km.labels, dtype=np.int64)
 
 
@@ -184,6 +185,10 @@ class ActivationClustering(Defence):
         Dimensionality reduction per class (default FastICA, as Chen et al. and ART).
     n_components : int
         Dimensions kept (default 10).
+    n_init : int
+        k-means restarts per class (default 50; ART/scikit-learn use 10). Two-cluster k-means on a
+        few hundred 10-d points is cheap, and on our toy data 10 restarts repeatedly missed the
+        lowest-inertia split, which was the poisoned one.
     analysis : {"silhouette-scores", "relative-size", "distance", "smaller"}
         Which analysis decides the flags (default ``"silhouette-scores"``); ``"smaller"`` reproduces
         the paper/ART. All four are reported.
@@ -212,6 +217,7 @@ class ActivationClustering(Defence):
         layer: str = "penultimate",
         reduce: str = "fastica",
         n_components: int = 10,
+        n_init: int = 50,
         analysis: str = "silhouette-scores",
         size_threshold: float = 0.35,
         silhouette_threshold: float = 0.3,
@@ -227,6 +233,7 @@ class ActivationClustering(Defence):
         self.layer = layer
         self.reduce = check_choice("reduction", str(reduce).lower(), REDUCTIONS)
         self.n_components = check_positive_int("n_components", n_components)
+        self.n_init = check_positive_int("n_init", n_init)
         self.analysis = check_choice("analysis", analysis, ANALYSES)
         self.size_threshold = check_fraction("size_threshold", size_threshold)
         self.silhouette_threshold = check_fraction("silhouette_threshold", silhouette_threshold)
@@ -258,6 +265,17 @@ class ActivationClustering(Defence):
             raise ValueError(
                 f"n_components={self.n_components} exceeds the width {acts.shape[1]} of layer {self.layer!r}"
             )
+        # Units that never vary over the training set (dead ReLUs) carry no information and make
+        # the per-class whitening of ICA/PCA rank-deficient; drop them (the same columns for all classes).
+        live = acts.max(axis=0) > acts.min(axis=0)
+        n_dead = int((~live).sum())
+        if n_dead:
+            acts = np.ascontiguousarray(acts[:, live])
+        if self.n_components > acts.shape[1]:
+            raise ValueError(
+                f"n_components={self.n_components} exceeds the {acts.shape[1]} non-constant units of layer "
+                f"{self.layer!r} ({n_dead} are constant over the training set)"
+            )
         labels = np.asarray(train.labels, dtype=np.int64)
         class_names = list(getattr(train, "class_names", []) or [])
         # 2-means needs two points per cluster and ICA/PCA more rows than components
@@ -265,8 +283,16 @@ class ActivationClustering(Defence):
         present, x_sorted, offsets, order = _group(acts, labels, min_size, class_names)
         dev = native_device(ctx.device)
         reduced, clusters = cluster_classes(
-            x_sorted, offsets, reduce=self.reduce, n_components=self.n_components, seed=ctx.seed, device=dev
+            x_sorted, offsets, reduce=self.reduce, n_components=self.n_components, seed=ctx.seed, device=dev,
+            n_init=self.n_init,
         )
+        if not np.isfinite(reduced).all():
+            bad = sorted({int(present[c]) for c in range(offsets.size - 1)
+                          if not np.isfinite(reduced[offsets[c]:offsets[c + 1]]).all()})
+            raise ValueError(
+                f"{self.reduce} to {self.n_components} dimensions gave NaN/inf for classes {bad}: their "
+                f"activations have fewer than {self.n_components} independent directions; lower n_components"
+            )
         sil_space = None
         if self.silhouette_space == "pca" and self.reduce != "pca":
             from backdoorlab import native
@@ -306,7 +332,8 @@ class ActivationClustering(Defence):
             "n_components": self.n_components,
             "analysis": self.analysis,
             "silhouette_space": self.silhouette_space,
-            "activation_width": int(acts.shape[1]),
+            "activation_width": int(acts.shape[1]) + n_dead,
+            "constant_units_dropped": n_dead,
             "analyses": {name: removal_report(f, is_poisoned) for name, f in flags_by_analysis.items()},
             "per_class": per_class,
         }

@@ -258,9 +258,10 @@ def load_context(data: str | os.PathLike, model: str | os.PathLike, *, train_con
     elif isinstance(train_config, dict):
         train_config = TrainConfig(**train_config)
     elif train_config is None:
-        recorded = meta.get("train_config") or meta.get("config", {}).get("train_config") if isinstance(meta, dict) else None
-        if isinstance(recorded, dict):
-            fields = set(TrainConfig.__dataclass_fields__)
+        # train_model records its recipe as meta["config"]; a defended checkpoint as meta["train_config"]
+        recorded = (meta.get("train_config") or meta.get("config")) if isinstance(meta, dict) else None
+        fields = set(TrainConfig.__dataclass_fields__)
+        if isinstance(recorded, dict) and {"epochs", "batch_size", "optimizer", "lr"} <= set(recorded):
             train_config = TrainConfig(**{k: v for k, v in recorded.items() if k in fields})
         else:
             source = str(attrs.get("source", "gtsrb"))
