@@ -26,12 +26,11 @@ per image size and the result is cached).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -143,8 +142,6 @@ class Trigger:
         if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
             raise ValueError("trigger alpha must lie in [0, 1] and be finite")
         self.alpha = a
-        if self.kind == "glasses" and self.placement.kind not in ("eyes", "center", "xy", "random"):
-            pass  # corners make little sense for glasses but are allowed
 
     # ---- description -------------------------------------------------------------------
     @property
@@ -474,9 +471,6 @@ def _int_arg(text: str, what: str) -> int:
     return v
 
 
-_BUILDERS: dict[str, Callable[[list[str], Placement | None], Trigger]] = {}
-
-
 def parse_trigger(spec: str | dict | Trigger) -> Trigger:
     """Build a :class:`Trigger` from a spec string (see the module docstring) or its ``to_dict``.
 
@@ -532,7 +526,3 @@ def parse_trigger(spec: str | dict | Trigger) -> Trigger:
         raise ValueError(f"unknown trigger kind {kind!r} in {spec!r}: use square, pattern, mask, glasses or blend")
     t.params["spec"] = text
     return t
-
-
-def trigger_json(t: Trigger) -> str:
-    return json.dumps(t.to_dict(), sort_keys=True)
