@@ -161,3 +161,17 @@ def test_toy_rejects_bad_arguments(tmp_path):
         make_toy_variant(tmp_path / "x.h5", trigger="square:40:yellow")
     with pytest.raises(ValueError, match="unknown class"):
         make_toy_variant(tmp_path / "x.h5", target_class=7)
+
+
+def test_failing_completion_hook_moves_nothing(tmp_path):
+    splits, attrs = _tiny_splits()
+
+    def hook(tmp, final):
+        assert tmp.is_file() and not final.exists()
+        raise OSError("disk full while writing the card")
+
+    with pytest.raises(OSError, match="disk full"):
+        with vio.VariantWriter(tmp_path / "v.h5", attrs, on_complete=hook) as w:
+            for s in vio.SPLITS:
+                w.append(s, splits[s])
+    assert list(tmp_path.iterdir()) == []
