@@ -85,7 +85,8 @@ QUICK_DEFAULTS: dict[str, Any] = {
 
 _TOP_KEYS = {"name", "seeds", "seed", "device", "datasets", "settings", "defences", "fp_thresholds",
              "threshold_sweep", "quick", "description", "eval_batch_size"}
-_DATASET_KEYS = {"source", "model", "model_kw", "train", "limit_per_class", "weights", "toy", "note"}
+_DATASET_KEYS = {"source", "model", "model_kw", "train", "limit_per_class", "max_clean_per_class", "weights", "toy",
+                 "note"}
 _SETTING_KEYS = {"id", "dataset", "preset", "recipe", "trigger", "share", "shares", "share_key", "note"}
 _DEFENCE_KEYS = {"id", "pipeline", "configs", "kind", "settings", "label"}
 
@@ -109,6 +110,10 @@ class DatasetSpec:
         ``{"preset": name, **overrides}`` for ``backdoorlab.train.TrainConfig``.
     limit_per_class : int or None
         Cap on images per class handed to ``build_variant``.
+    max_clean_per_class : int or None
+        Use at most this many rows per class of the variant's trusted ``clean`` split (the first
+        ones, in file order). ``limit_per_class`` caps every split alike, which makes the clean
+        set as large as the training set; this restores a small trusted set as in the paper.
     weights : str or None
         Absolute path of pre-trained weights (VGG-Face), or None.
     toy : dict
@@ -121,6 +126,7 @@ class DatasetSpec:
     model_kw: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     limit_per_class: int | None = None
+    max_clean_per_class: int | None = None
     weights: str | None = None
     toy: dict = field(default_factory=dict)
     note: str = ""
@@ -429,6 +435,9 @@ def _parse_dataset(name: str, v: Any, base: Path) -> DatasetSpec:
     limit = v.get("limit_per_class")
     if limit is not None:
         limit = _check_int(f"datasets.{name}.limit_per_class", limit, minimum=1)
+    max_clean = v.get("max_clean_per_class")
+    if max_clean is not None:
+        max_clean = _check_int(f"datasets.{name}.max_clean_per_class", max_clean, minimum=1)
     weights = v.get("weights")
     if weights is not None:
         if not isinstance(weights, str) or not weights:
@@ -442,7 +451,7 @@ def _parse_dataset(name: str, v: Any, base: Path) -> DatasetSpec:
     if not isinstance(toy, Mapping):
         raise ValueError(f"datasets.{name}.toy must be a table, got {toy!r}")
     return DatasetSpec(name=name, source=source, model=model, model_kw=dict(model_kw), train=train,
-                       limit_per_class=limit, weights=weights, toy=dict(toy), note=str(v.get("note", "")))
+                       limit_per_class=limit, max_clean_per_class=max_clean, weights=weights, toy=dict(toy), note=str(v.get("note", "")))
 
 
 def _quicken_dataset(d: DatasetSpec, q: Mapping[str, Any]) -> DatasetSpec:

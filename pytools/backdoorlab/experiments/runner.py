@@ -83,7 +83,8 @@ def _variant_config(study: StudyConfig, s: SettingSpec, seed: int) -> dict:
 
 
 def _model_config(study: StudyConfig, d: DatasetSpec, seed: int) -> dict:
-    return {"model": d.model, "model_kw": d.model_kw, "weights": d.weights, "train": d.train, "seed": seed}
+    return {"model": d.model, "model_kw": d.model_kw, "weights": d.weights, "train": d.train, "seed": seed,
+            "max_clean_per_class": d.max_clean_per_class}
 
 
 def _clean_anchor(study: StudyConfig, dataset: str) -> SettingSpec:
@@ -316,6 +317,19 @@ def _set_share(recipe: dict, share: float, share_key: str | None, setting_id: st
                          f"(keys {sorted(recipe)}); give 'share_key' in the setting")
 
 
+def first_per_class(labels: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the first ``k`` rows of every class, in ascending order (deterministic)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    keep = np.zeros(labels.size, dtype=bool)
+    for c in np.unique(labels):
+        keep[np.flatnonzero(labels == c)[:k]] = True
+    return np.flatnonzero(keep)
+
+
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
 
@@ -343,6 +357,8 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
     variant = ws.variant(s, seed)
     preview = ws.preview(s, seed, variant)
     splits = {name: H5Split(variant, name) for name in ("train", "clean", "test", "test_triggered")}
+    if d.max_clean_per_class is not None:
+        splits["clean"] = splits["clean"].subset(first_per_class(splits["clean"].labels, d.max_clean_per_class))
     target = int(splits["train"].attrs["target_class"])
     is_poisoned = np.asarray(splits["train"].is_poisoned, dtype=bool)
     cell: dict[str, Any] = {

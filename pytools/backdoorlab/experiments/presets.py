@@ -1,0 +1,129 @@
+"""The built-in studies: the paper's grid on the embedded synthetic data, full and quick.
+
+``full_study()`` is what ``backdoorlab reproduce`` runs without ``--config``: the GTSRB settings of
+the paper (yellow 4x4 square, yellow 2x2 square, white 4x4 square, white 4-pixel pattern, each
+over a range of poison shares for Fig. 1) on ``synth-signs`` with the GTSRB CNN, the YouTube
+Aligned Faces settings (green and black sunglasses) on ``synth-faces`` with DeepID, and — only
+when VGG-Face weights are available (``BACKDOORLAB_VGGFACE_WEIGHTS``) — the LFW settings with
+VGG16-Face; every setting goes through AC (the default analysis and the paper's ``smaller``
+one), SS, DP, Fine-Pruning of the last and second-to-last conv layer, AC→FP and FP→AC, plus the
+Fine-Pruning threshold sweep of Fig. 3 on the 7 % settings. Expect many CPU hours; a GPU helps.
+
+``quick_study()`` is ``--quick``: one trigger at two shares on a per-class subset of
+``synth-signs``, few epochs, every defence and combination and a two-point threshold sweep, so
+every table and figure of the report is filled in about ten minutes on two CPU cores.
+
+Both are plain mappings in the config-file format (see :mod:`backdoorlab.experiments.config`),
+validated by the same code as a user's file; ``*_dict()`` returns them for inspection or as a
+starting point for a custom study.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from .config import StudyConfig, study_from_dict
+
+#: Environment variable naming converted VGG-Face weights (see backdoorlab.models.vgg_face).
+VGGFACE_ENV = "BACKDOORLAB_VGGFACE_WEIGHTS"
+
+_DEFENCES = ["none", "ac", "ac-smaller", "ss", "dp", "fp-last", "fp-second-last", "ac>fp", "fp>ac"]
+
+# (datasets_gen preset, trigger label, poison shares of the source class) — Fig. 1 sweeps the share.
+_GTSRB_SETTINGS = [
+    ("gtsrb-yellow-square-7", "yellow square 4x4", [0.03, 0.07, 0.15, 0.33]),
+    ("gtsrb-small-yellow-square-7", "yellow square 2x2", [0.07, 0.15, 0.33]),
+    ("gtsrb-white-square-7", "white square 4x4", [0.07, 0.15, 0.33]),
+    ("gtsrb-white-pattern", "white 4-pixel pattern", [0.07, 0.15, 0.33]),
+]
+_FACE_SETTINGS = [
+    ("ytaf", "ytaf-green-glasses", "green sunglasses", [0.10]),
+    ("ytaf", "ytaf-black-glasses", "black sunglasses", [0.10]),
+    ("lfw", "lfw-black-glasses", "black sunglasses", [0.10]),
+    ("lfw", "lfw-green-glasses", "green sunglasses", [0.10]),
+]
+
+
+def _setting_id(preset: str) -> str:
+    """``gtsrb-yellow-square-7`` -> ``gtsrb-yellow-square`` (the share is appended per setting)."""
+    head, _, tail = preset.rpartition("-")
+    return head if tail.isdigit() else preset
+
+
+def full_study_dict(vgg_face_weights: str | None = None) -> dict[str, Any]:
+    """The full synthetic grid as a config mapping (see the module docstring).
+
+    Parameters
+    ----------
+    vgg_face_weights : str, optional
+        Converted VGG-Face weights; default: ``$BACKDOORLAB_VGGFACE_WEIGHTS``. Without them the
+        LFW settings are left out (and the report says so): VGG16-Face with random convolutions
+        would not be the paper's model.
+    """
+    weights = vgg_face_weights or os.environ.get(VGGFACE_ENV) or None
+    datasets: dict[str, Any] = {
+        "gtsrb": {"source": "synth", "model": "gtsrb_cnn", "train": {"preset": "gtsrb"}},
+        "ytaf": {"source": "synth", "model": "deepid", "train": {"preset": "ytaf"}},
+    }
+    if weights:
+        datasets["lfw"] = {"source": "synth", "model": "vgg16_face", "train": {"preset": "lfw"}, "weights": weights}
+    else:
+        datasets["gtsrb"]["note"] = (f"LFW settings left out: VGG-Face weights not given (set {VGGFACE_ENV} or use "
+                                     "--config with datasets.lfw.weights).")
+    settings = [{"id": _setting_id(p), "dataset": "gtsrb", "preset": p, "trigger": t, "shares": s}
+                for p, t, s in _GTSRB_SETTINGS]
+    settings += [{"id": _setting_id(p), "dataset": fam, "preset": p, "trigger": t, "shares": s}
+                 for fam, p, t, s in _FACE_SETTINGS if fam in datasets]
+    sweep = [f"{_setting_id(p)}@7%" for p, _, s in _GTSRB_SETTINGS if 0.07 in s]
+    return {
+        "name": "paper-synthetic-full",
+        "description": ("The paper's study (Milakovic & Mayer, DBSec 2022) on the embedded synthetic data: "
+                        "synth-signs for GTSRB, synth-faces for YouTube Aligned Faces (and LFW with VGG-Face weights)."),
+        "seeds": [0],
+        "device": "auto",
+        "datasets": datasets,
+        "settings": settings,
+        "defences": list(_DEFENCES),
+        "fp_thresholds": [0.02, 0.04, 0.06],
+        "threshold_sweep": sweep,
+    }
+
+
+#: What --quick uses: a per-class subset of synth-signs, few epochs (see quick_study_dict).
+QUICK_LIMIT_PER_CLASS = 40
+QUICK_EPOCHS = 4
+
+
+def quick_study_dict() -> dict[str, Any]:
+    """The quick synthetic grid as a config mapping (see the module docstring)."""
+    return {
+        "name": "paper-synthetic-quick",
+        "description": ("Quick version of the paper's study on the embedded synthetic data: one GTSRB trigger "
+                        f"(yellow 4x4 square) at two poison shares on synth-signs with at most "
+                        f"{QUICK_LIMIT_PER_CLASS} images per class and split, {QUICK_EPOCHS} training epochs, "
+                        "every defence and both orders of combination. Numbers are indicative only: the full "
+                        "run trains on the whole data for the paper's 10 epochs."),
+        "seeds": [0],
+        "device": "auto",
+        "datasets": {"gtsrb": {"source": "synth", "model": "gtsrb_cnn", "train": {"preset": "gtsrb"},
+                               "max_clean_per_class": 10}},
+        "settings": [{"id": "gtsrb-yellow-square", "dataset": "gtsrb", "preset": "gtsrb-yellow-square-7",
+                      "trigger": "yellow square 4x4", "shares": [0.15, 0.33]}],
+        "defences": ["none", "ac", "ss", {"id": "dp", "pipeline": "dp", "configs": {"dp": {"epochs": 1}}},
+                     "fp-last", "fp-second-last", "ac>fp", "fp>ac"],
+        "fp_thresholds": [0.02, 0.06],
+        "threshold_sweep": "first",
+        "quick": {"limit_per_class": QUICK_LIMIT_PER_CLASS, "epochs": QUICK_EPOCHS, "threshold_sweep": "first"},
+    }
+
+
+def full_study(*, vgg_face_weights: str | None = None) -> StudyConfig:
+    """The full synthetic grid, validated."""
+    return study_from_dict(full_study_dict(vgg_face_weights))
+
+
+def quick_study() -> StudyConfig:
+    """The quick synthetic grid, validated (``StudyConfig.quick`` is True)."""
+    return study_from_dict(copy.deepcopy(quick_study_dict()), quick=True)
