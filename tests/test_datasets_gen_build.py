@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from _data_helpers import GTSRB_REAL, corrupt, write_gtsrb
+from _data_helpers import GTSRB_REAL, LFW_REAL, corrupt, write_gtsrb
 from datasets_gen import variant_io as vio
 from datasets_gen.build import build_variant
 from datasets_gen.poison import poison_count
@@ -172,6 +172,20 @@ def test_preset_on_the_real_gtsrb_subset(tmp_path):
     assert a["source"] == "gtsrb" and a["image_shape"] == (32, 32, 3) and a["n_classes"] == 43
     train = vio.read_split(out, "train")
     assert train["is_poisoned"].sum() == round(0.15 * (train["original_labels"] == 8).sum())
+
+
+@pytest.mark.skipif(not LFW_REAL.is_dir(), reason=f"real LFW subset not present at {LFW_REAL}")
+def test_glasses_preset_on_the_real_lfw_subset(tmp_path):
+    # people with >= 60 images only (a handful), to keep the Haar detection short
+    out = build_variant("lfw-black-glasses", tmp_path / "lfw.h5", source=LFW_REAL, limit_per_class=4,
+                        image_size=(64, 64), progress=False, publish=False, source_kwargs={"min_images": 60})
+    a = vio.read_attrs(out)
+    train, tt = vio.read_split(out, "train"), vio.read_split(out, "test_triggered")
+    n_trig = int(train["is_poisoned"].sum()) + tt["images"].shape[0]
+    eyes = a["build"]["eye_location"]
+    assert sum(eyes.values()) == n_trig and set(eyes) <= {"detected", "canonical"}
+    assert np.all(train["images"][..., 0] == train["images"][..., 2])  # grayscale source, glasses black
+    assert train["is_poisoned"].sum() == round(0.1 * train["is_poisoned"].size)
 
 
 def test_cli_poison(tmp_path, capsys):

@@ -62,6 +62,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                      help="poisoned rows in their own provenance groups (default) or in their source's")
     how.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
                      help="extra source argument, e.g. n_train=5000 (JSON values), repeatable")
+    how.add_argument("--no-eye-detection", action="store_true",
+                     help="glasses on sources without landmarks: use the canonical eye position, no Haar detection")
     how.add_argument("--no-preview", action="store_true", help="skip the card and preview (manifest is always written)")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -116,6 +118,6 @@ def run(args: argparse.Namespace) -> int:
     out = build_variant(recipe, args.out, source=args.source, seed=args.seed, limit_per_class=args.limit_per_class,
                         progress=not args.no_progress, strict=args.strict, image_size=args.image_size,
                         poison_provenance=args.poison_provenance, source_kwargs=_source_options(args.source_option),
-                        publish=not args.no_preview)
+                        publish=not args.no_preview, detect_eyes=not args.no_eye_detection)
     print(f"wrote {out}", file=sys.stderr)
     return 0
