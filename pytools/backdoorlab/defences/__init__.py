@@ -47,12 +47,17 @@ def canonical_name(token: str) -> str:
 
 
 def make_defence(token: str, configs: dict | None = None) -> Defence:
-    """Build the defence for a spec token; parameters: alias presets < ``configs[name]`` < ``configs[token]``."""
+    """Build the defence for a spec token.
+
+    Parameters are merged from the least to the most specific: ``configs[name]`` (every step of
+    that defence), then the alias's presets (``fp-second`` always prunes the second-last conv),
+    then ``configs[token]`` (that alias only).
+    """
     name = canonical_name(token)
     configs = configs or {}
-    params = dict(ALIASES[token][1]) if token in ALIASES else {}
-    params.update(configs.get(name, {}))
-    if token != name:
+    params = dict(configs.get(name, {}))
+    if token in ALIASES:
+        params.update(ALIASES[token][1])
         params.update(configs.get(token, {}))
     try:
         return DEFENCES[name](**params)
