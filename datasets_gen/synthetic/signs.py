@@ -79,6 +79,11 @@ class SignRenderer:
         self.h, self.w = validate_size(image_size)
         yy, xx = np.mgrid[0:self.h, 0:self.w].astype(np.float32)
         self.yy, self.xx = yy / self.h - 0.5, xx / self.w - 0.5
+        self._template_cache: dict[int, list[np.ndarray]] = {}
+        self._motion_cache: dict[int, np.ndarray] = {}
+        # fixed seed: the bank is part of the renderer, not of a data set's randomness
+        bank_len = max(1 << 20, 8 * self.h * self.w * 3)
+        self._bank = np.random.default_rng(0x5EED).standard_normal(bank_len, dtype=np.float32)
 
     # ---- parameters ----------------------------------------------------------------------
     @staticmethod
@@ -141,17 +146,38 @@ class SignRenderer:
         return p
 
     # ---- rendering -----------------------------------------------------------------------
-    def _homography(self, tsize: int, scale: float, rot: float, tilt: float, cx: float, cy: float) -> np.ndarray:
-        s = scale * min(self.h, self.w) / 2.0
+    def _homographies(self, tsizes: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+        """Perspective matrices (n, 3, 3) from template squares to the sign's corners in the image."""
+        n = tsizes.size
+        s = p["scale"] * min(self.h, self.w) / 2.0
+        tilt = p["tilt"]
         # square corners (TL, TR, BR, BL); tilt narrows one side (a sign turned about its pole)
-        base = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float32)
-        base[:, 1] *= np.where(base[:, 0] < 0, 1 - tilt, 1 + tilt)
-        base[:, 0] *= 1 - abs(tilt) * 0.6
-        a = np.deg2rad(rot)
-        rm = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]], np.float32)
-        dst = base @ rm.T * s + np.array([(0.5 + cx) * self.w, (0.5 + cy) * self.h], np.float32)
-        src = np.array([[0, 0], [tsize, 0], [tsize, tsize], [0, tsize]], np.float32)
-        return cv2.getPerspectiveTransform(src, dst.astype(np.float32))
+        bx = np.array([-1.0, 1.0, 1.0, -1.0])[None, :] * (1 - np.abs(tilt) * 0.6)[:, None]
+        by = np.array([-1.0, -1.0, 1.0, 1.0])[None, :] * np.where(np.array([-1, 1, 1, -1])[None, :] < 0,
+                                                                    1 - tilt[:, None], 1 + tilt[:, None])
+        a = np.deg2rad(p["rot"])[:, None]
+        dx = (bx * np.cos(a) - by * np.sin(a)) * s[:, None] + ((0.5 + p["cx"]) * self.w)[:, None]
+        dy = (bx * np.sin(a) + by * np.cos(a)) * s[:, None] + ((0.5 + p["cy"]) * self.h)[:, None]
+        dst = np.stack([dx, dy], axis=-1).astype(np.float32)  # (n, 4, 2)
+        out = np.empty((n, 3, 3), np.float64)
+        for i in range(n):
+            t = float(tsizes[i])
+            src = np.array([[0, 0], [t, 0], [t, t], [0, t]], np.float32)
+            out[i] = cv2.getPerspectiveTransform(src, dst[i])
+        return out
+
+    def _templates(self, size: int) -> list[np.ndarray]:
+        cached = self._template_cache.get(size)
+        if cached is None:
+            cached = self._template_cache[size] = [template(c, size) for c in range(N_SIGN_CLASSES)]
+        return cached
+
+    def noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Standard-normal sensor noise (n, H, W, 3): windows of a fixed seeded noise bank at random
+        offsets (drawing fresh normals cost as much as the rest of the rendering)."""
+        k = self.h * self.w * 3
+        offsets = rng.integers(0, self._bank.size - k, n)
+        return self._bank[offsets[:, None] + np.arange(k)[None, :]].reshape(n, self.h, self.w, 3)
 
     def render(self, class_ids: np.ndarray, p: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
         """Render ``len(class_ids)`` images.
@@ -169,28 +195,31 @@ class SignRenderer:
         ndarray of shape (n, H, W, 3), uint8
         """
         n, h, w = len(class_ids), self.h, self.w
-        bg = np.empty((n, h, w, 3), np.float32)
+        img = np.empty((n, h, w, 3), np.float32)
         for b in range(n):
-            bg[b] = cv2.resize(p["grid"][b], (w, h), interpolation=cv2.INTER_LINEAR)
-            bg[b] += cv2.resize(p["fine"][b], (w, h), interpolation=cv2.INTER_LINEAR)
-        poles = np.flatnonzero(p["pole"])
-        for i in poles:
+            img[b] = cv2.resize(p["grid"][b], (w, h), interpolation=cv2.INTER_LINEAR)
+            img[b] += cv2.resize(p["fine"][b], (w, h), interpolation=cv2.INTER_LINEAR)
+        for i in np.flatnonzero(p["pole"]):
             x0 = int((0.5 + p["pole_x"][i] - p["pole_w"][i] / 2) * w)
             x1 = max(x0 + 1, int((0.5 + p["pole_x"][i] + p["pole_w"][i] / 2) * w))
-            bg[i, h // 2:, x0:x1] = 0.55 * bg[i, h // 2:, x0:x1] + 55
+            img[i, h // 2:, x0:x1] = 0.55 * img[i, h // 2:, x0:x1] + 55
+        # smallest template at least as large as the sign on screen (no upsampling blur)
+        size_idx = np.minimum(np.searchsorted(np.array(_TEMPLATE_SIZES), max(h, w) * p["scale"]), len(_TEMPLATE_SIZES) - 1)
+        tsizes = np.array(_TEMPLATE_SIZES)[size_idx]
+        mats = self._homographies(tsizes, p)
         sign = np.empty((n, h, w, 4), np.float32)
-        need = max(h, w)
         for i in range(n):
-            tsize = next((s for s in _TEMPLATE_SIZES if s >= need * p["scale"][i]), _TEMPLATE_SIZES[-1])
-            tpl = template(int(class_ids[i]), tsize)
-            m = self._homography(tsize, p["scale"][i], p["rot"][i], p["tilt"][i], p["cx"][i], p["cy"][i])
-            sign[i] = cv2.warpPerspective(tpl, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                          borderValue=(0, 0, 0, 0))
-        img = bg * (1.0 - sign[..., 3:4]) + sign[..., :3] * 255.0
+            tpl = self._templates(int(tsizes[i]))[int(class_ids[i])]
+            cv2.warpPerspective(tpl, mats[i], (w, h), dst=sign[i], flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+        img *= 1.0 - sign[..., 3:4]
+        img += sign[..., :3] * 255.0
         # lighting: colour cast and brightness, contrast about the mean, soft shadow ramp
         img *= (p["bright"][:, None] * p["cast"])[:, None, None, :]
         mean = img.mean(axis=(1, 2, 3), keepdims=True)
-        img = (img - mean) * p["contrast"][:, None, None, None] + mean
+        img -= mean
+        img *= p["contrast"][:, None, None, None]
+        img += mean
         shaded = np.flatnonzero(p["shadow"] > 0)
         if shaded.size:
             d = p["shadow_dir"][shaded]
@@ -198,17 +227,26 @@ class SignRenderer:
             img[shaded] *= (1 - p["shadow"][shaded, None, None] * (ramp > 0))[..., None]
         for i in range(n):
             if p["motion"][i]:
-                k = max(3, int(round(min(h, w) / 10)) | 1)
-                kernel = np.zeros((k, k), np.float32)
-                kernel[k // 2, :] = 1.0 / k
-                rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(p["motion_ang"][i]), 1.0)
-                kernel = cv2.warpAffine(kernel, rot, (k, k))
-                img[i] = cv2.filter2D(img[i], -1, kernel / max(kernel.sum(), 1e-6))
+                img[i] = cv2.filter2D(img[i], -1, self._motion_kernel(float(p["motion_ang"][i])))
             elif p["blur"][i] > 0.3:
-                sigma = float(p["blur"][i]) * min(h, w) / 32.0
-                img[i] = cv2.GaussianBlur(img[i], (0, 0), sigma)
-        img += noise * p["noise"][:, None, None, None]
-        return np.clip(img, 0, 255).astype(np.uint8)
+                img[i] = cv2.GaussianBlur(img[i], (0, 0), float(p["blur"][i]) * min(h, w) / 32.0)
+        noise *= p["noise"][:, None, None, None]
+        img += noise
+        np.clip(img, 0, 255, out=img)
+        return img.astype(np.uint8)
+
+    def _motion_kernel(self, angle: float) -> np.ndarray:
+        key = int(round(angle / 5.0)) % 36  # 5-degree steps are indistinguishable at this size
+        kern = self._motion_cache.get(key)
+        if kern is None:
+            k = max(3, int(round(min(self.h, self.w) / 10)) | 1)
+            kern = np.zeros((k, k), np.float32)
+            kern[k // 2, :] = 1.0 / k
+            rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), key * 5.0, 1.0)
+            kern = cv2.warpAffine(kern, rot, (k, k))
+            kern /= max(float(kern.sum()), 1e-6)
+            self._motion_cache[key] = kern
+        return kern
 
 
 class SynthSignsSource(Source):
@@ -287,8 +325,7 @@ class SynthSignsSource(Source):
         classes = self._unit_classes["pool" if is_pool else "test"][int(unit)]
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1 if is_pool else 2, int(unit)]))
         p = self.renderer.draw_params(rng, classes.size, track=is_pool)
-        noise = rng.standard_normal((classes.size, self.renderer.h, self.renderer.w, 3), dtype=np.float32)
-        return self.renderer.render(classes, p, noise)
+        return self.renderer.render(classes, p, self.renderer.noise(rng, classes.size))
 
     def load(self, split: str, rows: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         rows = np.asarray(rows, np.int64)
@@ -315,4 +352,4 @@ def render_examples(class_ids: Sequence[int], image_size: tuple[int, int] = (32,
     if bad.size:
         raise ValueError(f"unknown sign class(es) {bad.tolist()}: synth-signs has 0..{N_SIGN_CLASSES - 1}")
     p = r.draw_params(rng, ids.size, track=False)
-    return r.render(ids, p, rng.standard_normal((ids.size, r.h, r.w, 3), dtype=np.float32))
+    return r.render(ids, p, r.noise(rng, ids.size))
