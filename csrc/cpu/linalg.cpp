@@ -340,6 +340,9 @@ void sym_eig_top(double* A, i64 d, i64 k, double* evals, double* evecs) {
 }
 
 void jacobi_eig(double* A, int m, double* evals, double* V) {
+  // Cyclic Jacobi touching only the entries a rotation changes (symmetric storage kept in sync);
+  // rotations of entries already negligible next to their diagonal are skipped after a few sweeps
+  // (Rutishauser's rule), which makes the last sweeps cheap.
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < m; ++j) V[i * m + j] = i == j ? 1.0 : 0.0;
   for (int sweep = 0; sweep < 60; ++sweep) {
@@ -352,24 +355,30 @@ void jacobi_eig(double* A, int m, double* evals, double* V) {
     for (int p = 0; p < m; ++p) {
       for (int q = p + 1; q < m; ++q) {
         const double apq = A[p * m + q];
-        if (apq == 0.0) continue;
-        const double theta = (A[q * m + q] - A[p * m + p]) / (2.0 * apq);
-        const double t = (theta >= 0 ? 1.0 : -1.0) / (std::abs(theta) + std::sqrt(theta * theta + 1.0));
-        const double c = 1.0 / std::sqrt(t * t + 1.0), s = t * c;
-        for (int r = 0; r < m; ++r) {  // columns p, q
-          const double arp = A[r * m + p], arq = A[r * m + q];
-          A[r * m + p] = c * arp - s * arq;
-          A[r * m + q] = s * arp + c * arq;
+        const double app = A[p * m + p], aqq = A[q * m + q];
+        const double g = 100.0 * std::abs(apq);
+        if (sweep > 3 && std::abs(app) + g == std::abs(app) && std::abs(aqq) + g == std::abs(aqq)) {
+          A[p * m + q] = A[q * m + p] = 0.0;
+          continue;
         }
-        for (int r = 0; r < m; ++r) {  // rows p, q
-          const double apr = A[p * m + r], aqr = A[q * m + r];
-          A[p * m + r] = c * apr - s * aqr;
-          A[q * m + r] = s * apr + c * aqr;
+        if (apq == 0.0) continue;
+        const double theta = (aqq - app) / (2.0 * apq);
+        const double t = (theta >= 0 ? 1.0 : -1.0) / (std::abs(theta) + std::sqrt(theta * theta + 1.0));
+        const double c = 1.0 / std::sqrt(t * t + 1.0), s = t * c, tau = s / (1.0 + c);
+        A[p * m + p] = app - t * apq;
+        A[q * m + q] = aqq + t * apq;
+        A[p * m + q] = A[q * m + p] = 0.0;
+        for (int r = 0; r < m; ++r) {
+          if (r == p || r == q) continue;
+          const double arp = A[r * m + p], arq = A[r * m + q];
+          const double nrp = arp - s * (arq + tau * arp), nrq = arq + s * (arp - tau * arq);
+          A[r * m + p] = A[p * m + r] = nrp;
+          A[r * m + q] = A[q * m + r] = nrq;
         }
         for (int r = 0; r < m; ++r) {
           const double vrp = V[r * m + p], vrq = V[r * m + q];
-          V[r * m + p] = c * vrp - s * vrq;
-          V[r * m + q] = s * vrp + c * vrq;
+          V[r * m + p] = vrp - s * (vrq + tau * vrp);
+          V[r * m + q] = vrq + s * (vrp - tau * vrq);
         }
       }
     }

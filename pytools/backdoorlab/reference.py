@@ -352,7 +352,7 @@ class ActivationStats:
 
 
 def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter: int = 1000,
-            tol: float = 0.005, seed: int = 0) -> np.ndarray:
+            tol: float = 0.005, seed: int = 0, *, return_n_iter: bool = False):
     """scikit-learn FastICA (parallel, logcosh, unit-variance whitening) fitted on every class.
 
     Parameters
@@ -362,11 +362,15 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
     offsets : ndarray of shape (n_classes + 1,), int64
     n_components, max_iter, tol, seed
         As ``sklearn.decomposition.FastICA`` (``random_state=seed`` for every class).
+    return_n_iter : bool
+        Also return the iterations used per class.
 
     Returns
     -------
-    ndarray of shape (n, n_components), float32
+    sources : ndarray of shape (n, n_components), float32
         The estimated sources of every row, fitted within its class.
+    n_iter : ndarray of shape (n_classes,), int32
+        Only with ``return_n_iter`` (0 for empty classes).
     """
     from sklearn.decomposition import FastICA
 
@@ -377,14 +381,16 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
     max_iter = _check_int(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
     out = np.zeros((X.shape[0], n_components), dtype=np.float32)
-    for _, start, stop in _classes(offsets):
+    n_iter = np.zeros(offsets.size - 1, dtype=np.int32)
+    for c, start, stop in _classes(offsets):
         ica = FastICA(n_components=n_components, max_iter=max_iter, tol=tol, random_state=seed,
                       whiten="unit-variance", fun="logcosh", algorithm="parallel")
         with warnings.catch_warnings():
             # non-convergence within max_iter is part of the defence's normal life (ART ignores it too)
             warnings.simplefilter("ignore")
             out[start:stop] = ica.fit_transform(X[start:stop].astype(np.float64))
-    return out
+        n_iter[c] = ica.n_iter_
+    return (out, n_iter) if return_n_iter else out
 
 
 def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.ndarray:
