@@ -70,7 +70,7 @@ __global__ void kmeans_kernel(const float* __restrict__ X, const int64_t* __rest
                               int32_t* __restrict__ labels_ws, double* __restrict__ dist_ws,
                               float* __restrict__ centers_ws, double* __restrict__ inertia_ws,
                               int32_t* __restrict__ iters_ws) {
-  extern __shared__ int64_t dyn[];
+  BL_DYNAMIC_SHARED(int64_t, dyn);
   int64_t* reloc_row = dyn;                                // row moved into an empty cluster
   int* counts = reinterpret_cast<int*>(dyn + k);           // cluster sizes of the E-step
   int* moved_from = counts + k;                            // the cluster that row left
@@ -338,8 +338,7 @@ void kmeans(const ConstView& X, const int64_t* offsets, int64_t n_classes, int k
   DeviceBuffer<int32_t> iters_ws(size_t(n_classes) * n_init, "the k-means iteration counts");
   const size_t smem = (sizeof(int64_t) + 2 * sizeof(int)) * size_t(k);
   set_dynamic_smem(reinterpret_cast<const void*>(kmeans_kernel), smem, "kmeans_kernel");
-  kmeans_kernel<<<dim3(static_cast<unsigned>(n_classes), static_cast<unsigned>(n_init)), kKmThreads,
-                  smem>>>(x.get(), off.get(), n, d, k, max_iter, tol, seed, labels_ws.get(),
+  BL_LAUNCH(kmeans_kernel, dim3(static_cast<unsigned>(n_classes), static_cast<unsigned>(n_init)), kKmThreads, smem)(x.get(), off.get(), n, d, k, max_iter, tol, seed, labels_ws.get(),
                           dist_ws.get(), centers_ws.get(), inertia_ws.get(), iters_ws.get());
   BL_LAUNCH_CHECK("kmeans_kernel");
 
@@ -363,7 +362,7 @@ void kmeans(const ConstView& X, const int64_t* offsets, int64_t n_classes, int k
   DeviceBuffer<int32_t> best_dev(best.size(), "the best-init indices");
   best_dev.upload(best.data(), best.size());
   DeviceBuffer<int32_t> out(size_t(n), "the k-means labels");
-  gather_labels_kernel<<<blocks_for(n, 256), 256>>>(labels_ws.get(), off.get(), n_classes, n,
+  BL_LAUNCH(gather_labels_kernel, blocks_for(n, 256), 256, 0)(labels_ws.get(), off.get(), n_classes, n,
                                                     best_dev.get(), out.get());
   BL_LAUNCH_CHECK("gather_labels_kernel");
   out.download(labels, size_t(n));
@@ -401,7 +400,7 @@ void silhouette_samples(const ConstView& X, const int64_t* offsets, int64_t n_cl
   const int64_t max_blocks = 2147483647;
   if ((n + kSilWarpsPerBlock - 1) / kSilWarpsPerBlock > max_blocks)
     throw std::invalid_argument(concat("too many rows for silhouette_samples on CUDA: ", n));
-  silhouette_kernel<<<blocks_for(n, kSilWarpsPerBlock, max_blocks), threads>>>(
+  BL_LAUNCH(silhouette_kernel, blocks_for(n, kSilWarpsPerBlock, max_blocks), threads, 0)(
       x.get(), off.get(), n_classes, n, d, lab.get(), ncl.get(), s.get());
   BL_LAUNCH_CHECK("silhouette_kernel");
   s.download(out, size_t(n));

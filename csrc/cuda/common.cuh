@@ -4,7 +4,15 @@
 // shared-memory Jacobi eigensolver for the small symmetric problems (p <= kMaxComponents).
 #pragma once
 
+#ifdef BL_CUDA_EMULATION
+#include "cuda/emu/cuda_emu.hpp"  // CPU emulation for checking kernels without a GPU
+#else
 #include <cuda_runtime.h>
+// Kernel launch and dynamic shared memory through macros, so csrc/cuda/emu can run the same
+// sources on the CPU.
+#define BL_LAUNCH(kernel, grid, block, smem) kernel<<<(grid), (block), (smem)>>>
+#define BL_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
 
 #include <cmath>
 #include <cstdint>

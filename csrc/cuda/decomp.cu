@@ -142,7 +142,7 @@ __global__ void topk_eigh_kernel(const double* __restrict__ cov, int64_t d, int 
                                  int64_t class0, double* __restrict__ q_ws, double* __restrict__ y_ws,
                                  double* __restrict__ evals, double* __restrict__ evecs,
                                  int32_t* __restrict__ iters) {
-  extern __shared__ double smem[];
+  BL_DYNAMIC_SHARED(double, smem);
   double* A = smem;
   double* V = A + p * p;
   double* jac = V + p * p;
@@ -333,7 +333,7 @@ __device__ void sym_decorrelate(double* W, int k, double* A, double* V, double* 
 __global__ void fastica_kernel(const float* __restrict__ Z, const int64_t* __restrict__ offsets,
                                int k, int max_iter, double tol, uint64_t seed,
                                double* __restrict__ W_out, int32_t* __restrict__ n_iter) {
-  extern __shared__ double smem[];
+  BL_DYNAMIC_SHARED(double, smem);
   const IcaShared L(k, kIcaRows);
   double *W = smem + L.W, *W1 = smem + L.W1, *A = smem + L.A, *V = smem + L.V;
   double *gp = smem + L.gp, *evs = smem + L.evs, *jac = smem + L.jac, *red = smem + L.red;
@@ -442,7 +442,7 @@ ClassEigen class_eigen(const float* X, const int64_t* offsets_host, const int64_
   out.iters.allocate(size_t(n_classes), "the eigen-solver iteration counts");
   if (center) {
     dim3 grid(static_cast<unsigned>(n_classes), blocks_for(d, kBlock, 65535));
-    class_mean_kernel<<<grid, kBlock>>>(X, offsets_dev, d, out.mean.get());
+    BL_LAUNCH(class_mean_kernel, grid, kBlock, 0)(X, offsets_dev, d, out.mean.get());
     BL_LAUNCH_CHECK("class_mean_kernel");
   } else {
     out.mean.zero();
@@ -467,10 +467,10 @@ ClassEigen class_eigen(const float* X, const int64_t* offsets_host, const int64_
   set_dynamic_smem(reinterpret_cast<const void*>(topk_eigh_kernel), smem, "topk_eigh_kernel");
   for (int64_t c0 = 0; c0 < n_classes; c0 += chunk) {
     const int64_t cc = std::min(chunk, n_classes - c0);
-    class_cov_kernel<<<dim3(tri_tiles, static_cast<unsigned>(cc)), kCovThreads>>>(
+    BL_LAUNCH(class_cov_kernel, dim3(tri_tiles, static_cast<unsigned>(cc)), kCovThreads, 0)(
         X, offsets_dev, out.mean.get(), d, c0, cov.get());
     BL_LAUNCH_CHECK("class_cov_kernel");
-    topk_eigh_kernel<<<static_cast<unsigned>(cc), kBlock, smem>>>(
+    BL_LAUNCH(topk_eigh_kernel, static_cast<unsigned>(cc), kBlock, smem)(
         cov.get(), d, k, p, c0, q_ws.get(), y_ws.get(), out.evals.get(), out.evecs.get(),
         out.iters.get());
     BL_LAUNCH_CHECK("topk_eigh_kernel");
@@ -510,7 +510,7 @@ void fastica(const ConstView& X, const int64_t* offsets, int64_t n_classes, int 
   off.upload(offsets, size_t(n_classes) + 1);
   ClassEigen eig = class_eigen(x.get(), offsets, off.get(), n_classes, d, k, true);
   DeviceBuffer<float> z(size_t(n) * k, "the whitened data");
-  project_kernel<<<blocks_for(n * k, kBlock), kBlock>>>(x.get(), off.get(), n_classes, n, d, k,
+  BL_LAUNCH(project_kernel, blocks_for(n * k, kBlock), kBlock, 0)(x.get(), off.get(), n_classes, n, d, k,
                                                         eig.mean.get(), eig.evecs.get(),
                                                         eig.evals.get(), true, false, z.get());
   BL_LAUNCH_CHECK("project_kernel");
@@ -519,11 +519,11 @@ void fastica(const ConstView& X, const int64_t* offsets, int64_t n_classes, int 
   const IcaShared layout(k, kIcaRows);
   const size_t smem = sizeof(double) * layout.total;
   set_dynamic_smem(reinterpret_cast<const void*>(fastica_kernel), smem, "fastica_kernel");
-  fastica_kernel<<<static_cast<unsigned>(n_classes), kBlock, smem>>>(
+  BL_LAUNCH(fastica_kernel, static_cast<unsigned>(n_classes), kBlock, smem)(
       z.get(), off.get(), k, max_iter, tol, seed, W.get(), iters.get());
   BL_LAUNCH_CHECK("fastica_kernel");
   DeviceBuffer<float> sources(size_t(n) * k, "the FastICA sources");
-  unmix_kernel<<<blocks_for(n * k, kBlock), kBlock>>>(z.get(), off.get(), n_classes, n, k, W.get(),
+  BL_LAUNCH(unmix_kernel, blocks_for(n * k, kBlock), kBlock, 0)(z.get(), off.get(), n_classes, n, k, W.get(),
                                                       sources.get());
   BL_LAUNCH_CHECK("unmix_kernel");
   sources.download(out, size_t(n) * k);
@@ -544,7 +544,7 @@ void pca(const ConstView& X, const int64_t* offsets, int64_t n_classes, int n_co
   off.upload(offsets, size_t(n_classes) + 1);
   ClassEigen eig = class_eigen(x.get(), offsets, off.get(), n_classes, d, k, true);
   DeviceBuffer<float> proj(size_t(n) * k, "the PCA projections");
-  project_kernel<<<blocks_for(n * k, kBlock), kBlock>>>(x.get(), off.get(), n_classes, n, d, k,
+  BL_LAUNCH(project_kernel, blocks_for(n * k, kBlock), kBlock, 0)(x.get(), off.get(), n_classes, n, d, k,
                                                         eig.mean.get(), eig.evecs.get(),
                                                         eig.evals.get(), false, false, proj.get());
   BL_LAUNCH_CHECK("project_kernel");
@@ -563,7 +563,7 @@ void spectral_scores(const ConstView& X, const int64_t* offsets, int64_t n_class
   off.upload(offsets, size_t(n_classes) + 1);
   ClassEigen eig = class_eigen(x.get(), offsets, off.get(), n_classes, d, 1, center);
   DeviceBuffer<float> scores(size_t(n), "the spectral scores");
-  project_kernel<<<blocks_for(n, kBlock), kBlock>>>(x.get(), off.get(), n_classes, n, d, 1,
+  BL_LAUNCH(project_kernel, blocks_for(n, kBlock), kBlock, 0)(x.get(), off.get(), n_classes, n, d, 1,
                                                     eig.mean.get(), eig.evecs.get(),
                                                     eig.evals.get(), false, true, scores.get());
   BL_LAUNCH_CHECK("project_kernel");

@@ -188,7 +188,7 @@ void check_finite(const float* device_data, int64_t rows, int64_t cols, const ch
   DeviceBuffer<unsigned long long> first(1, "the finiteness check flag");
   const unsigned long long none = ~0ull;
   first.upload(&none, 1);
-  first_nonfinite_kernel<<<blocks_for(size, 256, 4096), 256>>>(device_data, size, first.get());
+  BL_LAUNCH(first_nonfinite_kernel, blocks_for(size, 256, 4096), 256, 0)(device_data, size, first.get());
   BL_LAUNCH_CHECK("first_nonfinite_kernel");
   unsigned long long at = none;
   first.download(&at, 1);  // synchronises

@@ -223,24 +223,24 @@ void stats_update(const ConstView& acts, const int64_t* group, int64_t G, int64_
   // Chunks on grid.y (<= 65535): launch in slices of chunks.
   for (int64_t q0 = 0; q0 < n_chunks; q0 += 65535) {
     const unsigned nq = static_cast<unsigned>(std::min<int64_t>(65535, n_chunks - q0));
-    chunk_sum_kernel<<<dim3(cblocks, nq), kThreads>>>(a.get(), C, S, d_order.get(),
+    BL_LAUNCH(chunk_sum_kernel, dim3(cblocks, nq), kThreads, 0)(a.get(), C, S, d_order.get(),
                                                       d_chunk_begin.get() + q0, p_sum.get() + q0 * C,
                                                       p_max.get() + q0 * C, p_pos.get() + q0 * C);
     BL_LAUNCH_CHECK("chunk_sum_kernel");
   }
-  group_reduce_kernel<<<dim3(cblocks, static_cast<unsigned>(G)), kThreads>>>(
+  BL_LAUNCH(group_reduce_kernel, dim3(cblocks, static_cast<unsigned>(G)), kThreads, 0)(
       C, d_group_chunks.get(), d_group_values.get(), p_sum.get(), p_max.get(), p_pos.get(),
       b_mean.get(), b_max.get(), b_pos.get());
   BL_LAUNCH_CHECK("group_reduce_kernel");
   for (int64_t q0 = 0; q0 < n_chunks; q0 += 65535) {
     const unsigned nq = static_cast<unsigned>(std::min<int64_t>(65535, n_chunks - q0));
-    chunk_m2_kernel<<<dim3(cblocks, nq), kThreads>>>(a.get(), C, S, d_order.get(),
+    BL_LAUNCH(chunk_m2_kernel, dim3(cblocks, nq), kThreads, 0)(a.get(), C, S, d_order.get(),
                                                      d_chunk_begin.get() + q0,
                                                      d_chunk_group.get() + q0, b_mean.get(),
                                                      p_m2.get() + q0 * C);
     BL_LAUNCH_CHECK("chunk_m2_kernel");
   }
-  merge_kernel<<<dim3(cblocks, static_cast<unsigned>(G)), kThreads>>>(
+  BL_LAUNCH(merge_kernel, dim3(cblocks, static_cast<unsigned>(G)), kThreads, 0)(
       C, d_group_chunks.get(), d_group_values.get(), d_seen.get(), p_m2.get(), b_mean.get(),
       b_max.get(), b_pos.get(), s_mean.get(), s_m2.get(), s_max.get(), s_pos.get());
   BL_LAUNCH_CHECK("merge_kernel");
@@ -275,7 +275,7 @@ void pruning_order(const double* mean, int64_t C, int64_t* order) {
   DeviceBuffer<double> v(size_t(C), "mean_activation (copied to the device)");
   v.upload(mean, size_t(C));
   DeviceBuffer<int64_t> out(size_t(C), "the pruning order");
-  rank_kernel<<<blocks_for(C, kThreads), kThreads>>>(v.get(), C, out.get());
+  BL_LAUNCH(rank_kernel, blocks_for(C, kThreads), kThreads, 0)(v.get(), C, out.get());
   BL_LAUNCH_CHECK("rank_kernel");
   out.download(order, size_t(C));
 }
@@ -301,7 +301,7 @@ void pruning_mask(const int64_t* order, int64_t C, int64_t n_pruned, float* mask
   DeviceBuffer<int64_t> o(size_t(C), "the channel order");
   o.upload(order, size_t(C));
   DeviceBuffer<float> m(size_t(C), "the pruning mask");
-  mask_kernel<<<blocks_for(C, kThreads), kThreads>>>(o.get(), C, n_pruned, m.get());
+  BL_LAUNCH(mask_kernel, blocks_for(C, kThreads), kThreads, 0)(o.get(), C, n_pruned, m.get());
   BL_LAUNCH_CHECK("mask_kernel");
   m.download(mask, size_t(C));
 }
