@@ -31,14 +31,14 @@ def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0
         if i == 0:
             for t in sweep:
                 extra.append(DefenceSpec(id=f"fp-last@{t * 100:g}%", pipeline="fp", kind="repair",
-                                         configs={"fp": {"layer": "last_conv", "threshold": t}}))
+                                         configs={"fp": {"layer": "last_conv", "threshold": t}}, sweep=True))
         for seed in seeds:
             n_train, n_pois = 1000, int(round(share * 300))
             before_acc, before_asr = float(rng.uniform(0.9, 0.97)), float(rng.uniform(0.85, 1.0))
             for spec in specs + extra:
                 c = {"setting": sid, "dataset": dataset, "trigger": trigger, "preset": f"{dataset}-preset",
                      "poison_share": share, "defence": spec.id, "defence_label": spec.display_label(),
-                     "kind": spec.kind, "pipeline": spec.pipeline, "seed": seed, "n_train": n_train,
+                     "kind": spec.kind, "pipeline": spec.pipeline, "sweep": spec.sweep, "seed": seed, "n_train": n_train,
                      "poisoned_present": n_pois, "before_accuracy": before_acc, "before_attack_success": before_asr,
                      "removed_poisoned": None, "removed_clean": None, "removed_poisoned_share": None,
                      "removed_clean_share": None, "neurons_pruned": None, "n_channels": None, "layer": None,

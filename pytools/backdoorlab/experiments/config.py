@@ -160,6 +160,7 @@ class DefenceSpec:
     configs: dict = field(default_factory=dict)
     settings: tuple[str, ...] | None = None  # restrict to these setting ids (None: every setting)
     label: str = ""
+    sweep: bool = False  # a point of the Fig. 3 threshold sweep (kept out of the main table)
 
     def applies_to(self, setting_id: str) -> bool:
         return self.settings is None or setting_id in self.settings
@@ -358,7 +359,8 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
     # The Fig. 3 sweep: FP on the last conv at each threshold. A threshold that an FP defence of
     # the grid already runs on every sweep setting is not run twice (the report finds it there).
     plain_fp = {(d.configs.get("fp", {}).get("layer"), d.configs.get("fp", {}).get("threshold"))
-                for d in defences if d.pipeline == "fp" and d.settings is None}
+                for d in defences if d.pipeline == "fp"
+                and (d.settings is None or (sweep_ids is not None and set(sweep_ids) <= set(d.settings)))}
     for t in thresholds:
         t = _check_fraction("fp_thresholds[]", t)
         for layer, short in (("last_conv", "last"),):
@@ -367,7 +369,8 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
                 continue
             defences.append(DefenceSpec(id=did, pipeline="fp", kind="repair",
                                         configs={"fp": {"layer": layer, "threshold": t}},
-                                        settings=sweep_ids, label=f"FP ({short} conv, {_pct(t)})"))
+                                        settings=sweep_ids, label=f"FP ({short} conv, {_pct(t)})",
+                                        sweep=True))
             present.add(did)
     ids = [d.id for d in defences]
     dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -451,7 +454,8 @@ def _parse_dataset(name: str, v: Any, base: Path) -> DatasetSpec:
     if not isinstance(toy, Mapping):
         raise ValueError(f"datasets.{name}.toy must be a table, got {toy!r}")
     return DatasetSpec(name=name, source=source, model=model, model_kw=dict(model_kw), train=train,
-                       limit_per_class=limit, max_clean_per_class=max_clean, weights=weights, toy=dict(toy), note=str(v.get("note", "")))
+                       limit_per_class=limit, max_clean_per_class=max_clean, weights=weights, toy=dict(toy),
+                       note=str(v.get("note", "")))
 
 
 def _quicken_dataset(d: DatasetSpec, q: Mapping[str, Any]) -> DatasetSpec:

@@ -147,10 +147,8 @@ def fig4_defences(agg: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     if not recs:
         return None
     settings = list(dict.fromkeys(r["setting"] for r in recs))
-    per_def: dict[str, set] = {}
-    for r in recs:
-        per_def.setdefault(r["defence"], set()).add(r["setting"])
-    defences = [d for d in dict.fromkeys(r["defence"] for r in recs) if len(per_def[d]) == len(settings)]
+    defences = [d for d in dict.fromkeys(r["defence"] for r in recs) if not any(x.get("sweep") for x in recs
+                                                                                 if x["defence"] == d)]
     label = {r["defence"]: r.get("defence_label") or r["defence"] for r in recs}
     idx = {(r["setting"], r["defence"]): r for r in recs}
     fig = Figure(figsize=(max(7.0, 1.1 * len(settings) * max(1, len(defences)) / 3 + 3), 4.5))

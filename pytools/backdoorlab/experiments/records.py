@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 # whole record (these plus config, steps, versions, timings).
 CSV_COLUMNS: tuple[str, ...] = (
     "key", "setting", "dataset", "trigger", "preset", "poison_share", "defence", "defence_label", "kind",
-    "pipeline", "seed", "n_train", "poisoned_present",
+    "pipeline", "sweep", "seed", "n_train", "poisoned_present",
     "before_accuracy", "before_attack_success", "accuracy", "attack_success",
     "delta_accuracy", "delta_attack_success",
     "removed_poisoned", "removed_clean", "removed_poisoned_share", "removed_clean_share",
@@ -42,7 +42,7 @@ NUMERIC_FIELDS = ("poison_share", "n_train", "poisoned_present", "before_accurac
                   "n_channels", "fp_threshold", "time_total_s")
 # Fields that identify an aggregate: equal across the seeds of one (setting, defence).
 IDENTITY_FIELDS = ("setting", "dataset", "trigger", "preset", "poison_share", "defence", "defence_label", "kind",
-                   "pipeline", "layer", "fp_threshold", "preview")
+                   "pipeline", "layer", "fp_threshold", "preview", "sweep")
 
 
 def validate_cell(cell: Mapping[str, Any]) -> None:

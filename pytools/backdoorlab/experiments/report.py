@@ -94,11 +94,6 @@ def _defences_in_order(agg: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(seen)
 
 
-def is_sweep_only(rec: Mapping[str, Any], all_settings: int, settings_of: Mapping[str, set]) -> bool:
-    """A defence run on fewer settings than the study has (e.g. the Fig. 3 threshold sweep)."""
-    return len(settings_of[rec["defence"]]) < all_settings
-
-
 def build_tables(agg: Sequence[Mapping[str, Any]]) -> list[Table]:
     """The report's tables from aggregated records (see :func:`records.aggregate_cells`)."""
     idx = index_by(agg)
@@ -109,7 +104,8 @@ def build_tables(agg: Sequence[Mapping[str, Any]]) -> list[Table]:
         settings_of.setdefault(r["defence"], set()).add(r["setting"])
     label = {r["defence"]: (r.get("defence_label") or r["defence"]) for r in agg}
     kind = {r["defence"]: r["kind"] for r in agg}
-    main_defences = [d for d in defences if kind[d] not in ("clean",) and len(settings_of[d]) == len(settings)]
+    sweep = {r["defence"] for r in agg if r.get("sweep")}
+    main_defences = [d for d in defences if kind[d] != "clean" and d not in sweep]
 
     tables: list[Table] = []
 

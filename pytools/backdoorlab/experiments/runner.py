@@ -341,7 +341,7 @@ def _slug(s: str) -> str:
 def _metrics(model, test, test_triggered, target: int, device: str, batch_size: int) -> dict:
     from backdoorlab.evaluate import evaluate
 
-    m = evaluate(model, test, test_triggered, target_class=target, device=device)
+    m = evaluate(model, test, test_triggered, target_class=target, device=device, batch_size=batch_size)
     return {"accuracy": float(m["clean_accuracy"]), "attack_success": float(m["attack_success_rate"])}
 
 
@@ -364,7 +364,7 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
     cell: dict[str, Any] = {
         "setting": s.id, "dataset": s.dataset, "trigger": s.trigger, "preset": s.preset,
         "poison_share": s.poison_share, "defence": df.id, "defence_label": df.display_label(), "kind": df.kind,
-        "pipeline": df.pipeline, "seed": seed, "n_train": int(is_poisoned.size),
+        "pipeline": df.pipeline, "sweep": df.sweep, "seed": seed, "n_train": int(is_poisoned.size),
         "poisoned_present": int(is_poisoned.sum()), "target_class": target,
         "before_accuracy": None, "before_attack_success": None, "delta_accuracy": None, "delta_attack_success": None,
         "removed_poisoned": None, "removed_clean": None, "removed_poisoned_share": None, "removed_clean_share": None,
@@ -377,13 +377,15 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
     model, _ = checkpoint.load(model_path)
     t0 = time.perf_counter()
     if df.kind == "clean":
-        m = _metrics(model, splits["test"], splits["test_triggered"], target, study.device, study.eval_batch_size)
+        m = _metrics(model, splits["test"], splits["test_triggered"], target, study.device,
+                     study.eval_batch_size)
         cell.update(m)
         cell["n_train"] = int((~is_poisoned).sum())
         cell["poisoned_present"] = 0
         timings["evaluate_s"] = time.perf_counter() - t0
     elif df.kind == "attack":
-        m = _metrics(model, splits["test"], splits["test_triggered"], target, study.device, study.eval_batch_size)
+        m = _metrics(model, splits["test"], splits["test_triggered"], target, study.device,
+                     study.eval_batch_size)
         cell.update(m)
         cell.update(before_accuracy=m["accuracy"], before_attack_success=m["attack_success"],
                     delta_accuracy=0.0, delta_attack_success=0.0)
