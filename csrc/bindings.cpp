@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/ica_math.hpp"
 #include "cpu/cluster.hpp"
 #include "cpu/decompose.hpp"
 #include "cpu/parallel.hpp"
@@ -199,6 +200,15 @@ carray<float> spectral_scores(const carray<float>& X, const carray<i64>& offsets
   return out;
 }
 
+// Test hook: the vectorised tanh of the FastICA step, so tests can compare it with np.tanh.
+carray<float> tanh_f(const carray<float>& x) {
+  carray<float> out(x.size());
+  const float* in = x.data();
+  float* o = out.mutable_data();
+  for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = backdoorlab::tanh_f(in[i]);
+  return out;
+}
+
 carray<i64> pruning_order(const carray<double>& mean) {
   expect_ndim(mean, "mean_activation", 1);
   const i64 C = mean.shape(0);
@@ -234,6 +244,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("labels").noconvert());
   m.def("spectral_scores", &spectral_scores, py::arg("X").noconvert(), py::arg("offsets").noconvert(),
         py::arg("center"));
+  m.def("_tanh_f", &tanh_f, py::arg("x").noconvert(), "Test hook: the FastICA kernel's tanh, elementwise.");
   m.def("pruning_order", &pruning_order, py::arg("mean").noconvert());
   m.def("pruning_mask", &pruning_mask, py::arg("order").noconvert(), py::arg("n_pruned"));
 }

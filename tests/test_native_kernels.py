@@ -1,0 +1,269 @@
+"""Native kernels against the NumPy/scikit-learn reference on the same seeded inputs (issue 2).
+
+Deterministic kernels are compared value by value (stats 1e-5, spectral scores 1e-4 relative,
+silhouettes, PCA); stochastic ones by invariants: k-means inertia within 1 % of scikit-learn
+with the same n_init, the objective never rising over iterations, ARI 1.0 on separated blobs,
+identical labels with 1 and 2 threads; FastICA recovering known sources (|corr| > 0.99).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from backdoorlab import native, reference
+
+from _native_helpers import DEVICES, best_abs_corr, blobs, mixed_sources, relu_classes
+
+
+@pytest.fixture
+def threads():
+    """Restore the native thread count after a test that changes it."""
+    before = native.get_num_threads()
+    yield
+    native.set_num_threads(before)
+
+
+# ---- build info ------------------------------------------------------------------------------
+
+
+def test_build_info_reports_what_was_compiled():
+    info = native.build_info()
+    for key in ("version", "openmp", "max_threads", "simd", "simd_selected", "cuda", "cuda_built", "kernels"):
+        assert key in info, key
+    assert set(info["kernels"]) == set(native.KERNELS)
+    assert all(v["cpu"] == "native" for v in info["kernels"].values()), info["kernels"]
+
+
+def test_tanh_kernel_matches_numpy():
+    from backdoorlab import _core
+
+    x = np.concatenate([np.linspace(-30, 30, 200_001), np.logspace(-30, 1.5, 2000), -np.logspace(-30, 1.5, 2000),
+                        [0.0, 0.125, -0.125, 9.0, -9.0]]).astype(np.float32)
+    assert np.abs(_core._tanh_f(x) - np.tanh(x.astype(np.float64))).max() < 1e-6
+
+
+# ---- 1. activation statistics ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(300, 7), (120, 5, 3, 4)])
+def test_activation_stats_equal_numpy(rng, device, shape):
+    acts = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    acts[acts < 0.5] = 0.0
+    r = native.activation_stats(acts, device=device)
+    v = np.moveaxis(acts.astype(np.float64), 1, -1).reshape(-1, shape[1])  # values per channel
+    np.testing.assert_allclose(r["mean"], v.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r["std"], v.std(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r["max"], v.max(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r["frac_positive"], (v > 0).mean(0), rtol=1e-5, atol=1e-5)
+    assert r["count"] == shape[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_activation_stats_per_class_and_streaming(rng, device):
+    acts = (rng.standard_normal((500, 6, 2, 2)) + 100.0).astype(np.float32)  # far from 0: tests the two-pass moments
+    labels = rng.integers(0, 4, 500)
+    labels[labels == 2] = 3  # class 2 empty
+    whole = native.activation_stats(acts, labels, 4, device=device)
+    acc = native.ActivationStats(6, n_classes=4, device=device)
+    for lo, hi in [(0, 1), (1, 77), (77, 300), (300, 500)]:
+        acc.update(acts[lo:hi], labels[lo:hi])
+    streamed = acc.result()
+    ref = reference.activation_stats(acts, labels, 4)
+    for key in ("mean", "std", "max", "frac_positive"):
+        np.testing.assert_allclose(whole[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(streamed[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    assert np.isnan(whole["mean"][2]).all() and whole["count"][2] == 0
+    np.testing.assert_array_equal(whole["count"], np.bincount(labels, minlength=4))
+
+
+def test_activation_stats_rejects_nan_and_leaves_accumulator_unchanged(rng):
+    acc = native.ActivationStats(3)
+    good = rng.standard_normal((10, 3)).astype(np.float32)
+    acc.update(good)
+    before = acc.result()
+    bad = good.copy()
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf.*row 4"):
+        acc.update(bad)
+    after = acc.result()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+
+
+# ---- 2. FastICA and PCA ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fastica_recovers_known_sources(rng, device):
+    """Three classes, each its own random mixture of 3 known non-Gaussian sources into 5 dims."""
+    sizes = [1500, 2000, 1200]
+    parts, truths = [], []
+    for n in sizes:
+        S, _ = mixed_sources(rng, n, 3)
+        A = rng.standard_normal((3, 5))
+        parts.append((S @ A + 0.01 * rng.standard_normal((n, 5))).astype(np.float32))
+        truths.append(S)
+    X = np.concatenate(parts)
+    offsets = np.array([0, 1500, 3500, 4700], dtype=np.int64)
+    Y, n_iter = native.fastica(X, offsets, n_components=3, max_iter=500, tol=1e-4, seed=3, device=device,
+                               return_n_iter=True)
+    assert Y.shape == (4700, 3) and Y.dtype == np.float32
+    assert (n_iter < 500).all(), n_iter
+    for c, S in enumerate(truths):
+        corr = best_abs_corr(Y[offsets[c]:offsets[c + 1]], S)
+        assert (corr > 0.99).all(), (c, corr)
+    # unit variance per class and component, as scikit-learn's whiten="unit-variance"
+    np.testing.assert_allclose(Y[:1500].std(0), 1.0, atol=1e-3)
+
+
+def test_fastica_matches_sklearn_components(rng):
+    """Same sources as scikit-learn's FastICA up to sign and order."""
+    S, X = mixed_sources(rng, 3000, 5)
+    off = np.array([0, 3000])
+    ours = native.fastica(X, off, 5, max_iter=1000, tol=1e-5, seed=0)
+    theirs = reference.fastica(X, off, 5, max_iter=1000, tol=1e-5, seed=0)
+    assert (best_abs_corr(ours, theirs.astype(np.float64)) > 0.999).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pca_matches_sklearn(rng, device):
+    scales = np.linspace(0.2, 4.0, 24)[::-1]
+    X = (rng.standard_normal((700, 24)) * scales + 3.0).astype(np.float32)
+    off = np.array([0, 300, 300, 700])  # with an empty class
+    ours = native.pca(X, off, 6, device=device)
+    ref = reference.pca(X, off, 6)
+    np.testing.assert_allclose(ours, ref, atol=2e-4 * np.abs(ref).max())
+
+
+# ---- 3. k-means and silhouette ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kmeans_inertia_within_one_percent_of_sklearn(rng, device):
+    X, off = relu_classes(rng, [200, 350, 120, 260], 12)
+    ours = native.kmeans(X, off, k=3, n_init=10, seed=0, device=device)
+    ref = reference.kmeans(X, off, k=3, n_init=10, seed=0)
+    assert ours.labels.dtype == np.int32 and ours.centers.shape == (4, 3, 12) and ours.inertia.dtype == np.float64
+    assert (ours.inertia <= ref.inertia * 1.01).all(), (ours.inertia, ref.inertia)
+    # the reported inertia is the one of the reported labels and centres
+    for c in range(4):
+        rows = X[off[c]:off[c + 1]].astype(np.float64)
+        lab = ours.labels[off[c]:off[c + 1]]
+        direct = ((rows - ours.centers[c][lab]) ** 2).sum()
+        assert direct == pytest.approx(ours.inertia[c], rel=1e-5)
+
+
+def test_kmeans_objective_never_rises(rng):
+    """Lloyd steps from the same k-means++ start: the inertia after t+1 steps <= after t."""
+    X, off = relu_classes(rng, [400], 6)
+    inertias = [native.kmeans(X, off, k=4, n_init=1, max_iter=t, tol=0.0, seed=7).inertia[0] for t in range(1, 15)]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(inertias, inertias[1:])), inertias
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kmeans_finds_separated_blobs(rng, device):
+    X, off, truth = blobs(rng, [90, 150, 60], 5, k=3)
+    km = native.kmeans(X, off, k=3, n_init=3, seed=1, device=device)
+    for c in range(3):
+        sl = slice(off[c], off[c + 1])
+        assert adjusted_rand_score(truth[sl], km.labels[sl]) == 1.0
+
+
+def test_results_do_not_depend_on_thread_count(rng, threads):
+    X, off = relu_classes(rng, [150, 90, 200, 60, 110], 16)
+    runs = []
+    for n in (1, 2):
+        native.set_num_threads(n)
+        km = native.kmeans(X, off, k=2, n_init=4, seed=5)
+        runs.append((native.fastica(X, off, 4, max_iter=50, seed=5), km.labels, km.inertia,
+                     native.spectral_scores(X, off), native.pca(X, off, 3)))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    # one class: the inner parallel paths (Gram matrix, k-means runs) are used instead
+    one = np.array([0, X.shape[0]])
+    outs = []
+    for n in (1, 2):
+        native.set_num_threads(n)
+        outs.append((native.kmeans(X, one, k=3, n_init=4, seed=2).labels, native.spectral_scores(X, one)))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_silhouette_equals_sklearn(rng, device):
+    X, off, truth = blobs(rng, [80, 120, 50], 4, k=3, spread=3.0, distance=3.0)
+    labels = truth.astype(np.int32)
+    labels[off[2]:off[3]] = 0  # one class with a single cluster: silhouettes 0 by definition
+    labels[off[1]] = 7         # a singleton cluster with an unusual label value
+    ours = native.silhouette_samples(X, off, labels, device=device)
+    ref = reference.silhouette_samples(X, off, labels)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    assert (ours[off[2]:] == 0).all() and ours[off[1]] == 0
+
+
+# ---- 4. spectral signatures ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("center", [True, False])
+def test_spectral_scores_equal_numpy_svd(rng, device, center):
+    X, off = relu_classes(rng, [300, 1, 0, 180, 500], 40)
+    X[off[4]:off[4] + 40] += 3.0 * rng.standard_normal(40).astype(np.float32)  # an outlier cluster
+    ours = native.spectral_scores(X, off, center=center, device=device)
+    ref = reference.spectral_scores(X, off, center=center)
+    for c in range(5):
+        s, r = ours[off[c]:off[c + 1]], ref[off[c]:off[c + 1]]
+        if r.size:
+            np.testing.assert_allclose(s, r, rtol=1e-4, atol=1e-4 * max(r.max(), 1e-12))
+
+
+# ---- 5. pruning ------------------------------------------------------------------------------
+
+
+def test_pruning_order_is_stable_ascending_and_mask(rng):
+    mean = np.round(rng.standard_normal(300), 1)  # many ties
+    order = native.pruning_order(mean)
+    np.testing.assert_array_equal(order, np.argsort(mean, kind="stable"))
+    np.testing.assert_array_equal(order, reference.pruning_order(mean))
+    mask = native.pruning_mask(order, 40)
+    assert mask.dtype == np.float32 and mask.sum() == 260 and (mask[order[:40]] == 0).all()
+    np.testing.assert_array_equal(mask, reference.pruning_mask(order, 40))
+    assert native.pruning_mask(order, 0).min() == 1.0 and native.pruning_mask(order, 300).max() == 0.0
+
+
+# ---- GIL -------------------------------------------------------------------------------------
+
+
+def test_long_kernels_release_the_gil(rng):
+    """Python keeps running in another thread while a kernel works."""
+    X, off = relu_classes(rng, [400] * 40, 64)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            native.fastica(X, off, 10, max_iter=300, tol=0.0)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work)
+    ticks = 0
+    start = time.perf_counter()
+    worker.start()
+    while not done.is_set():
+        ticks += 1
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - start
+    worker.join()
+    assert not errors, errors
+    # With the GIL held by the kernel the loop above could not tick at all until it returned.
+    assert elapsed > 0.05, "kernel too short for this test"
+    assert ticks >= 10, (ticks, elapsed)
