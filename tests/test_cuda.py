@@ -374,3 +374,62 @@ def test_module_loader_reports_why_when_missing(monkeypatch):
     monkeypatch.setenv("BACKDOORLAB_CUDA_MODULE", "/nonexistent/_core_cuda.so")
     module, why = load_cuda_module()
     assert module is None and "is not a file" in why
+
+
+# ---- GPU vs the CPU core: the same seeded draws, so the same answers -------------------------------
+
+
+def _cpu_core_with(kernel: str):
+    core = pytest.importorskip("backdoorlab._core")
+    if not hasattr(core, kernel):
+        pytest.skip(f"backdoorlab._core has no {kernel} yet")
+    return core
+
+
+@pytest.mark.cuda
+def test_kmeans_agrees_with_the_cpu_core(gpu):
+    core = _cpu_core_with("kmeans")
+    rng = np.random.default_rng(15)
+    X, off = grouped(rng, [70, 0, 90, 55], 6, spread=1.5)
+    g = gpu.kmeans(X, off, 3, 4, 100, 1e-4, 21)
+    c = core.kmeans(X, off, 3, 4, 100, 1e-4, 21)
+    np.testing.assert_array_equal(g[0], c[0])  # labels
+    np.testing.assert_allclose(g[1], c[1], rtol=1e-6, atol=1e-6)  # centers (NaN for the empty class)
+    np.testing.assert_allclose(g[2], c[2], rtol=1e-9)  # inertia
+    np.testing.assert_array_equal(g[3], c[3])  # iterations
+
+
+@pytest.mark.cuda
+def test_fastica_agrees_with_the_cpu_core(gpu):
+    core = _cpu_core_with("fastica")
+    rng = np.random.default_rng(16)
+    n, d, k = 600, 12, 4
+    S = np.column_stack([rng.laplace(size=n), rng.uniform(-1, 1, n), rng.exponential(size=n), rng.standard_t(5, n)])
+    X = np.ascontiguousarray(S @ rng.standard_normal((k, d)) + 0.05 * rng.standard_normal((n, d)), dtype=np.float32)
+    off = np.array([0, 250, 600])
+    g, g_it = gpu.fastica(X, off, k, 500, 1e-6, 3)
+    c, c_it = core.fastica(X, off, k, 500, 1e-6, 3)
+    # Same start matrix and fixed point, but the order and signs of the sources also depend on
+    # the signs of the whitening eigenvectors, which each eigensolver picks its own way (the CUDA
+    # core makes the largest loading positive); and the CPU's float32 tanh and Newton polar
+    # decorrelation round differently. So: the same sources up to order and sign, closely.
+    for lo, hi in [(0, 250), (250, 600)]:
+        corr = np.abs(g[lo:hi].T.astype(np.float64) @ c[lo:hi].astype(np.float64)) / (hi - lo)
+        assert (corr.max(axis=1) > 0.999).all(), corr
+        assert sorted(corr.argmax(axis=1)) == list(range(k)), corr
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kernel", ["pca", "spectral_scores", "silhouette_samples"])
+def test_deterministic_kernels_agree_with_the_cpu_core(gpu, kernel):
+    core = _cpu_core_with(kernel)
+    rng = np.random.default_rng(17)
+    X, off = grouped(rng, [40, 0, 65], 20)
+    X *= np.linspace(2.0, 0.5, 20, dtype=np.float32)
+    if kernel == "pca":
+        args = (X, off, 4)
+    elif kernel == "spectral_scores":
+        args = (X, off, True)
+    else:
+        args = (X, off, (rng.integers(0, 3, X.shape[0])).astype(np.int32))
+    np.testing.assert_allclose(getattr(gpu, kernel)(*args), getattr(core, kernel)(*args), rtol=1e-4, atol=1e-4)

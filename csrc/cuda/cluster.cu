@@ -4,11 +4,11 @@
 // k-means runs one block per (class, init): the rows of one class are few enough (hundreds to a
 // few thousand) that a block sweeps them in microseconds, and n_init * n_classes blocks fill the
 // GPU. All sums run in a fixed order (no floating-point atomics), so a run is deterministic.
-// Random draws come from backdoorlab::Rng (common/rng.hpp) stream (seed, class, init), drawn by
-// one thread in the order the CPU core uses (first center: one uniform; then, per center,
-// n_local_trials uniforms), so the seeding can match the CPU twin exactly; labels equal
-// scikit-learn's only up to that seeding. An empty cluster is re-seeded with the row farthest
-// from its center, which leaves its old cluster (scikit-learn's _relocate_empty_clusters).
+// It follows the CPU core (csrc/cpu/cluster.cpp) step for step: the same backdoorlab::Rng stream
+// (seed, class, run) drawn in the same order by one thread (first center: one uniform; then,
+// per center, n_local_trials uniforms), float64 centers, the same empty-cluster rule and
+// stopping tests -- so both devices give the same clustering up to float64 rounding of sums
+// taken in a different order; labels equal scikit-learn's only up to the seeding.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -23,9 +23,11 @@ constexpr int kKmThreads = 128;
 constexpr int kMaxLocalTrials = 16;
 constexpr int kSilWarpsPerBlock = 8;
 
+// Squared distance in float64 between a row and a center (centers are float64, as on the CPU).
 // No __restrict__ here or on `centers` below: centers are written by the same kernel, and a
 // const __restrict__ pointer lets the compiler read through the non-coherent read-only cache.
-__device__ __forceinline__ double sqdist_rows(const float* a, const float* b, int64_t d) {
+template <typename A, typename B>
+__device__ __forceinline__ double sqdist_rows(const A* a, const B* b, int64_t d) {
   double s = 0.0;
   for (int64_t j = 0; j < d; ++j) {
     const double t = double(a[j]) - double(b[j]);
@@ -37,7 +39,7 @@ __device__ __forceinline__ double sqdist_rows(const float* a, const float* b, in
 // One E-step: labels of every row of the class against `centers`; returns the inertia to every
 // thread and sets *changed when a label moved. counts[k] (shared) receives the cluster sizes.
 __device__ double assign_step(const float* Xc, int64_t rows, int64_t d, int k,
-                              const float* centers, int32_t* labels, double* dist, int* counts,
+                              const double* centers, int32_t* labels, double* dist, int* counts,
                               int* changed, double* red) {
   for (int c = threadIdx.x; c < k; c += blockDim.x) counts[c] = 0;
   __syncthreads();
@@ -63,20 +65,16 @@ __device__ double assign_step(const float* Xc, int64_t rows, int64_t d, int k,
 }
 
 // grid: (n_classes, n_init). Workspaces: labels_ws (n_init, n), dist_ws (n_init, n),
-// centers_ws (n_classes, n_init, k, d), inertia_ws and iters_ws (n_classes, n_init).
-// Dynamic shared memory: reloc_row (k int64), counts (k int), moved_from (k int).
+// centers_ws (n_classes, n_init, k, d) float64, inertia_ws and iters_ws (n_classes, n_init).
+// Dynamic shared memory: counts (k ints).
 __global__ void kmeans_kernel(const float* __restrict__ X, const int64_t* __restrict__ offsets,
                               int64_t n, int64_t d, int k, int max_iter, double tol, uint64_t seed,
                               int32_t* __restrict__ labels_ws, double* __restrict__ dist_ws,
-                              float* __restrict__ centers_ws, double* __restrict__ inertia_ws,
+                              double* __restrict__ centers_ws, double* __restrict__ inertia_ws,
                               int32_t* __restrict__ iters_ws) {
-  BL_DYNAMIC_SHARED(int64_t, dyn);
-  int64_t* reloc_row = dyn;                                // row moved into an empty cluster
-  int* counts = reinterpret_cast<int*>(dyn + k);           // cluster sizes of the E-step
-  int* moved_from = counts + k;                            // the cluster that row left
+  BL_DYNAMIC_SHARED(int, counts);  // cluster sizes of the last E-step
   __shared__ double red[40];
   __shared__ int changed;
-  __shared__ int n_empty;
   __shared__ int64_t candidates[kMaxLocalTrials];
   __shared__ double cand_pot[kMaxLocalTrials];
   __shared__ int best_trial;
@@ -87,7 +85,7 @@ __global__ void kmeans_kernel(const float* __restrict__ X, const int64_t* __rest
   const float* Xc = X + r0 * d;
   int32_t* labels = labels_ws + int64_t(init) * n + r0;
   double* closest = dist_ws + int64_t(init) * n + r0;
-  float* centers = centers_ws + (c * n_init + init) * int64_t(k) * d;
+  double* centers = centers_ws + (c * n_init + init) * int64_t(k) * d;
   if (rows == 0) {  // empty class: skipped (NaN centers and inertia, 0 iterations)
     for (int64_t t = threadIdx.x; t < int64_t(k) * d; t += blockDim.x) centers[t] = NAN;
     if (threadIdx.x == 0) {
@@ -183,52 +181,41 @@ __global__ void kmeans_kernel(const float* __restrict__ X, const int64_t* __rest
     if (threadIdx.x == 0) changed = 0;
     __syncthreads();
     assign_step(Xc, rows, d, k, centers, labels, closest, counts, &changed, red);
-    // Empty clusters take the rows farthest from their centers (one thread: rare and short).
+    // Empty clusters take the rows farthest from their centers, farthest first (ties: lower
+    // row), unless that would empty the row's own cluster -- the CPU core's rule. The moved row
+    // changes label, so the M-step below needs no special case. One thread: rare and short.
     if (threadIdx.x == 0) {
-      int empty = 0;
-      for (int cl = 0; cl < k; ++cl) {
-        reloc_row[cl] = -1;
-        moved_from[cl] = -1;
-      }
+      int relocated = 0;
       for (int cl = 0; cl < k; ++cl) {
         if (counts[cl] != 0) continue;
         int64_t far = -1;
         for (int64_t r = 0; r < rows; ++r) {
-          if (closest[r] < 0.0) continue;  // already moved
+          if (closest[r] < 0.0) continue;  // already taken
           if (far < 0 || closest[r] > closest[far]) far = r;
         }
         if (far < 0) break;
-        reloc_row[cl] = far;
-        moved_from[cl] = labels[far];
         closest[far] = -1.0;
-        ++empty;
+        const int from = labels[far];
+        if (counts[from] <= 1) continue;  // never empty another cluster
+        --counts[from];
+        counts[cl] = 1;
+        labels[far] = cl;
+        relocated = 1;
       }
-      n_empty = empty;
+      if (relocated) changed = 1;
     }
     __syncthreads();
-    // M-step: each thread owns (cluster, feature) pairs; sums in row order.
+    // M-step: each thread owns (cluster, feature) pairs; sums in row order, as the CPU core.
     double shift = 0.0;
     for (int64_t t = threadIdx.x; t < int64_t(k) * d; t += blockDim.x) {
       const int cl = static_cast<int>(t / d);
       const int64_t j = t % d;
-      float updated;
-      if (reloc_row[cl] >= 0) {
-        updated = Xc[reloc_row[cl] * d + j];
-      } else {
-        double s = 0.0;
-        for (int64_t r = 0; r < rows; ++r)
-          if (labels[r] == cl) s += Xc[r * d + j];
-        int64_t cnt = counts[cl];
-        if (n_empty > 0)
-          for (int e = 0; e < k; ++e)
-            if (reloc_row[e] >= 0 && moved_from[e] == cl) {
-              s -= Xc[reloc_row[e] * d + j];
-              --cnt;
-            }
-        if (cnt <= 0) continue;  // nothing left: keep the center
-        updated = static_cast<float>(s / double(cnt));
-      }
-      const double delta = double(updated) - double(centers[t]);
+      if (counts[cl] == 0) continue;  // could not be refilled: keep the center
+      double s = 0.0;
+      for (int64_t r = 0; r < rows; ++r)
+        if (labels[r] == cl) s += Xc[r * d + j];
+      const double updated = s * (1.0 / double(counts[cl]));
+      const double delta = updated - centers[t];
       shift += delta * delta;
       centers[t] = updated;
     }
@@ -333,10 +320,10 @@ void kmeans(const ConstView& X, const int64_t* offsets, int64_t n_classes, int k
   DeviceBuffer<int32_t> labels_ws(size_t(n_init) * n, "the k-means labels of every init");
   DeviceBuffer<double> dist_ws(size_t(n_init) * n, "the k-means distances of every init");
   const size_t n_centers = size_t(n_classes) * n_init * k * d;
-  DeviceBuffer<float> centers_ws(n_centers, "the k-means centers of every init");
+  DeviceBuffer<double> centers_ws(n_centers, "the k-means centers of every init");
   DeviceBuffer<double> inertia_ws(size_t(n_classes) * n_init, "the k-means inertias");
   DeviceBuffer<int32_t> iters_ws(size_t(n_classes) * n_init, "the k-means iteration counts");
-  const size_t smem = (sizeof(int64_t) + 2 * sizeof(int)) * size_t(k);
+  const size_t smem = sizeof(int) * size_t(k);
   set_dynamic_smem(reinterpret_cast<const void*>(kmeans_kernel), smem, "kmeans_kernel");
   BL_LAUNCH(kmeans_kernel, dim3(static_cast<unsigned>(n_classes), static_cast<unsigned>(n_init)), kKmThreads, smem)(x.get(), off.get(), n, d, k, max_iter, tol, seed, labels_ws.get(),
                           dist_ws.get(), centers_ws.get(), inertia_ws.get(), iters_ws.get());
@@ -354,11 +341,13 @@ void kmeans(const ConstView& X, const int64_t* offsets, int64_t n_classes, int k
     inertia[c] = all_inertia[c * n_init + best[c]];
     n_iter[c] = all_iters[c * n_init + best[c]];
   }
-  std::vector<float> all_centers(n_centers);
+  std::vector<double> all_centers(n_centers);
   centers_ws.download(all_centers.data(), n_centers);
   const size_t per = size_t(k) * d;
-  for (int64_t c = 0; c < n_classes; ++c)
-    std::copy_n(all_centers.data() + (size_t(c) * n_init + best[c]) * per, per, centers + c * per);
+  for (int64_t c = 0; c < n_classes; ++c) {
+    const double* src = all_centers.data() + (size_t(c) * n_init + best[c]) * per;
+    for (size_t i = 0; i < per; ++i) centers[c * per + i] = static_cast<float>(src[i]);
+  }
   DeviceBuffer<int32_t> best_dev(best.size(), "the best-init indices");
   best_dev.upload(best.data(), best.size());
   DeviceBuffer<int32_t> out(size_t(n), "the k-means labels");

@@ -25,7 +25,7 @@ constexpr int kBlock = 256;
 constexpr int kRayleighRitzEvery = 8;
 constexpr int kEigMaxIter = 2000;
 constexpr double kEigTol = 1e-10;          // Ritz residual relative to the top eigenvalue
-constexpr double kDegenerate = 1e-12;      // eigenvalues below this * top count as zero
+constexpr double kDegenerate = 1e-12;      // whitening floor, relative to the top eigenvalue
 constexpr size_t kCovWorkspaceBytes = size_t(1) << 30;
 
 // ---- 1. class means --------------------------------------------------------------------------
@@ -255,7 +255,7 @@ __global__ void topk_eigh_kernel(const double* __restrict__ cov, int64_t d, int 
 
 // ---- 4. projection ---------------------------------------------------------------------------
 // out[r, a] = scale(c, a) * sum_j (x[r, j] - mean[c, j]) * E[c, j, a]; scale is 1 (PCA),
-// lambda^-1/2 (whitening; 0 for degenerate directions); `absolute` takes |.| (spectral scores).
+// max(lambda, 1e-12 lambda_1)^-1/2 (whitening); `absolute` takes |.| (spectral scores).
 __global__ void project_kernel(const float* __restrict__ X, const int64_t* __restrict__ offsets,
                                int64_t n_classes, int64_t n, int64_t d, int k,
                                const double* __restrict__ mean, const double* __restrict__ evecs,
@@ -272,8 +272,10 @@ __global__ void project_kernel(const float* __restrict__ X, const int64_t* __res
     double s = 0.0;
     for (int64_t j = 0; j < d; ++j) s += (double(x[j]) - mu[j]) * E[j * k + a];
     if (whiten) {
+      // As the CPU core: eigenvalues at round-off level are clipped to 1e-12 of the top one, so
+      // a rank-deficient class (dead ReLU channels) does not blow up; no variance at all -> 0.
       const double top = evals[c * k], lam = evals[c * k + a];
-      s = (lam > kDegenerate * top && lam > 1e-300) ? s / sqrt(lam) : 0.0;
+      s = top > 0.0 ? s / sqrt(fmax(lam, kDegenerate * top)) : 0.0;
     }
     out[t] = static_cast<float>(absolute ? fabs(s) : s);
   }
@@ -331,8 +333,9 @@ __device__ void sym_decorrelate(double* W, int k, double* A, double* V, double* 
 }
 
 __global__ void fastica_kernel(const float* __restrict__ Z, const int64_t* __restrict__ offsets,
-                               int k, int max_iter, double tol, uint64_t seed,
-                               double* __restrict__ W_out, int32_t* __restrict__ n_iter) {
+                               const double* __restrict__ evals, int k, int max_iter, double tol,
+                               uint64_t seed, double* __restrict__ W_out,
+                               int32_t* __restrict__ n_iter) {
   BL_DYNAMIC_SHARED(double, smem);
   const IcaShared L(k, kIcaRows);
   double *W = smem + L.W, *W1 = smem + L.W1, *A = smem + L.A, *V = smem + L.V;
@@ -340,7 +343,7 @@ __global__ void fastica_kernel(const float* __restrict__ Z, const int64_t* __res
   double *zc = smem + L.zc, *gc = smem + L.gc;
   const int64_t c = blockIdx.x;
   const int64_t r0 = offsets[c], r1 = offsets[c + 1];
-  if (r1 == r0) {  // empty class: skipped, as on the CPU
+  if (r1 == r0 || !(evals[c * k] > 0.0)) {  // empty or constant class: skipped, as on the CPU
     for (int t = threadIdx.x; t < k * k; t += blockDim.x) W_out[c * k * k + t] = 0.0;
     if (threadIdx.x == 0) n_iter[c] = 0;
     return;
@@ -423,6 +426,30 @@ __global__ void unmix_kernel(const float* __restrict__ Z, const int64_t* __restr
     double s = 0.0;
     for (int b = 0; b < k; ++b) s += w[b] * z[b];
     out[t] = static_cast<float>(s);
+  }
+}
+
+// Scales every source of every class to unit variance (scikit-learn's whiten="unit-variance"
+// divides by the sources' std; the CPU core does the same). One block per class.
+__global__ void unit_variance_kernel(float* __restrict__ S, const int64_t* __restrict__ offsets,
+                                     int k) {
+  __shared__ double red[40];
+  const int64_t c = blockIdx.x;
+  const int64_t r0 = offsets[c], r1 = offsets[c + 1];
+  if (r1 == r0) return;
+  const double inv_m = 1.0 / double(r1 - r0);
+  for (int a = 0; a < k; ++a) {
+    double mu = 0.0;
+    for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) mu += S[r * k + a];
+    mu = block_sum(mu, red) * inv_m;
+    double q = 0.0;
+    for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
+      const double e = double(S[r * k + a]) - mu;
+      q += e * e;
+    }
+    const double sd = sqrt(block_sum(q, red) * inv_m);
+    const float scale = sd > 0.0 ? static_cast<float>(1.0 / sd) : 0.0f;
+    for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) S[r * k + a] *= scale;
   }
 }
 
@@ -520,12 +547,14 @@ void fastica(const ConstView& X, const int64_t* offsets, int64_t n_classes, int 
   const size_t smem = sizeof(double) * layout.total;
   set_dynamic_smem(reinterpret_cast<const void*>(fastica_kernel), smem, "fastica_kernel");
   BL_LAUNCH(fastica_kernel, static_cast<unsigned>(n_classes), kBlock, smem)(
-      z.get(), off.get(), k, max_iter, tol, seed, W.get(), iters.get());
+      z.get(), off.get(), eig.evals.get(), k, max_iter, tol, seed, W.get(), iters.get());
   BL_LAUNCH_CHECK("fastica_kernel");
   DeviceBuffer<float> sources(size_t(n) * k, "the FastICA sources");
   BL_LAUNCH(unmix_kernel, blocks_for(n * k, kBlock), kBlock, 0)(z.get(), off.get(), n_classes, n, k, W.get(),
                                                       sources.get());
   BL_LAUNCH_CHECK("unmix_kernel");
+  BL_LAUNCH(unit_variance_kernel, static_cast<unsigned>(n_classes), kBlock, 0)(sources.get(), off.get(), k);
+  BL_LAUNCH_CHECK("unit_variance_kernel");
   sources.download(out, size_t(n) * k);
   if (n_iter != nullptr) iters.download(n_iter, size_t(n_classes));
 }
