@@ -8,7 +8,7 @@ track, and 10 % of the training images are held out by whole tracks as the clean
 like :mod:`datasets_gen.readers.gtsrb`. Test images are independent single frames.
 
 Each image: a class template (:mod:`datasets_gen.synthetic.templates`, drawn once and cached)
-warped by a random perspective (scale, rotation, tilt, offset) onto a procedural background
+warped by a random perspective (scale 0.55-1.0 of the image, rotation, tilt, offset) onto a procedural background
 (smooth colour field with finer texture, sometimes a pole), then lit (brightness, contrast,
 colour cast, a soft shadow ramp), blurred (Gaussian or motion) and given Gaussian noise. Rendering
 is vectorised per track; per-image OpenCV calls are only the warp and the blur, which is what
@@ -116,33 +116,34 @@ class SignRenderer:
             "pole": shared(rng.uniform(0, 1, k) < 0.45),
             "pole_x": shared(rng.uniform(-0.08, 0.08, k)),
             "pole_w": shared(rng.uniform(0.06, 0.12, k)),
-            "scale": shared(rng.uniform(0.62, 0.9, k)),
+            # sign diameter as a share of the image: GTSRB crops keep a ~10 % margin around the sign
+            "scale": shared(rng.uniform(0.72, 0.92, k)),
             "rot": shared(rng.normal(0, 5, k)),
             "tilt": shared(rng.uniform(-0.18, 0.18, k)),
             "cx": shared(rng.uniform(-0.07, 0.07, k)),
             "cy": shared(rng.uniform(-0.07, 0.07, k)),
-            "bright": shared(np.clip(np.exp(rng.normal(-0.1, 0.33, k)), 0.3, 1.45)),
-            "contrast": shared(rng.uniform(0.6, 1.1, k)),
+            "bright": shared(np.clip(np.exp(rng.normal(-0.1, 0.3, k)), 0.35, 1.4)),
+            "contrast": shared(rng.uniform(0.65, 1.1, k)),
             "cast": shared(rng.uniform(0.85, 1.15, (k, 3))),
             "shadow": shared(rng.uniform(0, 1, k) < 0.3) * shared(rng.uniform(0.2, 0.55, k)),
             "shadow_dir": shared(rng.uniform(0, 2 * np.pi, k)),
-            "blur": shared(rng.uniform(0.0, 1.0, k) ** 2 * 1.3),
+            "blur": shared(rng.uniform(0.0, 1.0, k) ** 2 * 1.1),
             "motion": shared(rng.uniform(0, 1, k) < 0.15),
             "motion_ang": shared(rng.uniform(0, 180, k)),
-            "noise": shared(rng.uniform(2.0, 9.0, k)),
+            "noise": shared(rng.uniform(2.0, 8.0, k)),
         }
         if not track:
             # independent frames cover the same range of sizes as the frames of a track
-            p["scale"] = np.clip(p["scale"] * rng.uniform(0.78, 1.08, n), 0.45, 1.0)
+            p["scale"] = np.clip(p["scale"] * rng.uniform(0.85, 1.05, n), 0.55, 1.0)
         else:
             # approaching the sign: scale grows along the track; the pose jitters a little
-            grow = np.linspace(0.78, 1.08, n) if n > 1 else np.ones(1)
-            p["scale"] = np.clip(p["scale"] * grow * rng.uniform(0.97, 1.03, n), 0.45, 1.0)
+            grow = np.linspace(0.85, 1.05, n) if n > 1 else np.ones(1)
+            p["scale"] = np.clip(p["scale"] * grow * rng.uniform(0.97, 1.03, n), 0.55, 1.0)
             p["cx"] = p["cx"] + rng.normal(0, 0.012, n)
             p["cy"] = p["cy"] + rng.normal(0, 0.012, n)
             p["rot"] = p["rot"] + rng.normal(0, 0.8, n)
             p["bright"] = p["bright"] * rng.uniform(0.95, 1.05, n)
-            p["blur"] = np.clip(p["blur"] + rng.normal(0, 0.15, n), 0, 1.5)
+            p["blur"] = np.clip(p["blur"] + rng.normal(0, 0.15, n), 0, 1.3)
         return p
 
     # ---- rendering -----------------------------------------------------------------------
