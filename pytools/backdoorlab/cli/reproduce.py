@@ -42,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    import signal
+
+    def _terminate(signum, frame):  # a killed run ends like Ctrl-C: finished cells are kept, no half-written file
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
     study = resolve_study(args.config, quick=args.quick)
     if args.device is not None:
         study = replace(study, device=args.device)

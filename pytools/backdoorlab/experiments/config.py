@@ -85,8 +85,8 @@ QUICK_DEFAULTS: dict[str, Any] = {
 
 _TOP_KEYS = {"name", "seeds", "seed", "device", "datasets", "settings", "defences", "fp_thresholds",
              "threshold_sweep", "quick", "description", "eval_batch_size"}
-_DATASET_KEYS = {"source", "model", "model_kw", "train", "limit_per_class", "max_clean_per_class", "weights", "toy",
-                 "note"}
+_DATASET_KEYS = {"source", "model", "model_kw", "train", "limit_per_class", "max_clean_per_class", "classes",
+                 "weights", "toy", "note"}
 _SETTING_KEYS = {"id", "dataset", "preset", "recipe", "trigger", "share", "shares", "share_key", "note"}
 _DEFENCE_KEYS = {"id", "pipeline", "configs", "kind", "settings", "label"}
 
@@ -114,6 +114,9 @@ class DatasetSpec:
         Use at most this many rows per class of the variant's trusted ``clean`` split (the first
         ones, in file order). ``limit_per_class`` caps every split alike, which makes the clean
         set as large as the training set; this restores a small trusted set as in the paper.
+    classes : tuple of int or None
+        Keep only these classes of every variant, relabelled 0..k-1 in this order (must include
+        the target and a source class); None keeps all.
     weights : str or None
         Absolute path of pre-trained weights (VGG-Face), or None.
     toy : dict
@@ -127,6 +130,7 @@ class DatasetSpec:
     train: dict = field(default_factory=dict)
     limit_per_class: int | None = None
     max_clean_per_class: int | None = None
+    classes: tuple[int, ...] | None = None
     weights: str | None = None
     toy: dict = field(default_factory=dict)
     note: str = ""
@@ -441,6 +445,13 @@ def _parse_dataset(name: str, v: Any, base: Path) -> DatasetSpec:
     max_clean = v.get("max_clean_per_class")
     if max_clean is not None:
         max_clean = _check_int(f"datasets.{name}.max_clean_per_class", max_clean, minimum=1)
+    classes = v.get("classes")
+    if classes is not None:
+        if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) < 2:
+            raise ValueError(f"datasets.{name}.classes must be a list of at least two class ids, got {classes!r}")
+        classes = tuple(_check_int(f"datasets.{name}.classes[]", c, minimum=0) for c in classes)
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"datasets.{name}.classes has duplicates: {list(classes)}")
     weights = v.get("weights")
     if weights is not None:
         if not isinstance(weights, str) or not weights:
@@ -454,7 +465,8 @@ def _parse_dataset(name: str, v: Any, base: Path) -> DatasetSpec:
     if not isinstance(toy, Mapping):
         raise ValueError(f"datasets.{name}.toy must be a table, got {toy!r}")
     return DatasetSpec(name=name, source=source, model=model, model_kw=dict(model_kw), train=train,
-                       limit_per_class=limit, max_clean_per_class=max_clean, weights=weights, toy=dict(toy),
+                       limit_per_class=limit, max_clean_per_class=max_clean, classes=classes, weights=weights,
+                       toy=dict(toy),
                        note=str(v.get("note", "")))
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from .cache import CellCache, atomic_write_json, config_key
 from .config import DatasetSpec, DefenceSpec, SettingSpec, StudyConfig, load_config, study_from_dict
+from .variants import build_setting_variant
 
 __all__ = ["run_study", "plan_cells", "CellPlan", "resolve_study"]
 
@@ -79,7 +80,7 @@ def _variant_config(study: StudyConfig, s: SettingSpec, seed: int) -> dict:
     d = study.datasets[s.dataset]
     return {"source": d.source, "toy": d.toy if d.source == "toy" else None, "preset": s.preset,
             "recipe": s.recipe, "share": s.poison_share, "share_key": s.share_key, "seed": seed,
-            "limit_per_class": d.limit_per_class}
+            "limit_per_class": d.limit_per_class, "classes": list(d.classes) if d.classes else None}
 
 
 def _model_config(study: StudyConfig, d: DatasetSpec, seed: int) -> dict:
@@ -166,11 +167,7 @@ class _Workspace:
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        d = self.study.datasets[s.dataset]
-        if d.source == "toy":
-            _build_toy(path, s, d, seed)
-        else:
-            _build_real_or_synth(path, s, d, seed, self.progress)
+        build_setting_variant(path, s, self.study.datasets[s.dataset], seed, progress=self.progress)
         self.timings[f"variant:{path.name}"] = time.perf_counter() - started
         atomic_write_json(path.with_suffix(".json"), {"config": cfg, "setting": s.id,
                                                        "seconds": time.perf_counter() - started})
@@ -254,67 +251,6 @@ def train_config(d: DatasetSpec):
         return TrainConfig(**spec)
     except TypeError as exc:
         raise ValueError(f"datasets.{d.name}.train: {exc}") from exc
-
-
-def _build_toy(path: Path, s: SettingSpec, d: DatasetSpec, seed: int) -> Path:
-    from datasets_gen.toy import make_toy_variant
-
-    kw = dict(d.toy)
-    r = dict(s.recipe)
-    if "source_classes" in r:
-        src = r.pop("source_classes")
-        r["source_class"] = src[0] if isinstance(src, (list, tuple)) else src
-    allowed = {"trigger", "source_class", "target_class"}
-    bad = set(r) - allowed
-    if bad:
-        raise ValueError(f"setting {s.id!r}: toy recipes take only {sorted(allowed)}, got {sorted(bad)}")
-    kw.update(r)
-    return make_toy_variant(path, poison_share=s.poison_share, seed=seed, **kw)
-
-
-def _build_real_or_synth(path: Path, s: SettingSpec, d: DatasetSpec, seed: int, progress: bool) -> Path:
-    from datasets_gen.build import build_variant
-
-    recipe: Any
-    if s.preset is not None:
-        from datasets_gen.presets import PRESETS
-
-        if s.preset not in PRESETS:
-            raise ValueError(f"setting {s.id!r}: unknown datasets_gen preset {s.preset!r}; known: {sorted(PRESETS)}")
-        recipe = copy.deepcopy(PRESETS[s.preset])
-    else:
-        recipe = {}
-    recipe = _deep_update(recipe, copy.deepcopy(s.recipe))
-    _set_share(recipe, s.poison_share, s.share_key, s.id)
-    source: Any = "synth" if d.source == "synth" else Path(d.source)
-    return build_variant(recipe, path, source=source, seed=seed, limit_per_class=d.limit_per_class, progress=progress)
-
-
-def _deep_update(base: dict, over: Mapping) -> dict:
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
-            _deep_update(base[k], v)
-        else:
-            base[k] = v
-    return base
-
-
-def _set_share(recipe: dict, share: float, share_key: str | None, setting_id: str) -> None:
-    """Write the poison share into a recipe: at ``share_key`` (dotted), else at ``share`` wherever it is."""
-    if share_key:
-        node = recipe
-        *parents, last = share_key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = share
-        return
-    if "share" in recipe:
-        recipe["share"] = share
-    elif isinstance(recipe.get("recipe"), dict):
-        recipe["recipe"]["share"] = share
-    else:
-        raise ValueError(f"setting {setting_id!r}: cannot find where the recipe keeps the poison share "
-                         f"(keys {sorted(recipe)}); give 'share_key' in the setting")
 
 
 def first_per_class(labels: np.ndarray, k: int) -> np.ndarray:
