@@ -376,3 +376,12 @@ def test_fp_on_the_second_last_conv(ctx):
 def test_fp_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FinePruning(**kwargs)
+
+
+def test_bench_prune_times_the_three_searches(fp_ctx):
+    from backdoorlab.bench.prune import bench_layer
+
+    r = bench_layer(fresh(fp_ctx).model, fp_ctx.clean, "last_conv", 0.04, repeats=1, batch_size=256, device="cpu")
+    assert r["cached_tail_linear"]["pruned"] == r["naive_full_forward"]["pruned"]
+    assert r["cached_tail_linear"]["speedup_vs_naive"] > 0
+    assert r["naive_full_forward"]["evaluations"] == r["cached_tail_linear"]["evaluations"]
