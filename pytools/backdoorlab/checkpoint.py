@@ -18,8 +18,6 @@ checkpoint of another architecture than the model passed in.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -93,16 +91,27 @@ def read(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): an interrupted copy?")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if zipfile.is_zipfile(path) or "central directory" in msg or "zip archive" in msg:
+    except Exception as exc:  # the unpickler raises many types (KeyError, EOFError, RuntimeError, ...)
+        text = str(exc)
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if "Weights only load failed" in text and "Unsupported global" in text:
+            refused = next(ln.strip() for ln in text.splitlines() if "Unsupported global" in ln)
             raise ValueError(
-                f"checkpoint {str(path)!r} ({path.stat().st_size} bytes) is truncated or corrupt: {msg}"
+                f"{str(path)!r} holds Python objects that torch.load(weights_only=True) refuses "
+                f"({refused}); it is not a backdoorlab checkpoint"
+            ) from exc
+        if magic == b"PK\x03\x04":  # a torch zip archive that cannot be read to the end
+            raise ValueError(
+                f"checkpoint {str(path)!r} ({path.stat().st_size} bytes) is truncated or corrupt "
+                f"({type(exc).__name__}: {first})"
             ) from exc
         raise ValueError(
-            f"{str(path)!r} is not a readable torch checkpoint (truncated, corrupt, or another format): {msg}"
+            f"{str(path)!r} is not a readable torch checkpoint (not a torch zip archive; "
+            f"{type(exc).__name__}: {first})"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         kind = type(payload).__name__

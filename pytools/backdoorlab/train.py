@@ -270,7 +270,7 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                          num_workers=config.num_workers, progress=progress)
     base_meta = {
         "seed": int(seed), "config": config.to_dict(), "data": _data_meta(dataset),
-        "feed": source.mode, "device": str(dev), "torch": torch.__version__, **(meta or {}),
+        "feed": source.mode, "device": str(dev), "torch": str(torch.__version__), **(meta or {}),
     }
     fork_devices = [dev] if dev.type == "cuda" else []
     try:

@@ -88,6 +88,18 @@ class BackdoorModel(nn.Module):
         # Constructor arguments, saved in checkpoints so `checkpoint.load` can rebuild the model.
         self.spec: dict = {"name": self.arch, "n_classes": self.n_classes}
 
+    def keras_init(self) -> None:
+        """Glorot-uniform weights and zero biases (Keras's defaults, the framework of the paper's models).
+
+        PyTorch's default (Kaiming-uniform with a = sqrt(5)) starts these small networks with
+        weaker signals, so they sit at chance for the first epochs; this init learns from the start.
+        """
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
     # -- layer lookup -------------------------------------------------------------------------
     def layer_names(self) -> list[str]:
         """All module names usable with :meth:`layer` (besides the roles)."""

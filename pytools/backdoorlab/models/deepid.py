@@ -50,6 +50,7 @@ class DeepID(BackdoorModel):
         self.pool = nn.MaxPool2d(2)
         self.deepid = DeepIDLayer(60 * 5 * 4, 80 * 4 * 3, 160)
         self.fc = nn.Linear(160, self.n_classes)
+        self.keras_init()
         self.roles = {"second_last_conv": "conv3", "last_conv": "conv4", "penultimate": "deepid"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

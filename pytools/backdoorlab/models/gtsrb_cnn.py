@@ -43,6 +43,7 @@ class GTSRBCNN(BackdoorModel):
         self.fc1 = LinearReLU(128 * 2 * 2, 512)
         self.drop_fc = nn.Dropout(dropout_fc)
         self.fc2 = nn.Linear(512, self.n_classes)
+        self.keras_init()
         self.roles = {"second_last_conv": "conv3_1", "last_conv": "conv3_2", "penultimate": "fc1"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

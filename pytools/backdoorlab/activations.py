@@ -1,0 +1,259 @@
+"""Activations of a named layer over a split, streamed in batches: what the defences analyse.
+
+Activation Clustering and Spectral Signatures read the (post-ReLU) output of a hidden layer for
+every training row; Fine-Pruning needs the mean activation of each channel of the last conv
+layer on clean data. Everything here runs the model in eval mode without gradients, one batch
+at a time, and *stops the forward pass at the hooked layer* (the rest of the network is not
+needed), so only one batch of images and activations is in memory besides the output.
+
+- :func:`iter_activations` yields ``(start, acts, labels)`` batches (the building block);
+- :func:`extract` fills an ``(N, D)`` float32 matrix, flattened or reduced to channel means,
+  in memory or in a ``.npy`` memory-mapped file (``out=``) for YTAF-sized data;
+- :func:`extract_by_class` writes the rows directly in class order with class offsets (the
+  layout of the native kernels), with no second copy for the sort;
+- :func:`channel_means` streams into the ``ActivationStats`` accumulator of the native core.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from backdoorlab.data import BatchSource, H5Split
+from backdoorlab.devices import resolve_device
+from backdoorlab.models import BackdoorModel
+
+REDUCTIONS = ("flatten", "channel_mean")
+
+
+class _StopForward(Exception):
+    """Raised by the hook once the layer's output is captured: the rest of the forward is skipped."""
+
+
+def _reduce(acts: torch.Tensor, reduce: str) -> torch.Tensor:
+    if reduce == "channel_mean" and acts.dim() > 2:
+        return acts.flatten(2).mean(2)
+    return acts.flatten(1)
+
+
+def iter_activations(model: BackdoorModel, dataset: H5Split, layer: str, *, batch_size: int = 256,
+                     device: str | torch.device = "auto", progress: bool = False,
+                     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Stream the output of ``layer`` over ``dataset`` in row order.
+
+    Yields
+    ------
+    (start, acts, labels)
+        ``start`` is the row of the batch's first item; ``acts`` float32 on the CPU with the
+        layer's own shape ``(b, C, H, W)`` or ``(b, D)``; ``labels`` int64 ``(b,)`` (the split's
+        training labels).
+    """
+    from tqdm.auto import tqdm
+
+    from backdoorlab.train import check_compatible
+
+    check_compatible(model, dataset)
+    module = model.layer(layer)  # KeyError naming the valid layers
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        captured.append(output.detach())
+        raise _StopForward
+
+    was_training = model.training
+    model.to(dev).eval()
+    handle = module.register_forward_hook(hook)
+    try:
+        source = BatchSource(dataset, dev)
+        start = 0
+        with torch.no_grad(), tqdm(total=len(dataset), desc=f"activations {layer}", unit="img",
+                                   disable=not progress, leave=False) as bar:
+            for x, y in source.batches(int(batch_size)):
+                captured.clear()
+                try:
+                    model(x)
+                except _StopForward:
+                    pass
+                if len(captured) != 1:
+                    raise RuntimeError(f"layer {layer!r} produced {len(captured)} outputs in one forward pass; expected 1")
+                acts = captured[0].float().cpu()
+                yield start, acts, y.cpu()
+                start += acts.shape[0]
+                bar.update(acts.shape[0])
+    finally:
+        handle.remove()
+        model.train(was_training)
+
+
+def layer_width(model: BackdoorModel, layer: str, reduce: str = "flatten") -> int:
+    """Columns ``D`` that :func:`extract` gives for ``layer`` (from one forward pass of a zero image)."""
+    module = model.layer(layer)
+    shapes: list[tuple[int, ...]] = []
+
+    def hook(_m, _i, out):
+        shapes.append(tuple(out.shape))
+        raise _StopForward
+
+    dev = next(model.parameters()).device
+    handle = module.register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                model(torch.zeros(1, 3, *model.input_size, device=dev))
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    shape = shapes[0][1:]
+    return int(shape[0]) if reduce == "channel_mean" else int(np.prod(shape))
+
+
+def _open_output(n: int, d: int, out: str | os.PathLike | None):
+    if out is None:
+        return np.empty((n, d), dtype=np.float32), None
+    path = Path(out)
+    if path.suffix != ".npy":
+        raise ValueError(f"out must be a .npy path (a NumPy memory-mapped file), got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d)), (tmp, path)
+
+
+def _finish_output(arr: np.ndarray, paths) -> np.ndarray:
+    if paths is None:
+        return arr
+    tmp, path = paths
+    arr.flush()
+    del arr
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+def extract(model: BackdoorModel, dataset: H5Split, layer: str, *, reduce: str = "flatten", batch_size: int = 256,
+            device: str | torch.device = "auto", out: str | os.PathLike | None = None,
+            progress: bool = True) -> np.ndarray:
+    """Activations of ``layer`` for every row of ``dataset``.
+
+    Parameters
+    ----------
+    model : BackdoorModel
+    dataset : H5Split
+    layer : str
+        Role (``"penultimate"``, ``"last_conv"``, ``"second_last_conv"``) or module name.
+    reduce : {"flatten", "channel_mean"}
+        Conv maps ``(C, H, W)`` become ``C*H*W`` columns, or ``C`` spatial means.
+    out : path-like ending in ``.npy``, optional
+        Spill to a memory-mapped file (written as ``<out>.tmp.npy``, renamed when complete);
+        the returned array is then a read-only memmap of it.
+
+    Returns
+    -------
+    np.ndarray of float32, shape (len(dataset), D)
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    model.layer(layer)
+    model.to(resolve_device(device))
+    d = layer_width(model, layer, reduce)
+    arr, paths = _open_output(len(dataset), d, out)
+    try:
+        for start, acts, _ in iter_activations(model, dataset, layer, batch_size=batch_size, device=device, progress=progress):
+            arr[start : start + acts.shape[0]] = _reduce(acts, reduce).numpy()
+    except BaseException:
+        if paths is not None:
+            del arr
+            paths[0].unlink(missing_ok=True)
+        raise
+    return _finish_output(arr, paths)
+
+
+def extract_by_class(model: BackdoorModel, dataset: H5Split, layer: str, *, reduce: str = "flatten",
+                     batch_size: int = 256, device: str | torch.device = "auto",
+                     out: str | os.PathLike | None = None, progress: bool = True,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activations grouped by the split's labels, in the layout of the native kernels.
+
+    Returns
+    -------
+    X_sorted : np.ndarray of float32, shape (N, D)
+        Rows in stable class order: ``X_sorted = extract(...)[order]``.
+    offsets : np.ndarray of int64, shape (n_classes + 1,)
+        Class ``c`` is ``X_sorted[offsets[c]:offsets[c + 1]]``.
+    order : np.ndarray of int64, shape (N,)
+        Row of ``dataset`` for each row of ``X_sorted`` (map results back with ``res_rows[order] = res``).
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    labels = dataset.labels
+    n_classes = max(dataset.n_classes, model.n_classes)
+    order = np.argsort(labels, kind="stable").astype(np.int64)
+    offsets = np.zeros(n_classes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(labels, minlength=n_classes), out=offsets[1:])
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)  # sorted position of every dataset row
+    model.layer(layer)
+    model.to(resolve_device(device))
+    d = layer_width(model, layer, reduce)
+    arr, paths = _open_output(len(dataset), d, out)
+    try:
+        for start, acts, _ in iter_activations(model, dataset, layer, batch_size=batch_size, device=device, progress=progress):
+            arr[position[start : start + acts.shape[0]]] = _reduce(acts, reduce).numpy()
+    except BaseException:
+        if paths is not None:
+            del arr
+            paths[0].unlink(missing_ok=True)
+        raise
+    return _finish_output(arr, paths), offsets, order
+
+
+def channel_stats(model: BackdoorModel, dataset: H5Split, layer: str, *, by_class: bool = False,
+                  batch_size: int = 256, device: str | torch.device = "auto", backend: str = "native",
+                  progress: bool = True) -> dict:
+    """Per-channel statistics of ``layer`` over ``dataset`` (mean, std, max, frac_positive, count).
+
+    Streams every batch into ``backdoorlab.native.ActivationStats`` (``backend="native"``) or its
+    NumPy twin ``backdoorlab.reference.ActivationStats`` (``backend="reference"``); with
+    ``by_class`` the statistics are per (class, channel).
+    """
+    if backend == "native":
+        try:
+            from backdoorlab.native import ActivationStats
+        except ImportError as exc:
+            raise ImportError(
+                f"backdoorlab.native is not available ({exc}); build the native core or pass backend='reference'"
+            ) from exc
+    elif backend == "reference":
+        from backdoorlab.reference import ActivationStats
+    else:
+        raise ValueError(f"backend must be 'native' or 'reference', got {backend!r}")
+    model.to(resolve_device(device))
+    n_channels = layer_width(model, layer, "channel_mean")
+    n_classes = max(dataset.n_classes, model.n_classes)
+    acc = ActivationStats(n_channels, n_classes if by_class else None)
+    for _, acts, labels in iter_activations(model, dataset, layer, batch_size=batch_size, device=device, progress=progress):
+        batch = np.ascontiguousarray(acts.numpy(), dtype=np.float32)
+        acc.update(batch, labels.numpy().astype(np.int64) if by_class else None)
+    return acc.result()
+
+
+def channel_means(model: BackdoorModel, dataset: H5Split, layer: str = "last_conv", **kw) -> np.ndarray:
+    """Mean activation of every channel of ``layer`` over ``dataset`` (Fine-Pruning's ranking).
+
+    Returns
+    -------
+    np.ndarray, shape (C,)
+        Mean over rows and spatial positions; keyword arguments as :func:`channel_stats`.
+    """
+    if kw.get("by_class"):
+        raise ValueError("channel_means is over the whole split; use channel_stats(by_class=True) per class")
+    return np.asarray(channel_stats(model, dataset, layer, **kw)["mean"])

@@ -1,0 +1,29 @@
+"""``backdoorlab evaluate``: clean accuracy and attack success of a checkpoint on a variant
+(calls :func:`backdoorlab.evaluate.evaluate_variant`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="variant .h5 file (splits 'test' and 'test_triggered')")
+    parser.add_argument("--model", required=True, help="checkpoint .pt written by 'backdoorlab train'")
+    parser.add_argument("--json", default=None, help="write the metrics here (atomically)")
+    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from backdoorlab.evaluate import evaluate_variant
+
+    res = evaluate_variant(args.data, args.model, json_out=args.json, device=args.device,
+                           batch_size=args.batch_size, progress=not args.no_progress)
+    asr = res["attack_success_rate"]
+    print(f"clean accuracy {res['clean_accuracy']:.4f} on {res['n_test']} test images; "
+          f"attack success {'n/a' if asr is None else f'{asr:.4f}'} on {res['n_triggered']} triggered images "
+          f"(target class {res['target_class']})")
+    if args.json:
+        print(f"metrics written to {args.json}")
+    return 0

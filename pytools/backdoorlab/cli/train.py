@@ -1,0 +1,50 @@
+"""``backdoorlab train``: train a victim model on an HDF5 variant (calls :func:`backdoorlab.train.train_variant`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    from backdoorlab.models import MODELS
+    from backdoorlab.train import PRESETS
+
+    parser.add_argument("--data", required=True, help="variant .h5 file (its 'train' split is used)")
+    parser.add_argument("--model", required=True, choices=sorted(MODELS), help="architecture")
+    parser.add_argument("--preset", default="gtsrb", choices=sorted(PRESETS),
+                        help="the paper's hyper-parameters: gtsrb (Adam 1e-3, 10 epochs), ytaf (Adadelta 0.1, 10), "
+                             "lfw (Adadelta 0.1, 50, last layer only); default gtsrb")
+    parser.add_argument("--out", required=True, help="checkpoint .pt, rewritten atomically after every epoch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and dropout (default 0)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
+    parser.add_argument("--weights", default=None,
+                        help="vgg16_face only: converted VGG-Face state dict (vgg_face_dag.pth) or 'env'")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from backdoorlab.train import train_variant
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    model_kw = {}
+    if args.weights is not None:
+        if args.model != "vgg16_face":
+            raise ValueError(f"--weights applies to vgg16_face only, not {args.model}")
+        model_kw["weights"] = args.weights
+    out = train_variant(args.data, args.model, args.out, preset=args.preset, seed=args.seed, epochs=args.epochs,
+                        batch_size=args.batch_size, lr=args.lr, resume=args.resume, overwrite=args.overwrite,
+                        device=args.device, progress=not args.no_progress, **model_kw)
+    print(f"model written to {out}")
+    return 0
