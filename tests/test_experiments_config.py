@@ -94,6 +94,19 @@ def test_example_config_for_real_gtsrb_loads():
     study = load_config(path)
     assert Path(study.datasets["gtsrb"].source).name == "gtsrb-32"
     assert study.settings and all(s.dataset == "gtsrb" for s in study.settings)
+    quick = load_config(path, quick=True)
+    assert len(quick.settings) == 1 and quick.datasets["gtsrb"].classes is not None
+    assert 8 in quick.datasets["gtsrb"].classes and 14 in quick.datasets["gtsrb"].classes  # source and target
+    assert quick.datasets["gtsrb"].max_clean_per_class == 10
+
+
+def test_quick_table_may_cut_classes_and_clean_rows():
+    raw = _minimal(quick={"classes": [8, 14, 1], "max_clean_per_class": 5})
+    q = study_from_dict(raw, quick=True)
+    assert q.datasets["gtsrb"].classes == (8, 14, 1) and q.datasets["gtsrb"].max_clean_per_class == 5
+    assert study_from_dict(raw).datasets["gtsrb"].classes is None  # only with --quick
+    with pytest.raises(ValueError, match="duplicates"):
+        study_from_dict(_minimal(quick={"classes": [8, 8]}), quick=True)
 
 
 @pytest.mark.parametrize("raw,match", [

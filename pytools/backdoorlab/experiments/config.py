@@ -78,9 +78,11 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 # What --quick changes when the config has no [quick] table of its own.
 QUICK_DEFAULTS: dict[str, Any] = {
     "limit_per_class": 30,  # images per class and split handed to build_variant
-    "epochs": 2,  # cap on training epochs (and fine-tuning epochs where configurable)
+    "epochs": 2,  # cap on training epochs (and Fine-Pruning's fine-tuning epochs)
     "max_settings": None,  # keep only the first N settings (None: all)
     "threshold_sweep": "first",
+    "classes": None,  # keep only these class ids in every data set (None: all)
+    "max_clean_per_class": None,  # cap on the trusted clean rows per class (None: as the data set says)
 }
 
 _TOP_KEYS = {"name", "seeds", "seed", "device", "datasets", "settings", "defences", "fp_thresholds",
@@ -479,7 +481,14 @@ def _quicken_dataset(d: DatasetSpec, q: Mapping[str, Any]) -> DatasetSpec:
     if q.get("limit_per_class") is not None:
         cap = _check_int("quick.limit_per_class", q["limit_per_class"], minimum=1)
         limit = cap if limit is None else min(limit, cap)
-    return replace(d, train=train, limit_per_class=limit)
+    classes = d.classes
+    if q.get("classes") is not None and classes is None:
+        classes = _parse_dataset(d.name, {"classes": q["classes"]}, Path.cwd()).classes
+    max_clean = d.max_clean_per_class
+    if q.get("max_clean_per_class") is not None:
+        cap = _check_int("quick.max_clean_per_class", q["max_clean_per_class"], minimum=1)
+        max_clean = cap if max_clean is None else min(max_clean, cap)
+    return replace(d, train=train, limit_per_class=limit, classes=classes, max_clean_per_class=max_clean)
 
 
 def _parse_setting(i: int, s: Any, datasets: Mapping[str, DatasetSpec]) -> list[SettingSpec]:
