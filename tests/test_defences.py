@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from _defence_helpers import SOURCE, TARGET, auroc, fresh, make_context, make_variant, single_thread
+from _defence_helpers import TARGET, auroc, fresh, make_context, make_variant, single_thread
 from backdoorlab.defences import (
     ActivationClustering,
     DataProvenance,

@@ -40,7 +40,6 @@ order (the grouping permutation is undone), which the tests check.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 

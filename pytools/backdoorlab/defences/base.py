@@ -345,7 +345,10 @@ def layer_outputs(
 
 
 def reinitialised_copy(model: nn.Module, seed: int) -> nn.Module:
-    """A deep copy of ``model`` with fresh parameters (``reset_parameters`` of every submodule).
+    """A deep copy of ``model`` with fresh parameters, drawn from ``seed``.
+
+    ``reset_parameters`` of every submodule, then the model's own initialisation if it has one
+    (``keras_init`` of the victim models), so "retrain from scratch" starts like the original.
 
     Buffers that are not parameters' statistics — in particular a Fine-Pruning channel mask — are
     kept, so a pruned architecture stays pruned when it is retrained.
@@ -359,6 +362,10 @@ def reinitialised_copy(model: nn.Module, seed: int) -> nn.Module:
         reset_stats = getattr(module, "reset_running_stats", None)
         if callable(reset_stats):
             reset_stats()
+    # a victim model's own initialisation (Keras's Glorot-uniform for the paper's models) wins
+    own_init = getattr(fresh, "keras_init", None)
+    if callable(own_init):
+        own_init()
     return fresh
 
 

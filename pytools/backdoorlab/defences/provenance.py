@@ -14,7 +14,7 @@ with hundreds of groups that is hundreds of trainings. We instead:
    ``base="current"``: a copy of the incoming model, cheaper but it may already have learnt the
    backdoor, which hides the harm of a poisoned group);
 3. ``without`` = ``B`` fine-tuned on ``R`` for ``epochs`` (shared by all groups);
-   ``with_g`` = ``B`` fine-tuned on ``g + R`` for the same ``epochs``, same seed;
+   ``with_g`` = ``B`` fine-tuned on ``g + R`` for the same ``epochs`` (default 4), same seed;
 4. ``delta_g = acc(without, E) - acc(with_g, E)``; flag ``g`` if ``delta_g > threshold``.
 
 ``R`` is replayed in both arms so a group holding one class only does not make the model forget
@@ -77,7 +77,10 @@ class DataProvenance(Defence):
         Flag a group whose inclusion lowers holdout accuracy by more than this (absolute; default
         0.05 — on a holdout of a few dozen images one image is already ~0.03).
     epochs : int
-        Fine-tuning epochs of each with/without arm (default 2).
+        Fine-tuning epochs of each with/without arm (default 4). The arms must be long enough for a
+        group to leave a mark: on the toy data 2 epochs (4 optimizer steps) from a converged base
+        showed no effect of any group, 4 epochs separated every poisoned group (accuracy -0.23 to
+        -0.33) from every clean one (0.00).
     lr : float or None
         Fine-tuning learning rate (default: the training recipe's).
     base : {"scratch", "current"}
@@ -96,7 +99,7 @@ class DataProvenance(Defence):
     def __init__(
         self,
         threshold: float = 0.05,
-        epochs: int = 2,
+        epochs: int = 4,
         lr: float | None = None,
         base: str = "scratch",
         tune_share: float = 0.5,
