@@ -126,66 +126,67 @@ void ica_step(const float* X1, int k, i64 m, const float* W, double* GX, double*
   }
 }
 
-// The same evaluation for k <= 16 with samples as rows: X1T[m, 16] (lanes >= k zero) and
-// WT[16, 16] = W^T zero-padded, so every product is a 16-lane vector operation (one AVX-512
-// register, two AVX2) with no horizontal sums; the padded lanes compute tanh(0) = 0 and are
-// ignored.
+// The same evaluation for a compile-time K <= 16 (the common case: AC reduces to 10 dims). X1 is
+// K rows of mp floats (mp = m rounded up to 16, zero-padded). Samples are the vector lanes: 16
+// per step, so W X1 costs K^2/16 FMAs per sample with every W entry a broadcast operand, and
+// tanh runs on full vectors. Pass 2 forms GX[i, :] with K vector accumulators per row i, summed
+// across lanes once per call (no horizontal sums in the loop). Padded samples give tanh(0) = 0,
+// so they add nothing to GX; their g' = 1 is subtracted from gp afterwards. G: K x mp scratch.
 constexpr int LANES = 16;
 
-// One block of samples for a compile-time K (loops fully unrolled; the K accumulators of the
-// second pass are independent registers, so the FMAs pipeline instead of waiting on each other).
 template <int K>
-__attribute__((always_inline)) inline void ica_block16(const float* X1T, i64 len, const float* WT, float* gbuf,
-                                                       float* gpb, double* GX, double* gp) {
-  float gsum[LANES] = {};
-  for (i64 s = 0; s < len; ++s) {
-    const float* x = X1T + s * LANES;
-    float v[LANES] = {};
-    for (int j = 0; j < K; ++j) {
-      const float xj = x[j];
+__attribute__((always_inline)) inline void ica_step_k(const float* X1, i64 m, i64 mp, const float* W, double* GX,
+                                                      double* gp, float* G) {
+  float gacc[K][LANES] = {};
+  for (i64 s = 0; s < mp; s += LANES) {
+    float x[K][LANES];
+    for (int j = 0; j < K; ++j)
 #pragma omp simd
-      for (int l = 0; l < LANES; ++l) v[l] += xj * WT[j * LANES + l];
-    }
-    float* g = gbuf + s * LANES;
-#pragma omp simd
-    for (int l = 0; l < LANES; ++l) {
-      const float t = tanh_f(v[l]);
-      g[l] = t;
-      gsum[l] += 1.0f - t * t;
-    }
-  }
-  float acc[K][LANES] = {};
-  for (i64 s = 0; s < len; ++s) {
-    const float* x = X1T + s * LANES;
-    const float* g = gbuf + s * LANES;
+      for (int l = 0; l < LANES; ++l) x[j][l] = X1[j * mp + s + l];
     for (int i = 0; i < K; ++i) {
-      const float gi = g[i];
+      float v[LANES] = {};
+      for (int j = 0; j < K; ++j) {
+        const float w = W[i * K + j];
 #pragma omp simd
-      for (int l = 0; l < LANES; ++l) acc[i][l] += gi * x[l];
+        for (int l = 0; l < LANES; ++l) v[l] += w * x[j][l];
+      }
+#pragma omp simd
+      for (int l = 0; l < LANES; ++l) {
+        const float t = tanh_f(v[l]);
+        G[i * mp + s + l] = t;
+        gacc[i][l] += 1.0f - t * t;
+      }
     }
   }
   for (int i = 0; i < K; ++i) {
-    for (int j = 0; j < K; ++j) GX[i * K + j] += acc[i][j];
-    gp[i] += gsum[i];
+    double sum = 0.0;
+    for (int l = 0; l < LANES; ++l) sum += gacc[i][l];
+    gp[i] = sum - static_cast<double>(mp - m);
   }
-  (void)gpb;
-}
-
-template <int K>
-__attribute__((always_inline)) inline void ica_step16_k(const float* X1T, i64 m, const float* WT, double* GX,
-                                                        double* gp, float* gbuf) {
-  for (i64 s0 = 0; s0 < m; s0 += BLOCK)
-    ica_block16<K>(X1T + s0 * LANES, std::min(BLOCK, m - s0), WT, gbuf, nullptr, GX, gp);
+  for (int i = 0; i < K; ++i) {
+    float acc[K][LANES] = {};
+    const float* g = G + i * mp;
+    for (i64 s = 0; s < mp; s += LANES) {
+      for (int j = 0; j < K; ++j) {
+        const float* xj = X1 + j * mp + s;
+#pragma omp simd
+        for (int l = 0; l < LANES; ++l) acc[j][l] += g[s + l] * xj[l];
+      }
+    }
+    for (int j = 0; j < K; ++j) {
+      double sum = 0.0;
+      for (int l = 0; l < LANES; ++l) sum += acc[j][l];
+      GX[i * K + j] = sum;
+    }
+  }
 }
 
 BDL_SIMD_CLONES
-void ica_step16(const float* X1T, int k, i64 m, const float* WT, double* GX, double* gp, float* gbuf) {
-  std::fill(GX, GX + k * k, 0.0);
-  std::fill(gp, gp + k, 0.0);
+void ica_step16(const float* X1, int k, i64 m, i64 mp, const float* W, double* GX, double* gp, float* G) {
   switch (k) {
 #define BDL_CASE(K) \
   case K:           \
-    ica_step16_k<K>(X1T, m, WT, GX, gp, gbuf); \
+    ica_step_k<K>(X1, m, mp, W, GX, gp, G); \
     break;
     BDL_CASE(1) BDL_CASE(2) BDL_CASE(3) BDL_CASE(4) BDL_CASE(5) BDL_CASE(6) BDL_CASE(7) BDL_CASE(8)
     BDL_CASE(9) BDL_CASE(10) BDL_CASE(11) BDL_CASE(12) BDL_CASE(13) BDL_CASE(14) BDL_CASE(15) BDL_CASE(16)
@@ -260,6 +261,78 @@ bool invert(double* A, int k, double* Ainv) {
   return true;
 }
 
+// Newton's polar iteration (below) for a compile-time K: fixed-size arrays, unrolled loops, the
+// Gauss-Jordan rows as short vectors. Returns false when W is numerically singular.
+template <int K>
+__attribute__((always_inline)) inline bool polar_newton_k(double* W) {
+  double X[K][K], A[K][2 * K];
+  for (int i = 0; i < K; ++i)
+    for (int j = 0; j < K; ++j) X[i][j] = W[i * K + j];
+  for (int it = 0; it < 100; ++it) {
+    double scale = 0.0;
+    for (int i = 0; i < K; ++i)
+      for (int j = 0; j < K; ++j) {
+        A[i][j] = X[i][j];
+        A[i][K + j] = i == j ? 1.0 : 0.0;
+        scale = std::max(scale, std::abs(X[i][j]));
+      }
+    if (!(scale > 0.0)) return false;
+    for (int col = 0; col < K; ++col) {
+      int piv = col;
+      for (int r = col + 1; r < K; ++r)
+        if (std::abs(A[r][col]) > std::abs(A[piv][col])) piv = r;
+      if (std::abs(A[piv][col]) <= 1e-13 * scale) return false;
+      if (piv != col)
+        for (int j = 0; j < 2 * K; ++j) std::swap(A[piv][j], A[col][j]);
+      const double inv = 1.0 / A[col][col];
+#pragma omp simd
+      for (int j = 0; j < 2 * K; ++j) A[col][j] *= inv;
+      for (int r = 0; r < K; ++r) {
+        if (r == col) continue;
+        const double f = A[r][col];
+#pragma omp simd
+        for (int j = 0; j < 2 * K; ++j) A[r][j] -= f * A[col][j];
+      }
+    }
+    double nx = 0.0, ny = 0.0;
+    for (int i = 0; i < K; ++i)
+      for (int j = 0; j < K; ++j) {
+        nx += X[i][j] * X[i][j];
+        ny += A[i][K + j] * A[i][K + j];
+      }
+    const double g = std::sqrt(std::sqrt(ny / nx)), hg = 0.5 * g, hinv = 0.5 / g;
+    double diff = 0.0, nn = 0.0;
+    for (int i = 0; i < K; ++i)
+      for (int j = 0; j < K; ++j) {
+        const double v = hg * X[i][j] + hinv * A[j][K + i];  // (g X + X^-T / g) / 2
+        diff += (v - X[i][j]) * (v - X[i][j]);
+        nn += v * v;
+        X[i][j] = v;
+      }
+    // quadratic convergence: after a step that moved X by < 1e-7 (relative), X is at round-off
+    if (diff <= 1e-14 * nn) {
+      for (int i = 0; i < K; ++i)
+        for (int j = 0; j < K; ++j) W[i * K + j] = X[i][j];
+      return true;
+    }
+  }
+  return false;
+}
+
+BDL_SIMD_CLONES
+bool polar_newton_small(double* W, int k) {
+  switch (k) {
+#define BDL_CASE(K) \
+  case K:           \
+    return polar_newton_k<K>(W);
+    BDL_CASE(1) BDL_CASE(2) BDL_CASE(3) BDL_CASE(4) BDL_CASE(5) BDL_CASE(6) BDL_CASE(7) BDL_CASE(8)
+    BDL_CASE(9) BDL_CASE(10) BDL_CASE(11) BDL_CASE(12) BDL_CASE(13) BDL_CASE(14) BDL_CASE(15) BDL_CASE(16)
+#undef BDL_CASE
+    default:
+      return false;
+  }
+}
+
 // W <- (W W^T)^{-1/2} W, in place: the orthogonal polar factor of W, found by Newton's
 // iteration X <- (g X + X^-T / g) / 2 with Higham's Frobenius-norm scaling g. Same result as
 // the eigen-decomposition form (the polar factor of a non-singular matrix is unique) at a
@@ -267,6 +340,7 @@ bool invert(double* A, int k, double* Ainv) {
 // every FastICA iteration. Singular W falls back to the eigen-decomposition form.
 // scratch: 4 k^2 + k doubles.
 void sym_decorrelation(double* W, int k, double* scratch) {
+  if (k <= 16 && polar_newton_small(W, k)) return;
   double *X = scratch, *A = X + k * k, *Y = A + k * k;
   std::copy(W, W + k * k, X);
   bool ok = true;
@@ -336,14 +410,13 @@ void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int
 
     std::vector<double> W(k * k), W1(k * k), GX(k * k), gp(k), scratch(4 * k * k + k);
     std::vector<float> Wf(k * k), buf(static_cast<i64>(k) * BLOCK);
-    const bool narrow = k <= LANES;  // the sample-major kernel
-    std::vector<float> X1T, WT, gbuf;
+    const bool narrow = k <= LANES;  // the compile-time-K kernel
+    const i64 mp = (m + LANES - 1) / LANES * LANES;
+    std::vector<float> X1p, G;
     if (narrow) {
-      X1T.assign(m * LANES, 0.0f);
-      for (int i = 0; i < k; ++i)
-        for (i64 s = 0; s < m; ++s) X1T[s * LANES + i] = X1[i * m + s];
-      WT.assign(LANES * LANES, 0.0f);
-      gbuf.assign(BLOCK * LANES, 0.0f);
+      X1p.assign(static_cast<i64>(k) * mp, 0.0f);
+      for (int i = 0; i < k; ++i) std::copy(X1.begin() + i * m, X1.begin() + (i + 1) * m, X1p.begin() + i * mp);
+      G.assign(static_cast<i64>(k) * mp, 0.0f);
     }
     Rng rng(seed, static_cast<std::uint64_t>(c));
     for (int i = 0; i < k * k; ++i) W[i] = rng.normal();
@@ -351,12 +424,10 @@ void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int
     const double inv_m = 1.0 / static_cast<double>(m);
     int it = 0;
     for (; it < max_iter;) {
+      for (int i = 0; i < k * k; ++i) Wf[i] = static_cast<float>(W[i]);
       if (narrow) {
-        for (int i = 0; i < k; ++i)
-          for (int j = 0; j < k; ++j) WT[j * LANES + i] = static_cast<float>(W[i * k + j]);
-        ica_step16(X1T.data(), k, m, WT.data(), GX.data(), gp.data(), gbuf.data());
+        ica_step16(X1p.data(), k, m, mp, Wf.data(), GX.data(), gp.data(), G.data());
       } else {
-        for (int i = 0; i < k * k; ++i) Wf[i] = static_cast<float>(W[i]);
         ica_step(X1.data(), k, m, Wf.data(), GX.data(), gp.data(), buf.data());
       }
       for (int i = 0; i < k; ++i)

@@ -162,6 +162,10 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
   diag[d - 1] = A[(d - 1) * d + d - 1];
 }
 
+// sqrt(a^2 + b^2) without std::hypot's overflow guards: the QL sweep calls it O(d^2) times and
+// libm's hypot costs ~10x a sqrt; the entries here are covariance values, far from overflow.
+inline double fast_hypot(double a, double b) { return std::sqrt(a * a + b * b); }
+
 // Eigenvalues of the symmetric tridiagonal (diag, off) by implicit QL with Wilkinson-type shifts.
 // diag is overwritten with the eigenvalues (unsorted), e is scratch of size d.
 void tridiagonal_eigenvalues(double* diag, const double* off, i64 d, double* e) {
@@ -178,14 +182,14 @@ void tridiagonal_eigenvalues(double* diag, const double* off, i64 d, double* e) 
       if (m != l) {
         if (++iter > 200) throw std::runtime_error("eigenvalue iteration did not converge");
         double g = (diag[l + 1] - diag[l]) / (2.0 * e[l]);
-        double r = std::hypot(g, 1.0);
+        double r = fast_hypot(g, 1.0);
         g = diag[m] - diag[l] + e[l] / (g + std::copysign(r, g));
         double s = 1.0, c = 1.0, p = 0.0;
         i64 i;
         bool underflow = false;
         for (i = m - 1; i >= l; --i) {
           const double f = s * e[i], b = c * e[i];
-          e[i + 1] = (r = std::hypot(f, g));
+          e[i + 1] = (r = fast_hypot(f, g));
           if (r == 0.0) {
             diag[i + 1] -= p;
             e[m] = 0.0;
