@@ -330,6 +330,10 @@ class BatchSource:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=self.num_workers,
             pin_memory=non_blocking, persistent_workers=False,
+            # A private generator: otherwise every new iterator draws its base seed from the
+            # global torch RNG and shifts the dropout stream, so streaming would train
+            # differently from the in-memory path.
+            generator=torch.Generator().manual_seed(0),
         )
         for x, y in loader:
             yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
