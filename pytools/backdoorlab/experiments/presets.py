@@ -9,8 +9,8 @@ VGG16-Face; every setting goes through AC (the default analysis and the paper's 
 one), SS, DP, Fine-Pruning of the last and second-to-last conv layer, AC→FP and FP→AC, plus the
 Fine-Pruning threshold sweep of Fig. 3 on the 7 % settings. Expect many CPU hours; a GPU helps.
 
-``quick_study()`` is ``--quick``: one trigger at two shares on ten of the 43 ``synth-signs``
-classes (at most 100 images per class and split), five epochs, every defence and combination
+``quick_study()`` is ``--quick``: one trigger at two shares on six of the 43 ``synth-signs``
+classes (at most 100 images per class and split), four epochs, every defence and combination
 and a two-point threshold sweep, so every table and figure of the report is filled in about ten
 minutes on two CPU cores.
 
@@ -95,11 +95,12 @@ def full_study_dict(vgg_face_weights: str | None = None) -> dict[str, Any]:
 #: What --quick uses: a per-class subset of synth-signs, few epochs (see quick_study_dict).
 QUICK_LIMIT_PER_CLASS = 100
 QUICK_CLEAN_PER_CLASS = 10
-QUICK_EPOCHS = 5
+QUICK_EPOCHS = 4
 QUICK_SHARES = (0.15, 0.33)
-#: Ten of the 43 sign classes (speed limits 30/70/120, right-of-way, priority road, yield, stop, no entry,
-#: road work, keep right): varied shapes and colours, with the presets' source (8) and target (14).
-QUICK_CLASSES = (1, 4, 8, 11, 12, 13, 14, 17, 25, 38)
+#: Six of the 43 sign classes — speed limits 30 and 120 (alike but for the digits), priority road,
+#: yield, stop, keep right — with the presets' source (8) and target (14). With ten classes and five
+#: epochs the run took twice as long for a less-trained model (clean accuracy ~61 % vs ~75 %).
+QUICK_CLASSES = (1, 8, 12, 13, 14, 38)
 
 
 def quick_study_dict() -> dict[str, Any]:
