@@ -165,6 +165,16 @@ def test_ac_streams_batches_and_can_spill_to_disk(ctx, ac_detected, tmp_path, mo
     np.testing.assert_array_equal(flags, ac_detected[0])
 
 
+def test_ac_prereduction_keeps_the_result(ctx, ac_detected):
+    """A global PCA before the per-class work (wide layers) keeps most variance and the same verdict."""
+    flags, report = ActivationClustering(prereduce_dims=24).detect(ctx, progress=False)
+    assert report["prereduced"]["dims"] == 24 and 0.5 < report["prereduced"]["variance_kept"] <= 1.0
+    r = removal_report(flags, ctx.train.is_poisoned)
+    assert r["removed_poisoned_pct"] >= 90.0
+    with pytest.raises(ValueError, match="prereduce_dims=5 must be >= n_components=10"):
+        ActivationClustering(prereduce_dims=5)
+
+
 def test_ac_exclusionary_reclassification_keeps_clean_clusters(ctx):
     ac = ActivationClustering(analysis="smaller", exclusionary=True)
     new_ctx, result = ac.run(fresh(ctx), progress=False)

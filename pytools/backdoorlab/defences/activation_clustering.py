@@ -89,10 +89,16 @@ def cluster_classes(
     """Reduce each class and split it in two. Returns ``(reduced (n, n_components), clusters (n,))``."""
     from backdoorlab import native
 
-    if reduce == "fastica":
-        reduced = native.fastica(x_sorted, offsets, n_components=n_components, seed=seed, device=device)
-    else:
-        reduced = native.pca(x_sorted, offsets, n_components=n_components, device=device)
+    try:
+        if reduce == "fastica":
+            reduced = native.fastica(x_sorted, offsets, n_components=n_components, seed=seed, device=device)
+        else:
+            reduced = native.pca(x_sorted, offsets, n_components=n_components, device=device)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"{reduce} of the per-class activations ({x_sorted.shape[1]} wide) failed in the native core: {exc}; "
+            f"a smaller prereduce_dims may help"
+        ) from exc
     reduced = np.ascontiguousarray(reduced, dtype=np.float32)
     km = native.kmeans(reduced, offsets, k=2, n_init=n_init, seed=seed, device=device)
     return reduced, np.asarray(km.labels, dtype=np.int64)
@@ -184,6 +190,9 @@ class ActivationClustering(Defence):
         Dimensionality reduction per class (default FastICA, as Chen et al. and ART).
     n_components : int
         Dimensions kept (default 10).
+    prereduce_dims : int or None
+        When the layer is wider, project all rows onto their top ``prereduce_dims`` principal
+        components first (default 256; None = never). See :meth:`_prereduce`.
     n_init : int
         k-means restarts per class (default 50; ART/scikit-learn use 10). Two-cluster k-means on a
         few hundred 10-d points is cheap, and on our toy data 10 restarts repeatedly missed the
@@ -217,6 +226,7 @@ class ActivationClustering(Defence):
         reduce: str = "fastica",
         n_components: int = 10,
         n_init: int = 50,
+        prereduce_dims: int | None = 256,
         analysis: str = "silhouette-scores",
         size_threshold: float = 0.35,
         silhouette_threshold: float = 0.3,
@@ -233,6 +243,9 @@ class ActivationClustering(Defence):
         self.reduce = check_choice("reduction", str(reduce).lower(), REDUCTIONS)
         self.n_components = check_positive_int("n_components", n_components)
         self.n_init = check_positive_int("n_init", n_init)
+        self.prereduce_dims = None if prereduce_dims is None else check_positive_int("prereduce_dims", prereduce_dims)
+        if self.prereduce_dims is not None and self.prereduce_dims < self.n_components:
+            raise ValueError(f"prereduce_dims={prereduce_dims} must be >= n_components={n_components}")
         self.analysis = check_choice("analysis", analysis, ANALYSES)
         self.size_threshold = check_fraction("size_threshold", size_threshold)
         self.silhouette_threshold = check_fraction("silhouette_threshold", silhouette_threshold)
@@ -275,6 +288,9 @@ class ActivationClustering(Defence):
                 f"n_components={self.n_components} exceeds the {acts.shape[1]} non-constant units of layer "
                 f"{self.layer!r} ({n_dead} are constant over the training set)"
             )
+        prereduced = None
+        if self.prereduce_dims is not None and acts.shape[1] > self.prereduce_dims:
+            acts, prereduced = self._prereduce(acts, native_device(ctx.device))
         labels = np.asarray(train.labels, dtype=np.int64)
         class_names = list(getattr(train, "class_names", []) or [])
         # 2-means needs two points per cluster and ICA/PCA more rows than components
@@ -333,11 +349,33 @@ class ActivationClustering(Defence):
             "silhouette_space": self.silhouette_space,
             "activation_width": int(acts.shape[1]) + n_dead,
             "constant_units_dropped": n_dead,
+            "prereduced": prereduced,
             "analyses": {name: removal_report(f, is_poisoned) for name, f in flags_by_analysis.items()},
             "per_class": per_class,
         }
         self._cluster_of_row = cluster_of_row  # for exclusionary reclassification
         return flags_by_analysis[self.analysis], report
+
+    def _prereduce(self, acts: np.ndarray, device: str) -> tuple[np.ndarray, dict]:
+        """One global PCA of all rows to ``prereduce_dims`` dimensions before the per-class work.
+
+        Per class, ICA/PCA only keep the top ``n_components`` directions, which live in the
+        high-variance subspace a global PCA keeps; projecting first makes every per-class
+        eigenproblem ``prereduce_dims``-sized instead of ``width``-sized (4096 for VGG-Face) and
+        avoids the rank-deficient ``width x width`` covariance of a class with fewer rows than
+        units. The share of variance kept is reported.
+        """
+        from backdoorlab import native
+
+        n = acts.shape[0]
+        projected = np.ascontiguousarray(
+            native.pca(acts, np.array([0, n], dtype=np.int64), n_components=self.prereduce_dims, device=device),
+            dtype=np.float32,
+        )
+        total = float(np.asarray(native.activation_stats(acts)["std"], dtype=np.float64).__pow__(2).sum())
+        kept = float(np.asarray(native.activation_stats(projected)["std"], dtype=np.float64).__pow__(2).sum())
+        return projected, {"dims": self.prereduce_dims, "from": int(acts.shape[1]),
+                           "variance_kept": kept / total if total > 0 else 1.0}
 
     # ------------------------------------------------------------------ full step
     def run(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[DefenceContext, DefenceResult]:
