@@ -20,6 +20,17 @@ from backdoorlab import native, reference
 from _native_helpers import DEVICES, best_abs_corr, blobs, mixed_sources, relu_classes
 
 
+@pytest.fixture(autouse=True)
+def _reference_single_threaded():
+    """scikit-learn/OpenBLAS thread pools collapse on an oversubscribed machine (seconds per tiny
+    k-means); one thread keeps the reference calls fast and the suite's time predictable."""
+    import sklearn.cluster  # noqa: F401  (load the pools first: threadpoolctl limits loaded ones)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 @pytest.fixture
 def threads():
     """Restore the native thread count after a test that changes it."""

@@ -13,8 +13,9 @@ the same helpers :mod:`backdoorlab.native` uses, so both sides reject the same i
 same messages. This module imports only NumPy and scikit-learn: it works without the compiled
 core.
 
-Stochastic kernels (FastICA, k-means) agree with the native core in distribution, not bit for
-bit: the random initialisations come from different generators. Tests compare them through
+FastICA and k-means get the float32 rows as IBM ART passes them (scikit-learn then computes in
+float32); the deterministic twins compute in float64. Stochastic kernels agree with the native
+core in distribution, not bit for bit: the random initialisations come from different generators. Tests compare them through
 invariants (inertia within 1 %, sources recovered, clusters found), never element by element.
 """
 
@@ -388,7 +389,8 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
         with warnings.catch_warnings():
             # non-convergence within max_iter is part of the defence's normal life (ART ignores it too)
             warnings.simplefilter("ignore")
-            out[start:stop] = ica.fit_transform(X[start:stop].astype(np.float64))
+            # float32 in, as IBM ART hands the activations over (scikit-learn keeps float32)
+            out[start:stop] = ica.fit_transform(X[start:stop])
         n_iter[c] = ica.n_iter_
     return (out, n_iter) if return_n_iter else out
 
@@ -445,7 +447,7 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
                     algorithm="lloyd")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ConvergenceWarning on duplicate points
-            km.fit(X[start:stop].astype(np.float64))
+            km.fit(X[start:stop])  # float32, as ART calls it
         labels[start:stop] = km.labels_
         centers[c] = km.cluster_centers_
         inertia[c] = km.inertia_

@@ -16,8 +16,9 @@ runs, with the native core and with the reference:
 * Spectral-Signature scores (Tran et al. 2018), the top ``1.5 * eps`` of every class flagged
   (``eps`` = planted poisoning rate of the target class);
 
-and prints, per shape and step, the time of each side, their ratio and the poison-detection F1
-of each side. The scikit-learn AC reference on the full YTAF shape takes many minutes, so
+and prints, per shape and step, the wall time of each side, their ratio, the ratio of process
+CPU seconds on the same class subset (robust to other load on a shared machine, where wall times
+of multi-threaded libraries suffer most), and the poison-detection F1 of each side. The scikit-learn AC reference on the full YTAF shape takes many minutes, so
 ``--ref-classes`` times the reference on a class subset (the poisoned class always included)
 and extrapolates linearly to all classes (every class has the same size); the output then says
 so on every extrapolated line and also prints the ratio measured on the subset alone. F1 is
@@ -141,31 +142,56 @@ def subset(data: Synthetic, classes: np.ndarray) -> Synthetic:
     return Synthetic(np.ascontiguousarray(data.X[rows]), offsets, data.poisoned[rows], 0, data.rate)
 
 
+class _Clock:
+    """Wall and process-CPU seconds of the calls timed with it (CPU: all threads of the process)."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def __call__(self, fn, *args, **kw):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn(*args, **kw)
+        self.wall += time.perf_counter() - w0
+        self.cpu += time.process_time() - c0
+        return out
+
+
 def _timed(fn, *args, **kw):
     t0 = time.perf_counter()
     out = fn(*args, **kw)
     return out, time.perf_counter() - t0
 
 
+def _run(lib, data: Synthetic, n_init: int, seed: int) -> dict:
+    """AC core and spectral scores with ``lib`` (native or reference), timed step by step."""
+    ica, km, ss = _Clock(), _Clock(), _Clock()
+    sources, n_iter = ica(lib.fastica, data.X, data.offsets, AC_COMPONENTS, AC_MAX_ITER, AC_TOL, seed,
+                          return_n_iter=True)
+    result = km(lib.kmeans, sources, data.offsets, 2, n_init, 300, 1e-4, seed)
+    scores = ss(lib.spectral_scores, data.X, data.offsets, True)
+    return {"t_ac": ica.wall + km.wall, "cpu_ac": ica.cpu + km.cpu, "t_ica": ica.wall, "t_kmeans": km.wall,
+            "t_ss": ss.wall, "cpu_ss": ss.cpu, "labels": result.labels, "scores": scores, "n_iter": n_iter}
+
+
 def run_native(data: Synthetic, n_init: int, seed: int) -> dict:
-    (sources, n_iter), t_ica = _timed(native.fastica, data.X, data.offsets, AC_COMPONENTS, AC_MAX_ITER, AC_TOL, seed,
-                                      return_n_iter=True)
-    km, t_km = _timed(native.kmeans, sources, data.offsets, 2, n_init, 300, 1e-4, seed)
-    scores, t_ss = _timed(native.spectral_scores, data.X, data.offsets, True)
-    return {"t_ac": t_ica + t_km, "t_ica": t_ica, "t_kmeans": t_km, "t_ss": t_ss, "labels": km.labels,
-            "scores": scores, "n_iter": n_iter}
+    return _run(native, data, n_init, seed)
 
 
-def run_reference(data: Synthetic, n_init: int, seed: int) -> dict:
-    (sources, n_iter), t_ica = _timed(reference.fastica, data.X, data.offsets, AC_COMPONENTS, AC_MAX_ITER, AC_TOL,
-                                      seed, return_n_iter=True)
-    km, t_km = _timed(reference.kmeans, sources, data.offsets, 2, n_init, 300, 1e-4, seed)
-    scores, t_ss = _timed(reference.spectral_scores, data.X, data.offsets, True)
-    return {"t_ac": t_ica + t_km, "t_ica": t_ica, "t_kmeans": t_km, "t_ss": t_ss, "labels": km.labels,
-            "scores": scores, "n_iter": n_iter}
+def run_reference(data: Synthetic, n_init: int, seed: int, threads: int | None = None) -> dict:
+    if threads is None:
+        return _run(reference, data, n_init, seed)
+    # import the estimators first: threadpoolctl limits only the thread pools already loaded
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    with threadpool_limits(limits=threads):
+        return _run(reference, data, n_init, seed)
 
 
-def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, rate: float, log) -> dict:
+def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, rate: float, log,
+                ref_threads: int | None = None) -> dict:
     n_classes, per_class, dim = SHAPES[name]
     log(f"\n== {name}: {n_classes} classes x {per_class} rows x {dim} features, "
         f"poison rate {rate:.0%} in class 0 ==")
@@ -191,7 +217,7 @@ def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, r
     nat_sub = run_native(sub, n_init, seed) if extrapolated else nat
     log(f"reference (scikit-learn FastICA/KMeans, NumPy SVD) on {classes.size} classes"
         + (f" of {n_classes} (poisoned class + {classes.size - 1} drawn at random) ..." if extrapolated else " ..."))
-    ref = run_reference(sub, n_init, seed)
+    ref = run_reference(sub, n_init, seed, ref_threads)
     log(f"reference, {classes.size} classes: AC {ref['t_ac']:.2f} s (FastICA {ref['t_ica']:.2f} s, "
         f"k-means {ref['t_kmeans']:.2f} s), spectral {ref['t_ss']:.2f} s; FastICA iterations mean "
         f"{ref['n_iter'].mean():.0f}, {np.mean(ref['n_iter'] >= AC_MAX_ITER):.0%} at max_iter")
@@ -211,15 +237,19 @@ def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, r
                  "ref_classes": int(classes.size), "extrapolated": extrapolated, "steps": {}}
     tag = f" (reference extrapolated x{scale:.2f} from {classes.size} classes)" if extrapolated else ""
     log(f"{'step':<10} {'native s':>9} {'reference s':>12} {'ratio':>8} {'subset ratio':>13} "
-        f"{'F1 native':>10} {'F1 ref':>8}")
-    for step, key, f_nat, f_ref in (("AC", "t_ac", f1_ac_nat, f1_ac_ref), ("spectral", "t_ss", f1_ss_nat, f1_ss_ref)):
+        f"{'CPU-time ratio':>15} {'F1 native':>10} {'F1 ref':>8}")
+    for step, key, ckey, f_nat, f_ref in (("AC", "t_ac", "cpu_ac", f1_ac_nat, f1_ac_ref),
+                                          ("spectral", "t_ss", "cpu_ss", f1_ss_nat, f1_ss_ref)):
         t_ref_all = ref[key] * scale
         ratio = t_ref_all / nat[key]
         sub_ratio = ref[key] / nat_sub[key]
+        # process CPU seconds (all threads) on the same subset: robust to other load on the machine
+        cpu_ratio = ref[ckey] / nat_sub[ckey]
         res["steps"][step] = {"native_s": nat[key], "reference_s": t_ref_all, "reference_measured_s": ref[key],
                               "native_subset_s": nat_sub[key], "ratio": ratio, "subset_ratio": sub_ratio,
-                              "f1_native": f_nat, "f1_reference": f_ref}
-        log(f"{step:<10} {nat[key]:>9.2f} {t_ref_all:>12.2f} {ratio:>7.1f}x {sub_ratio:>12.1f}x "
+                              "native_subset_cpu_s": nat_sub[ckey], "reference_cpu_s": ref[ckey],
+                              "cpu_ratio": cpu_ratio, "f1_native": f_nat, "f1_reference": f_ref}
+        log(f"{step:<10} {nat[key]:>9.2f} {t_ref_all:>12.2f} {ratio:>7.1f}x {sub_ratio:>12.1f}x {cpu_ratio:>14.1f}x "
             f"{f_nat:>10.3f} {f_ref:>8.3f}{tag}")
     log(f"F1 of the native core over all {n_classes} classes: AC {f1_ac_nat_all:.3f}, spectral {f1_ss_nat_all:.3f}; "
         f"AC F1 inside the poisoned class: native {f1_ac_target[0]:.3f}, reference {f1_ac_target[1]:.3f}")
@@ -227,6 +257,13 @@ def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, r
                f1_ac_target_native=f1_ac_target[0], f1_ac_target_reference=f1_ac_target[1],
                native_ica_iter_mean=float(nat["n_iter"].mean()), reference_ica_iter_mean=float(ref["n_iter"].mean()))
     return res
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-init", type=int, default=10, help="k-means restarts, both sides (default: 10)")
     p.add_argument("--rate", type=float, default=0.15, help="poisoned fraction of the target class (default: 0.15)")
     p.add_argument("--threads", type=int, default=None, help="native OpenMP threads (default: all)")
+    p.add_argument("--ref-threads", type=int, default=None,
+                   help="limit the reference's BLAS/OpenMP threads (threadpoolctl; default: the libraries' own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return p
@@ -253,10 +292,12 @@ def run(argv: list[str]) -> int:
     print(f"backdoorlab {info.get('version')} native core: OpenMP {info.get('openmp')}, "
           f"{native.get_num_threads()} threads, SIMD {info.get('simd_selected')}; "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; reference threads "
+          f"{args.ref_threads or 'library default'}; load average {_load()}", flush=True)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     results = [bench_shape(s, ref_classes=args.ref_classes or None, n_init=args.n_init, seed=args.seed,
-                           rate=args.rate, log=log) for s in args.shapes]
+                           rate=args.rate, log=log, ref_threads=args.ref_threads) for s in args.shapes]
+    log(f"load average at the end: {_load()} (other processes share these {os.cpu_count()} CPUs)")
     for r in results:
         if r["shape"] == "ytaf":
             ac = r["steps"]["AC"]
