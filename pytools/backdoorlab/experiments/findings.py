@@ -169,11 +169,14 @@ def ac_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
                        f"{_p(r['removed_poisoned_share'])} of the poisoned and {_p(r.get('removed_clean_share'))} of the "
                        f"clean training samples; attack success after retraining: {_p(r['attack_success'])}.")
             continue
-        trend = ("rose" if rp[-1] - rp[0] > TIE_POINTS / 100 else "fell" if rp[0] - rp[-1] > TIE_POINTS / 100
-                 else "stayed about level")
-        out.append(f"{lab} on {dataset} / {trigger}: the share of poisoned samples removed {trend} from "
-                   f"{_p(rp[0])} at {_share(recs[0]['poison_share'])} poisoned to {_p(rp[-1])} at "
-                   f"{_share(recs[-1]['poison_share'])}, while it removed {_p(min(rc)) if rc else '–'} to "
+        if abs(rp[-1] - rp[0]) * 100 < TIE_POINTS:
+            how = (f"removed about the same share of the poisoned samples at {_share(recs[0]['poison_share'])} "
+                   f"({_p(rp[0])}) and at {_share(recs[-1]['poison_share'])} poisoned ({_p(rp[-1])})")
+        else:
+            trend = "rose" if rp[-1] > rp[0] else "fell"
+            how = (f"the share of poisoned samples removed {trend} from {_p(rp[0])} at "
+                   f"{_share(recs[0]['poison_share'])} poisoned to {_p(rp[-1])} at {_share(recs[-1]['poison_share'])}")
+        out.append(f"{lab} on {dataset} / {trigger}: {how}, while it removed {_p(min(rc)) if rc else '–'} to "
                    f"{_p(max(rc)) if rc else '–'} of the clean samples; attack success after retraining ranged "
                    f"from {_p(min(r['attack_success'] for r in recs))} to {_p(max(r['attack_success'] for r in recs))}.")
     return out

@@ -161,7 +161,8 @@ def fig4_defences(agg: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     ax.set_xticks(range(len(settings)))
     ax.set_xticklabels(settings, rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="attack success (%)", ylim=(0, 102), title="attack success after each defence")
-    ax.legend(fontsize=8, ncol=min(4, max(1, len(defences))))
+    # below the axes: bars reach 100 % and a legend inside would hide them
+    ax.legend(fontsize=8, ncol=min(4, max(1, len(defences))), loc="upper center", bbox_to_anchor=(0.5, -0.22))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
