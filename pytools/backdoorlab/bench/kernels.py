@@ -50,6 +50,7 @@ AC_COMPONENTS, AC_MAX_ITER, AC_TOL = 10, 1000, 0.005
 AC_SIZE_THRESHOLD = 0.35  # ART ClusteringAnalyzer "size" analysis default
 SS_FACTOR = 1.5           # Tran et al.: remove 1.5 x eps of every class
 GOAL_AC_YTAF = 50.0       # issue 2: AC on the YTAF shape >= 50x the reference
+F1_SEEDS = 5              # seeds for the poisoned-class F1 comparison
 
 
 @dataclass
@@ -253,6 +254,19 @@ def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, r
             f"{f_nat:>10.3f} {f_ref:>8.3f}{tag}")
     log(f"F1 of the native core over all {n_classes} classes: AC {f1_ac_nat_all:.3f}, spectral {f1_ss_nat_all:.3f}; "
         f"AC F1 inside the poisoned class: native {f1_ac_target[0]:.3f}, reference {f1_ac_target[1]:.3f}")
+    # One seed decides a lot for either side (which non-Gaussian directions FastICA keeps), so the
+    # AC F1 inside the poisoned class is also compared over several seeds, same seeds both sides.
+    target = subset(data, np.array([data.target]))
+    seeds = list(range(seed, seed + F1_SEEDS))
+    f1_seeds = {"native": [], "reference": []}
+    for s_ in seeds:
+        for side, fn in (("native", run_native), ("reference", lambda *a: run_reference(*a, ref_threads))):
+            out = fn(target, n_init, s_)
+            f1_seeds[side].append(f1(ac_flags(out["labels"], target.offsets), target.poisoned))
+    log(f"AC F1 inside the poisoned class over seeds {seeds[0]}..{seeds[-1]}: native mean "
+        f"{np.mean(f1_seeds['native']):.3f} ({', '.join(f'{v:.2f}' for v in f1_seeds['native'])}), reference mean "
+        f"{np.mean(f1_seeds['reference']):.3f} ({', '.join(f'{v:.2f}' for v in f1_seeds['reference'])})")
+    res.update(f1_ac_target_seeds=f1_seeds)
     res.update(f1_ac_native_all=f1_ac_nat_all, f1_ss_native_all=f1_ss_nat_all,
                f1_ac_target_native=f1_ac_target[0], f1_ac_target_reference=f1_ac_target[1],
                native_ica_iter_mean=float(nat["n_iter"].mean()), reference_ica_iter_mean=float(ref["n_iter"].mean()))
@@ -301,11 +315,15 @@ def run(argv: list[str]) -> int:
     for r in results:
         if r["shape"] == "ytaf":
             ac = r["steps"]["AC"]
-            ok = ac["ratio"] >= GOAL_AC_YTAF and ac["f1_native"] >= ac["f1_reference"]
+            f1_nat_mean = float(np.mean(r["f1_ac_target_seeds"]["native"]))
+            f1_ref_mean = float(np.mean(r["f1_ac_target_seeds"]["reference"]))
+            ok = ac["ratio"] >= GOAL_AC_YTAF and f1_nat_mean >= f1_ref_mean
             log(f"\ngoal (AC on YTAF >= {GOAL_AC_YTAF:.0f}x the reference, F1 no worse): "
-                f"{'met' if ok else 'NOT met'} — {ac['ratio']:.1f}x"
+                f"{'met' if ok else 'NOT met'} — {ac['ratio']:.1f}x wall"
                 + (" (reference extrapolated)" if r["extrapolated"] else "")
-                + f", F1 {ac['f1_native']:.3f} vs {ac['f1_reference']:.3f}")
+                + f", {ac['cpu_ratio']:.1f}x CPU time on the subset; F1 {ac['f1_native']:.3f} vs "
+                f"{ac['f1_reference']:.3f} (seed {args.seed}), poisoned-class mean over {F1_SEEDS} seeds "
+                f"{f1_nat_mean:.3f} vs {f1_ref_mean:.3f}")
     if args.json is not None:
         payload = {"build_info": {k: v for k, v in info.items() if k != "cuda_info"}, "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "results": results}
