@@ -233,6 +233,10 @@ def _count(r: Mapping[str, Any]) -> str:
     return f"{n:.0f}/{c:.0f}" if c is not None else f"{n:.0f}"
 
 
+def _change(what: str, a: str, b: str) -> str:
+    return f"left {what} at {a}" if a == b else f"changed {what} from {a} to {b}"
+
+
 def threshold_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
     out = []
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
@@ -244,10 +248,11 @@ def threshold_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
         if len({r["fp_threshold"] for r in recs}) < 2:
             continue
         lo, hi = recs[0], recs[-1]
+        changes = [_change("the channels pruned", _count(lo), _count(hi)),
+                   _change("clean accuracy", _p(lo["accuracy"]), _p(hi["accuracy"])),
+                   _change("attack success", _p(lo["attack_success"]), _p(hi["attack_success"]))]
         out.append(f"On {setting} ({layer}), raising the Fine-Pruning threshold from {_share(lo['fp_threshold'])} to "
-                   f"{_share(hi['fp_threshold'])} changed the channels pruned from {_count(lo)} to {_count(hi)}, clean "
-                   f"accuracy from {_p(lo['accuracy'])} to {_p(hi['accuracy'])} and attack success from "
-                   f"{_p(lo['attack_success'])} to {_p(hi['attack_success'])}.")
+                   f"{_share(hi['fp_threshold'])} " + ", ".join(changes[:-1]) + " and " + changes[-1] + ".")
     return out
 
 
