@@ -11,7 +11,9 @@
 // memory (filled with 0xFF bytes: NaN doubles/floats, -1 integers), and the arithmetic itself.
 // What it cannot check: real concurrency between warps (memory races inside a barrier
 // interval), the memory model, performance. Device count and memory are set with
-// BL_EMU_DEVICES (default 1) and BL_EMU_MEMORY_MB (default 4096).
+// BL_EMU_DEVICES (default 1) and BL_EMU_MEMORY_MB (default 4096). BL_EMU_STATS=1 prints, per
+// launch, the block barriers (__syncthreads rounds) per block: a proxy for the latency-bound
+// cost of the one-block-per-class kernels on a GPU.
 #pragma once
 
 #include <ucontext.h>
@@ -108,6 +110,7 @@ inline std::vector<unsigned char> dynamic_smem_buf;
 inline std::vector<uint64_t> warp_exchange;  // 32 slots per warp
 inline int current = -1;
 inline std::function<void()> body;
+inline long block_barriers = 0;  // __syncthreads rounds of the block being run
 
 inline void* dynamic_shared() { return dynamic_smem_buf.data(); }
 
@@ -171,6 +174,7 @@ inline void run_block(size_t smem_bytes) {
       for (auto& t : threads)
         if (t.state == kWaitBlock) t.state = kRunnable;
       released = true;
+      ++block_barriers;
     }
     if (!released) {
       std::string msg = "deadlock in block (" + std::to_string(block_idx.x) + "," +
@@ -187,6 +191,7 @@ inline void run_block(size_t smem_bytes) {
 template <typename... P>
 struct Launch {
   void (*fn)(P...);
+  const char* name;
   dim3 grid, block;
   size_t smem;
 
@@ -206,19 +211,27 @@ struct Launch {
     grid_dim = grid;
     block_dim = block;
     body = [&]() { std::apply(fn, args); };
+    long total = 0, most = 0, blocks = 0;
     for (unsigned z = 0; z < grid.z; ++z)
       for (unsigned y = 0; y < grid.y; ++y)
         for (unsigned x = 0; x < grid.x; ++x) {
           block_idx = uint3{x, y, z};
+          block_barriers = 0;
           run_block(smem);
+          total += block_barriers;
+          most = block_barriers > most ? block_barriers : most;
+          ++blocks;
         }
     body = nullptr;
+    if (env_int("BL_EMU_STATS", 0))
+      std::fprintf(stderr, "bl_emu: %-22s blocks %6ld  barriers/block mean %8.1f max %7ld\n", name,
+                   blocks, double(total) / double(blocks), most);
   }
 };
 
 template <typename... P>
-Launch<P...> launcher(void (*fn)(P...), dim3 grid, dim3 block, size_t smem) {
-  return Launch<P...>{fn, grid, block, smem};
+Launch<P...> launcher(void (*fn)(P...), const char* name, dim3 grid, dim3 block, size_t smem) {
+  return Launch<P...>{fn, name, grid, block, smem};
 }
 
 template <typename T>
@@ -372,5 +385,6 @@ namespace bl_emu {
 inline size_t outstanding_bytes() { return allocated; }
 }  // namespace bl_emu
 
-#define BL_LAUNCH(kernel, grid, block, smem) ::bl_emu::launcher(kernel, dim3(grid), dim3(block), (smem))
+#define BL_LAUNCH(kernel, grid, block, smem) \
+  ::bl_emu::launcher(kernel, #kernel, dim3(grid), dim3(block), (smem))
 #define BL_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::bl_emu::dynamic_shared())
