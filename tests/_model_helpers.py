@@ -48,3 +48,18 @@ def write_raw_split(path: Path, split: str = "train", *, n: int = 6, shape=(32, 
 def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def one_thread():
+    """Generator body of a module fixture: torch on one thread, restored afterwards.
+
+    On the shared 2-core machine, two intra-op threads per process under load were ~10x slower
+    than one (threads wait for each other's time slices); one thread is also what makes the
+    timings of these tests predictable.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from _model_helpers import toy_variant
+from _model_helpers import one_thread, toy_variant
 from backdoorlab.activations import channel_means, channel_stats, extract, extract_by_class, iter_activations
 from backdoorlab.data import H5Split
 from backdoorlab.models import build_model
 
-torch.set_num_threads(2)
+_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from _model_helpers import toy_variant, write_raw_split
+from _model_helpers import one_thread, toy_variant, write_raw_split
 from backdoorlab.data import BatchSource, H5Split, open_variant, to_float_chw
+
+_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from _model_helpers import one_thread
 from backdoorlab.models import ROLES, build_model, load_vgg_face_weights
 
-torch.set_num_threads(2)
+_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+
 
 # (name, input (H, W), role -> expected output shape without the batch dimension)
 SMALL = [
@@ -114,14 +116,18 @@ def test_prune_silences_channels_and_survives_state_dict(name, size):
 
 
 def _converted_layout_state(model, *, fc6_as_conv: bool) -> dict:
-    """A random state dict in the converted vgg_face_dag layout (half precision to halve the I/O)."""
+    """A state dict in the converted vgg_face_dag layout whose values differ from ``model``'s.
+
+    Values are the model's own random initialisation negated and halved (cheaper than drawing
+    138M new numbers), stored in half precision to halve the file.
+    """
     g = torch.Generator().manual_seed(0)
     state = {}
     for name, module in model.named_children():
         inner = getattr(module, "conv", None) or getattr(module, "linear", None) or module
         if not hasattr(inner, "weight"):
             continue
-        w = torch.randn(inner.weight.shape, generator=g, dtype=torch.float16) * 0.01
+        w = inner.weight.detach().mul(-0.5).half()
         if name == "fc6" and fc6_as_conv:
             w = w.reshape(4096, 512, 7, 7)
         state[f"{name}.weight"] = w
@@ -135,7 +141,9 @@ def test_vgg_face_loader_converted_layout(vgg, tmp_path):
     state = _converted_layout_state(vgg, fc6_as_conv=True)
     path = tmp_path / "vgg_face_dag.pth"
     torch.save(state, path)
+    before = vgg.conv2_1.conv.weight.detach().clone()
     info = load_vgg_face_weights(vgg, path)
+    assert not torch.equal(vgg.conv2_1.conv.weight, before)
     assert "fc8.weight" in info["skipped"]  # 2622 identities vs 5 classes: fc8 stays fresh
     assert torch.equal(vgg.conv1_1.conv.weight, state["conv1_1.weight"].float())
     assert torch.equal(vgg.conv5_3.conv.bias, state["conv5_3.bias"].float())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from _model_helpers import state_equal, toy_variant
+from _model_helpers import one_thread, state_equal, toy_variant
 from backdoorlab import checkpoint as ckpt
 from backdoorlab.cli import main as cli_main
 from backdoorlab.data import H5Split
@@ -21,7 +21,8 @@ from backdoorlab.evaluate import evaluate, evaluate_variant, predict
 from backdoorlab.models import build_model
 from backdoorlab.train import PRESETS, TrainConfig, fine_tune, train_model
 
-torch.set_num_threads(2)
+_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+
 
 # Small dropout on the dense layer: with ~150 optimisation steps the paper's 0.5 learns the
 # backdoor too late for a test; the architecture is otherwise the paper's.

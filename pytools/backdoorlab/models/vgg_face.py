@@ -61,6 +61,8 @@ class VGG16Face(BackdoorModel):
 
     def __init__(self, n_classes: int = 2622, *, weights: str | os.PathLike | None = None, freeze: bool = False):
         super().__init__(n_classes)
+        if weights is not None:
+            _resolve_weights_path(weights)  # fail on a missing file before allocating 138M parameters
         for name, c_in, c_out in _CONV_PLAN:
             self.add_module(name, ConvReLU(c_in, c_out, 3, padding=1))
         self.pool = nn.MaxPool2d(2)
