@@ -74,6 +74,8 @@ def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0
 def tiny_study(shares=(0.5,), seeds=(0,)) -> dict:
     """A whole study in seconds: the toy variant, the GTSRB CNN, one or two epochs everywhere."""
     fp = {"layer": "last_conv", "threshold": 0.04, "finetune_epochs": 1, "search": "bisect"}
+    # AC's global PCA pre-reduction defaults to 256 dims, more than this set's 60 rows
+    ac = {"n_components": 4, "prereduce_dims": 32}
     return {
         "name": "tiny",
         "seeds": list(seeds),
@@ -87,13 +89,13 @@ def tiny_study(shares=(0.5,), seeds=(0,)) -> dict:
                       "recipe": {"trigger": "square:4:yellow", "source_class": 0, "target_class": 1}}],
         "defences": [
             "none",
-            {"id": "ac", "pipeline": "ac", "configs": {"ac": {"n_components": 4}}},
+            {"id": "ac", "pipeline": "ac", "configs": {"ac": dict(ac)}},
             "ss",
             {"id": "dp", "pipeline": "dp", "configs": {"dp": {"epochs": 1}}},
             {"id": "fp-last", "pipeline": "fp", "configs": {"fp": dict(fp)}},
             {"id": "fp-second-last", "pipeline": "fp", "configs": {"fp": dict(fp, layer="second_last_conv")}},
-            {"id": "ac>fp", "pipeline": "ac>fp", "configs": {"ac": {"n_components": 4}, "fp": dict(fp)}},
-            {"id": "fp>ac", "pipeline": "fp>ac", "configs": {"ac": {"n_components": 4}, "fp": dict(fp)}},
+            {"id": "ac>fp", "pipeline": "ac>fp", "configs": {"ac": dict(ac), "fp": dict(fp)}},
+            {"id": "fp>ac", "pipeline": "fp>ac", "configs": {"ac": dict(ac), "fp": dict(fp)}},
         ],
         "fp_thresholds": [0.02],
         "threshold_sweep": "first",

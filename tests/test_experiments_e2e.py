@@ -156,7 +156,7 @@ def test_report_tables_show_the_cell_values(study_out):
         assert val == f"{pct(c['attack_success'])} ({pct(c['accuracy'])})"
     t4 = tables["Table 4: data-filtering defences (AC, SS, DP)"]
     assert [r[1] for r in t4[1:]] == [by[d]["defence_label"] for d in ("ac", "ss", "dp")]
-    assert by["ac"]["defence_label"] == "AC [n_components=4]"  # non-default parameters are shown
+    assert by["ac"]["defence_label"] == "AC [n_components=4, prereduce_dims=32]"  # non-default parameters shown
     for r in t4[1:]:
         c = label[r[1]]
         assert r[3] == str(c["removed_poisoned"]) and r[5] == str(c["removed_clean"])
