@@ -204,3 +204,36 @@ def test_plan_covers_the_grid_with_distinct_keys(tmp_path):
     assert [p.key for p in again] == [p.key for p in plans]  # same config, same keys (resume)
     one = plan_cells(study.with_seed(1))
     assert {p.key for p in one} < {p.key for p in plans}
+
+
+# -- the built-in studies
+
+
+def test_full_synthetic_study_covers_the_paper_grid(tmp_path, monkeypatch):
+    from backdoorlab.experiments.presets import VGGFACE_ENV, full_study, quick_study
+
+    monkeypatch.delenv(VGGFACE_ENV, raising=False)
+    full = full_study()
+    assert not full.quick and set(full.datasets) == {"gtsrb", "ytaf"}  # LFW needs VGG-Face weights
+    assert any("LFW settings left out" in d.note for d in full.datasets.values())
+    ids = {d.id for d in full.defences}
+    assert {"clean", "none", "ac", "ac-smaller", "ss", "dp", "fp-last", "fp-second-last", "ac>fp", "fp>ac",
+            "fp-last@2%", "fp-last@6%"} <= ids
+    shares = sorted(s.poison_share for s in full.settings if s.trigger == "yellow square 4x4")
+    assert shares == [0.03, 0.07, 0.15, 0.33]  # Fig. 1 sweep
+    sweep = next(d for d in full.defences if d.id == "fp-last@2%")
+    assert sweep.sweep and set(sweep.settings) == {s.id for s in full.settings if s.id.endswith("@7%")}
+    weights = tmp_path / "vgg_face_dag.pth"
+    weights.write_bytes(b"not read here")
+    with_lfw = full_study(vgg_face_weights=str(weights))
+    assert with_lfw.datasets["lfw"].model == "vgg16_face" and with_lfw.datasets["lfw"].weights == str(weights)
+    assert any(s.dataset == "lfw" for s in with_lfw.settings)
+
+    quick = quick_study()
+    assert quick.quick and len(quick.settings) == 2
+    assert quick.datasets["gtsrb"].classes and 8 in quick.datasets["gtsrb"].classes
+    plans = plan_cells(quick)
+    main = quick.settings[-1].id
+    per_setting = {s.id: {p.defence.id for p in plans if p.setting.id == s.id} for s in quick.settings}
+    assert per_setting[quick.settings[0].id] == {"clean", "none", "ac"}  # Figs. 1 and 2 need every share
+    assert per_setting[main] >= {"ss", "dp", "fp-last", "fp-second-last", "ac>fp", "fp>ac", "fp-last@2%"}
