@@ -109,7 +109,6 @@ RunResult lloyd(const float* X, i64 m, i64 d, int k, int max_iter, double tol_sc
   std::vector<double> newc(static_cast<i64>(k) * d), dist(m);
   std::vector<i64> count(k);
   std::vector<std::int32_t> labels(m, -1), old(m, -1);
-  bool strict = false;
   int it = 0;
   for (; it < max_iter;) {
     assign(X, m, d, res.centers.data(), k, labels.data(), dist.data());
@@ -157,14 +156,10 @@ RunResult lloyd(const float* X, i64 m, i64 d, int k, int max_iter, double tol_sc
     }
     res.centers.swap(newc);
     ++it;
-    if (labels == old) {
-      strict = true;
-      break;
-    }
+    if (labels == old) break;  // strict convergence
     if (shift <= tol_scaled) break;
     old = labels;
   }
-  (void)strict;
   // final assignment with the final centres (scikit-learn does it when not strictly converged;
   // after strict convergence it changes nothing, and it gives the inertia either way)
   res.inertia = assign(X, m, d, res.centers.data(), k, labels.data(), dist.data());
@@ -261,15 +256,17 @@ void silhouette_samples(const float* X, i64 n, i64 d, const i64* offsets, i64 G,
     sizes.resize(cl_start[c + 1], 0);
     for (i64 s = r0; s < r1; ++s) ++sizes[cl_start[c] + local[s]];
   }
+  std::vector<double> mean(d);  // column_mean doubles as the NaN/Inf check, naming row and class
   for (i64 c = 0; c < G; ++c) {
     const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
-    std::vector<double> mean(d);
     if (m > 0) column_mean(X + r0 * d, m, d, mean.data(), r0, c);
   }
-  ErrorSlot errors;
+  i64 max_clusters = 1;
+  for (i64 c = 0; c < G; ++c) max_clusters = std::max(max_clusters, cl_start[c + 1] - cl_start[c]);
+  // Nothing inside the region throws (the checks above ran first), so no ErrorSlot is needed.
 #pragma omp parallel num_threads(threads_for(n))
   {
-    std::vector<double> sums;
+    std::vector<double> sums(max_clusters);
 #pragma omp for schedule(dynamic, 16)
     for (i64 i = 0; i < n; ++i) {
       const i64 c = row_class[i];
@@ -281,7 +278,7 @@ void silhouette_samples(const float* X, i64 n, i64 d, const i64* offsets, i64 G,
         out[i] = 0.0f;
         continue;
       }
-      sums.assign(L, 0.0);
+      std::fill(sums.begin(), sums.begin() + L, 0.0);
       const float* xi = X + i * d;
       for (i64 s = r0; s < r1; ++s) {
         const float* xs = X + s * d;
@@ -300,7 +297,6 @@ void silhouette_samples(const float* X, i64 n, i64 d, const i64* offsets, i64 G,
       out[i] = denom > 0.0 ? static_cast<float>((b_i - a_i) / denom) : 0.0f;
     }
   }
-  errors.rethrow();
 }
 
 }  // namespace backdoorlab
