@@ -13,7 +13,10 @@
 // interval), the memory model, performance. Device count and memory are set with
 // BL_EMU_DEVICES (default 1) and BL_EMU_MEMORY_MB (default 4096). BL_EMU_STATS=1 prints, per
 // launch, the block barriers (__syncthreads rounds) per block: a proxy for the latency-bound
-// cost of the one-block-per-class kernels on a GPU.
+// cost of the one-block-per-class kernels on a GPU. BL_EMU_ORDER=reverse|shuffle runs the
+// threads of every barrier interval in reverse or a seeded random order instead of by index: a
+// result that changes with the order reveals a race between threads inside an interval (a read
+// of a location another thread writes before the next barrier).
 #pragma once
 
 #include <ucontext.h>
@@ -24,6 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <string>
@@ -145,8 +149,21 @@ inline void run_block(size_t smem_bytes) {
     t.ctx.uc_link = &scheduler_ctx;
     makecontext(&t.ctx, entry, 0);
   }
+  std::vector<int> order(n);
+  for (int i = 0; i < n; ++i) order[i] = i;
+  const char* mode = std::getenv("BL_EMU_ORDER");
+  const bool reverse = mode && std::string(mode) == "reverse";
+  const bool shuffle = mode && std::string(mode) == "shuffle";
+  if (reverse) std::reverse(order.begin(), order.end());
+  unsigned long long lcg = 0x9E3779B97F4A7C15ull ^ (block_idx.x * 0x100000001B3ull) ^ block_idx.y;
   for (;;) {
-    for (int i = 0; i < n; ++i) {
+    if (shuffle)
+      for (int i = n - 1; i > 0; --i) {  // Fisher-Yates with a per-block LCG: reproducible
+        lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+        std::swap(order[i], order[int((lcg >> 33) % unsigned(i + 1))]);
+      }
+    for (int o = 0; o < n; ++o) {
+      const int i = order[o];
       if (threads[i].state != kRunnable) continue;
       current = i;
       thread_idx = threads[i].idx;
