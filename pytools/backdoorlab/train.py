@@ -354,7 +354,10 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
     config = PRESETS[preset]
     changes = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
     config = config.replace(**changes)
-    dataset = H5Split(data, split)
+    try:
+        dataset = H5Split(data, split)
+    except KeyError as exc:  # the CLI reports ValueErrors as one clear line
+        raise ValueError(exc.args[0]) from exc
     model = build_model(model_name, dataset.n_classes, seed=seed, **model_kw)
     if overwrite and not resume:
         out.unlink(missing_ok=True)
