@@ -433,3 +433,23 @@ def test_deterministic_kernels_agree_with_the_cpu_core(gpu, kernel):
     else:
         args = (X, off, (rng.integers(0, 3, X.shape[0])).astype(np.int32))
     np.testing.assert_allclose(getattr(gpu, kernel)(*args), getattr(core, kernel)(*args), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+def test_48_components_take_the_opt_in_shared_memory_path(gpu):
+    """k = 48: the FastICA block needs > 48 KiB of shared memory (cudaFuncSetAttribute) and PCA's
+    subspace iteration runs with no oversampling (p = k = 48)."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(18)
+    n, d, k = 120, 56, 48
+    X = np.ascontiguousarray((rng.laplace(size=(n, d)) @ rng.standard_normal((d, d))) * np.geomspace(4, 0.5, d),
+                             dtype=np.float32)
+    off = np.array([0, n])
+    src, n_iter = gpu.fastica(X, off, k, 5, 1e-4, 0)
+    assert src.shape == (n, k) and np.isfinite(src).all() and 1 <= n_iter[0] <= 5
+    np.testing.assert_allclose(src.std(axis=0), 1.0, atol=1e-4)
+    ref = PCA(k, svd_solver="full").fit_transform(X.astype(np.float64))
+    np.testing.assert_allclose(gpu.pca(X, off, k), ref, atol=1e-3 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="n_components <= 48"):
+        gpu.pca(X, off, 49)
