@@ -216,7 +216,7 @@ class SynthFacesSource(Source):
         tables = {"train": pool.take(train), "test": pool.take(test), "clean": pool.take(clean)}
         config = {"n_identities": int(n_identities), "images_per_identity": int(images_per_identity),
                   "session_length": int(session_length), "shares": list(shares), "seed": self.seed}
-        names = [f"identity-{i:04d}" for i in range(n_identities)]
+        names = [f"face-{i:04d}" for i in range(n_identities)]
         super().__init__(names, size, tables, strict, config)
         self._ident_cache: dict[int, dict] = {}
 
