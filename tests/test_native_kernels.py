@@ -278,3 +278,23 @@ def test_long_kernels_release_the_gil(rng):
     # With the GIL held by the kernel the loop above could not tick at all until it returned.
     assert elapsed > 0.05, "kernel too short for this test"
     assert ticks >= 10, (ticks, elapsed)
+
+
+# ---- more features than rows (flattened conv maps): the m x m Gram path -----------------------
+
+
+def test_fewer_rows_than_features_match_the_reference(rng):
+    """Classes with m < d take the dual (m x m) eigenproblem; results must not change."""
+    X = (rng.standard_normal((300, 40)) @ rng.standard_normal((40, 700)) * np.linspace(0.2, 3, 700) + 1)
+    X = X.astype(np.float32)
+    off = np.array([0, 120, 300])  # 120 and 180 rows, 700 features
+    ref = reference.pca(X, off, 5)
+    np.testing.assert_allclose(native.pca(X, off, 5), ref, atol=1e-4 * np.abs(ref).max())
+    for center in (True, False):
+        ref = reference.spectral_scores(X, off, center=center)
+        np.testing.assert_allclose(native.spectral_scores(X, off, center=center), ref, rtol=1e-4,
+                                   atol=1e-4 * ref.max())
+    S, _ = mixed_sources(rng, 500, 3)
+    Xi = (S @ rng.standard_normal((3, 900)) + 0.01 * rng.standard_normal((500, 900))).astype(np.float32)
+    Y = native.fastica(Xi, np.array([0, 500]), 3, max_iter=500, tol=1e-4)
+    assert (best_abs_corr(Y, S) > 0.99).all()

@@ -44,8 +44,14 @@ constexpr i64 BLOCK = 64;  // samples per block of the FastICA step
 
 i64 pad4(i64 d) { return (d + 3) / 4 * 4; }
 
-// Covariance eigenpairs of one class: fills mean (d), XT (d_pad x m, centred), evals/evecs (k).
-// Returns false when the class has no variance at all.
+// Covariance eigenpairs of one class: fills mean (d), XT (d_pad x m, centred), evals/evecs (k,
+// eigenvectors in feature space, k x d). Returns false when the class has no variance at all.
+//
+// With fewer rows than features (m < d, e.g. flattened conv maps) the m x m Gram matrix
+// G = Xc Xc^T / m is decomposed instead of the d x d covariance: they share their non-zero
+// eigenvalues, and e = Xc^T u / sqrt(m lambda) maps G's eigenvector u to the covariance's. That
+// costs m^2 d + m^3 instead of d^2 m + d^3 — minutes become milliseconds for d in the thousands —
+// and never allocates a d x d matrix.
 bool class_eigen(const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool inner, std::vector<double>& mean,
                  std::vector<float>& XT, std::vector<double>& evals, std::vector<double>& evecs) {
   const i64 dp = pad4(d);
@@ -53,17 +59,48 @@ bool class_eigen(const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool in
   column_mean(X, m, d, mean.data(), row0, cls);
   XT.resize(dp * m);
   transpose_centred(X, m, d, mean.data(), XT.data(), dp);
-  std::vector<double> C(d * d);
-  gram(XT.data(), d, dp, m, C.data(), inner);
-  const double inv = 1.0 / static_cast<double>(m);
-  double trace = 0.0;
-  for (i64 i = 0; i < d * d; ++i) C[i] *= inv;
-  for (i64 a = 0; a < d; ++a) trace += C[a * d + a];
   evals.resize(k);
   evecs.resize(static_cast<i64>(k) * d);
+  const bool dual = m < d;
+  const i64 p = dual ? m : d;  // size of the matrix decomposed
+  std::vector<double> C(p * p);
+  if (dual) {
+    const i64 mp = pad4(m);
+    std::vector<float> Xr(mp * d);
+    rows_centred(X, m, d, mean.data(), Xr.data(), mp);
+    gram(Xr.data(), m, mp, d, C.data(), inner);
+  } else {
+    gram(XT.data(), d, dp, m, C.data(), inner);
+  }
+  const double inv = 1.0 / static_cast<double>(m);
+  double trace = 0.0;
+  for (i64 i = 0; i < p * p; ++i) C[i] *= inv;
+  for (i64 a = 0; a < p; ++a) trace += C[a * p + a];
   if (!(trace > 0.0)) return false;
-  sym_eig_top(C.data(), d, k, evals.data(), evecs.data());
-  return evals[0] > 0.0;
+  if (!dual) {
+    sym_eig_top(C.data(), d, k, evals.data(), evecs.data());
+    return evals[0] > 0.0;
+  }
+  std::vector<double> U(static_cast<i64>(k) * m);
+  sym_eig_top(C.data(), m, k, evals.data(), U.data());
+  if (!(evals[0] > 0.0)) return false;
+  const double floor = evals[0] * 1e-12;  // below: a null direction of the class, left at 0
+  for (int i = 0; i < k; ++i) {
+    double* e = evecs.data() + static_cast<i64>(i) * d;
+    const double* u = U.data() + static_cast<i64>(i) * m;
+    if (!(evals[i] > floor)) {
+      std::fill(e, e + d, 0.0);
+      continue;
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(m) * evals[i]);
+    for (i64 a = 0; a < d; ++a) {
+      const float* x = XT.data() + a * m;
+      double acc = 0.0;
+      for (i64 s = 0; s < m; ++s) acc += x[s] * u[s];
+      e[a] = acc * scale;
+    }
+  }
+  return true;
 }
 
 // Y[k, m] = A[k, d] XT[d, m] (A float64 row-major, accumulated in float32 over d).

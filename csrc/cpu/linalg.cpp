@@ -51,6 +51,12 @@ void transpose_centred(const float* X, i64 n, i64 d, const double* mean, float* 
   std::fill(XT + d * n, XT + d_pad * n, 0.0f);
 }
 
+void rows_centred(const float* X, i64 m, i64 d, const double* mean, float* Xr, i64 m_pad) {
+  for (i64 s = 0; s < m; ++s)
+    for (i64 a = 0; a < d; ++a) Xr[s * d + a] = mean ? static_cast<float>(X[s * d + a] - mean[a]) : X[s * d + a];
+  std::fill(Xr + m * d, Xr + m_pad * d, 0.0f);
+}
+
 namespace {
 
 // One 4 x 2 block of the Gram matrix: rows a..a+3 against rows b, b+1 of XT.

@@ -21,6 +21,10 @@ void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls);
 // (d_pad, n) with rows d..d_pad-1 zero (d_pad a multiple of 4 for the Gram kernel's blocks).
 void transpose_centred(const float* X, i64 n, i64 d, const double* mean, float* XT, i64 d_pad);
 
+// Xr[s, a] = X[s, a] - mean[a] (mean == nullptr: not centred) as float32, Xr of shape (m_pad, d)
+// with rows m..m_pad-1 zero: the rows as vectors, for the m x m Gram matrix when m < d.
+void rows_centred(const float* X, i64 m, i64 d, const double* mean, float* Xr, i64 m_pad);
+
 // C[d, d] = XT XT^T (full symmetric, float64). Products are summed in float32 over chunks of
 // at most 128 samples and the chunk sums in float64. parallel: split the rows of C over the
 // OpenMP threads (deterministic: every entry is summed by one thread in a fixed order).

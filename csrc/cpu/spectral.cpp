@@ -1,5 +1,6 @@
 // Spectral-signature scores: the top right singular vector of the class matrix is the top
-// eigenvector of its d x d Gram matrix, found by power iteration in float64 (cheap: d^2 per step
+// eigenvector of its d x d Gram matrix (of the m x m one when the class has fewer rows m than
+// features d), found by power iteration in float64 (cheap: d^2 per step
 // after the one n d^2 Gram product). Power iteration stops when the unit vector moves less than
 // 1e-10; if the top eigenvalue is so weakly separated that 3000 steps do not get there, the full
 // tridiagonal eigen-solver of linalg.hpp answers instead, so a result is always the top vector.
@@ -66,17 +67,39 @@ void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bo
   for_each_class(offsets, G, [&](i64 c, bool inner) {
     const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
     const i64 dp = (d + 3) / 4 * 4;
-    std::vector<double> mean(d), C(d * d), v(d);
+    std::vector<double> mean(d);
     column_mean(X + r0 * d, m, d, mean.data(), r0, c);
-    std::vector<float> XT(dp * m);
-    transpose_centred(X + r0 * d, m, d, center ? mean.data() : nullptr, XT.data(), dp);
-    gram(XT.data(), d, dp, m, C.data(), inner);
-    top_eigenvector(C.data(), d, v.data());
+    const double* mu = center ? mean.data() : nullptr;
     std::vector<double> proj(m, 0.0);
-    for (i64 a = 0; a < d; ++a) {
-      const float* x = XT.data() + a * m;
-      const double w = v[a];
-      for (i64 s = 0; s < m; ++s) proj[s] += w * x[s];
+    if (m < d) {
+      // Fewer rows than features: top eigenvector u of the m x m Gram G = Xc Xc^T. Then
+      // v = Xc^T u / |Xc^T u| and Xc v = G u / sqrt(lambda) = sqrt(lambda) u, so the scores are
+      // sqrt(lambda) |u| without forming v or a d x d matrix.
+      const i64 mp = (m + 3) / 4 * 4;
+      std::vector<float> Xr(mp * d);
+      rows_centred(X + r0 * d, m, d, mu, Xr.data(), mp);
+      std::vector<double> gm(m * m), u(m);
+      gram(Xr.data(), m, mp, d, gm.data(), inner);
+      top_eigenvector(gm.data(), m, u.data());
+      double lambda = 0.0;
+      for (i64 i = 0; i < m; ++i) {
+        double acc = 0.0;
+        for (i64 j = 0; j < m; ++j) acc += gm[i * m + j] * u[j];
+        lambda += u[i] * acc;
+      }
+      const double root = std::sqrt(std::max(lambda, 0.0));
+      for (i64 s = 0; s < m; ++s) proj[s] = root * u[s];
+    } else {
+      std::vector<double> C(d * d), v(d);
+      std::vector<float> XT(dp * m);
+      transpose_centred(X + r0 * d, m, d, mu, XT.data(), dp);
+      gram(XT.data(), d, dp, m, C.data(), inner);
+      top_eigenvector(C.data(), d, v.data());
+      for (i64 a = 0; a < d; ++a) {
+        const float* x = XT.data() + a * m;
+        const double w = v[a];
+        for (i64 s = 0; s < m; ++s) proj[s] += w * x[s];
+      }
     }
     for (i64 s = 0; s < m; ++s) out[r0 + s] = static_cast<float>(std::abs(proj[s]));
   });
