@@ -98,6 +98,8 @@ def test_n_components_larger_than_d(X):
     ({"tol": -1.0}, ValueError, "tol must be finite"),
     ({"tol": float("nan")}, ValueError, "tol must be finite"),
     ({"seed": -1}, ValueError, "seed must be >= 0"),
+    ({"seed": 2**64}, ValueError, "seed must be <= "),
+    ({"max_iter": 2**40}, ValueError, "max_iter must be <= 2147483647"),
     ({"n_components": 2.5}, TypeError, "n_components must be an int"),
     ({"device": "tpu"}, ValueError, "device must be"),
 ])

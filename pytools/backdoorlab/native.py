@@ -313,7 +313,7 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
     _check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
     max_iter = _check_int(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
-    seed = _check_int(seed, "seed", 0)
+    seed = _check_int(seed, "seed", 0, 2**64 - 1)
     sources, n_iter = _backend(device, "fastica").fastica(X, offsets, n_components, max_iter, tol, seed)
     return (sources, n_iter) if return_n_iter else sources
 
@@ -381,7 +381,7 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
     n_init = _check_int(n_init, "n_init", 1)
     max_iter = _check_int(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
-    seed = _check_int(seed, "seed", 0)
+    seed = _check_int(seed, "seed", 0, 2**64 - 1)
     labels, centers, inertia, _n_iter = _backend(device, "kmeans").kmeans(X, offsets, k, n_init, max_iter, tol, seed)
     return KMeansResult(labels, centers, inertia)
 

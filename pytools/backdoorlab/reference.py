@@ -116,11 +116,17 @@ def _check_min_rows(offsets: np.ndarray, min_rows: int, what: str) -> None:
         raise ValueError(f"class {c} has {int(sizes[c])} rows, fewer than {what}={min_rows}")
 
 
-def _check_int(value: int, name: str, minimum: int) -> int:
+_INT32_MAX = 2**31 - 1
+
+
+def _check_int(value: int, name: str, minimum: int, maximum: int = _INT32_MAX) -> int:
+    """``value`` as an int in ``[minimum, maximum]`` (int32 by default: what the core takes)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
