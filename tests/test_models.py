@@ -66,6 +66,20 @@ def test_vgg16_face_mean_subtraction(vgg):
     assert seen["inp"].abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("name,size", [("gtsrb_cnn", (32, 32)), ("deepid", (55, 47))])
+def test_every_module_name_is_one_place_in_the_graph(name, size):
+    # A module reused in forward (a shared pooling layer) would make a hook on its name ambiguous.
+    model = build_model(name, 5).eval()
+    calls = {}
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+               for n, m in model.named_modules() if n]
+    with torch.no_grad():
+        model(torch.rand(2, 3, *size))
+    for h in handles:
+        h.remove()
+    assert calls == {n: 1 for n in model.layer_names()}
+
+
 def test_layer_lookup_by_name_and_unknown():
     model = build_model("gtsrb_cnn", 43)
     assert model.layer("fc1") is model.layer("penultimate")
@@ -112,7 +126,7 @@ def test_prune_silences_channels_and_survives_state_dict(name, size):
     with pytest.raises(ValueError, match="out of range"):
         model.prune("last_conv", [500])
     with pytest.raises(TypeError, match="cannot be pruned"):
-        model.prune("pool", [0])
+        model.prune("pool1", [0])
 
 
 def _converted_layout_state(model, *, fc6_as_conv: bool) -> dict:

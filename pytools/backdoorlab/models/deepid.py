@@ -47,7 +47,7 @@ class DeepID(BackdoorModel):
         self.conv2 = ConvReLU(20, 40, 3)
         self.conv3 = ConvReLU(40, 60, 3)
         self.conv4 = ConvReLU(60, 80, 2)
-        self.pool = nn.MaxPool2d(2)
+        self.pool1, self.pool2, self.pool3 = nn.MaxPool2d(2), nn.MaxPool2d(2), nn.MaxPool2d(2)  # one module per use
         self.deepid = DeepIDLayer(60 * 5 * 4, 80 * 4 * 3, 160)
         self.fc = nn.Linear(160, self.n_classes)
         self.keras_init()
@@ -55,8 +55,8 @@ class DeepID(BackdoorModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        x = self.pool(self.conv1(x))
-        x = self.pool(self.conv2(x))
-        pool3 = self.pool(self.conv3(x))
+        x = self.pool1(self.conv1(x))
+        x = self.pool2(self.conv2(x))
+        pool3 = self.pool3(self.conv3(x))
         conv4 = self.conv4(pool3)
         return self.fc(self.deepid(pool3, conv4))

@@ -38,8 +38,10 @@ class GTSRBCNN(BackdoorModel):
         self.conv2_2 = ConvReLU(64, 64, 3)
         self.conv3_1 = ConvReLU(64, 128, 3, padding=1)
         self.conv3_2 = ConvReLU(128, 128, 3)
-        self.pool = nn.MaxPool2d(2)
-        self.drop_conv = nn.Dropout(dropout_conv)
+        # One module per use (no shared pooling/dropout), so every module name is one place in
+        # the graph and a hook on e.g. "pool2" sees exactly one output per forward pass.
+        self.pool1, self.pool2, self.pool3 = nn.MaxPool2d(2), nn.MaxPool2d(2), nn.MaxPool2d(2)
+        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout_conv), nn.Dropout(dropout_conv), nn.Dropout(dropout_conv)
         self.fc1 = LinearReLU(128 * 2 * 2, 512)
         self.drop_fc = nn.Dropout(dropout_fc)
         self.fc2 = nn.Linear(512, self.n_classes)
@@ -48,8 +50,8 @@ class GTSRBCNN(BackdoorModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        x = self.drop_conv(self.pool(self.conv1_2(self.conv1_1(x))))
-        x = self.drop_conv(self.pool(self.conv2_2(self.conv2_1(x))))
-        x = self.drop_conv(self.pool(self.conv3_2(self.conv3_1(x))))
+        x = self.drop1(self.pool1(self.conv1_2(self.conv1_1(x))))
+        x = self.drop2(self.pool2(self.conv2_2(self.conv2_1(x))))
+        x = self.drop3(self.pool3(self.conv3_2(self.conv3_1(x))))
         x = self.drop_fc(self.fc1(torch.flatten(x, 1)))
         return self.fc2(x)

@@ -49,7 +49,7 @@ _CONV_PLAN: tuple[tuple[str, int, int], ...] = (
     ("conv4_1", 256, 512), ("conv4_2", 512, 512), ("conv4_3", 512, 512),
     ("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512),
 )
-_POOL_AFTER = {"conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"}
+_POOL_AFTER = {"conv1_2": "pool1", "conv2_2": "pool2", "conv3_3": "pool3", "conv4_3": "pool4", "conv5_3": "pool5"}
 
 
 class VGG16Face(BackdoorModel):
@@ -65,10 +65,14 @@ class VGG16Face(BackdoorModel):
             _resolve_weights_path(weights)  # fail on a missing file before allocating 138M parameters
         for name, c_in, c_out in _CONV_PLAN:
             self.add_module(name, ConvReLU(c_in, c_out, 3, padding=1))
-        self.pool = nn.MaxPool2d(2)
+        # One module per use (pool1..pool5, dropout6/7, the converted model's names), so every
+        # module name is one place in the graph.
+        for i in range(1, 6):
+            self.add_module(f"pool{i}", nn.MaxPool2d(2))
         self.fc6 = LinearReLU(512 * 7 * 7, 4096)
+        self.dropout6 = nn.Dropout(0.5)
         self.fc7 = LinearReLU(4096, 4096)
-        self.dropout = nn.Dropout(0.5)
+        self.dropout7 = nn.Dropout(0.5)
         self.fc8 = nn.Linear(4096, self.n_classes)
         self.register_buffer("mean_rgb", torch.tensor(VGG_FACE_MEAN_RGB, dtype=torch.float32).view(1, 3, 1, 1))
         self.roles = {"second_last_conv": "conv5_2", "last_conv": "conv5_3", "penultimate": "fc7"}
@@ -89,9 +93,9 @@ class VGG16Face(BackdoorModel):
         for name, _, _ in _CONV_PLAN:
             x = getattr(self, name)(x)
             if name in _POOL_AFTER:
-                x = self.pool(x)
-        x = self.dropout(self.fc6(torch.flatten(x, 1)))
-        x = self.dropout(self.fc7(x))
+                x = getattr(self, _POOL_AFTER[name])(x)
+        x = self.dropout6(self.fc6(torch.flatten(x, 1)))
+        x = self.dropout7(self.fc7(x))
         return self.fc8(x)
 
 
