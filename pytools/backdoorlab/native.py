@@ -83,13 +83,23 @@ _core, _core_error = _load("_core")
 _cuda, _cuda_error = _load("_core_cuda")
 
 
-def _cuda_devices() -> int:
+def _cuda_status() -> tuple[int, str | None]:
+    """(visible GPUs, why none) as ``_core_cuda`` itself reports them; never raises."""
     if _cuda is None:
-        return 0
+        return 0, _cuda_error
     try:
-        return int(_cuda.build_info().get("cuda_devices", 0))
-    except Exception:  # a broken driver must not break the CPU path
-        return 0
+        info = _cuda.build_info()
+    except Exception as exc:  # a broken driver must not break the CPU path
+        return 0, f"backdoorlab._core_cuda.build_info() failed: {exc}"
+    n_dev = int(info.get("cuda_devices", 0))
+    if n_dev > 0:
+        return n_dev, None
+    # _core_cuda names the CUDA runtime's own reason (e.g. cudaErrorInsufficientDriver).
+    return 0, str(info.get("cuda_error") or "no CUDA device visible (no reason given by _core_cuda)")
+
+
+def _cuda_devices() -> int:
+    return _cuda_status()[0]
 
 
 def _backend(device: str, kernel: str):
@@ -102,10 +112,12 @@ def _backend(device: str, kernel: str):
         why = None
         if _cuda is None:
             why = _cuda_error
-        elif _cuda_devices() == 0:
-            why = "backdoorlab._core_cuda is built but no CUDA device is visible"
-        elif not hasattr(_cuda, kernel):
-            why = f"backdoorlab._core_cuda has no kernel {kernel!r}"
+        else:
+            n_dev, reason = _cuda_status()
+            if n_dev == 0:
+                why = f"backdoorlab._core_cuda is built but sees no CUDA device: {reason}"
+            elif not hasattr(_cuda, kernel):
+                why = f"backdoorlab._core_cuda has no kernel {kernel!r}"
         if why is None:
             return _cuda
         if device == "cuda":
@@ -117,6 +129,157 @@ def _backend(device: str, kernel: str):
         raise RuntimeError(f"backdoorlab._core has no kernel {kernel!r}: the installed build is older "
                            "than this Python wrapper; rebuild the package")
     return _core
+
+
+# ---- DLPack intake ----------------------------------------------------------------------------
+#
+# A CUDA tensor (PyTorch, CuPy, JAX: anything with __dlpack__ and __dlpack_device__) goes to
+# _core_cuda as it is, which consumes it through DLPack in place on its device: copying it to
+# NumPy here would cost a device->host->device round trip. Everything checkable from metadata
+# alone (dtype, rank, shape, contiguity) is checked here first with the NumPy path's messages;
+# NaN/Inf are found by _core_cuda's device reduction before any compute kernel, as the CPU core
+# finds them while it reads the rows. Any other DLPack object (a CPU tensor) becomes a NumPy
+# array with np.from_dlpack (zero-copy) and takes the NumPy path.
+
+#: DLPack device types (DLDeviceType in dlpack.h) that _core_cuda uses in place.
+_DLPACK_CUDA_TYPES = {2: "kDLCUDA", 13: "kDLCUDAManaged"}
+_DLPACK_HOST_TYPES = {1: "kDLCPU", 3: "kDLCUDAHost"}
+
+
+class _DeviceTensor:
+    """A CUDA-resident DLPack producer whose metadata passed the host-side checks."""
+
+    __slots__ = ("obj", "shape", "where")
+
+    def __init__(self, obj: Any, shape: tuple[int, ...], where: str) -> None:
+        self.obj = obj          # handed to _core_cuda untouched (it calls __dlpack__ itself)
+        self.shape = shape
+        self.where = where      # e.g. "kDLCUDA device 0", for messages
+
+
+def _is_dlpack(obj: Any) -> bool:
+    return (not isinstance(obj, np.ndarray) and hasattr(obj, "__dlpack__")
+            and hasattr(obj, "__dlpack_device__"))
+
+
+def _device_metadata(obj: Any, name: str) -> tuple[Any, tuple[int, ...] | None, bool | None]:
+    """(dtype, shape, C-contiguous) of a CUDA tensor without touching its data.
+
+    ``__cuda_array_interface__`` first (PyTorch, CuPy, Numba), then ``dtype``/``shape``/
+    ``is_contiguous()``/``strides`` attributes. Unknown parts are None: _core_cuda checks them
+    again from the DLPack tensor itself.
+    """
+    try:
+        cai = getattr(obj, "__cuda_array_interface__", None)
+    except Exception as exc:  # torch refuses it for tensors that require grad
+        raise TypeError(f"{name} is a CUDA tensor whose metadata cannot be read ({exc})") from exc
+    if isinstance(cai, dict) and "shape" in cai and "typestr" in cai:
+        shape = tuple(int(v) for v in cai["shape"])
+        try:
+            dtype: Any = np.dtype(cai["typestr"])
+        except TypeError:
+            dtype = cai["typestr"]
+        strides = cai.get("strides")
+        itemsize = dtype.itemsize if isinstance(dtype, np.dtype) else None
+        contiguous: bool | None = True
+        if strides is not None:
+            if itemsize is None:
+                contiguous = None
+            else:
+                expected = itemsize
+                for size, stride in zip(reversed(shape), reversed(tuple(strides))):
+                    if size != 1 and int(stride) != expected:
+                        contiguous = False
+                        break
+                    expected *= size
+        return dtype, shape, contiguous
+    dtype = getattr(obj, "dtype", None)
+    shape_attr = getattr(obj, "shape", None)
+    shape = tuple(int(v) for v in shape_attr) if shape_attr is not None else None
+    contiguous = None
+    if callable(getattr(obj, "is_contiguous", None)):  # torch.Tensor
+        contiguous = bool(obj.is_contiguous())
+    elif hasattr(getattr(obj, "flags", None), "c_contiguous"):  # cupy.ndarray
+        contiguous = bool(obj.flags.c_contiguous)
+    return dtype, shape, contiguous
+
+
+def _dtype_name(dtype: Any) -> str:
+    """'float32' for np.float32, torch.float32, '<f4', ... (the last dotted part of str())."""
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def _take_float32(X: Any, name: str, device: str, ndims: tuple[int, ...], shape_text: str) -> Any:
+    """Route ``X``: a NumPy array or non-DLPack object is returned unchanged (the NumPy checks
+    follow), a non-CUDA DLPack object becomes a zero-copy NumPy view, a CUDA DLPack object is
+    checked from its metadata and wrapped in :class:`_DeviceTensor`."""
+    if not _is_dlpack(X):
+        return X
+    try:
+        dev_type, dev_id = (int(v) for v in X.__dlpack_device__())
+    except Exception as exc:
+        raise TypeError(f"{name}.__dlpack_device__() failed or did not return (type, id): {exc}") from exc
+    if dev_type not in _DLPACK_CUDA_TYPES:
+        try:
+            return np.from_dlpack(X)  # zero-copy view of host memory
+        except Exception as exc:  # BufferError/TypeError/RuntimeError, depending on the producer
+            raise TypeError(f"{name} (a {type(X).__name__} on DLPack device "
+                            f"{_DLPACK_HOST_TYPES.get(dev_type, f'type {dev_type}')}) cannot be "
+                            f"read as a NumPy array through DLPack: {exc}") from exc
+    where = f"{_DLPACK_CUDA_TYPES[dev_type]} device {dev_id}"
+    if device == "cpu":
+        # No silent device->host copy: it would hide a transfer as large as the activations.
+        raise TypeError(f"{name} is a CUDA tensor ({type(X).__name__} on {where}) but device='cpu': "
+                        "pass device='cuda' (or 'auto') to use it in place, or copy it to host "
+                        f"memory yourself (e.g. {name}.cpu())")
+    dtype, shape, contiguous = _device_metadata(X, name)
+    if dtype is not None and _dtype_name(dtype) != "float32":
+        raise TypeError(f"{name} must have dtype float32, got {_dtype_name(dtype)} "
+                        f"(convert it on its device, e.g. {name}.float())")
+    if shape is not None:
+        if len(shape) not in ndims:
+            raise ValueError(f"{name} must be {shape_text}, got {len(shape)}-D with shape {shape}")
+        if shape[0] == 0 or (ndims == (2,) and shape[1] == 0):
+            raise ValueError(f"{name} is empty: shape {shape}")
+        if shape[1] == 0 or int(np.prod(shape[2:], dtype=np.int64)) == 0:
+            raise ValueError(f"{name} has no channels or an empty spatial map: shape {shape}")
+    if contiguous is False:
+        # The NumPy path copies a strided view to C order; on the device that copy is the
+        # producer's job, so it is asked for instead of made behind the caller's back.
+        raise TypeError(f"{name} must be C-contiguous (e.g. call .contiguous() on a torch.Tensor)")
+    if shape is None:  # the offsets cannot be checked without the row count
+        raise TypeError(f"{name} is a CUDA DLPack object ({type(X).__name__}) without shape metadata "
+                        "(__cuda_array_interface__ or .shape)")
+    return _DeviceTensor(X, shape, where)
+
+
+def _acts(acts: Any, device: str, name: str = "acts") -> np.ndarray | _DeviceTensor:
+    """(N, C) or (N, C, H, W) float32 activations: (N, C, S) array, or a checked CUDA tensor."""
+    acts = _take_float32(acts, name, device, (2, 4), "(N, C) or (N, C, H, W)")
+    if isinstance(acts, _DeviceTensor):
+        return acts
+    return _check_acts(acts, name)
+
+
+def _matrix(X: Any, device: str, name: str = "X") -> np.ndarray | _DeviceTensor:
+    """An (n, d) float32 input: a checked C-contiguous array or a checked CUDA tensor."""
+    X = _take_float32(X, name, device, (2,), "2-D (n_samples, n_features)")
+    if isinstance(X, _DeviceTensor):
+        return X
+    return _check_matrix(X, name, check_finite=False)  # the core checks finiteness while it reads rows
+
+
+def _arg(mod: Any, X: np.ndarray | _DeviceTensor, name: str = "X", device: str = "auto") -> Any:
+    """What to hand to ``mod``: the device tensor only to _core_cuda (device='auto' may have
+    resolved to the CPU, which cannot read device memory)."""
+    if not isinstance(X, _DeviceTensor):
+        return X
+    if mod is not _cuda:
+        _n, why = _cuda_status()
+        raise RuntimeError(f"{name} is a CUDA tensor ({X.where}) but device={device!r} resolved to the "
+                           f"CPU core ({why or 'the CUDA core lacks this kernel'}); copy it to host "
+                           f"memory yourself (e.g. {name}.cpu()) or fix the CUDA build")
+    return X.obj
 
 
 # ---- build information and threads ----------------------------------------------------------
@@ -131,7 +294,9 @@ def build_info() -> dict:
         ``version``, ``openmp`` (bool), ``max_threads``, ``simd`` (list of instruction sets the
         CPU core can dispatch to at run time, and the one this CPU uses), ``compiler``,
         ``cuda`` (bool: ``_core_cuda`` built and a GPU visible), ``cuda_built`` (bool),
-        ``cuda_devices`` (int), ``cuda_error`` (why not, or None), ``kernels`` (name ->
+        ``cuda_devices`` (int), ``cuda_error`` (why not, or None: the import error, or
+        ``_core_cuda``'s own reason such as ``cudaGetDeviceCount failed:
+        cudaErrorInsufficientDriver (...)``), ``cuda_info`` (``_core_cuda.build_info()``), ``kernels`` (name ->
         ``{"cpu": "native" | "missing", "cuda": "native" | "missing"}``).
     """
     info: dict[str, Any] = {}
@@ -139,11 +304,11 @@ def build_info() -> dict:
         info.update(_core.build_info())
     else:
         info.update(version=None, openmp=False, max_threads=0, simd=[], core_error=_core_error)
-    n_dev = _cuda_devices()
+    n_dev, why = _cuda_status()
     info["cuda_built"] = _cuda is not None
     info["cuda_devices"] = n_dev
     info["cuda"] = _cuda is not None and n_dev > 0
-    info["cuda_error"] = _cuda_error if _cuda is None else (None if n_dev else "no CUDA device visible")
+    info["cuda_error"] = why
     if _cuda is not None:
         try:
             info["cuda_info"] = dict(_cuda.build_info())
@@ -197,7 +362,7 @@ def activation_stats(acts: np.ndarray, labels: np.ndarray | None = None, n_class
     TypeError, ValueError
         Wrong dtype/ndim, empty input, NaN/Inf, labels out of range.
     """
-    a = _check_acts(acts)
+    a = _acts(acts, device)
     if labels is None and n_classes is not None:
         raise ValueError("n_classes was given without labels")
     if labels is not None and n_classes is None:
@@ -226,6 +391,7 @@ class ActivationStats:
     def __init__(self, n_channels: int, n_classes: int | None = None, device: str = "cpu") -> None:
         self.n_channels = _check_int(n_channels, "n_channels", 1)
         self.n_classes = None if n_classes is None else _check_int(n_classes, "n_classes", 1)
+        self.device = device
         self._mod = _backend(device, "stats_update")
         g = 1 if self.n_classes is None else self.n_classes
         self._count = np.zeros(g, dtype=np.int64)
@@ -248,7 +414,7 @@ class ActivationStats:
         TypeError, ValueError
             Wrong dtype/shape/channel count, NaN/Inf (the accumulator is left unchanged).
         """
-        a = _check_acts(batch, "batch")
+        a = _acts(batch, self.device, "batch")
         if a.shape[1] != self.n_channels:
             raise ValueError(f"batch has {a.shape[1]} channels, the accumulator was made for {self.n_channels}")
         if self.n_classes is None:
@@ -260,7 +426,7 @@ class ActivationStats:
                 raise ValueError(f"labels are required: the accumulator is per class (n_classes={self.n_classes})")
             groups, _ = _check_groups(labels, self.n_classes, a.shape[0])
             groups = np.ascontiguousarray(groups, dtype=np.int64)
-        self._mod.stats_update(a, groups, self._count, self._values, self._mean, self._m2, self._max, self._npos)
+        self._mod.stats_update(_arg(self._mod, a, "batch", self.device), groups, self._count, self._values, self._mean, self._m2, self._max, self._npos)
 
     def result(self) -> dict:
         """Statistics so far, same keys and shapes as :func:`activation_stats`."""
@@ -307,14 +473,15 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
     n_iter : ndarray of shape (n_classes,), int32
         Only with ``return_n_iter``; ``max_iter`` means not converged.
     """
-    X = _check_matrix(X, check_finite=False)  # the core checks finiteness while it reads rows
+    X = _matrix(X, device)
     offsets = _check_offsets(offsets, X.shape[0])
     n_components = _check_components(n_components, X.shape[1])
     _check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
     max_iter = _check_int(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
     seed = _check_int(seed, "seed", 0, 2**64 - 1)
-    sources, n_iter = _backend(device, "fastica").fastica(X, offsets, n_components, max_iter, tol, seed)
+    mod = _backend(device, "fastica")
+    sources, n_iter = mod.fastica(_arg(mod, X, device=device), offsets, n_components, max_iter, tol, seed)
     return (sources, n_iter) if return_n_iter else sources
 
 
@@ -336,11 +503,12 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: str 
     -------
     ndarray of shape (n, n_components), float32
     """
-    X = _check_matrix(X, check_finite=False)
+    X = _matrix(X, device)
     offsets = _check_offsets(offsets, X.shape[0])
     n_components = _check_components(n_components, X.shape[1])
     _check_min_rows(offsets, n_components, "n_components")
-    return _backend(device, "pca").pca(X, offsets, n_components)
+    mod = _backend(device, "pca")
+    return mod.pca(_arg(mod, X, device=device), offsets, n_components)
 
 
 # ---- 3. k-means and silhouette ---------------------------------------------------------------
@@ -374,7 +542,7 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
         ``labels`` int32 (n,) in ``[0, k)`` within each class, ``centers`` float32
         (n_classes, k, d), ``inertia`` float64 (n_classes,) (NaN for empty classes).
     """
-    X = _check_matrix(X, check_finite=False)
+    X = _matrix(X, device)
     offsets = _check_offsets(offsets, X.shape[0])
     k = _check_int(k, "k", 1)
     _check_min_rows(offsets, k, "k")
@@ -382,7 +550,8 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
     max_iter = _check_int(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
     seed = _check_int(seed, "seed", 0, 2**64 - 1)
-    labels, centers, inertia, _n_iter = _backend(device, "kmeans").kmeans(X, offsets, k, n_init, max_iter, tol, seed)
+    mod = _backend(device, "kmeans")
+    labels, centers, inertia, _n_iter = mod.kmeans(_arg(mod, X, device=device), offsets, k, n_init, max_iter, tol, seed)
     return KMeansResult(labels, centers, inertia)
 
 
@@ -406,13 +575,14 @@ def silhouette_samples(X: np.ndarray, offsets: np.ndarray, labels: np.ndarray, d
     -------
     ndarray of shape (n,), float32
     """
-    X = _check_matrix(X, check_finite=False)
+    X = _matrix(X, device)
     offsets = _check_offsets(offsets, X.shape[0])
     labels = _check_labels(labels, X.shape[0])
     if labels.size and labels.max() > np.iinfo(np.int32).max:
         raise ValueError(f"labels must fit in int32, got {labels.max()}")
     labels = np.ascontiguousarray(labels, dtype=np.int32)
-    return _backend(device, "silhouette_samples").silhouette_samples(X, offsets, labels)
+    mod = _backend(device, "silhouette_samples")
+    return mod.silhouette_samples(_arg(mod, X, device=device), offsets, labels)
 
 
 # ---- 4. spectral signatures ------------------------------------------------------------------
@@ -440,9 +610,10 @@ def spectral_scores(X: np.ndarray, offsets: np.ndarray, center: bool = True, dev
     """
     if not isinstance(center, (bool, np.bool_)):
         raise TypeError(f"center must be a bool, got {type(center).__name__}")
-    X = _check_matrix(X, check_finite=False)
+    X = _matrix(X, device)
     offsets = _check_offsets(offsets, X.shape[0])
-    return _backend(device, "spectral_scores").spectral_scores(X, offsets, bool(center))
+    mod = _backend(device, "spectral_scores")
+    return mod.spectral_scores(_arg(mod, X, device=device), offsets, bool(center))
 
 
 # ---- 5. pruning ------------------------------------------------------------------------------
