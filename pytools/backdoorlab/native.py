@@ -14,8 +14,21 @@ a silent float64 -> float32 copy would double memory behind the caller's back); 
 non-contiguous float32 array is copied to C order; integer ``offsets``/``labels`` of any width
 are converted to the width the core takes.
 
+DLPack inputs (``X``, ``acts``, ``batch``): an object with ``__dlpack__``/``__dlpack_device__``
+in host memory (a torch CPU tensor) is read with ``np.from_dlpack`` (zero-copy) and then treated
+exactly like a NumPy array. A CUDA one (``kDLCUDA``/``kDLCUDAManaged``, e.g. a torch CUDA tensor)
+is handed to ``_core_cuda`` as it is, which uses it in place on its device; before that, dtype,
+rank, shape and contiguity are checked here from ``__cuda_array_interface__`` (or the tensor's
+``dtype``/``shape``/``is_contiguous()``) with the NumPy path's messages, and the offsets on the
+host. A strided CUDA tensor is refused (``TypeError``: call ``.contiguous()``) rather than copied
+on the device behind the caller's back; NaN/Inf are found by ``_core_cuda``'s device reduction
+before any compute kernel (``X contains NaN or Inf (first at row r)``). A CUDA tensor with
+``device="cpu"`` is a ``TypeError`` (no hidden device-to-host copy: call ``.cpu()`` yourself),
+and with ``device="auto"`` when no usable GPU/kernel is there a ``RuntimeError`` with the reason.
+
 Devices: ``device="cpu"`` uses ``_core``; ``"cuda"`` uses ``_core_cuda`` and raises
-``RuntimeError`` with the reason when it is not built, sees no GPU or lacks that kernel;
+``RuntimeError`` with the reason when it is not built, sees no GPU (``_core_cuda``'s own reason,
+e.g. ``cudaErrorInsufficientDriver``) or lacks that kernel;
 ``"auto"`` takes CUDA only when it is built, a GPU is visible and the kernel exists there, else
 the CPU. Nothing ever falls back to :mod:`backdoorlab.reference` silently: :func:`build_info`
 reports which implementation serves each kernel.
@@ -342,7 +355,7 @@ def activation_stats(acts: np.ndarray, labels: np.ndarray | None = None, n_class
 
     Parameters
     ----------
-    acts : ndarray of shape (N, C) or (N, C, H, W), float32
+    acts : ndarray or DLPack tensor of shape (N, C) or (N, C, H, W), float32
         Activations; for conv maps every spatial position counts as one value of its channel.
     labels : ndarray of shape (N,), integer, optional
         Class of every row; with it every statistic is per (class, channel).
@@ -406,7 +419,7 @@ class ActivationStats:
 
         Parameters
         ----------
-        batch : ndarray of shape (B, C) or (B, C, H, W), float32
+        batch : ndarray or DLPack tensor of shape (B, C) or (B, C, H, W), float32
         labels : ndarray of shape (B,), integer — required iff the accumulator is per class.
 
         Raises
@@ -450,7 +463,7 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
 
     Parameters
     ----------
-    X : ndarray of shape (n, d), float32
+    X : ndarray or DLPack tensor of shape (n, d), float32
         Rows grouped by class (C-contiguous; a strided view is copied).
     offsets : ndarray of shape (n_classes + 1,), int64
         Class ``c`` is ``X[offsets[c]:offsets[c+1]]``; empty classes are skipped.
@@ -493,7 +506,7 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: str 
 
     Parameters
     ----------
-    X : ndarray of shape (n, d), float32
+    X : ndarray or DLPack tensor of shape (n, d), float32
     offsets : ndarray of shape (n_classes + 1,), int64
     n_components : int
         ``1 <= n_components <= d``; every non-empty class needs at least that many rows.
@@ -526,7 +539,7 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
 
     Parameters
     ----------
-    X : ndarray of shape (n, d), float32
+    X : ndarray or DLPack tensor of shape (n, d), float32
     offsets : ndarray of shape (n_classes + 1,), int64
     k : int
         Clusters per class; every non-empty class needs at least ``k`` rows.
@@ -565,7 +578,7 @@ def silhouette_samples(X: np.ndarray, offsets: np.ndarray, labels: np.ndarray, d
 
     Parameters
     ----------
-    X : ndarray of shape (n, d), float32
+    X : ndarray or DLPack tensor of shape (n, d), float32
     offsets : ndarray of shape (n_classes + 1,), int64
     labels : ndarray of shape (n,), integer
         Cluster of every row within its class (e.g. ``kmeans(...).labels``), ``>= 0``.
@@ -599,7 +612,7 @@ def spectral_scores(X: np.ndarray, offsets: np.ndarray, center: bool = True, dev
 
     Parameters
     ----------
-    X : ndarray of shape (n, d), float32
+    X : ndarray or DLPack tensor of shape (n, d), float32
     offsets : ndarray of shape (n_classes + 1,), int64
     center : bool
     device : {"cpu", "cuda", "auto"}
