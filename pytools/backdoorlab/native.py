@@ -178,8 +178,8 @@ def _is_dlpack(obj: Any) -> bool:
 def _device_metadata(obj: Any, name: str) -> tuple[Any, tuple[int, ...] | None, bool | None]:
     """(dtype, shape, C-contiguous) of a CUDA tensor without touching its data.
 
-    ``__cuda_array_interface__`` first (PyTorch, CuPy, Numba), then ``dtype``/``shape``/
-    ``is_contiguous()``/``strides`` attributes. Unknown parts are None: _core_cuda checks them
+    ``__cuda_array_interface__`` first (PyTorch, CuPy, Numba), then the ``dtype``/``shape``
+    attributes with ``is_contiguous()`` (torch) or ``flags.c_contiguous`` (CuPy). Unknown parts are None: _core_cuda checks them
     again from the DLPack tensor itself.
     """
     try:
@@ -190,7 +190,7 @@ def _device_metadata(obj: Any, name: str) -> tuple[Any, tuple[int, ...] | None, 
         shape = tuple(int(v) for v in cai["shape"])
         try:
             dtype: Any = np.dtype(cai["typestr"])
-        except TypeError:
+        except (TypeError, ValueError):
             dtype = cai["typestr"]
         strides = cai.get("strides")
         itemsize = dtype.itemsize if isinstance(dtype, np.dtype) else None
