@@ -7,9 +7,16 @@ library function. Modules are imported lazily so ``backdoorlab --help`` stays fa
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
+import os
+
+# On a busy machine, OpenMP threads that spin while waiting (libgomp's default) make torch and the
+# native core several times slower; passive waiting costs nothing when the machine is idle. It must
+# be set before torch or backdoorlab._core loads libgomp, hence here, before any other import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
 
 # subcommand -> (module in this package, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
