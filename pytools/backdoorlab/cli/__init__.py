@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        # Bad input is the user's to fix: one clear line, no traceback.
-        print(f"backdoorlab {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+        # Bad input is the user's to fix: one clear line, no traceback. (str() of a KeyError
+        # quotes its message, so take the message itself.)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"backdoorlab {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
