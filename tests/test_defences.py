@@ -395,3 +395,13 @@ def test_bench_prune_times_the_three_searches(fp_ctx):
     assert r["cached_tail_linear"]["pruned"] == r["naive_full_forward"]["pruned"]
     assert r["cached_tail_linear"]["speedup_vs_naive"] > 0
     assert r["naive_full_forward"]["evaluations"] == r["cached_tail_linear"]["evaluations"]
+
+
+def test_ac_prereduction_of_a_training_set_smaller_than_prereduce_dims():
+    # Regression: a wide layer (488 units) with fewer rows (100) than the default prereduce_dims
+    # (256) used to ask PCA for more components than there are rows.
+    acts = np.maximum(np.random.default_rng(0).normal(size=(100, 488)), 0).astype(np.float32)
+    projected, info = ActivationClustering()._prereduce(acts, "cpu")
+    assert projected.shape == (100, 100)
+    assert info["dims"] == 100 and info["from"] == 488
+    assert 0.99 <= info["variance_kept"] <= 1.0 + 1e-5

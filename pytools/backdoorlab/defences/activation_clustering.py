@@ -368,13 +368,15 @@ class ActivationClustering(Defence):
         from backdoorlab import native
 
         n = acts.shape[0]
+        # A PCA of n rows has at most n components: small training sets get fewer dimensions.
+        dims = min(self.prereduce_dims, n)
         projected = np.ascontiguousarray(
-            native.pca(acts, np.array([0, n], dtype=np.int64), n_components=self.prereduce_dims, device=device),
+            native.pca(acts, np.array([0, n], dtype=np.int64), n_components=dims, device=device),
             dtype=np.float32,
         )
         total = float(np.asarray(native.activation_stats(acts)["std"], dtype=np.float64).__pow__(2).sum())
         kept = float(np.asarray(native.activation_stats(projected)["std"], dtype=np.float64).__pow__(2).sum())
-        return projected, {"dims": self.prereduce_dims, "from": int(acts.shape[1]),
+        return projected, {"dims": dims, "from": int(acts.shape[1]),
                            "variance_kept": kept / total if total > 0 else 1.0}
 
     # ------------------------------------------------------------------ full step
