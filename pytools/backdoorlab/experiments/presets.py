@@ -93,9 +93,9 @@ def full_study_dict(vgg_face_weights: str | None = None) -> dict[str, Any]:
 
 
 #: What --quick uses: a per-class subset of synth-signs, few epochs (see quick_study_dict).
-QUICK_LIMIT_PER_CLASS = 100
-QUICK_CLEAN_PER_CLASS = 10
-QUICK_EPOCHS = 4
+QUICK_LIMIT_PER_CLASS = 250
+QUICK_CLEAN_PER_CLASS = 25
+QUICK_EPOCHS = 8
 QUICK_SHARES = (0.15, 0.33)
 #: Six of the 43 sign classes — speed limits 30 and 120 (alike but for the digits), priority road,
 #: yield, stop, keep right — with the presets' source (8) and target (14). With ten classes and five
