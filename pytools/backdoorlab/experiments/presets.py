@@ -10,9 +10,9 @@ one), SS, DP, Fine-Pruning of the last and second-to-last conv layer, AC→FP an
 Fine-Pruning threshold sweep of Fig. 3 on the 7 % settings. Expect many CPU hours; a GPU helps.
 
 ``quick_study()`` is ``--quick``: one trigger at two shares on six of the 43 ``synth-signs``
-classes (at most 100 images per class and split), four epochs, every defence and combination
-and a two-point threshold sweep, so every table and figure of the report is filled in about ten
-minutes on two CPU cores.
+classes (at most 250 images per class and split), eight epochs, every defence and combination
+and a two-point threshold sweep, so every table and figure of the report is filled in about 3.5
+minutes on an idle 2-core machine (well under ten when the cores are shared).
 
 Both are plain mappings in the config-file format (see :mod:`backdoorlab.experiments.config`),
 validated by the same code as a user's file; ``*_dict()`` returns them for inspection or as a
