@@ -15,7 +15,13 @@ with hundreds of groups that is hundreds of trainings. We instead:
    backdoor, which hides the harm of a poisoned group);
 3. ``without`` = ``B`` fine-tuned on ``R`` for ``epochs`` (shared by all groups);
    ``with_g`` = ``B`` fine-tuned on ``g + R`` for the same ``epochs`` (default 4), same seed;
-4. ``delta_g = acc(without, E) - acc(with_g, E)``; flag ``g`` if ``delta_g > threshold``.
+4. ``delta_g = acc(without, E) - acc(with_g, E)``; flag ``g`` if ``delta_g > threshold`` and
+   (``rule="robust"``, the default) ``delta_g`` is also an outlier among all groups' deltas:
+   ``delta_g > median + z * max(1.4826 * MAD, threshold / 2)``. Any group of one class nudges the
+   short fine-tune towards that class and costs holdout accuracy; with a small trusted set that
+   cost alone passes an absolute threshold for most clean groups (seen: 86.6 % of the clean rows
+   removed in the quick study). The median is that common cost; a poisoned group, which teaches
+   wrong labels, stands out above it. ``rule="absolute"`` is the threshold alone.
 
 ``R`` is replayed in both arms so a group holding one class only does not make the model forget
 the others; both arms see the same schedule, so the difference is the effect of the group. The
@@ -85,6 +91,11 @@ class DataProvenance(Defence):
         Fine-tuning learning rate (default: the training recipe's).
     base : {"scratch", "current"}
         Starting point shared by all arms (see the module docstring).
+    rule : {"robust", "absolute"}
+        ``"robust"`` (default) also asks a flagged group's delta to be an outlier among the groups
+        (``median + z * max(1.4826 * MAD, threshold / 2)``); ``"absolute"`` uses the threshold alone.
+    z : float
+        Outlier distance of the robust rule, in robust standard deviations (default 3.5).
     tune_share : float in (0, 1)
         Share of the trusted clean set used for training (the rest is the holdout; default 0.5).
     base_steps : int
@@ -102,6 +113,8 @@ class DataProvenance(Defence):
         epochs: int = 4,
         lr: float | None = None,
         base: str = "scratch",
+        rule: str = "robust",
+        z: float = 3.5,
         tune_share: float = 0.5,
         base_steps: int = 300,
         retrain: str = "scratch",
@@ -112,6 +125,10 @@ class DataProvenance(Defence):
             raise ValueError(f"lr must be a positive number or None, got {lr!r}")
         self.lr = None if lr is None else float(lr)
         self.base = check_choice("base", base, ("scratch", "current"))
+        self.rule = check_choice("rule", rule, ("robust", "absolute"))
+        if isinstance(z, bool) or not isinstance(z, (int, float)) or not np.isfinite(z) or z <= 0:
+            raise ValueError(f"z must be a positive finite number, got {z!r}")
+        self.z = float(z)
         self.tune_share = check_fraction("tune_share", tune_share)
         self.base_steps = check_positive_int("base_steps", base_steps)
         self.retrain = check_choice("retrain mode", retrain, ("scratch", "fine-tune", "none"))
@@ -180,29 +197,39 @@ class DataProvenance(Defence):
         del without
 
         per_group = []
-        flagged_ids = []
         for g, rows in tqdm(groups.items(), desc="provenance groups", disable=not progress, leave=False):
             group = train.subset(rows)  # by row index, never by pixel value
             images = torch.cat([group.load_images(), tune_images])
             labels = torch.cat([torch.as_tensor(group.labels, dtype=torch.int64), tune_labels])
             with_g = self._fine_tune(copy.deepcopy(base), images, labels, ctx)
             acc_with = _accuracy(with_g, holdout, ctx.device)
-            delta = acc_without - acc_with
-            flagged = delta > self.threshold
-            if flagged:
-                flagged_ids.append(g)
-            per_group.append({"group": g, "n": int(rows.size), "accuracy_with": acc_with, "delta": delta,
-                              "flagged": bool(flagged)})
+            per_group.append({"group": g, "n": int(rows.size), "accuracy_with": acc_with,
+                              "delta": acc_without - acc_with})
+        cutoff = self._cutoff(np.array([e["delta"] for e in per_group], dtype=np.float64))
+        flagged_ids = []
+        for entry in per_group:
+            entry["flagged"] = bool(entry["delta"] > cutoff)
+            if entry["flagged"]:
+                flagged_ids.append(entry["group"])
         flags = np.zeros(len(train), dtype=bool)
         for g in flagged_ids:
             flags[groups[g]] = True  # by row index, never by value
         is_poisoned = np.asarray(train.is_poisoned, dtype=bool)
         for entry in per_group:
             entry["poisoned"] = int(is_poisoned[groups[entry["group"]]].sum())
-        report = {"base": self.base, "accuracy_without": acc_without, "n_groups": len(groups),
+        report = {"base": self.base, "rule": self.rule, "cutoff": cutoff,
+                  "accuracy_without": acc_without, "n_groups": len(groups),
                   "flagged_groups": [int(g) for g in flagged_ids], "n_tune": int(n_tune),
                   "n_holdout": int(len(clean) - n_tune), "per_group": per_group}
         return flags, report
+
+    def _cutoff(self, deltas: np.ndarray) -> float:
+        """The delta a group must exceed to be flagged (see ``rule``)."""
+        if self.rule == "absolute" or deltas.size == 0:
+            return self.threshold
+        median = float(np.median(deltas))
+        spread = max(1.4826 * float(np.median(np.abs(deltas - median))), self.threshold / 2)
+        return max(self.threshold, median + self.z * spread)
 
     def run(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[DefenceContext, DefenceResult]:
         flags, report = self.detect(ctx, progress=progress)
