@@ -13,7 +13,7 @@ preset parameters (``fp-last``/``fp-second`` choose the pruned layer, ``ac-paper
 from __future__ import annotations
 
 from .activation_clustering import ActivationClustering
-from .base import Defence, DefenceContext, DefenceResult, removal_report
+from .base import Defence, DefenceContext, DefenceResult, FilteringDefence, removal_report
 from .fine_pruning import FinePruning
 from .provenance import DataProvenance
 from .spectral_signatures import SpectralSignatures
@@ -71,6 +71,6 @@ from .pipeline import Pipeline, PipelineReport, defend  # noqa: E402  (needs the
 
 __all__ = [
     "ActivationClustering", "SpectralSignatures", "DataProvenance", "FinePruning",
-    "Defence", "DefenceContext", "DefenceResult", "removal_report",
+    "Defence", "DefenceContext", "DefenceResult", "FilteringDefence", "removal_report",
     "DEFENCES", "ALIASES", "canonical_name", "make_defence", "Pipeline", "PipelineReport", "defend",
 ]

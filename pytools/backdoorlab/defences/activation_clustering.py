@@ -44,8 +44,8 @@ from __future__ import annotations
 import numpy as np
 
 from .base import (
-    Defence,
     DefenceContext,
+    FilteringDefence,
     DefenceResult,
     check_choice,
     check_fraction,
@@ -179,7 +179,7 @@ def analyse_clusters(
     return flags, per_class
 
 
-class ActivationClustering(Defence):
+class ActivationClustering(FilteringDefence):
     """Activation Clustering with a choice of analysis; retrains on the kept samples.
 
     Parameters
@@ -382,17 +382,10 @@ class ActivationClustering(Defence):
     # ------------------------------------------------------------------ full step
     def run(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[DefenceContext, DefenceResult]:
         flags, report = self.detect(ctx, progress=progress)
-        model = None
-        kept = None
+        model = kept = None
         if self.exclusionary and flags.any():
             flags, model, kept, report["exclusionary"] = self._reclassify(ctx, flags, progress=progress)
-        if model is None:
-            model, kept = retrain(ctx, ~flags, mode=self.retrain, progress=progress)
-        is_poisoned = np.asarray(ctx.train.is_poisoned, dtype=bool)
-        report.update(removal_report(flags, is_poisoned))
-        report["retrain"] = self.retrain
-        report["config"] = self.config()
-        return ctx.replace(model=model, train=kept), DefenceResult(self.name, flags=flags, report=report)
+        return self._remove_and_retrain(ctx, flags, report, progress=progress, model=model, kept=kept)
 
     def _reclassify(self, ctx: DefenceContext, flags: np.ndarray, *, progress: bool):
         """Exclusionary reclassification: keep flagged clusters a model trained without them agrees with."""

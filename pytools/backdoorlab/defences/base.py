@@ -129,6 +129,30 @@ class Defence:
         return f"{type(self).__name__}({args})"
 
 
+class FilteringDefence(Defence):
+    """A data-filtering defence (AC, SS, DP): :meth:`detect` flags training rows, :meth:`run`
+    removes them, retrains (``self.retrain``: ``"scratch"``, ``"fine-tune"`` or ``"none"``) and
+    adds the paper's removal columns to the report."""
+
+    def detect(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[np.ndarray, dict]:
+        """Flag rows of ``ctx.train`` without retraining. Returns ``(flags, report)``."""
+        raise NotImplementedError
+
+    def run(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[DefenceContext, DefenceResult]:
+        flags, report = self.detect(ctx, progress=progress)
+        return self._remove_and_retrain(ctx, flags, report, progress=progress)
+
+    def _remove_and_retrain(self, ctx: DefenceContext, flags: np.ndarray, report: dict, *, progress: bool,
+                            model=None, kept=None) -> tuple[DefenceContext, DefenceResult]:
+        """Retrain on the unflagged rows (unless ``model``/``kept`` are already given) and report."""
+        if model is None:
+            model, kept = retrain(ctx, ~flags, mode=self.retrain, progress=progress)
+        report.update(removal_report(flags, np.asarray(ctx.train.is_poisoned, dtype=bool)))
+        report["retrain"] = self.retrain
+        report["config"] = self.config()
+        return ctx.replace(model=model, train=kept), DefenceResult(self.name, flags=flags, report=report)
+
+
 # --------------------------------------------------------------------------- reports
 
 

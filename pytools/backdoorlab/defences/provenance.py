@@ -40,17 +40,14 @@ import numpy as np
 import torch
 
 from .base import (
-    Defence,
     DefenceContext,
-    DefenceResult,
+    FilteringDefence,
     check_choice,
     check_fraction,
     check_positive_int,
     predict_labels,
     reinitialised_copy,
-    removal_report,
     resolve_device,
-    retrain,
 )
 
 __all__ = ["DataProvenance", "group_rows"]
@@ -74,7 +71,7 @@ def _accuracy(model, dataset, device: str) -> float:
     return float((preds == np.asarray(dataset.labels)).mean())
 
 
-class DataProvenance(Defence):
+class DataProvenance(FilteringDefence):
     """Data Provenance with a shared base and short with/without fine-tunes per group.
 
     Parameters
@@ -230,11 +227,3 @@ class DataProvenance(Defence):
         median = float(np.median(deltas))
         spread = max(1.4826 * float(np.median(np.abs(deltas - median))), self.threshold / 2)
         return max(self.threshold, median + self.z * spread)
-
-    def run(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[DefenceContext, DefenceResult]:
-        flags, report = self.detect(ctx, progress=progress)
-        model, kept = retrain(ctx, ~flags, mode=self.retrain, progress=progress)
-        report.update(removal_report(flags, np.asarray(ctx.train.is_poisoned, dtype=bool)))
-        report["retrain"] = self.retrain
-        report["config"] = self.config()
-        return ctx.replace(model=model, train=kept), DefenceResult(self.name, flags=flags, report=report)

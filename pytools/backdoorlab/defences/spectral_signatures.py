@@ -24,16 +24,13 @@ from __future__ import annotations
 import numpy as np
 
 from .base import (
-    Defence,
     DefenceContext,
-    DefenceResult,
+    FilteringDefence,
     check_choice,
     check_fraction,
     check_positive_int,
     layer_outputs,
     native_device,
-    removal_report,
-    retrain,
 )
 
 __all__ = ["SpectralSignatures", "SCORINGS", "spectral_flags"]
@@ -57,7 +54,7 @@ def spectral_flags(scores: np.ndarray, offsets: np.ndarray, share: float) -> np.
     return flags
 
 
-class SpectralSignatures(Defence):
+class SpectralSignatures(FilteringDefence):
     """Spectral Signatures: remove the top-scoring share of every class and retrain.
 
     Parameters
@@ -142,11 +139,3 @@ class SpectralSignatures(Defence):
         report = {"layer": self.layer, "scoring": self.scoring, "removal_share": self.removal_share,
                   "per_class": per_class}
         return flags, report
-
-    def run(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[DefenceContext, DefenceResult]:
-        flags, report = self.detect(ctx, progress=progress)
-        model, kept = retrain(ctx, ~flags, mode=self.retrain, progress=progress)
-        report.update(removal_report(flags, np.asarray(ctx.train.is_poisoned, dtype=bool)))
-        report["retrain"] = self.retrain
-        report["config"] = self.config()
-        return ctx.replace(model=model, train=kept), DefenceResult(self.name, flags=flags, report=report)
