@@ -193,3 +193,151 @@ def test_cli_train_and_evaluate(trained, variant, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert cli_main(args[:-5] + ["--epochs", "2", "--resume", "--device", "cpu", "--no-progress"]) == 0
     assert ckpt.load(out)[1]["epochs_done"] == 2
+
+
+# --- training-time augmentation (backdoorlab.augment) ------------------------------------------
+
+from backdoorlab.augment import AUGMENTATIONS, PARAM_COLUMNS, Augmentation, apply, epoch_params  # noqa: E402
+from backdoorlab.data import to_float_chw  # noqa: E402
+from backdoorlab.train import epoch_order, make_optimizer  # noqa: E402
+
+AUG = AUGMENTATIONS["gtsrb"]
+
+
+def _plain_loop(ds, cfg, seed):
+    """The trainer's semantics without augmentation, written out by hand (no trainer code)."""
+    model = build_model("gtsrb_cnn", 4, seed=0)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    images, labels = ds.load_images(max_bytes=None), torch.from_numpy(ds.labels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for epoch in range(cfg.epochs):
+            model.train()
+            for idx in epoch_order(len(ds), seed, epoch).split(cfg.batch_size):
+                loss = torch.nn.functional.cross_entropy(model(to_float_chw(images[idx])), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    return model
+
+
+def _train(ds, cfg, seed=5, **kw):
+    model = build_model("gtsrb_cnn", 4, seed=0)
+    train_model(model, ds, cfg, seed=seed, device="cpu", progress=False, **kw)
+    return model
+
+
+def test_augmentation_off_trains_exactly_as_without(variant):
+    ds = _quick(variant)
+    cfg = TOY_CONFIG.replace(epochs=1)
+    assert cfg.augment is None and all(PRESETS[k].augment is None for k in ("gtsrb", "ytaf", "lfw"))
+    off = _train(ds, cfg)
+    assert state_equal(off, _plain_loop(ds, cfg, seed=5))
+    # all ranges zero: the augmentation path runs (own RNG stream) but changes no pixel, so
+    # neither the weights nor the dropout stream may move
+    assert state_equal(off, _train(ds, cfg.replace(augment=Augmentation())))
+    assert not state_equal(off, _train(ds, cfg.replace(augment=AUG)))
+
+
+def test_augmented_training_is_seeded(variant):
+    ds = _quick(variant)
+    cfg = TOY_CONFIG.replace(epochs=1, augment="gtsrb")
+    assert cfg.augment == AUG and cfg.to_dict()["augment"] == AUG.to_dict()
+    assert state_equal(_train(ds, cfg, seed=5), _train(ds, cfg, seed=5))
+    assert not state_equal(_train(ds, cfg, seed=5), _train(ds, cfg, seed=6))
+    p = epoch_params(AUG, 100, seed=5, epoch=0)
+    assert p.shape == (100, len(PARAM_COLUMNS)) and torch.equal(p, epoch_params(AUG, 100, seed=5, epoch=0))
+    assert not torch.equal(p, epoch_params(AUG, 100, seed=5, epoch=1))
+    assert not torch.equal(p, epoch_params(AUG, 100, seed=6, epoch=0))
+    centre = torch.tensor([0, 1, 0, 0, 1, 1], dtype=torch.float32)
+    half = torch.tensor([np.radians(10), 0.1, 2, 2, 0.2, 0.2], dtype=torch.float32)
+    spread = (p - centre).abs() / half
+    assert float(spread.max()) <= 1 + 1e-5 and bool((spread.amax(0) > 0.9).all())  # fills each range
+
+
+def test_augmented_resume_equals_uninterrupted(variant, tmp_path):
+    ds = _quick(variant)
+    cfg = TOY_CONFIG.replace(augment="gtsrb")
+    full = _train(ds, cfg.replace(epochs=2), seed=3)
+    path = tmp_path / "aug.pt"
+    _train(ds, cfg.replace(epochs=1), seed=3, checkpoint=path)
+    assert ckpt.load(path)[1]["config"]["augment"] == AUG.to_dict()
+    torch.manual_seed(1234)
+    resumed = build_model("gtsrb_cnn", 4, seed=99)
+    train_model(resumed, ds, cfg.replace(epochs=2), seed=3, device="cpu", checkpoint=path, resume=True, progress=False)
+    assert state_equal(full, resumed)
+    with pytest.raises(ValueError, match="cannot resume.*augment"):  # another augmentation is another run
+        train_model(build_model("gtsrb_cnn", 4), ds, cfg.replace(epochs=3, augment=None), seed=3, checkpoint=path,
+                    resume=True, progress=False)
+
+
+@pytest.mark.parametrize("spec,match", [
+    (dict(rotate_deg=-1), "rotate_deg must be >= 0"), (dict(rotate_deg=200), "rotate_deg must be <= 180"),
+    (dict(scale=1.0), "scale must be < 1"), (dict(brightness=float("nan")), "brightness must be a finite"),
+    (dict(contrast=True), "contrast must be a finite"), (dict(translate_px="2"), "translate_px must be a finite"),
+    (dict(shear=3), "unknown Augmentation fields \\['shear'\\]"), ("flip", "unknown augmentation 'flip'"),
+    (3, "must be None, a name, a dict or an Augmentation"),
+])
+def test_augmentation_parameters_validated(spec, match):
+    with pytest.raises(ValueError, match="TrainConfig.augment: .*" + match):
+        PRESETS["gtsrb"].replace(augment=spec)
+
+
+def test_augmentation_inputs_checked_and_old_configs_load():
+    x = torch.rand(4, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"params must be a \(4, 6\)"):
+        apply(AUG, x, epoch_params(AUG, 3, 0, 0))
+    with pytest.raises(ValueError, match="float .B, C, H, W. tensor"):
+        apply(AUG, (x * 255).to(torch.uint8), epoch_params(AUG, 4, 0, 0))
+    with pytest.raises(TypeError, match="Augmentation"):
+        epoch_params({"rotate_deg": 1}, 4, 0, 0)
+    old = {k: v for k, v in PRESETS["gtsrb"].to_dict().items() if k != "augment"}  # checkpoint from before
+    assert TrainConfig.from_dict(old) == PRESETS["gtsrb"]
+
+
+def _params(b, angle_deg=0.0, zoom=1.0, sx=0.0, sy=0.0, contrast=1.0, brightness=1.0):
+    return torch.tensor([[np.radians(angle_deg), zoom, sx, sy, contrast, brightness]] * b, dtype=torch.float32)
+
+
+def test_augmentation_transforms_images_as_specified():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    full = Augmentation(rotate_deg=90, scale=0.5, translate_px=4, brightness=0.5, contrast=0.5)
+    # a shift of +2 px samples 2 px to the right: the content moves 2 px left / up
+    out = apply(full, x, _params(2, sx=2.0))
+    torch.testing.assert_close(out[..., :, :-2], x[..., :, 2:], atol=1e-5, rtol=0)
+    out = apply(full, x, _params(2, sy=-3.0))
+    torch.testing.assert_close(out[..., 3:, :], x[..., :-3, :], atol=1e-5, rtol=0)
+    # 90 degrees on a square image is a rot90 (exact resampling on the pixel grid)
+    out = apply(full, x, _params(2, angle_deg=90.0))
+    rotated = [torch.rot90(x, k, dims=(2, 3)) for k in (1, -1)]
+    assert min(float((out - r).abs().max()) for r in rotated) < 1e-4
+    # contrast and brightness: (x - mean) * c + mean, then * b, clamped
+    out = apply(full, x, _params(2, contrast=0.5, brightness=1.2))
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(out, (((x - mean) * 0.5 + mean) * 1.2).clamp(0, 1))
+    # non-square input (DeepID's 55x47): rotation leaves a centred round blob round (rotating in
+    # normalised coordinates instead would shear it: max error 0.07 instead of 0.005)
+    yy, xx = torch.meshgrid(torch.arange(55.0) - 27, torch.arange(47.0) - 23, indexing="ij")
+    blob = torch.exp(-(yy ** 2 + xx ** 2) / 72).expand(1, 3, 55, 47)
+    out = apply(full, blob, _params(1, angle_deg=37.0))
+    assert float((out - blob).abs().max()) < 0.02
+    # the named setting changes every image noticeably and keeps [0, 1]
+    batch = torch.rand(16, 3, 32, 32, generator=g)
+    out = apply(AUG, batch, epoch_params(AUG, 16, seed=0, epoch=0))
+    assert out.shape == batch.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert float((out - batch).abs().mean(dim=(1, 2, 3)).min()) > 0.02
+
+
+def test_cli_augment_and_drop_poisoned(variant, tmp_path):
+    out = tmp_path / "aug_cli.pt"
+    assert cli_main(["train", "--data", str(variant), "--model", "gtsrb_cnn", "--preset", "gtsrb-augmented",
+                     "--epochs", "1", "--drop-poisoned", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    _, meta = ckpt.load(out)
+    assert meta["config"]["augment"] == AUG.to_dict() and meta["preset"] == "gtsrb-augmented"
+    assert meta["drop_poisoned"] and meta["n_poisoned_dropped"] == 30
+    assert meta["data"]["n"] == 210 and meta["data"]["n_poisoned"] == 0
+    out2 = tmp_path / "off_cli.pt"
+    assert cli_main(["train", "--data", str(variant), "--model", "gtsrb_cnn", "--preset", "gtsrb-augmented",
+                     "--epochs", "1", "--augment", "none", "--out", str(out2), "--device", "cpu", "--no-progress"]) == 0
+    assert ckpt.load(out2)[1]["config"]["augment"] is None
