@@ -10,7 +10,9 @@ step -- no progress bar, no checkpoint, no bookkeeping. Against it we time, on t
 - ``trainer/stream``: the same trainer streaming items from HDF5 through a ``DataLoader``
   (``--workers`` processes), the path taken for splits above the memory bound;
 - ``bare/dataloader``: the bare loop fed by a ``DataLoader`` over the HDF5 split, i.e. what a
-  per-item ``Dataset`` costs without our fast path.
+  per-item ``Dataset`` costs without our fast path;
+- ``trainer/memory+augment`` (only with ``--augment NAME``): the in-memory trainer with that
+  training-time augmentation (:mod:`backdoorlab.augment`) switched on, i.e. what augmentation costs.
 
 Runs are interleaved one epoch at a time (A B C D, A B C D, ...) so that load from other
 processes hits all of them alike; the median images/s per variant and the ratio to the bare
@@ -44,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the streaming variants (default 0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--augment", default=None,
+                   help="also time the in-memory trainer with this augmentation (e.g. gtsrb)")
     p.add_argument("--skip-stream", action="store_true", help="time only the in-memory variants")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -75,6 +79,8 @@ def run(argv: list[str]) -> int:
     from backdoorlab.models import build_model
     from backdoorlab.train import TrainConfig, epoch_order, make_optimizer, train_model
 
+    augmentation = TrainConfig(1, 1, "adam", 1e-3, augment=args.augment).augment if args.augment else None
+
     dev = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         tmp = Path(tmp)
@@ -92,11 +98,13 @@ def run(argv: list[str]) -> int:
                              num_workers=args.workers)
         init = build_model(args.model, ds.n_classes, seed=args.seed)
         models = {}
-        for key in ("bare/memory", "trainer/memory", "trainer/stream", "bare/dataloader"):
+        for key in ("bare/memory", "trainer/memory", "trainer/stream", "bare/dataloader", "trainer/memory+augment"):
             m = build_model(args.model, ds.n_classes, seed=args.seed)
             m.load_state_dict(init.state_dict())
             models[key] = m.to(dev)
         variants = ["bare/memory", "trainer/memory"] + ([] if args.skip_stream else ["trainer/stream", "bare/dataloader"])
+        if augmentation is not None:
+            variants.append("trainer/memory+augment")
         optimizers = {k: make_optimizer(models[k].parameters(), config) for k in ("bare/memory", "bare/dataloader")}
 
         # The reference's data: float32 CHW in memory, converted once, outside the timing.
@@ -116,15 +124,17 @@ def run(argv: list[str]) -> int:
             batches = ((x.to(dev), y.to(dev)) for x, y in loader)
             return _bare_epoch(models["bare/dataloader"], optimizers["bare/dataloader"], batches)
 
-        def trainer(key, in_memory):
+        def trainer(key, in_memory, augment=None):
             def go(epoch):
-                train_model(models[key], ds, config.replace(in_memory=in_memory), seed=args.seed + epoch, device=dev,
-                            checkpoint=tmp / f"{key.replace('/', '_')}.pt", progress=False)
+                train_model(models[key], ds, config.replace(in_memory=in_memory, augment=augment),
+                            seed=args.seed + epoch, device=dev, checkpoint=tmp / f"{key.replace('/', '_')}.pt",
+                            progress=False)
                 return n
             return go
 
         fns = {"bare/memory": bare_memory, "trainer/memory": trainer("trainer/memory", True),
-               "trainer/stream": trainer("trainer/stream", False), "bare/dataloader": bare_dataloader}
+               "trainer/stream": trainer("trainer/stream", False), "bare/dataloader": bare_dataloader,
+               "trainer/memory+augment": trainer("trainer/memory+augment", True, augmentation)}
         times: dict[str, list[float]] = {k: [] for k in variants}
         for epoch in range(args.rounds):
             for key in variants:
@@ -143,6 +153,7 @@ def run(argv: list[str]) -> int:
         "benchmark": "train", "model": args.model, "data": str(args.data or "toy"), "n_train": n,
         "image_shape": list(ds.image_shape), "batch_size": args.batch_size, "rounds": args.rounds,
         "threads": args.threads, "workers": args.workers, "device": str(dev), "seed": args.seed,
+        "augment": augmentation.to_dict() if augmentation else None,
         "torch": str(torch.__version__), "cpu": platform.processor() or platform.machine(),
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "reference_preload_s": round(preload_s, 3),
@@ -153,7 +164,7 @@ def run(argv: list[str]) -> int:
     print(f"\n{args.model} on {n} images {tuple(ds.image_shape)}, batch {args.batch_size}, {args.threads} threads, "
           f"{args.rounds} interleaved rounds (median):")
     for k, v in ips.items():
-        print(f"  {k:16s} {v:8.0f} img/s   ratio to bare/memory {v / ref:.3f}")
+        print(f"  {k:22s} {v:8.0f} img/s   ratio to bare/memory {v / ref:.3f}")
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
