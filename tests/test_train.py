@@ -250,7 +250,8 @@ def test_augmented_training_is_seeded(variant):
     assert not torch.equal(p, epoch_params(AUG, 100, seed=5, epoch=1))
     assert not torch.equal(p, epoch_params(AUG, 100, seed=6, epoch=0))
     centre = torch.tensor([0, 1, 0, 0, 1, 1], dtype=torch.float32)
-    half = torch.tensor([np.radians(10), 0.1, 2, 2, 0.2, 0.2], dtype=torch.float32)
+    half = torch.tensor([np.radians(AUG.rotate_deg), AUG.scale, AUG.translate_px, AUG.translate_px,
+                         AUG.contrast, AUG.brightness], dtype=torch.float32)
     spread = (p - centre).abs() / half
     assert float(spread.max()) <= 1 + 1e-5 and bool((spread.amax(0) > 0.9).all())  # fills each range
 

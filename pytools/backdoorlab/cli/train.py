@@ -15,7 +15,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="gtsrb", choices=sorted(PRESETS),
                         help="the paper's hyper-parameters: gtsrb (Adam 1e-3, 10 epochs), ytaf (Adadelta 0.1, 10), "
                              "lfw (Adadelta 0.1, 50, last layer only); not the paper's: gtsrb-augmented (gtsrb with "
-                             "--augment gtsrb and 30 epochs, for small real subsets); default gtsrb")
+                             "--augment gtsrb and 40 epochs, for small real subsets); default gtsrb")
     parser.add_argument("--out", required=True, help="checkpoint .pt, rewritten atomically after every epoch")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and dropout (default 0)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
@@ -23,7 +23,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     parser.add_argument("--augment", default=None, choices=sorted(AUGMENTATIONS),
                         help="training-time augmentation, overriding the preset's: none, or gtsrb (rotation +-10 deg, "
-                             "zoom +-10 %%, shift +-2 px, brightness and contrast +-20 %%; no flips). The trigger of "
+                             "zoom +-10 %%, shift +-2 px, brightness x0.3-1.7, contrast x0.5-1.5; no flips). The trigger of "
                              "poisoned rows moves with the image. Default: the preset's (off except gtsrb-augmented)")
     parser.add_argument("--drop-poisoned", action="store_true",
                         help="train without the split's poisoned rows (the clean baseline of the same variant)")
