@@ -45,24 +45,37 @@ struct RunResult {
 };
 
 // Nearest centre of every row (ties: lowest index); returns the inertia; dist gets each row's
-// squared distance to its centre.
-double assign(const float* X, i64 m, i64 d, const double* C, int k, std::int32_t* labels, double* dist) {
-  double total = 0.0;
-  for (i64 s = 0; s < m; ++s) {
-    const float* x = X + s * d;
-    int best = 0;
-    double bd = sqdist(x, C, d);
-    for (int j = 1; j < k; ++j) {
-      const double dj = sqdist(x, C + j * d, d);
-      if (dj < bd) {
-        bd = dj;
-        best = j;
+// squared distance to its centre. XT is the class transposed (d x m): the rows are the vector
+// lanes, so with few features (AC clusters 10-dim sources) the work is whole vectors instead of
+// short per-row sums. Each row's distance is still summed over the features in order, in float64,
+// exactly as a per-row loop would. dj: m doubles of scratch.
+BDL_SIMD_CLONES
+double assign(const float* XT, i64 m, i64 d, const double* C, int k, std::int32_t* labels, double* dist, double* dj) {
+  for (int j = 0; j < k; ++j) {
+    double* q = j == 0 ? dist : dj;
+    std::fill(q, q + m, 0.0);
+    for (i64 a = 0; a < d; ++a) {
+      const double c = C[j * d + a];
+      const float* x = XT + a * m;
+#pragma omp simd
+      for (i64 s = 0; s < m; ++s) {
+        const double t = x[s] - c;
+        q[s] += t * t;
       }
     }
-    labels[s] = best;
-    dist[s] = bd;
-    total += bd;
+    if (j == 0) {
+      std::fill(labels, labels + m, 0);
+      continue;
+    }
+#pragma omp simd
+    for (i64 s = 0; s < m; ++s) {
+      const bool closer = dj[s] < dist[s];
+      dist[s] = closer ? dj[s] : dist[s];
+      labels[s] = closer ? j : labels[s];
+    }
   }
+  double total = 0.0;
+  for (i64 s = 0; s < m; ++s) total += dist[s];
   return total;
 }
 
@@ -106,12 +119,15 @@ RunResult lloyd(const float* X, i64 m, i64 d, int k, int max_iter, double tol_sc
   RunResult res;
   res.centers.assign(static_cast<i64>(k) * d, 0.0);
   kmeans_plusplus(X, m, d, k, rng, res.centers.data());
-  std::vector<double> newc(static_cast<i64>(k) * d), dist(m);
+  std::vector<double> newc(static_cast<i64>(k) * d), dist(m), scratch(m);
+  std::vector<float> XT(d * m);
+  for (i64 s = 0; s < m; ++s)
+    for (i64 a = 0; a < d; ++a) XT[a * m + s] = X[s * d + a];
   std::vector<i64> count(k);
   std::vector<std::int32_t> labels(m, -1), old(m, -1);
   int it = 0;
   for (; it < max_iter;) {
-    assign(X, m, d, res.centers.data(), k, labels.data(), dist.data());
+    assign(XT.data(), m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
     std::fill(newc.begin(), newc.end(), 0.0);
     std::fill(count.begin(), count.end(), 0);
     for (i64 s = 0; s < m; ++s) {
@@ -162,7 +178,7 @@ RunResult lloyd(const float* X, i64 m, i64 d, int k, int max_iter, double tol_sc
   }
   // final assignment with the final centres (scikit-learn does it when not strictly converged;
   // after strict convergence it changes nothing, and it gives the inertia either way)
-  res.inertia = assign(X, m, d, res.centers.data(), k, labels.data(), dist.data());
+  res.inertia = assign(XT.data(), m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
   res.labels.swap(labels);
   res.n_iter = it;
   return res;

@@ -22,6 +22,7 @@
 #include "common/rng.hpp"
 #include "cpu/linalg.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/polar.hpp"
 #include "cpu/simd.hpp"
 
 namespace backdoorlab {
@@ -437,6 +438,108 @@ void sym_decorrelation(double* W, int k, double* scratch) {
 
 }  // namespace
 
+namespace {
+
+// One class's FastICA: whitened data and the current unmixing matrix.
+struct IcaClass {
+  i64 c = 0, r0 = 0, m = 0, mp = 0;
+  bool whitened = false;     // false: constant rows, sources stay 0
+  bool running = false;      // iterating (not converged, not at max_iter)
+  int it = 0;
+  std::vector<float> X1;     // k x m whitened data
+  std::vector<float> X1p;    // k x mp, zero-padded copy for the compile-time-K kernel
+  std::vector<float> G;      // k x mp scratch of that kernel
+  std::vector<float> Wf;     // W in float32 for the data pass
+  std::vector<double> W, W1, GX, gp;
+};
+
+// Whitening and the random orthogonal start of class c.
+void ica_prepare(IcaClass& st, const float* X, i64 d, const i64* offsets, i64 c, int k, std::uint64_t seed,
+                 bool inner, double* scratch) {
+  st.c = c;
+  st.r0 = offsets[c];
+  st.m = offsets[c + 1] - st.r0;
+  std::vector<double> mean, evals, evecs;
+  std::vector<float> XT;
+  if (!class_eigen(X + st.r0 * d, st.m, d, st.r0, c, k, inner, mean, XT, evals, evecs)) return;  // constant rows
+  st.whitened = true;
+  // whitening matrix K = diag(lambda^-1/2) E^T; eigenvalues at round-off level are clipped so a
+  // rank-deficient class (dead ReLU channels) does not blow up
+  const double floor = evals[0] * 1e-12;
+  for (int i = 0; i < k; ++i) {
+    const double s = 1.0 / std::sqrt(std::max(evals[i], floor));
+    for (i64 a = 0; a < d; ++a) evecs[i * d + a] *= s;
+  }
+  st.X1.resize(static_cast<i64>(k) * st.m);
+  project(evecs.data(), k, XT.data(), d, st.m, st.X1.data());
+  if (k <= LANES) {  // the compile-time-K kernel
+    st.mp = (st.m + LANES - 1) / LANES * LANES;
+    st.X1p.assign(static_cast<i64>(k) * st.mp, 0.0f);
+    for (int i = 0; i < k; ++i)
+      std::copy(st.X1.begin() + i * st.m, st.X1.begin() + (i + 1) * st.m, st.X1p.begin() + i * st.mp);
+    st.G.assign(static_cast<i64>(k) * st.mp, 0.0f);
+  }
+  st.W.resize(k * k);
+  st.W1.resize(k * k);
+  st.GX.resize(k * k);
+  st.gp.resize(k);
+  st.Wf.resize(k * k);
+  Rng rng(seed, static_cast<std::uint64_t>(c));
+  for (int i = 0; i < k * k; ++i) st.W[i] = rng.normal();
+  sym_decorrelation(st.W.data(), k, scratch);
+  st.running = true;
+}
+
+// W1 = E[g(W X1) X1^T] - diag(E[g'(W X1)]) W, not yet decorrelated.
+void ica_update(IcaClass& st, int k, float* buf) {
+  for (int i = 0; i < k * k; ++i) st.Wf[i] = static_cast<float>(st.W[i]);
+  if (k <= LANES) {
+    ica_step16(st.X1p.data(), k, st.m, st.mp, st.Wf.data(), st.GX.data(), st.gp.data(), st.G.data());
+  } else {
+    ica_step(st.X1.data(), k, st.m, st.Wf.data(), st.GX.data(), st.gp.data(), buf);
+  }
+  const double inv_m = 1.0 / static_cast<double>(st.m);
+  for (int i = 0; i < k; ++i)
+    for (int j = 0; j < k; ++j) st.W1[i * k + j] = st.GX[i * k + j] * inv_m - st.gp[i] * inv_m * st.W[i * k + j];
+}
+
+// After W1 was decorrelated: scikit-learn's stopping test, then W <- W1.
+void ica_accept(IcaClass& st, int k, int max_iter, double tol) {
+  double lim = 0.0;
+  for (int i = 0; i < k; ++i) {
+    double s = 0.0;
+    for (int j = 0; j < k; ++j) s += st.W1[i * k + j] * st.W[i * k + j];
+    lim = std::max(lim, std::abs(std::abs(s) - 1.0));
+  }
+  st.W.swap(st.W1);
+  ++st.it;
+  st.running = !(lim < tol) && st.it < max_iter;
+}
+
+// Sources S = W X1 scaled to unit variance (scikit-learn's whiten="unit-variance"), into out.
+void ica_finish(const IcaClass& st, int k, float* out) {
+  if (!st.whitened) return;
+  const i64 m = st.m;
+  const double inv_m = 1.0 / static_cast<double>(m);
+  std::vector<float> S(static_cast<i64>(k) * m);
+  project(st.W.data(), k, st.X1.data(), k, m, S.data());
+  for (int i = 0; i < k; ++i) {
+    const float* si = S.data() + i * m;
+    double mu = 0.0, q = 0.0;
+    for (i64 s = 0; s < m; ++s) mu += si[s];
+    mu *= inv_m;
+    for (i64 s = 0; s < m; ++s) q += (si[s] - mu) * (si[s] - mu);
+    const double sd = std::sqrt(q * inv_m);
+    const float scale = sd > 0.0 ? static_cast<float>(1.0 / sd) : 0.0f;
+    for (i64 s = 0; s < m; ++s) out[(st.r0 + s) * k + i] = si[s] * scale;
+  }
+}
+
+}  // namespace
+
+// Classes run in batches of up to POLAR_LANES so the per-iteration decorrelation of all of them
+// is one vectorised polar_factor_batch call (see polar.hpp); every class still follows its own
+// iteration sequence, bit for bit whatever else is in its batch.
 void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int max_iter, double tol,
              std::uint64_t seed, float* out, std::int32_t* n_iter) {
   check_offsets(offsets, G, n);
@@ -451,72 +554,37 @@ void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int
                                   " rows, fewer than n_components=" + std::to_string(k) + " (and at least 2)");
   }
   std::fill(out, out + n * k, 0.0f);
-  for_each_class(offsets, G, [&](i64 c, bool inner) {
-    const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
-    std::vector<double> mean, evals, evecs;
-    std::vector<float> XT;
-    if (!class_eigen(X + r0 * d, m, d, r0, c, k, inner, mean, XT, evals, evecs)) return;  // constant rows
-    // whitening matrix K = diag(lambda^-1/2) E^T; eigenvalues at round-off level are clipped so a
-    // rank-deficient class (dead ReLU channels) does not blow up
-    const double floor = evals[0] * 1e-12;
-    for (int i = 0; i < k; ++i) {
-      const double s = 1.0 / std::sqrt(std::max(evals[i], floor));
-      for (i64 a = 0; a < d; ++a) evecs[i * d + a] *= s;
-    }
-    std::vector<float> X1(static_cast<i64>(k) * m);
-    project(evecs.data(), k, XT.data(), d, m, X1.data());
-    XT.clear();
-    XT.shrink_to_fit();
-
-    std::vector<double> W(k * k), W1(k * k), GX(k * k), gp(k), scratch(4 * k * k + k);
-    std::vector<float> Wf(k * k), buf(static_cast<i64>(k) * BLOCK);
-    const bool narrow = k <= LANES;  // the compile-time-K kernel
-    const i64 mp = (m + LANES - 1) / LANES * LANES;
-    std::vector<float> X1p, G;
-    if (narrow) {
-      X1p.assign(static_cast<i64>(k) * mp, 0.0f);
-      for (int i = 0; i < k; ++i) std::copy(X1.begin() + i * m, X1.begin() + (i + 1) * m, X1p.begin() + i * mp);
-      G.assign(static_cast<i64>(k) * mp, 0.0f);
-    }
-    Rng rng(seed, static_cast<std::uint64_t>(c));
-    for (int i = 0; i < k * k; ++i) W[i] = rng.normal();
-    sym_decorrelation(W.data(), k, scratch.data());
-    const double inv_m = 1.0 / static_cast<double>(m);
-    int it = 0;
-    for (; it < max_iter;) {
-      for (int i = 0; i < k * k; ++i) Wf[i] = static_cast<float>(W[i]);
-      if (narrow) {
-        ica_step16(X1p.data(), k, m, mp, Wf.data(), GX.data(), gp.data(), G.data());
+  const bool batched_polar = k <= POLAR_MAX_K;
+  for_each_class_batch(offsets, G, POLAR_LANES, [&](const i64* classes, int count, bool inner) {
+    std::vector<IcaClass> batch(count);
+    std::vector<double> scratch(4 * k * k + k);
+    std::vector<float> buf(static_cast<i64>(k) * BLOCK);
+    for (int b = 0; b < count; ++b) ica_prepare(batch[b], X, d, offsets, classes[b], k, seed, inner, scratch.data());
+    std::vector<IcaClass*> running;
+    std::vector<double*> mats;
+    for (;;) {
+      running.clear();
+      for (auto& st : batch)
+        if (st.running) running.push_back(&st);
+      if (running.empty()) break;
+      for (IcaClass* st : running) ica_update(*st, k, buf.data());
+      if (batched_polar) {
+        for (std::size_t first = 0; first < running.size(); first += POLAR_LANES) {
+          const int lanes = static_cast<int>(std::min<std::size_t>(POLAR_LANES, running.size() - first));
+          mats.clear();
+          for (int l = 0; l < lanes; ++l) mats.push_back(running[first + l]->W1.data());
+          const std::uint32_t failed = polar_factor_batch(mats.data(), lanes, k);
+          for (int l = 0; l < lanes; ++l)  // singular W1: the eigen-decomposition form copes
+            if (failed & (1u << l)) sym_decorrelation(mats[l], k, scratch.data());
+        }
       } else {
-        ica_step(X1.data(), k, m, Wf.data(), GX.data(), gp.data(), buf.data());
+        for (IcaClass* st : running) sym_decorrelation(st->W1.data(), k, scratch.data());
       }
-      for (int i = 0; i < k; ++i)
-        for (int j = 0; j < k; ++j) W1[i * k + j] = GX[i * k + j] * inv_m - gp[i] * inv_m * W[i * k + j];
-      sym_decorrelation(W1.data(), k, scratch.data());
-      double lim = 0.0;
-      for (int i = 0; i < k; ++i) {
-        double s = 0.0;
-        for (int j = 0; j < k; ++j) s += W1[i * k + j] * W[i * k + j];
-        lim = std::max(lim, std::abs(std::abs(s) - 1.0));
-      }
-      W.swap(W1);
-      ++it;
-      if (lim < tol) break;
+      for (IcaClass* st : running) ica_accept(*st, k, max_iter, tol);
     }
-    n_iter[c] = it;
-
-    // sources S = W X1, scaled to unit variance (scikit-learn's whiten="unit-variance")
-    std::vector<float> S(static_cast<i64>(k) * m);
-    project(W.data(), k, X1.data(), k, m, S.data());
-    for (int i = 0; i < k; ++i) {
-      const float* si = S.data() + i * m;
-      double mu = 0.0, q = 0.0;
-      for (i64 s = 0; s < m; ++s) mu += si[s];
-      mu *= inv_m;
-      for (i64 s = 0; s < m; ++s) q += (si[s] - mu) * (si[s] - mu);
-      const double sd = std::sqrt(q * inv_m);
-      const float scale = sd > 0.0 ? static_cast<float>(1.0 / sd) : 0.0f;
-      for (i64 s = 0; s < m; ++s) out[(r0 + s) * k + i] = si[s] * scale;
+    for (auto& st : batch) {
+      n_iter[st.c] = st.it;
+      ica_finish(st, k, out);
     }
   });
 }

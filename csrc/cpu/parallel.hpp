@@ -13,6 +13,8 @@
 #include <exception>
 #include <limits>
 #include <mutex>
+#include <vector>
+#include <algorithm>
 
 namespace backdoorlab {
 
@@ -84,6 +86,47 @@ void for_each_class(const std::int64_t* offsets, std::int64_t G, Body&& body) {
         body(c, nt > 1);
       } catch (...) {
         errors.capture(c);
+        break;
+      }
+    }
+  }
+  errors.rethrow();
+}
+
+// Run body(classes, count, inner_parallel) for the non-empty classes of `offsets` taken in
+// batches of at most max_batch consecutive ones (classes: their indices). Batches shrink when
+// there are few classes so every thread still gets work (count = ceil(classes / threads), capped
+// at max_batch). Threading and exceptions as in for_each_class; an exception is reported for the
+// batch's first class.
+template <class Body>
+void for_each_class_batch(const std::int64_t* offsets, std::int64_t G, int max_batch, Body&& body) {
+  std::vector<std::int64_t> classes;
+  for (std::int64_t c = 0; c < G; ++c)
+    if (offsets[c + 1] > offsets[c]) classes.push_back(c);
+  const std::int64_t n = static_cast<std::int64_t>(classes.size());
+  if (n == 0) return;
+  const int nt = num_threads();
+  const std::int64_t size = std::max<std::int64_t>(1, std::min<std::int64_t>(max_batch, (n + nt - 1) / nt));
+  const std::int64_t n_batches = (n + size - 1) / size;
+  ErrorSlot errors;
+  if (n_batches >= nt && nt > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (std::int64_t b = 0; b < n_batches; ++b) {
+      if (errors.failed()) continue;
+      const std::int64_t first = b * size, count = std::min(size, n - first);
+      try {
+        body(classes.data() + first, static_cast<int>(count), false);
+      } catch (...) {
+        errors.capture(classes[first]);
+      }
+    }
+  } else {
+    for (std::int64_t b = 0; b < n_batches; ++b) {
+      const std::int64_t first = b * size, count = std::min(size, n - first);
+      try {
+        body(classes.data() + first, static_cast<int>(count), nt > 1);
+      } catch (...) {
+        errors.capture(classes[first]);
         break;
       }
     }
