@@ -272,6 +272,36 @@ def test_augmented_resume_equals_uninterrupted(variant, tmp_path):
                     resume=True, progress=False)
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def test_cosine_schedule_rates_and_exact_resume(variant, tmp_path, monkeypatch):
+    ds = _quick(variant, 32)
+    cfg = TOY_CONFIG.replace(epochs=2, lr_schedule="cosine", augment="gtsrb")
+    assert [cfg.epoch_lr(e) for e in range(2)] == pytest.approx([1e-3, 0.5e-3])
+    full = _train(ds, cfg, seed=3)
+    assert [h["lr"] for h in full.train_history] == pytest.approx([1e-3, 0.5e-3])
+    assert not state_equal(full, _train(ds, cfg.replace(lr_schedule="constant"), seed=3))
+    # interrupt the same 2-epoch run right after its first checkpoint, then resume it
+    path, save = tmp_path / "cos.pt", ckpt.save
+
+    def save_then_stop(*args, **kw):
+        save(*args, **kw)
+        raise _Interrupt
+
+    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    with pytest.raises(_Interrupt):
+        _train(ds, cfg, seed=3, checkpoint=path)
+    monkeypatch.setattr(ckpt, "save", save)
+    with pytest.raises(ValueError, match="cannot resume"):  # the length shapes a decaying run
+        train_model(build_model("gtsrb_cnn", 4), ds, cfg.replace(epochs=3), seed=3, checkpoint=path, resume=True,
+                    progress=False)
+    assert state_equal(full, _train(ds, cfg, seed=3, checkpoint=path, resume=True))
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        cfg.replace(lr_schedule="step")
+
+
 @pytest.mark.parametrize("spec,match", [
     (dict(rotate_deg=-1), "rotate_deg must be >= 0"), (dict(rotate_deg=200), "rotate_deg must be <= 180"),
     (dict(scale=1.0), "scale must be < 1"), (dict(brightness=float("nan")), "brightness must be a finite"),

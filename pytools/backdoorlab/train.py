@@ -47,6 +47,7 @@ from backdoorlab.models import BackdoorModel
 
 OPTIMIZERS = ("adam", "adadelta", "sgd")
 TRAINABLE = ("all", "last")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class TrainConfig:
         Training-time augmentation (:mod:`backdoorlab.augment`): an :class:`Augmentation`, a name
         of :data:`backdoorlab.augment.AUGMENTATIONS` (``"none"``, ``"gtsrb"``) or a dict of its
         fields, stored as an ``Augmentation`` (or None = off, the default).
+    lr_schedule : {"constant", "cosine"}
+        ``"constant"`` (the paper's) keeps ``lr``; ``"cosine"`` sets epoch ``e``'s rate to
+        ``lr * (1 + cos(pi * e / epochs)) / 2``, so ``epochs`` then shapes the run and must agree
+        for a resume.
     """
 
     epochs: int
@@ -87,6 +92,7 @@ class TrainConfig:
     max_memory_mb: int = DEFAULT_MAX_MEMORY_BYTES >> 20
     num_workers: int = 0
     augment: Augmentation | None = None
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "max_memory_mb"):
@@ -107,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.in_memory must be 'auto', True or False, got {self.in_memory!r}")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"TrainConfig.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         try:
             # a dict comes back from a checkpoint's recorded config; a name from a CLI or YAML
             object.__setattr__(self, "augment", Augmentation.from_spec(self.augment))
@@ -131,9 +139,17 @@ class TrainConfig:
     def _identity(self) -> dict:
         """Fields that must agree for a resume (how batches are fed and how long we train may differ)."""
         d = self.to_dict()
-        for k in ("epochs", "in_memory", "max_memory_mb", "num_workers"):
+        for k in ("in_memory", "max_memory_mb", "num_workers"):
             d.pop(k)
+        if self.lr_schedule == "constant":  # a decaying rate depends on the run's length
+            d.pop("epochs")
         return d
+
+    def epoch_lr(self, epoch: int) -> float:
+        """The learning rate of (0-based) ``epoch`` under :attr:`lr_schedule`."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return self.lr
 
 
 #: The paper's training settings.
@@ -305,6 +321,9 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
             aug = config.augment
             for epoch in range(start_epoch, config.epochs):
                 model.train()
+                if config.lr_schedule != "constant":
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.epoch_lr(epoch)
                 order = epoch_order(n, seed, epoch)
                 # Drawn for the epoch's positions, not rows: depends on (seed, epoch) only.
                 aug_params = augmentation_params(aug, n, seed, epoch) if aug is not None else None
@@ -330,6 +349,8 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                 seconds = time.perf_counter() - t0
                 record = {"epoch": epoch + 1, "loss": float(loss_sum) / n, "accuracy": int(correct) / n,
                           "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 1)}
+                if config.lr_schedule != "constant":
+                    record["lr"] = config.epoch_lr(epoch)
                 history.append(record)
                 if progress:
                     tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}  "
@@ -365,11 +386,11 @@ def fine_tune(model: BackdoorModel, dataset: H5Split, epochs: int, lr: float, *,
 def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLike, *,
                   preset: str = "gtsrb", seed: int = 0, epochs: int | None = None, batch_size: int | None = None,
                   lr: float | None = None, augment: str | dict | Augmentation | None = None,
-                  drop_poisoned: bool = False, resume: bool = False, overwrite: bool = False,
+                  lr_schedule: str | None = None, drop_poisoned: bool = False, resume: bool = False, overwrite: bool = False,
                   device: str = "auto", split: str = "train", progress: bool = True, **model_kw) -> Path:
     """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
 
-    ``epochs``, ``batch_size``, ``lr`` and ``augment`` override the preset's when given
+    ``epochs``, ``batch_size``, ``lr``, ``augment`` and ``lr_schedule`` override the preset's when given
     (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True`` trains on the
     split without its poisoned rows: the clean baseline of the same variant (recorded in the meta).
 
@@ -386,8 +407,8 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
     if out.exists() and not (resume or overwrite):
         raise ValueError(f"{str(out)!r} exists; pass resume (continue it) or overwrite")
     config = PRESETS[preset]
-    changes = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("augment", augment))
-               if v is not None}
+    changes = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("augment", augment),
+                                          ("lr_schedule", lr_schedule)) if v is not None}
     config = config.replace(**changes)
     try:
         dataset = H5Split(data, split)

@@ -21,6 +21,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
+    parser.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
+                        help="override the preset's learning-rate schedule (constant, or cosine decay over the epochs)")
     parser.add_argument("--augment", default=None, choices=sorted(AUGMENTATIONS),
                         help="training-time augmentation, overriding the preset's: none, or gtsrb (rotation +-10 deg, "
                              "zoom +-10 %%, shift +-2 px, brightness x0.3-1.7, contrast x0.5-1.5; no flips). The trigger of "
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--weights applies to vgg16_face only, not {args.model}")
         model_kw["weights"] = args.weights
     out = train_variant(args.data, args.model, args.out, preset=args.preset, seed=args.seed, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+                        batch_size=args.batch_size, lr=args.lr, augment=args.augment, lr_schedule=args.lr_schedule,
                         drop_poisoned=args.drop_poisoned, resume=args.resume, overwrite=args.overwrite,
                         device=args.device, progress=not args.no_progress, **model_kw)
     print(f"model written to {out}")
