@@ -2,8 +2,8 @@
 //
 // Why these algorithms: whitening and PCA need only the top k (typically 10) eigenvectors of a
 // d x d covariance (d = 160 ... 4096), so the full QL-with-vectors (~6 d^3) would be wasted work;
-// Householder tridiagonalisation (~d^3 here, vectorised row by row), eigenvalues by implicit QL
-// (O(d^2)), and inverse iteration for the k wanted vectors (O(k d) each, re-orthogonalised within
+// Householder tridiagonalisation (~d^3 here, vectorised row by row), the k wanted eigenvalues by
+// bisection on Sturm counts (k at once, one per vector lane), and inverse iteration for the k wanted vectors (O(k d) each, re-orthogonalised within
 // clusters of close eigenvalues as LAPACK's dstein does) cost little more than the reduction.
 #include "cpu/linalg.hpp"
 
@@ -168,54 +168,61 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
   diag[d - 1] = A[(d - 1) * d + d - 1];
 }
 
-// sqrt(a^2 + b^2) without std::hypot's overflow guards: the QL sweep calls it O(d^2) times and
-// libm's hypot costs ~10x a sqrt; the entries here are covariance values, far from overflow.
-inline double fast_hypot(double a, double b) { return std::sqrt(a * a + b * b); }
+// The k largest eigenvalues of the symmetric tridiagonal (diag, off), descending, by bisection on
+// Sturm counts (LAPACK dstebz's method). Why not QL for all d: whitening wants 10 of 160+, and
+// each QL step is a dependent chain of a square root and two divisions. Here the k bisections run
+// side by side, one per vector lane, so the dependent chain of a Sturm count is paid once for 16
+// eigenvalues. Each lane narrows its interval until it is a few ulps wide: a bracket that
+// cannot shrink further stays put, so the result does not depend on how long other lanes run.
+using vd16 = double __attribute__((vector_size(16 * sizeof(double))));
+using vm16 = std::int64_t __attribute__((vector_size(16 * sizeof(double))));
 
-// Eigenvalues of the symmetric tridiagonal (diag, off) by implicit QL with Wilkinson-type shifts.
-// diag is overwritten with the eigenvalues (unsorted), e is scratch of size d.
-void tridiagonal_eigenvalues(double* diag, const double* off, i64 d, double* e) {
-  for (i64 i = 0; i + 1 < d; ++i) e[i] = off[i];
-  e[d - 1] = 0.0;
-  for (i64 l = 0; l < d; ++l) {
-    int iter = 0;
-    i64 m;
-    do {
-      for (m = l; m + 1 < d; ++m) {
-        const double dd = std::abs(diag[m]) + std::abs(diag[m + 1]);
-        if (std::abs(e[m]) <= DBL_EPSILON * dd) break;
+BDL_SIMD_CLONES
+void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i64 k, double* out) {
+  std::vector<double> off2(d > 1 ? d - 1 : 1);
+  double lo0 = diag[0], hi0 = diag[0], max_off2 = 1.0;
+  for (i64 i = 0; i < d; ++i) {  // Gershgorin bounds of the spectrum
+    const double r = (i > 0 ? std::abs(off[i - 1]) : 0.0) + (i + 1 < d ? std::abs(off[i]) : 0.0);
+    lo0 = std::min(lo0, diag[i] - r);
+    hi0 = std::max(hi0, diag[i] + r);
+    if (i + 1 < d) {
+      off2[i] = off[i] * off[i];
+      max_off2 = std::max(max_off2, off2[i]);
+    }
+  }
+  const double span = std::max(std::abs(lo0), std::abs(hi0));
+  const double pivmin = DBL_MIN * max_off2;  // |pivot| floor of the Sturm recurrence (dstebz)
+  lo0 -= 2.0 * DBL_EPSILON * span + pivmin;
+  hi0 += 2.0 * DBL_EPSILON * span + pivmin;
+  constexpr int W = 16;
+  for (i64 j0 = 0; j0 < k; j0 += W) {
+    // lane l looks for eigenvalue number t = d - 1 - (j0 + l) in ascending order; spare lanes
+    // repeat the last wanted one
+    vm16 t;
+    for (int l = 0; l < W; ++l) t[l] = d - 1 - std::min(j0 + l, k - 1);
+    vd16 lo = vd16{} + lo0, hi = vd16{} + hi0;
+    for (int step = 0; step < 128; ++step) {
+      const vd16 width = hi - lo;
+      const vd16 scale = (lo < 0 ? -lo : lo) > (hi < 0 ? -hi : hi) ? (lo < 0 ? -lo : lo) : (hi < 0 ? -hi : hi);
+      const vm16 open = width > 4.0 * DBL_EPSILON * scale + 2.0 * pivmin;
+      bool any = false;
+      for (int l = 0; l < W; ++l) any = any || open[l] != 0;
+      if (!any) break;
+      const vd16 x = 0.5 * (lo + hi);
+      // Sturm count: the number of negative pivots of T - x I = eigenvalues below x
+      vd16 q = diag[0] - x;
+      q = (q < 0 ? -q : q) < pivmin ? vd16{} - pivmin : q;
+      vm16 below = vm16{} - (q < 0);
+      for (i64 i = 1; i < d; ++i) {
+        q = (diag[i] - x) - off2[i - 1] / q;
+        q = (q < 0 ? -q : q) < pivmin ? vd16{} - pivmin : q;
+        below -= (q < 0);
       }
-      if (m != l) {
-        if (++iter > 200) throw std::runtime_error("eigenvalue iteration did not converge");
-        double g = (diag[l + 1] - diag[l]) / (2.0 * e[l]);
-        double r = fast_hypot(g, 1.0);
-        g = diag[m] - diag[l] + e[l] / (g + std::copysign(r, g));
-        double s = 1.0, c = 1.0, p = 0.0;
-        i64 i;
-        bool underflow = false;
-        for (i = m - 1; i >= l; --i) {
-          const double f = s * e[i], b = c * e[i];
-          e[i + 1] = (r = fast_hypot(f, g));
-          if (r == 0.0) {
-            diag[i + 1] -= p;
-            e[m] = 0.0;
-            underflow = true;
-            break;
-          }
-          s = f / r;
-          c = g / r;
-          g = diag[i + 1] - p;
-          r = (diag[i] - g) * s + 2.0 * c * b;
-          p = s * r;
-          diag[i + 1] = g + p;
-          g = c * r - b;
-        }
-        if (underflow) continue;
-        diag[l] -= p;
-        e[l] = g;
-        e[m] = 0.0;
-      }
-    } while (m != l);
+      const vm16 go_down = below > t;  // eigenvalue t lies below x
+      hi = open & go_down ? x : hi;
+      lo = open & ~go_down ? x : lo;
+    }
+    for (int l = 0; l < W && j0 + l < k; ++l) out[j0 + l] = 0.5 * (lo[l] + hi[l]);
   }
 }
 
@@ -291,11 +298,9 @@ void sym_eig_top(double* A, i64 d, i64 k, double* evals, double* evecs) {
     evecs[0] = 1.0;
     return;
   }
-  std::vector<double> diag(d), off(d), beta(d, 0.0), work(d), lam(d);
+  std::vector<double> diag(d), off(d), beta(d, 0.0), work(d), lam(k);
   tridiagonalize(A, d, diag.data(), off.data(), beta.data(), work.data());
-  lam = diag;
-  tridiagonal_eigenvalues(lam.data(), off.data(), d, work.data());
-  std::sort(lam.begin(), lam.end(), std::greater<double>());
+  tridiagonal_top_eigenvalues(diag.data(), off.data(), d, k, lam.data());
 
   double tnorm = 0.0;  // infinity norm of T
   for (i64 i = 0; i < d; ++i) {

@@ -1,7 +1,7 @@
 // Dense linear algebra the defence kernels need, without LAPACK (not a guaranteed build
 // dependency): class means and centring, Gram/covariance matrices with float64 accumulation,
-// the top eigenpairs of a symmetric matrix (Householder tridiagonalisation, implicit QL for the
-// eigenvalues, inverse iteration for the wanted eigenvectors), and a Jacobi solver for the tiny
+// the top eigenpairs of a symmetric matrix (Householder tridiagonalisation, bisection on Sturm
+// counts for the wanted eigenvalues, inverse iteration for their eigenvectors), and a Jacobi solver for the tiny
 // k x k matrices of FastICA's symmetric decorrelation.
 #pragma once
 
