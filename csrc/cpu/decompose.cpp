@@ -8,7 +8,8 @@
 // max_i |abs(<W_new[i], W[i]>) - 1| < tol. The iteration's work — two k x k x m products and
 // k*m tanh per step — runs in float32 over blocks of 64 samples with the block sums added in
 // float64 (ica_step, compiled for AVX-512/AVX2/SSE2 and picked at run time); the k x k
-// decorrelation runs in float64 (Newton polar iteration).
+// decorrelation runs in float64 as a polar factor, for up to 8 classes at once (polar.hpp), so
+// classes are iterated in batches that advance together, each on its own stopping test.
 #include "cpu/decompose.hpp"
 
 #include <algorithm>
