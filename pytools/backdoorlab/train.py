@@ -386,7 +386,8 @@ def fine_tune(model: BackdoorModel, dataset: H5Split, epochs: int, lr: float, *,
 def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLike, *,
                   preset: str = "gtsrb", seed: int = 0, epochs: int | None = None, batch_size: int | None = None,
                   lr: float | None = None, augment: str | dict | Augmentation | None = None,
-                  lr_schedule: str | None = None, drop_poisoned: bool = False, resume: bool = False, overwrite: bool = False,
+                  lr_schedule: str | None = None, drop_poisoned: bool = False, resume: bool = False,
+                  overwrite: bool = False,
                   device: str = "auto", split: str = "train", progress: bool = True, **model_kw) -> Path:
     """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
 

@@ -24,9 +24,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
                         help="override the preset's learning-rate schedule (constant, or cosine decay over the epochs)")
     parser.add_argument("--augment", default=None, choices=sorted(AUGMENTATIONS),
-                        help="training-time augmentation, overriding the preset's: none, or gtsrb (rotation +-10 deg, "
-                             "zoom +-10 %%, shift +-2 px, brightness x0.3-1.7, contrast x0.5-1.5; no flips). The trigger of "
-                             "poisoned rows moves with the image. Default: the preset's (off except gtsrb-augmented)")
+                        help="training-time augmentation, overriding the preset's: none, or gtsrb (rotation "
+                             "+-10 deg, zoom +-10 %%, shift +-2 px, brightness x0.3-1.7, contrast x0.5-1.5; no flips). "
+                             "The trigger of poisoned rows moves with the image. Default: the preset's (off except "
+                             "gtsrb-augmented)")
     parser.add_argument("--drop-poisoned", action="store_true",
                         help="train without the split's poisoned rows (the clean baseline of the same variant)")
     parser.add_argument("--weights", default=None,
