@@ -117,7 +117,8 @@ void gram(const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel) {
 
 namespace {
 
-// Householder reduction of symmetric A (full storage) to tridiagonal T = Q^T A Q.
+// Householder reduction of symmetric A (full storage; only its upper triangle is read) to
+// tridiagonal T = Q^T A Q.
 // diag (d,), off (d-1,): T's diagonals. The Householder vector of step k is left in
 // A[k, k+1:], its scale in beta[k]; Q = H_0 H_1 ... H_{d-3}.
 BDL_SIMD_CLONES
@@ -142,14 +143,24 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
     off[k] = alpha;
     beta[k] = bk;
     double* A22 = A + (k + 1) * d + (k + 1);
-    // p = beta A22 v ; K = beta (p.v) / 2 ; w = p - K v ; A22 -= v w^T + w v^T
-    double pv = 0.0;
+    // p = beta A22 v ; K = beta (p.v) / 2 ; w = p - K v ; A22 -= v w^T + w v^T. Only the upper
+    // triangle of A22 is read and kept (it is symmetric): each stored row serves both its dot
+    // product and, transposed, an axpy into p, and the rank-2 update touches half the matrix.
+    std::fill(p, p + m, 0.0);
     for (i64 i = 0; i < m; ++i) {
       const double* row = A22 + i * d;
-      double s = 0.0;
+      const double vi = v[i];
+      double s = row[i] * vi;
 #pragma omp simd reduction(+ : s)
-      for (i64 j = 0; j < m; ++j) s += row[j] * v[j];
-      p[i] = bk * s;
+      for (i64 j = i + 1; j < m; ++j) {
+        s += row[j] * v[j];
+        p[j] += vi * row[j];
+      }
+      p[i] += s;
+    }
+    double pv = 0.0;
+    for (i64 i = 0; i < m; ++i) {
+      p[i] *= bk;
       pv += p[i] * v[i];
     }
     const double K = 0.5 * bk * pv;
@@ -158,7 +169,7 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
       double* row = A22 + i * d;
       const double vi = v[i], wi = p[i];
 #pragma omp simd
-      for (i64 j = 0; j < m; ++j) row[j] -= vi * p[j] + wi * v[j];
+      for (i64 j = i; j < m; ++j) row[j] -= vi * p[j] + wi * v[j];
     }
   }
   if (d >= 2) {
