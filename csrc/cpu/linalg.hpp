@@ -25,8 +25,8 @@ void transpose_centred(const float* X, i64 n, i64 d, const double* mean, float* 
 // with rows m..m_pad-1 zero: the rows as vectors, for the m x m Gram matrix when m < d.
 void rows_centred(const float* X, i64 m, i64 d, const double* mean, float* Xr, i64 m_pad);
 
-// C[d, d] = XT XT^T (full symmetric, float64). Products are summed in float32 over chunks of
-// at most 128 samples and the chunk sums in float64. parallel: split the rows of C over the
+// C[d, d] = XT XT^T (full symmetric, float64). Products are summed in float32 over at most 32
+// samples (a vector lane's share of a 512-sample chunk) and those sums in float64. parallel: split the rows of C over the
 // OpenMP threads (deterministic: every entry is summed by one thread in a fixed order).
 void gram(const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel);
 
