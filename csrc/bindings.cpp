@@ -34,13 +34,16 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/ica_math.hpp"
 #include "cpu/cluster.hpp"
 #include "cpu/decompose.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/polar.hpp"
 #include "cpu/pruning.hpp"
 #include "cpu/simd.hpp"
 #include "cpu/spectral.hpp"
@@ -209,6 +212,27 @@ carray<float> tanh_f(const carray<float>& x) {
   return out;
 }
 
+// Test hook: FastICA's batched symmetric decorrelation on W (n, k, k) float64, n <= 8 matrices,
+// k <= 16. Returns (the polar factors, a bool per matrix: not solved, left unchanged).
+py::tuple polar_factor_batch(const carray<double>& W) {
+  expect_ndim(W, "W", 3);
+  const i64 n = W.shape(0), k = W.shape(1);
+  expect_shape(W, "W", {n, k, k});
+  if (n < 1 || n > backdoorlab::POLAR_LANES || k < 1 || k > backdoorlab::POLAR_MAX_K)
+    throw py::value_error("W must hold 1 to " + std::to_string(backdoorlab::POLAR_LANES) + " matrices of size 1 to " +
+                          std::to_string(backdoorlab::POLAR_MAX_K) + ", got " + std::to_string(n) + " of size " +
+                          std::to_string(k));
+  carray<double> out({n, k, k});
+  std::copy(W.data(), W.data() + n * k * k, out.mutable_data());
+  std::vector<double*> mats(n);
+  for (i64 l = 0; l < n; ++l) mats[l] = out.mutable_data() + l * k * k;
+  const std::uint32_t failed =
+      backdoorlab::polar_factor_batch(mats.data(), static_cast<int>(n), static_cast<int>(k));
+  py::array_t<bool> bad(n);
+  for (i64 l = 0; l < n; ++l) bad.mutable_data()[l] = (failed >> l) & 1u;
+  return py::make_tuple(out, bad);
+}
+
 carray<i64> pruning_order(const carray<double>& mean) {
   expect_ndim(mean, "mean_activation", 1);
   const i64 C = mean.shape(0);
@@ -245,6 +269,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("spectral_scores", &spectral_scores, py::arg("X").noconvert(), py::arg("offsets").noconvert(),
         py::arg("center"));
   m.def("_tanh_f", &tanh_f, py::arg("x").noconvert(), "Test hook: the FastICA kernel's tanh, elementwise.");
+  m.def("_polar_factor_batch", &polar_factor_batch, py::arg("W").noconvert(),
+        "Test hook: FastICA's batched polar factor (W W^T)^{-1/2} W of up to 8 k x k matrices.");
   m.def("pruning_order", &pruning_order, py::arg("mean").noconvert());
   m.def("pruning_mask", &pruning_mask, py::arg("order").noconvert(), py::arg("n_pruned"));
 }

@@ -321,3 +321,42 @@ def test_fewer_rows_than_features_match_the_reference(rng):
     Xi = (S @ rng.standard_normal((3, 900)) + 0.01 * rng.standard_normal((500, 900))).astype(np.float32)
     Y = native.fastica(Xi, np.array([0, 500]), 3, max_iter=500, tol=1e-4)
     assert (best_abs_corr(Y, S) > 0.99).all()
+
+
+def _polar_numpy(W: np.ndarray) -> np.ndarray:
+    """(W W^T)^{-1/2} W = U V^T from the SVD W = U S V^T."""
+    U, _, Vt = np.linalg.svd(W)
+    return U @ Vt
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 16])
+def test_batched_polar_factor_equals_svd(rng, k):
+    """FastICA's symmetric decorrelation, 8 matrices at once, against NumPy's SVD; lanes with
+    very different conditioning (they stop after different numbers of steps) stay independent."""
+    from backdoorlab import _core
+
+    W = rng.standard_normal((8, k, k))
+    W[1] *= 1e3                                   # scale: the polar factor does not change
+    W[2] = W[2] @ np.diag(np.logspace(0, -5, k))  # condition number 1e5
+    got, failed = _core._polar_factor_batch(W)
+    assert not failed.any()
+    for l in range(8):
+        np.testing.assert_allclose(got[l], _polar_numpy(W[l]), atol=1e-9, rtol=0)
+        np.testing.assert_allclose(got[l] @ got[l].T, np.eye(k), atol=1e-9)  # stops at a 1e-5 step
+    alone, _ = _core._polar_factor_batch(W[2:3].copy())
+    np.testing.assert_array_equal(alone[0], got[2])
+
+
+def test_batched_polar_factor_reports_singular_matrices(rng):
+    from backdoorlab import _core
+
+    W = rng.standard_normal((3, 6, 6))
+    W[1, 4] = W[1, 2]  # two equal rows: singular
+    got, failed = _core._polar_factor_batch(W)
+    assert failed.tolist() == [False, True, False]
+    np.testing.assert_array_equal(got[1], W[1])  # left unchanged for the caller's fallback
+    np.testing.assert_allclose(got[0], _polar_numpy(W[0]), atol=1e-9)
+    with pytest.raises(ValueError, match="matrices"):
+        _core._polar_factor_batch(rng.standard_normal((9, 4, 4)))
+    with pytest.raises(ValueError, match="size"):
+        _core._polar_factor_batch(rng.standard_normal((2, 4, 5)))
