@@ -115,19 +115,17 @@ void kmeans_plusplus(const float* X, i64 m, i64 d, int k, Rng& rng, double* C) {
   }
 }
 
-RunResult lloyd(const float* X, i64 m, i64 d, int k, int max_iter, double tol_scaled, Rng rng) {
+// One k-means run on a class: X its rows (m x d), XT the same rows transposed (d x m).
+RunResult lloyd(const float* X, const float* XT, i64 m, i64 d, int k, int max_iter, double tol_scaled, Rng rng) {
   RunResult res;
   res.centers.assign(static_cast<i64>(k) * d, 0.0);
   kmeans_plusplus(X, m, d, k, rng, res.centers.data());
   std::vector<double> newc(static_cast<i64>(k) * d), dist(m), scratch(m);
-  std::vector<float> XT(d * m);
-  for (i64 s = 0; s < m; ++s)
-    for (i64 a = 0; a < d; ++a) XT[a * m + s] = X[s * d + a];
   std::vector<i64> count(k);
   std::vector<std::int32_t> labels(m, -1), old(m, -1);
   int it = 0;
   for (; it < max_iter;) {
-    assign(XT.data(), m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
+    assign(XT, m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
     std::fill(newc.begin(), newc.end(), 0.0);
     std::fill(count.begin(), count.end(), 0);
     for (i64 s = 0; s < m; ++s) {
@@ -178,7 +176,7 @@ RunResult lloyd(const float* X, i64 m, i64 d, int k, int max_iter, double tol_sc
   }
   // final assignment with the final centres (scikit-learn does it when not strictly converged;
   // after strict convergence it changes nothing, and it gives the inertia either way)
-  res.inertia = assign(XT.data(), m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
+  res.inertia = assign(XT, m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
   res.labels.swap(labels);
   res.n_iter = it;
   return res;
@@ -204,10 +202,13 @@ void kmeans(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int 
                                   std::to_string(k));
     for (int r = 0; r < n_init; ++r) tasks.push_back(c * n_init + r);
   }
-  // per class: finiteness and the scaled tolerance (tol * mean feature variance)
+  // per class: finiteness, the scaled tolerance (tol * mean feature variance) and the rows
+  // transposed for assign(), once for all n_init runs (class c's block starts at r0 * d)
   std::vector<double> tol_scaled(G, 0.0);
+  std::vector<float> XT(n * d);
   for_each_class(offsets, G, [&](i64 c, bool) {
     const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
+    transpose_centred(X + r0 * d, m, d, nullptr, XT.data() + r0 * d, d);
     std::vector<double> mean(d);
     column_mean(X + r0 * d, m, d, mean.data(), r0, c);
     double var = 0.0;
@@ -227,7 +228,7 @@ void kmeans(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int 
     try {
       const i64 c = tasks[t] / n_init, r = tasks[t] % n_init;
       const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
-      results[t] = lloyd(X + r0 * d, m, d, k, max_iter, tol_scaled[c],
+      results[t] = lloyd(X + r0 * d, XT.data() + r0 * d, m, d, k, max_iter, tol_scaled[c],
                          Rng(seed, static_cast<std::uint64_t>(c), static_cast<std::uint64_t>(r)));
     } catch (...) {
       errors.capture(t);

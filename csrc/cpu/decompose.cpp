@@ -437,10 +437,6 @@ void sym_decorrelation(double* W, int k, double* scratch) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 // One class's FastICA: whitened data and the current unmixing matrix.
 struct IcaClass {
   i64 c = 0, r0 = 0, m = 0, mp = 0;
@@ -562,22 +558,22 @@ void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int
     std::vector<float> buf(static_cast<i64>(k) * BLOCK);
     for (int b = 0; b < count; ++b) ica_prepare(batch[b], X, d, offsets, classes[b], k, seed, inner, scratch.data());
     std::vector<IcaClass*> running;
-    std::vector<double*> mats;
+    std::vector<double*> mats;  // the running classes' W1, one polar lane each (count <= POLAR_LANES)
     for (;;) {
       running.clear();
+      mats.clear();
       for (auto& st : batch)
-        if (st.running) running.push_back(&st);
+        if (st.running) {
+          running.push_back(&st);
+          mats.push_back(st.W1.data());
+        }
       if (running.empty()) break;
       for (IcaClass* st : running) ica_update(*st, k, buf.data());
       if (batched_polar) {
-        for (std::size_t first = 0; first < running.size(); first += POLAR_LANES) {
-          const int lanes = static_cast<int>(std::min<std::size_t>(POLAR_LANES, running.size() - first));
-          mats.clear();
-          for (int l = 0; l < lanes; ++l) mats.push_back(running[first + l]->W1.data());
-          const std::uint32_t failed = polar_factor_batch(mats.data(), lanes, k);
-          for (int l = 0; l < lanes; ++l)  // singular W1: the eigen-decomposition form copes
-            if (failed & (1u << l)) sym_decorrelation(mats[l], k, scratch.data());
-        }
+        const int lanes = static_cast<int>(mats.size());
+        const std::uint32_t failed = polar_factor_batch(mats.data(), lanes, k);
+        for (int l = 0; l < lanes; ++l)  // singular W1: the single-matrix forms cope
+          if (failed & (1u << l)) sym_decorrelation(mats[l], k, scratch.data());
       } else {
         for (IcaClass* st : running) sym_decorrelation(st->W1.data(), k, scratch.data());
       }

@@ -3,8 +3,9 @@
 // Why these algorithms: whitening and PCA need only the top k (typically 10) eigenvectors of a
 // d x d covariance (d = 160 ... 4096), so the full QL-with-vectors (~6 d^3) would be wasted work;
 // Householder tridiagonalisation (~d^3 here, vectorised row by row), the k wanted eigenvalues by
-// bisection on Sturm counts (k at once, one per vector lane), and inverse iteration for the k wanted vectors (O(k d) each, re-orthogonalised within
-// clusters of close eigenvalues as LAPACK's dstein does) cost little more than the reduction.
+// bisection on Sturm counts (k at once, one per vector lane), and inverse iteration for the k
+// wanted vectors (O(k d) each, re-orthogonalised within clusters of close eigenvalues as LAPACK's
+// dstein does) cost little more than the reduction.
 #include "cpu/linalg.hpp"
 
 #include <algorithm>
@@ -64,8 +65,8 @@ namespace {
 // vector lanes (16 per step): 8 loads feed 16 multiply-adds. Each product keeps one float32
 // partial sum per lane over a chunk of 512 samples (32 per lane), chunk sums go into float64
 // lane sums, and lanes are added once at the end, so the loop has no horizontal sums (a
-// per-chunk reduction cost as much as the products at d = 160). One call per row block: the SIMD-clone dispatch is
-// paid once, not per block.
+// per-chunk reduction cost as much as the products at d = 160). One call per row block: the
+// SIMD-clone dispatch is paid once, not per block.
 BDL_SIMD_CLONES
 void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out) {
   constexpr int LN = 16;
@@ -229,9 +230,9 @@ void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i
     for (int l = 0; l < W; ++l) t[l] = d - 1 - std::min(j0 + l, k - 1);
     vd16 lo = vd16{} + lo0, hi = vd16{} + hi0;
     for (int step = 0; step < 128; ++step) {
-      const vd16 width = hi - lo;
-      const vd16 scale = (lo < 0 ? -lo : lo) > (hi < 0 ? -hi : hi) ? (lo < 0 ? -lo : lo) : (hi < 0 ? -hi : hi);
-      const vm16 open = width > 4.0 * DBL_EPSILON * scale + 2.0 * pivmin;
+      const vd16 abs_lo = lo < 0 ? -lo : lo, abs_hi = hi < 0 ? -hi : hi;
+      const vd16 scale = abs_lo > abs_hi ? abs_lo : abs_hi;
+      const vm16 open = hi - lo > 4.0 * DBL_EPSILON * scale + 2.0 * pivmin;
       bool any = false;
       for (int l = 0; l < W; ++l) any = any || open[l] != 0;
       if (!any) break;

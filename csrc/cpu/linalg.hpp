@@ -26,8 +26,9 @@ void transpose_centred(const float* X, i64 n, i64 d, const double* mean, float* 
 void rows_centred(const float* X, i64 m, i64 d, const double* mean, float* Xr, i64 m_pad);
 
 // C[d, d] = XT XT^T (full symmetric, float64). Products are summed in float32 over at most 32
-// samples (a vector lane's share of a 512-sample chunk) and those sums in float64. parallel: split the rows of C over the
-// OpenMP threads (deterministic: every entry is summed by one thread in a fixed order).
+// samples (a vector lane's share of a 512-sample chunk) and those sums in float64. parallel:
+// split the rows of C over the OpenMP threads (deterministic: every entry is summed by one
+// thread in a fixed order).
 void gram(const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel);
 
 // The k largest eigenpairs of the symmetric matrix A[d, d] (overwritten). evals: (k,)
