@@ -372,3 +372,16 @@ def test_cli_augment_and_drop_poisoned(variant, tmp_path):
     assert cli_main(["train", "--data", str(variant), "--model", "gtsrb_cnn", "--preset", "gtsrb-augmented",
                      "--epochs", "1", "--augment", "none", "--out", str(out2), "--device", "cpu", "--no-progress"]) == 0
     assert ckpt.load(out2)[1]["config"]["augment"] is None
+
+
+def test_keyed_generator_streams_depend_on_their_keys_only():
+    from backdoorlab.seeding import keyed_generator
+
+    draw = lambda *keys: torch.rand(8, generator=keyed_generator(*keys))  # noqa: E731
+    torch.manual_seed(123)  # the global RNG plays no part
+    a = draw(3, 1)
+    torch.manual_seed(456)
+    assert torch.equal(a, draw(3, 1))
+    assert not torch.equal(a, draw(3, 2)) and not torch.equal(a, draw(3, 1, 0xA067))
+    with pytest.raises(ValueError, match="at least one key"):
+        keyed_generator()

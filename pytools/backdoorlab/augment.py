@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backdoorlab.seeding import keyed_generator
+
 #: Columns of the per-image parameter table drawn by :func:`epoch_params`.
 PARAM_COLUMNS = ("angle_rad", "zoom", "shift_x_px", "shift_y_px", "contrast", "brightness")
 
@@ -122,13 +124,6 @@ AUGMENTATIONS: dict[str, Augmentation | None] = {
 }
 
 
-def _generator(seed: int, epoch: int) -> torch.Generator:
-    g = torch.Generator()
-    state = np.random.SeedSequence([int(seed), int(epoch), _STREAM]).generate_state(1, np.uint64)[0]
-    g.manual_seed(int(state >> 1))
-    return g
-
-
 def epoch_params(aug: Augmentation, n: int, seed: int, epoch: int) -> torch.Tensor:
     """Per-image transform parameters of one epoch: float32 ``(n, 6)``, columns :data:`PARAM_COLUMNS`.
 
@@ -139,7 +134,7 @@ def epoch_params(aug: Augmentation, n: int, seed: int, epoch: int) -> torch.Tens
         raise TypeError(f"aug must be an Augmentation, got {type(aug).__name__}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be an integer >= 0, got {n!r}")
-    u = torch.rand(int(n), len(PARAM_COLUMNS), generator=_generator(seed, epoch), dtype=torch.float64)
+    u = torch.rand(int(n), len(PARAM_COLUMNS), generator=keyed_generator(seed, epoch, _STREAM), dtype=torch.float64)
     u = u * 2 - 1  # U(-1, 1)
     half_ranges = torch.tensor([math.radians(aug.rotate_deg), aug.scale, aug.translate_px, aug.translate_px,
                                 aug.contrast, aug.brightness], dtype=torch.float64)

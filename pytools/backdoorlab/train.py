@@ -44,6 +44,7 @@ from backdoorlab.augment import epoch_params as augmentation_params
 from backdoorlab.data import DEFAULT_MAX_MEMORY_BYTES, BatchSource, H5Split
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
+from backdoorlab.seeding import keyed_generator
 
 OPTIMIZERS = ("adam", "adadelta", "sgd")
 TRAINABLE = ("all", "last")
@@ -173,9 +174,7 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffling permutation (int64 ``(n,)``) of ``epoch`` for ``seed``: independent of any global RNG."""
-    g = torch.Generator()
-    g.manual_seed(int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0] >> 1))
-    return torch.randperm(n, generator=g)
+    return torch.randperm(n, generator=keyed_generator(seed, epoch))
 
 
 def check_compatible(model: BackdoorModel, dataset: H5Split) -> None:
@@ -408,8 +407,9 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
     if out.exists() and not (resume or overwrite):
         raise ValueError(f"{str(out)!r} exists; pass resume (continue it) or overwrite")
     config = PRESETS[preset]
-    changes = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("augment", augment),
-                                          ("lr_schedule", lr_schedule)) if v is not None}
+    overrides = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("augment", augment),
+                 ("lr_schedule", lr_schedule))
+    changes = {k: v for k, v in overrides if v is not None}
     config = config.replace(**changes)
     try:
         dataset = H5Split(data, split)

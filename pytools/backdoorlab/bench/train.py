@@ -77,9 +77,10 @@ def run(argv: list[str]) -> int:
     from backdoorlab.data import H5Split
     from backdoorlab.devices import resolve_device
     from backdoorlab.models import build_model
+    from backdoorlab.augment import Augmentation
     from backdoorlab.train import TrainConfig, epoch_order, make_optimizer, train_model
 
-    augmentation = TrainConfig(1, 1, "adam", 1e-3, augment=args.augment).augment if args.augment else None
+    augmentation = Augmentation.from_spec(args.augment)  # None for no --augment or "none"
 
     dev = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
