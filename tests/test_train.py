@@ -17,7 +17,7 @@ from _model_helpers import one_thread, state_equal, toy_variant
 from backdoorlab import checkpoint as ckpt
 from backdoorlab.cli import main as cli_main
 from backdoorlab.data import H5Split
-from backdoorlab.evaluate import evaluate, evaluate_variant, predict
+from backdoorlab.evaluate import evaluate, predict
 from backdoorlab.models import build_model
 from backdoorlab.train import PRESETS, TrainConfig, fine_tune, train_model
 
