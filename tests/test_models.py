@@ -114,6 +114,42 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng():
 
 
 @pytest.mark.parametrize("name,size", [("gtsrb_cnn", (32, 32)), ("deepid", (55, 47))])
+def test_per_image_input_norm_standardises_what_the_first_conv_sees(name, size):
+    model = build_model(name, 5, seed=0, input_norm="per_image").eval()
+    first = model.conv1_1.conv if name == "gtsrb_cnn" else model.conv1.conv
+    seen = {}
+    h = first.register_forward_hook(lambda m, i, o: seen.update(inp=i[0]))
+    x = torch.rand(3, 3, *size) * torch.tensor([0.2, 1.0, 1.0]).view(3, 1, 1, 1)  # dark, full range, (flat)
+    x[2] = 0.3  # a flat image: the std floor keeps it finite (all zeros after the shift)
+    with torch.no_grad():
+        logits = model(x)
+    h.remove()
+    inp = seen["inp"].flatten(1)
+    assert torch.allclose(inp[:2].mean(1), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(inp[:2].std(1, unbiased=False), torch.ones(2), atol=1e-4)
+    assert torch.equal(inp[2], torch.zeros_like(inp[2])) and torch.isfinite(logits).all()
+    # Invariant to brightness and contrast (up to rounding), unlike the paper's raw input.
+    with torch.no_grad():
+        assert torch.allclose(model(x[:1]), model(x[:1] * 4.0 + 0.1), atol=1e-4)
+    assert model.spec["input_norm"] == "per_image"
+    assert "input_norm" not in build_model(name, 5).spec  # paper models' checkpoints unchanged
+    with pytest.raises(ValueError, match="input_norm must be one of .*'global'"):
+        build_model(name, 5, input_norm="global")
+
+
+def test_input_norm_survives_checkpoint(tmp_path):
+    from backdoorlab import checkpoint
+
+    model = build_model("gtsrb_cnn", 5, seed=1, input_norm="per_image").eval()
+    checkpoint.save(tmp_path / "m.pt", model)
+    again, _ = checkpoint.load(tmp_path / "m.pt")
+    x = torch.rand(2, 3, 32, 32)
+    assert again.input_norm == "per_image"
+    with torch.no_grad():
+        assert torch.equal(model(x), again.eval()(x))
+
+
+@pytest.mark.parametrize("name,size", [("gtsrb_cnn", (32, 32)), ("deepid", (55, 47))])
 def test_prune_silences_channels_and_survives_state_dict(name, size):
     model = build_model(name, 5, seed=0).eval()
     model.prune("last_conv", np.array([0, 3, 5]))

@@ -372,6 +372,12 @@ def test_cli_augment_and_drop_poisoned(variant, tmp_path):
     assert cli_main(["train", "--data", str(variant), "--model", "gtsrb_cnn", "--preset", "gtsrb-augmented",
                      "--epochs", "1", "--augment", "none", "--out", str(out2), "--device", "cpu", "--no-progress"]) == 0
     assert ckpt.load(out2)[1]["config"]["augment"] is None
+    out3 = tmp_path / "norm_cli.pt"
+    assert cli_main(["train", "--data", str(variant), "--model", "gtsrb_cnn", "--epochs", "1", "--input-norm",
+                     "per_image", "--out", str(out3), "--device", "cpu", "--no-progress"]) == 0
+    assert ckpt.load(out3)[0].input_norm == "per_image"
+    assert cli_main(["train", "--data", str(variant), "--model", "vgg16_face", "--input-norm", "per_image",
+                     "--out", str(tmp_path / "vgg.pt"), "--device", "cpu", "--no-progress"]) == 2
 
 
 def test_keyed_generator_streams_depend_on_their_keys_only():

@@ -30,6 +30,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "gtsrb-augmented)")
     parser.add_argument("--drop-poisoned", action="store_true",
                         help="train without the split's poisoned rows (the clean baseline of the same variant)")
+    parser.add_argument("--input-norm", default=None, choices=["none", "per_image"],
+                        help="gtsrb_cnn and deepid: standardise each input image (per_image) before the first "
+                             "layer; recorded in the checkpoint. Default none (the paper's models)")
     parser.add_argument("--weights", default=None,
                         help="vgg16_face only: converted VGG-Face state dict (vgg_face_dag.pth) or 'env'")
     group = parser.add_mutually_exclusive_group()
@@ -54,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         if args.model != "vgg16_face":
             raise ValueError(f"--weights applies to vgg16_face only, not {args.model}")
         model_kw["weights"] = args.weights
+    if args.input_norm is not None:
+        if args.model == "vgg16_face":
+            raise ValueError("--input-norm applies to gtsrb_cnn and deepid; vgg16_face subtracts its own channel means")
+        model_kw["input_norm"] = args.input_norm
     out = train_variant(args.data, args.model, args.out, preset=args.preset, seed=args.seed, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, augment=args.augment, lr_schedule=args.lr_schedule,
                         drop_poisoned=args.drop_poisoned, resume=args.resume, overwrite=args.overwrite,

@@ -16,6 +16,7 @@ pruned channels stay silent while the rest of the network is fine-tuned.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -23,6 +24,12 @@ import torch
 from torch import nn
 
 ROLES: tuple[str, ...] = ("last_conv", "second_last_conv", "penultimate")
+
+#: Input normalisations a model can apply to its [0, 1] input before the first layer:
+#: ``"none"`` (the paper's models) or ``"per_image"`` (each image shifted to mean 0 and scaled to
+#: standard deviation 1 over its pixels and channels; a parameter-free layer, so it is part of
+#: the model and every consumer -- training, evaluation, defences -- sees the same input).
+INPUT_NORMS: tuple[str, ...] = ("none", "per_image")
 
 
 class _MaskedBlock(nn.Module):
@@ -87,6 +94,37 @@ class BackdoorModel(nn.Module):
         self.roles = {}
         # Constructor arguments, saved in checkpoints so `checkpoint.load` can rebuild the model.
         self.spec: dict = {"name": self.arch, "n_classes": self.n_classes}
+        self.input_norm = "none"
+
+    def set_input_norm(self, input_norm: str) -> None:
+        """Choose the input normalisation (one of :data:`INPUT_NORMS`); called by constructors.
+
+        Recorded in :attr:`spec` only when not ``"none"``, so the paper models' checkpoints are
+        unchanged and older checkpoints load as ``"none"``.
+        """
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        self.input_norm = input_norm
+        if input_norm == "none":
+            self.spec.pop("input_norm", None)
+        else:
+            self.spec["input_norm"] = input_norm
+
+    def normalise_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply :attr:`input_norm` to a checked ``(N, 3, H, W)`` batch.
+
+        ``"per_image"`` divides by ``max(std, 1/sqrt(3*H*W))`` (as TensorFlow's
+        ``per_image_standardization``) so a flat image is not blown up. Why it helps: the real
+        GTSRB images range from nearly black to overexposed, and standardising removes most of
+        that variation before the first convolution instead of leaving it to be learnt.
+        """
+        if self.input_norm == "none":
+            return x
+        flat = x.flatten(1)
+        mean = flat.mean(1).view(-1, 1, 1, 1)
+        floor = 1.0 / math.sqrt(flat.shape[1])
+        std = flat.std(1, unbiased=False).clamp_min(floor).view(-1, 1, 1, 1)
+        return (x - mean) / std
 
     def keras_init(self) -> None:
         """Glorot-uniform weights and zero biases (Keras's defaults, the framework of the paper's models).

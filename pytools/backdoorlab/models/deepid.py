@@ -5,7 +5,7 @@ conv 60 (3x3) -> pool -> conv 80 (2x2). Sizes: 55x47 -> 52x44 -> 26x22 -> 24x20 
 10x8 -> 5x4 -> conv4 4x3. Two branches meet in the 160-d DeepID layer: a dense 160 on the
 flattened third pooling output (60*5*4 = 1200) plus a dense 160 on the flattened conv4 output
 (80*4*3 = 960), summed and passed through ReLU. The output layer is a dense softmax layer over
-the identities.
+the identities. ``input_norm="per_image"`` standardises each image first (not the paper's).
 
 Roles: ``second_last_conv`` = ``conv3`` (60 ch), ``last_conv`` = ``conv4`` (80 ch),
 ``penultimate`` = ``deepid`` (160). ``deepid`` is a :class:`DeepIDLayer` whose channel mask
@@ -41,8 +41,9 @@ class DeepID(BackdoorModel):
     input_size = (55, 47)
     classifier_name = "fc"
 
-    def __init__(self, n_classes: int = 1283):
+    def __init__(self, n_classes: int = 1283, *, input_norm: str = "none"):
         super().__init__(n_classes)
+        self.set_input_norm(input_norm)
         self.conv1 = ConvReLU(3, 20, 4)
         self.conv2 = ConvReLU(20, 40, 3)
         self.conv3 = ConvReLU(40, 60, 3)
@@ -55,7 +56,7 @@ class DeepID(BackdoorModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        x = self.pool1(self.conv1(x))
+        x = self.pool1(self.conv1(self.normalise_input(x)))
         x = self.pool2(self.conv2(x))
         pool3 = self.pool3(self.conv3(x))
         conv4 = self.conv4(pool3)

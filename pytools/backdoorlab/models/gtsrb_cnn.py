@@ -8,7 +8,8 @@ layer sees 128 * 2 * 2 = 512 features.
 
 Roles: ``second_last_conv`` = ``conv3_1``, ``last_conv`` = ``conv3_2`` (128 channels, 4x4),
 ``penultimate`` = ``fc1`` (512). Input is taken as is in [0, 1] (Neural Cleanse feeds raw
-scaled pixels; no mean subtraction).
+scaled pixels; no mean subtraction); ``input_norm="per_image"`` standardises each image first
+(not the paper's; see :data:`backdoorlab.models.base.INPUT_NORMS`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ class GTSRBCNN(BackdoorModel):
     input_size = (32, 32)
     classifier_name = "fc2"
 
-    def __init__(self, n_classes: int = 43, *, dropout_conv: float = 0.2, dropout_fc: float = 0.5):
+    def __init__(self, n_classes: int = 43, *, dropout_conv: float = 0.2, dropout_fc: float = 0.5,
+                 input_norm: str = "none"):
         super().__init__(n_classes)
+        self.set_input_norm(input_norm)
         for name, p in (("dropout_conv", dropout_conv), ("dropout_fc", dropout_fc)):
             if not 0.0 <= float(p) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p!r}")
@@ -50,6 +53,7 @@ class GTSRBCNN(BackdoorModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        x = self.normalise_input(x)
         x = self.drop1(self.pool1(self.conv1_2(self.conv1_1(x))))
         x = self.drop2(self.pool2(self.conv2_2(self.conv2_1(x))))
         x = self.drop3(self.pool3(self.conv3_2(self.conv3_1(x))))
