@@ -7,8 +7,8 @@ import argparse
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     from backdoorlab.augment import AUGMENTATIONS
-    from backdoorlab.models import MODELS
-    from backdoorlab.train import PRESETS
+    from backdoorlab.models import INPUT_NORMS, MODELS
+    from backdoorlab.train import LR_SCHEDULES, PRESETS
 
     parser.add_argument("--data", required=True, help="variant .h5 file (its 'train' split is used)")
     parser.add_argument("--model", required=True, choices=sorted(MODELS), help="architecture")
@@ -21,7 +21,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
-    parser.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
+    parser.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
                         help="override the preset's learning-rate schedule (constant, or cosine decay over the epochs)")
     parser.add_argument("--augment", default=None, choices=sorted(AUGMENTATIONS),
                         help="training-time augmentation, overriding the preset's: none, or gtsrb (rotation "
@@ -30,7 +30,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "gtsrb-augmented)")
     parser.add_argument("--drop-poisoned", action="store_true",
                         help="train without the split's poisoned rows (the clean baseline of the same variant)")
-    parser.add_argument("--input-norm", default=None, choices=["none", "per_image"],
+    parser.add_argument("--input-norm", default=None, choices=INPUT_NORMS,
                         help="gtsrb_cnn and deepid: standardise each input image (per_image) before the first "
                              "layer; recorded in the checkpoint. Default none (the paper's models)")
     parser.add_argument("--weights", default=None,
