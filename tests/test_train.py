@@ -302,6 +302,63 @@ def test_cosine_schedule_rates_and_exact_resume(variant, tmp_path, monkeypatch):
         cfg.replace(lr_schedule="step")
 
 
+def test_weight_averaging_returns_the_mean_of_the_last_epochs(variant, tmp_path, monkeypatch):
+    ds = _quick(variant, 32)
+    cfg = TOY_CONFIG.replace(epochs=3, augment="gtsrb")
+    # A constant-rate run of e epochs is the first e epochs of a longer one, so these are the
+    # weights after epochs 2 and 3 of the averaged run.
+    snapshots = [_train(ds, cfg.replace(epochs=e), seed=3) for e in (2, 3)]
+    averaged = _train(ds, cfg.replace(average_last=2), seed=3)
+    for name, p in averaged.named_parameters():
+        mean = (snapshots[0].state_dict()[name].double() + snapshots[1].state_dict()[name].double()) / 2
+        assert torch.allclose(p.double(), mean, atol=1e-6), name
+        assert not torch.equal(p, snapshots[1].state_dict()[name]), name  # not simply the last weights
+    # the trajectory is the one without averaging: same losses, epochs 2 and 3 counted
+    assert [h["loss"] for h in averaged.train_history] == [h["loss"] for h in snapshots[1].train_history]
+    assert [h.get("averaged") for h in averaged.train_history] == [None, 1, 2]
+    # averaging all epochs of a 1-epoch run returns that epoch's weights
+    assert state_equal(_train(ds, cfg.replace(epochs=1, average_last=1), seed=3),
+                       _train(ds, cfg.replace(epochs=1), seed=3))
+
+    # interrupted after epoch 2 (inside the window): the resumed run ends with the same mean
+    path, save = tmp_path / "avg.pt", ckpt.save
+    calls = []
+
+    def save_then_stop(*args, **kw):
+        save(*args, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Interrupt
+
+    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    with pytest.raises(_Interrupt):
+        _train(ds, cfg.replace(average_last=2), seed=3, checkpoint=path)
+    monkeypatch.setattr(ckpt, "save", save)
+    assert ckpt.load(path)[1]["train_state"]["average"]["count"] == 1
+    with pytest.raises(ValueError, match="cannot resume"):  # the length fixes the window
+        train_model(build_model("gtsrb_cnn", 4), ds, cfg.replace(epochs=4, average_last=2), seed=3,
+                    checkpoint=path, resume=True, progress=False)
+    resumed = _train(ds, cfg.replace(average_last=2), seed=3, checkpoint=path, resume=True)
+    assert state_equal(averaged, resumed)
+    assert state_equal(averaged, ckpt.load(path)[0])  # the final checkpoint holds the mean
+
+
+@pytest.mark.parametrize("value", [-1, 4, True, 1.5])
+def test_average_last_validated(value):
+    with pytest.raises(ValueError, match=f"average_last must be an integer in \\[0, epochs=3\\], got {value!r}"):
+        TOY_CONFIG.replace(epochs=3, average_last=value)
+
+
+def test_cli_average_last(variant, tmp_path):
+    out = tmp_path / "avg_cli.pt"
+    assert cli_main(["train", "--data", str(variant), "--model", "gtsrb_cnn", "--epochs", "2", "--average-last", "2",
+                     "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    meta = ckpt.load(out)[1]
+    assert meta["config"]["average_last"] == 2 and [h["averaged"] for h in meta["history"]] == [1, 2]
+    assert cli_main(["train", "--data", str(variant), "--model", "gtsrb_cnn", "--epochs", "2", "--average-last", "3",
+                     "--out", str(out), "--overwrite", "--device", "cpu", "--no-progress"]) == 2
+
+
 @pytest.mark.parametrize("spec,match", [
     (dict(rotate_deg=-1), "rotate_deg must be >= 0"), (dict(rotate_deg=200), "rotate_deg must be <= 180"),
     (dict(scale=1.0), "scale must be < 1"), (dict(brightness=float("nan")), "brightness must be a finite"),

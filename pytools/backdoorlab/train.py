@@ -19,6 +19,12 @@ seeding and exact resume hold with it on, and with it off the training is unchan
 The ``gtsrb-augmented`` preset is the paper's GTSRB setting plus the ``"gtsrb"`` augmentation and
 more epochs, for small real subsets on which the paper's setting overfits.
 
+Weight averaging (off in the paper's presets): ``TrainConfig(average_last=k)`` returns the mean
+of the weights at the end of the last ``k`` epochs instead of the last weights (stochastic weight
+averaging, Izmailov et al., UAI 2018). It does not change the training trajectory -- only which
+weights come out -- and it takes out much of the epoch-to-epoch wobble of a constant-rate run.
+The running mean is part of every checkpoint, so a resumed run ends with the same mean.
+
 Speed: batches come from :class:`backdoorlab.data.BatchSource`, which holds small splits in
 memory as uint8 and cuts batches with index tensors (``backdoorlab bench train`` measures it
 against a bare PyTorch loop).
@@ -80,6 +86,11 @@ class TrainConfig:
         ``"constant"`` (the paper's) keeps ``lr``; ``"cosine"`` sets epoch ``e``'s rate to
         ``lr * (1 + cos(pi * e / epochs)) / 2``, so ``epochs`` then shapes the run and must agree
         for a resume.
+    average_last : int
+        0 (default) returns the weights of the last epoch; ``k >= 1`` returns the mean of the
+        weights after each of the last ``k`` epochs (trainable and frozen parameters; buffers such
+        as pruning masks are the last epoch's). ``epochs`` then fixes the window and must agree
+        for a resume. Our models have no batch normalisation, so the mean needs no statistics pass.
     """
 
     epochs: int
@@ -94,6 +105,7 @@ class TrainConfig:
     num_workers: int = 0
     augment: Augmentation | None = None
     lr_schedule: str = "constant"
+    average_last: int = 0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "max_memory_mb"):
@@ -114,6 +126,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.in_memory must be 'auto', True or False, got {self.in_memory!r}")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"TrainConfig.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if (isinstance(self.average_last, bool) or not isinstance(self.average_last, (int, np.integer))
+                or not 0 <= self.average_last <= self.epochs):
+            raise ValueError(f"TrainConfig.average_last must be an integer in [0, epochs={self.epochs}], "
+                             f"got {self.average_last!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         try:
@@ -142,7 +158,8 @@ class TrainConfig:
         d = self.to_dict()
         for k in ("in_memory", "max_memory_mb", "num_workers"):
             d.pop(k)
-        if self.lr_schedule == "constant":  # a decaying rate depends on the run's length
+        # A decaying rate and an averaging window depend on the run's length.
+        if self.lr_schedule == "constant" and self.average_last == 0:
             d.pop("epochs")
         return d
 
@@ -151,6 +168,48 @@ class TrainConfig:
         if self.lr_schedule == "cosine":
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
         return self.lr
+
+    def averages_epoch(self, epoch: int) -> bool:
+        """Whether the weights after (0-based) ``epoch`` enter the mean of :attr:`average_last`."""
+        return self.average_last > 0 and epoch >= self.epochs - self.average_last
+
+
+class WeightAverage:
+    """Running mean of a model's floating-point parameters (the state of ``average_last``).
+
+    Kept in float64 so that the mean of k snapshots does not depend on rounding order more than
+    float32 weights themselves can show.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.count = 0
+        self.mean = {name: torch.zeros_like(p, dtype=torch.float64)
+                     for name, p in model.named_parameters() if p.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.count += 1
+        for name, p in model.named_parameters():
+            if name in self.mean:
+                self.mean[name] += (p.detach().double() - self.mean[name]) / self.count
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the mean into ``model``'s parameters (in their own dtype)."""
+        if self.count == 0:
+            raise RuntimeError("no weights averaged yet")
+        for name, p in model.named_parameters():
+            if name in self.mean:
+                p.copy_(self.mean[name].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": dict(self.mean)}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        if set(state["mean"]) != set(self.mean):
+            raise ValueError("the checkpoint's weight average does not match the model's parameters")
+        self.count = int(state["count"])
+        self.mean = {k: v.to(device=device, dtype=torch.float64) for k, v in state["mean"].items()}
 
 
 #: The paper's training settings.
@@ -285,6 +344,7 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
     start_epoch = 0
     history: list[dict] = []
     resumed_state = None
+    average = WeightAverage(model) if config.average_last else None
     if resume and Path(checkpoint).exists():
         _, prev = ckpt.load(checkpoint, model, device=dev)
         state = prev.get("train_state")
@@ -300,6 +360,8 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
         start_epoch = int(state["epoch"])
         history = list(prev.get("history", []))
         resumed_state = state["rng"]
+        if average is not None and state.get("average") is not None:
+            average.load_state_dict(state["average"], dev)
         if start_epoch > config.epochs:
             raise ValueError(f"{str(checkpoint)!r} already has {start_epoch} epochs, more than epochs={config.epochs}")
 
@@ -356,9 +418,17 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                                f"train acc {record['accuracy']:.4f}  {record['images_per_s']:.0f} img/s")
                 if not math.isfinite(record["loss"]):
                     raise FloatingPointError(f"training loss became {record['loss']} in epoch {epoch + 1}; lower the lr")
+                if average is not None and config.averages_epoch(epoch):
+                    average.update(model)
+                    record["averaged"] = average.count
+                    if epoch + 1 == config.epochs:
+                        # From here on the model holds the mean; epochs is part of the resume
+                        # identity, so no later run continues training from these weights.
+                        average.copy_to(model)
                 if checkpoint is not None:
                     train_state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                                   "rng": _rng_state(dev), "config": config.to_dict(), "seed": int(seed)}
+                                   "rng": _rng_state(dev), "config": config.to_dict(), "seed": int(seed),
+                                   "average": average.state_dict() if average is not None else None}
                     ckpt.save(checkpoint, model, {**base_meta, "epochs_done": epoch + 1, "history": history,
                                                   "complete": epoch + 1 == config.epochs},
                               train_state=train_state)
@@ -385,12 +455,13 @@ def fine_tune(model: BackdoorModel, dataset: H5Split, epochs: int, lr: float, *,
 def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLike, *,
                   preset: str = "gtsrb", seed: int = 0, epochs: int | None = None, batch_size: int | None = None,
                   lr: float | None = None, augment: str | dict | Augmentation | None = None,
-                  lr_schedule: str | None = None, drop_poisoned: bool = False, resume: bool = False,
-                  overwrite: bool = False,
+                  lr_schedule: str | None = None, average_last: int | None = None, drop_poisoned: bool = False,
+                  resume: bool = False, overwrite: bool = False,
                   device: str = "auto", split: str = "train", progress: bool = True, **model_kw) -> Path:
     """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
 
-    ``epochs``, ``batch_size``, ``lr``, ``augment`` and ``lr_schedule`` override the preset's when given
+    ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule`` and ``average_last`` override the
+    preset's when given
     (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True`` trains on the
     split without its poisoned rows: the clean baseline of the same variant (recorded in the meta).
 
@@ -408,7 +479,7 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
         raise ValueError(f"{str(out)!r} exists; pass resume (continue it) or overwrite")
     config = PRESETS[preset]
     overrides = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("augment", augment),
-                 ("lr_schedule", lr_schedule))
+                 ("lr_schedule", lr_schedule), ("average_last", average_last))
     changes = {k: v for k, v in overrides if v is not None}
     config = config.replace(**changes)
     try:

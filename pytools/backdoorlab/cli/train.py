@@ -23,6 +23,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     parser.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
                         help="override the preset's learning-rate schedule (constant, or cosine decay over the epochs)")
+    parser.add_argument("--average-last", type=int, default=None, metavar="K",
+                        help="return the mean of the weights after each of the last K epochs (stochastic weight "
+                             "averaging) instead of the last epoch's; 0 = off. Default: the preset's (off)")
     parser.add_argument("--augment", default=None, choices=sorted(AUGMENTATIONS),
                         help="training-time augmentation, overriding the preset's: none, or gtsrb (rotation "
                              "+-10 deg, zoom +-10 %%, shift +-2 px, brightness x0.3-1.7, contrast x0.5-1.5; no flips). "
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         model_kw["input_norm"] = args.input_norm
     out = train_variant(args.data, args.model, args.out, preset=args.preset, seed=args.seed, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, augment=args.augment, lr_schedule=args.lr_schedule,
+                        average_last=args.average_last,
                         drop_poisoned=args.drop_poisoned, resume=args.resume, overwrite=args.overwrite,
                         device=args.device, progress=not args.no_progress, **model_kw)
     print(f"model written to {out}")
