@@ -177,8 +177,7 @@ class TrainConfig:
 class WeightAverage:
     """Running mean of a model's floating-point parameters (the state of ``average_last``).
 
-    Kept in float64 so that the mean of k snapshots does not depend on rounding order more than
-    float32 weights themselves can show.
+    Kept in float64 so that the running update adds no rounding error that float32 weights would show.
     """
 
     def __init__(self, model: nn.Module):
@@ -461,8 +460,7 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
     """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
 
     ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule`` and ``average_last`` override the
-    preset's when given
-    (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True`` trains on the
+    preset's when given (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True`` trains on the
     split without its poisoned rows: the clean baseline of the same variant (recorded in the meta).
 
     Returns
