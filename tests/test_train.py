@@ -276,6 +276,20 @@ class _Interrupt(Exception):
     pass
 
 
+def _interrupt_after_checkpoint(monkeypatch, n):
+    """Make ``ckpt.save`` raise :class:`_Interrupt` right after its ``n``-th write (a run killed there)."""
+    save, calls = ckpt.save, []
+
+    def save_then_stop(*args, **kw):
+        save(*args, **kw)
+        calls.append(1)
+        if len(calls) == n:
+            raise _Interrupt
+
+    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    return save
+
+
 def test_cosine_schedule_rates_and_exact_resume(variant, tmp_path, monkeypatch):
     ds = _quick(variant, 32)
     cfg = TOY_CONFIG.replace(epochs=2, lr_schedule="cosine", augment="gtsrb")
@@ -284,13 +298,8 @@ def test_cosine_schedule_rates_and_exact_resume(variant, tmp_path, monkeypatch):
     assert [h["lr"] for h in full.train_history] == pytest.approx([1e-3, 0.5e-3])
     assert not state_equal(full, _train(ds, cfg.replace(lr_schedule="constant"), seed=3))
     # interrupt the same 2-epoch run right after its first checkpoint, then resume it
-    path, save = tmp_path / "cos.pt", ckpt.save
-
-    def save_then_stop(*args, **kw):
-        save(*args, **kw)
-        raise _Interrupt
-
-    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    path = tmp_path / "cos.pt"
+    save = _interrupt_after_checkpoint(monkeypatch, 1)
     with pytest.raises(_Interrupt):
         _train(ds, cfg, seed=3, checkpoint=path)
     monkeypatch.setattr(ckpt, "save", save)
@@ -321,16 +330,8 @@ def test_weight_averaging_returns_the_mean_of_the_last_epochs(variant, tmp_path,
                        _train(ds, cfg.replace(epochs=1), seed=3))
 
     # interrupted after epoch 2 (inside the window): the resumed run ends with the same mean
-    path, save = tmp_path / "avg.pt", ckpt.save
-    calls = []
-
-    def save_then_stop(*args, **kw):
-        save(*args, **kw)
-        calls.append(1)
-        if len(calls) == 2:
-            raise _Interrupt
-
-    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    path = tmp_path / "avg.pt"
+    save = _interrupt_after_checkpoint(monkeypatch, 2)
     with pytest.raises(_Interrupt):
         _train(ds, cfg.replace(average_last=2), seed=3, checkpoint=path)
     monkeypatch.setattr(ckpt, "save", save)

@@ -175,22 +175,22 @@ class TrainConfig:
 
 
 class WeightAverage:
-    """Running mean of a model's floating-point parameters (the state of ``average_last``).
+    """Running mean of a model's parameters (the state of ``average_last``).
 
     Kept in float64 so that the running update adds no rounding error that float32 weights would show.
+    (``torch.optim.swa_utils.AveragedModel`` averages in the weights' own dtype and keeps a second copy
+    of the whole module, buffers included; a dict of means is all a resume needs.)
     """
 
     def __init__(self, model: nn.Module):
         self.count = 0
-        self.mean = {name: torch.zeros_like(p, dtype=torch.float64)
-                     for name, p in model.named_parameters() if p.is_floating_point()}
+        self.mean = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in model.named_parameters()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.count += 1
         for name, p in model.named_parameters():
-            if name in self.mean:
-                self.mean[name] += (p.detach().double() - self.mean[name]) / self.count
+            self.mean[name] += (p.detach().double() - self.mean[name]) / self.count
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
@@ -198,8 +198,7 @@ class WeightAverage:
         if self.count == 0:
             raise RuntimeError("no weights averaged yet")
         for name, p in model.named_parameters():
-            if name in self.mean:
-                p.copy_(self.mean[name].to(p.dtype))
+            p.copy_(self.mean[name].to(p.dtype))
 
     def state_dict(self) -> dict:
         return {"count": self.count, "mean": dict(self.mean)}
@@ -359,7 +358,7 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
         start_epoch = int(state["epoch"])
         history = list(prev.get("history", []))
         resumed_state = state["rng"]
-        if average is not None and state.get("average") is not None:
+        if average is not None:  # same config, so the checkpoint carries the running mean
             average.load_state_dict(state["average"], dev)
         if start_epoch > config.epochs:
             raise ValueError(f"{str(checkpoint)!r} already has {start_epoch} epochs, more than epochs={config.epochs}")
@@ -460,8 +459,9 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
     """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
 
     ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule`` and ``average_last`` override the
-    preset's when given (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True`` trains on the
-    split without its poisoned rows: the clean baseline of the same variant (recorded in the meta).
+    preset's when given (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True``
+    trains on the split without its poisoned rows: the clean baseline of the same variant (recorded in
+    the meta).
 
     Returns
     -------
