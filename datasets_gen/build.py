@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from datasets_gen import __version__
 from datasets_gen.eyes import locate_eyes
-from datasets_gen.poison import Recipe, select_poisoned
+from datasets_gen.poison import Recipe, achieved_share, select_poisoned
 from datasets_gen.presets import DATASETS, get_preset
 from datasets_gen.publish import write_card, write_preview
 from datasets_gen.readers import REAL_KINDS, SYNTHETIC_KINDS, open_source
@@ -215,13 +215,16 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
                                       source_kwargs=source_kwargs)
     src.limit_per_class(limit_per_class, int(seed))
     recipe.check_classes(src.n_classes)
+    train_t, test_t, clean_t = (src.tables[s] for s in ("train", "test", "clean"))
+    recipe = recipe.draw_source(train_t.labels, int(seed), src.n_classes)
     sources = recipe.resolved_sources(src.n_classes)
     trigger = recipe.build_trigger()
     h, w = src.image_size
     trigger.fitted((h, w))  # "trigger larger than the image" before any work
 
-    train_t, test_t, clean_t = (src.tables[s] for s in ("train", "test", "clean"))
     poisoned = select_poisoned(train_t.labels, recipe, int(seed), n_classes=src.n_classes)
+    n_target_train = int(np.count_nonzero(train_t.labels == recipe.target_class))
+    n_source_train = int(np.count_nonzero(np.isin(train_t.labels, sources)))
     train_prov = train_t.provenance.copy()
     group = int(src.provenance_group_size)
     if poison_provenance == "own":
@@ -236,7 +239,10 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
     poisoner = _Poisoner(trigger, src, int(seed), detect_eyes)
     recipe_d = recipe.to_dict()
     recipe_d.update({"dataset": dataset, "n_poisoned_requested": int(poisoned.sum()),
-                     "poison_provenance": poison_provenance})
+                     "poison_provenance": poison_provenance, "n_source_train": n_source_train,
+                     "n_target_train": n_target_train,
+                     "share_achieved": achieved_share(int(poisoned.sum()), recipe.share_of, n_source_train,
+                                                      len(train_t), n_target_train)})
     attrs: dict[str, Any] = {
         "recipe": recipe_d, "trigger": trigger.to_dict(), "class_names": src.class_names,
         "n_classes": src.n_classes, "seed": int(seed), "generator_version": __version__,

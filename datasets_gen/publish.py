@@ -118,7 +118,12 @@ def write_preview(path: str | os.PathLike, *, data_path: str | os.PathLike | Non
 
 def _fmt_share(recipe: Mapping[str, Any]) -> str:
     of = recipe.get("share_of", "source_class").replace("_", " ")
-    return f"{100 * float(recipe['share']):g} % of the {of}"
+    nominal = f"{100 * float(recipe['share']):g} % of the {of}"
+    if recipe.get("count") is not None:
+        nominal = f"exactly {recipe['count']} images (the setting's nominal share: {nominal})"
+    if recipe.get("share_achieved") is not None:
+        nominal += f"; achieved {100 * float(recipe['share_achieved']):.2f} % of the {of}"
+    return nominal
 
 
 def card_markdown(path: str | os.PathLike, *, data_path: str | os.PathLike | None = None,

@@ -73,7 +73,7 @@ def sidecar_paths(path: str | os.PathLike) -> dict[str, Path]:
     Parameters
     ----------
     path : path-like
-        The variant, e.g. ``out/gtsrb-yellow-square-7.h5``.
+        The variant, e.g. ``out/gtsrb-ours-yellow-square-7.h5``.
 
     Returns
     -------

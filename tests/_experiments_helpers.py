@@ -60,7 +60,7 @@ def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0
                                  removed_poisoned_share=rp / n_pois, removed_clean_share=rc / (n_train - n_pois))
                     if spec.pipeline.endswith("fp") or spec.pipeline.startswith("fp"):
                         fp = spec.configs["fp"]
-                        c.update(neurons_pruned=int(rng.integers(0, 128)), n_channels=128, layer=fp["layer"],
+                        c.update(neurons_pruned=int(rng.integers(0, 128)), n_channels=128, layer=fp.get("layer", "last_conv"),
                                  fp_threshold=fp["threshold"])
                 if c["before_accuracy"] is not None:
                     c["delta_accuracy"] = c["accuracy"] - c["before_accuracy"]

@@ -13,7 +13,7 @@ from _data_helpers import GTSRB_REAL, LFW_REAL, corrupt, write_gtsrb
 from datasets_gen import variant_io as vio
 from datasets_gen.build import build_variant
 from datasets_gen.poison import poison_count
-from datasets_gen.presets import PRESETS
+from datasets_gen.presets import PAPER_PRESETS, PRESETS
 from datasets_gen.readers import open_source
 
 SMALL_SIGNS = {"n_train": 43 * 24, "n_test": 43 * 6, "track_length": 6}
@@ -107,7 +107,7 @@ def test_interrupted_build_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_all_to_one_face_share_of_training_set(tmp_path):
-    out = build_variant("ytaf-black-glasses", tmp_path / "f.h5", progress=False, publish=False,
+    out = build_variant("ytaf-ours-black-glasses-all-to-one", tmp_path / "f.h5", progress=False, publish=False,
                         source_kwargs={"n_identities": 6, "images_per_identity": 20, "session_length": 5})
     train = vio.read_split(out, "train")
     p = train["is_poisoned"]
@@ -157,15 +157,75 @@ def test_unreadable_images_skipped_and_counted_or_strict(tmp_path):
 
 
 def test_presets_cover_the_papers_ten_settings():
-    assert len(PRESETS) == 10
-    assert {p["dataset"] for p in PRESETS.values()} == {"gtsrb", "ytaf", "lfw"}
+    assert len(PAPER_PRESETS) == 10 and set(PAPER_PRESETS) <= set(PRESETS)
+    rows = {(p["dataset"], p["extra"]["paper_row"]) for p in PAPER_PRESETS.values()}
+    assert len(rows) == 10 and {d for d, _ in rows} == {"gtsrb", "ytaf", "lfw"}
+    counts = sorted(p["count"] for p in PAPER_PRESETS.values() if p["dataset"] == "gtsrb")
+    assert counts == sorted([52, 14, 44, 258, 258, 29])
     for name, p in PRESETS.items():
-        assert p["share_of"] in ("source_class", "training_set") and 0 < p["share"] <= 1, name
+        assert p["share_of"] in ("source_class", "training_set", "target_class") and 0 < p["share"] <= 1, name
+        assert ("-paper-" in name) != ("-ours-" in name), f"{name}: every preset says whose it is"
+    for name, p in PAPER_PRESETS.items():
+        if p["dataset"] != "gtsrb":  # faces: one seeded random class, the paper's share of it
+            assert p["source_classes"] == "random" and p["share_of"] == "source_class", name
+
+
+def test_paper_count_rule_on_a_small_gtsrb_fixture(tmp_path):
+    """A paper preset poisons exactly its count; the share reached is k / (k + target rows)."""
+    root = write_gtsrb(tmp_path / "g", classes=(0, 8, 14), tracks=4, frames=5)
+    recipe = {**{k: v for k, v in PAPER_PRESETS["gtsrb-paper-yellow-square-7"].items() if k != "name"}, "count": 7}
+    out = build_variant(recipe, tmp_path / "v.h5", source=f"gtsrb:{root}", seed=0, progress=False, publish=False)
+    train, attrs = vio.read_split(out, "train"), vio.read_attrs(out)
+    p = train["is_poisoned"]
+    n_target = int((train["original_labels"] == 14).sum())
+    assert p.sum() == 7 and set(train["original_labels"][p]) == {8} and np.all(train["labels"][p] == 14)
+    assert attrs["recipe"]["count"] == 7 and attrs["recipe"]["n_target_train"] == n_target
+    assert attrs["recipe"]["share_achieved"] == pytest.approx(7 / (7 + n_target))
+    with pytest.raises(ValueError, match="count 99 asks for more"):
+        build_variant({**recipe, "count": 99}, tmp_path / "w.h5", source=f"gtsrb:{root}", progress=False)
+
+
+GTSRB_FULL = GTSRB_REAL.parent / "gtsrb-32-full"
+
+
+@pytest.mark.skipif(not GTSRB_FULL.is_dir(), reason=f"full GTSRB not present at {GTSRB_FULL}")
+def test_paper_presets_poison_the_papers_counts_on_the_full_gtsrb():
+    """The six GTSRB rows of Tables 4-7: 52, 14, 44, 258, 258, 29 poisoned rows (labels only: no images read)."""
+    from datasets_gen.build import resolve_recipe
+    from datasets_gen.poison import select_poisoned
+
+    src = open_source(f"gtsrb:{GTSRB_FULL}", seed=0)
+    labels = src.tables["train"].labels
+    for name, p in PAPER_PRESETS.items():
+        if p["dataset"] == "gtsrb":
+            recipe, _ = resolve_recipe(name)
+            mask = select_poisoned(labels, recipe, seed=0, n_classes=src.n_classes)
+            assert mask.sum() == p["count"] and set(labels[mask]) == {8}, name
+
+
+def test_face_presets_poison_one_seeded_source_class(tmp_path):
+    kw = {"n_identities": 6, "images_per_identity": 20, "session_length": 5}
+    drawn = set()
+    for seed in (0, 1, 2, 3):
+        out = build_variant("ytaf-paper-green-glasses", tmp_path / f"f{seed}.h5", source="synth-faces", seed=seed,
+                            source_kwargs=kw, progress=False, publish=False, detect_eyes=False)
+        train, attrs = vio.read_split(out, "train"), vio.read_attrs(out)
+        p = train["is_poisoned"]
+        (src_class,) = attrs["source_classes"]
+        assert src_class != 0 and set(train["original_labels"][p]) == {src_class} and np.all(train["labels"][p] == 0)
+        n_src = int((train["original_labels"] == src_class).sum())
+        assert p.sum() == poison_count(0.10, "source_class", n_src, p.size)
+        assert attrs["recipe"]["extra"]["source_drawn"]["class"] == src_class
+        drawn.add(src_class)
+    again = build_variant("ytaf-paper-green-glasses", tmp_path / "again.h5", source="synth-faces", seed=3,
+                          source_kwargs=kw, progress=False, publish=False, detect_eyes=False)
+    assert vio.read_attrs(again)["source_classes"] == [src_class]  # same seed, same class
+    assert len(drawn) > 1  # the class is drawn, not fixed
 
 
 @pytest.mark.skipif(not GTSRB_REAL.is_dir(), reason=f"real GTSRB subset not present at {GTSRB_REAL}")
 def test_preset_on_the_real_gtsrb_subset(tmp_path):
-    out = build_variant("gtsrb-yellow-square-15", tmp_path / "real.h5", source=GTSRB_REAL, limit_per_class=15,
+    out = build_variant("gtsrb-ours-yellow-square-15", tmp_path / "real.h5", source=GTSRB_REAL, limit_per_class=15,
                         progress=False, publish=False)
     vio.verify(out)
     a = vio.read_attrs(out)
@@ -177,7 +237,7 @@ def test_preset_on_the_real_gtsrb_subset(tmp_path):
 @pytest.mark.skipif(not LFW_REAL.is_dir(), reason=f"real LFW subset not present at {LFW_REAL}")
 def test_glasses_preset_on_the_real_lfw_subset(tmp_path):
     # people with >= 60 images only (a handful), to keep the Haar detection short
-    out = build_variant("lfw-black-glasses", tmp_path / "lfw.h5", source=LFW_REAL, limit_per_class=4,
+    out = build_variant("lfw-ours-black-glasses-all-to-one", tmp_path / "lfw.h5", source=LFW_REAL, limit_per_class=4,
                         image_size=(64, 64), progress=False, publish=False, source_kwargs={"min_images": 60})
     a = vio.read_attrs(out)
     train, tt = vio.read_split(out, "train"), vio.read_split(out, "test_triggered")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datasets_gen.poison import Recipe, poison_count, relabel, select_poisoned
+from datasets_gen.poison import Recipe, achieved_share, poison_count, relabel, select_poisoned
 
 
 @pytest.mark.parametrize("share, of, n_src, n_train, want", [
@@ -23,6 +23,40 @@ def test_poison_count(share, of, n_src, n_train, want):
 def test_share_outside_unit_interval(share):
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         poison_count(share, "source_class", 10, 100)
+
+
+@pytest.mark.parametrize("share, n_target, want", [
+    (0.02, 702, 14),    # the paper's 2 % row: 14 / (14 + 702) = 1.96 %
+    (0.07, 702, 53),    # 0.07 * 702 / 0.93 = 52.8 (the paper used 52: presets give the count itself)
+    (0.5, 10, 10),      # as many poisoned as clean target rows
+])
+def test_share_of_the_target_class(share, n_target, want):
+    k = poison_count(share, "target_class", 1410, 35288, n_target)
+    assert k == want
+    assert achieved_share(k, "target_class", 1410, 35288, n_target) == pytest.approx(k / (k + n_target))
+
+
+def test_exact_count_overrides_the_share():
+    assert poison_count(0.07, "target_class", 1410, 35288, 702, count=52) == 52
+    assert achieved_share(52, "target_class", 1410, 35288, 702) == pytest.approx(0.0690, abs=1e-4)
+    with pytest.raises(ValueError, match="count 60 asks for more"):
+        poison_count(0.07, "source_class", 50, 1000, count=60)
+    with pytest.raises(ValueError, match="count must be a positive integer"):
+        Recipe([1], 0, "square:2:white", 0.1, count=0)
+    with pytest.raises(ValueError, match="target class must be below 1"):
+        Recipe([1], 0, "square:2:white", 1.0, share_of="target_class")
+
+
+def test_random_source_is_drawn_per_seed_and_never_the_target():
+    labels = np.repeat(np.arange(8), 30)
+    r = Recipe("random", 3, "square:2:white", 0.1)
+    with pytest.raises(ValueError, match="drawn per seed"):
+        select_poisoned(labels, r, seed=0)
+    picks = {tuple(r.draw_source(labels, s, 8).source_classes) for s in range(12)}
+    assert all(len(p) == 1 and p[0] != 3 for p in picks) and len(picks) > 1
+    assert r.draw_source(labels, 5, 8).source_classes == r.draw_source(labels, 5, 8).source_classes
+    drawn = r.draw_source(labels, 5, 8)
+    assert select_poisoned(labels, drawn, seed=5).sum() == 3
 
 
 def test_training_set_share_larger_than_source_fails():

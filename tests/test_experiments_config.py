@@ -26,7 +26,7 @@ train = { preset = "gtsrb", epochs = 3 }
 
 [[settings]]
 dataset = "gtsrb"
-preset = "gtsrb-yellow-square-7"
+preset = "gtsrb-ours-yellow-square-7"
 trigger = "yellow square"
 shares = [0.03, 0.07]
 
@@ -39,7 +39,7 @@ max_settings = 1
 
 def _minimal(**over):
     d = {"datasets": {"gtsrb": {"source": "synth"}},
-         "settings": [{"preset": "gtsrb-yellow-square-7", "share": 0.07}]}
+         "settings": [{"preset": "gtsrb-ours-yellow-square-7", "share": 0.07}]}
     d.update(over)
     return d
 
@@ -54,13 +54,13 @@ def test_toml_resolves_relative_paths_against_the_file(tmp_path, monkeypatch):
     assert study.datasets["gtsrb"].source == str((tmp_path / "conf" / "data").resolve())
     assert study.datasets["gtsrb"].model == "gtsrb_cnn"  # family default
     assert study.datasets["gtsrb"].train == {"preset": "gtsrb", "epochs": 3}
-    assert [s.id for s in study.settings] == ["gtsrb-yellow-square-7@3%", "gtsrb-yellow-square-7@7%"]
+    assert [s.id for s in study.settings] == ["gtsrb-ours-yellow-square-7@3%", "gtsrb-ours-yellow-square-7@7%"]
     ids = [d.id for d in study.defences]
     assert ids[:2] == ["clean", "none"]  # the baselines are always there
     # 4 % is FP's default, already run by fp-last on every setting: not duplicated
     assert "fp-last@2%" in ids and "fp-last@6%" in ids and "fp-last@4%" not in ids
     sweep = next(d for d in study.defences if d.id == "fp-last@2%")
-    assert sweep.settings == ("gtsrb-yellow-square-7@3%",)
+    assert sweep.settings == ("gtsrb-ours-yellow-square-7@3%",)
     assert sweep.configs == {"fp": {"layer": "last_conv", "threshold": 0.02}}
 
 

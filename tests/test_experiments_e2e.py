@@ -156,7 +156,8 @@ def test_report_tables_show_the_cell_values(study_out):
         assert val == f"{pct(c['attack_success'])} ({pct(c['accuracy'])})"
     t4 = tables["Table 4: data-filtering defences (AC, SS, DP)"]
     assert [r[1] for r in t4[1:]] == [by[d]["defence_label"] for d in ("ac", "ss", "dp")]
-    assert by["ac"]["defence_label"] == "AC [n_components=4, prereduce_dims=32]"  # non-default parameters shown
+    # the analysis is named (the paper ran the size metric) and non-default parameters shown
+    assert by["ac"]["defence_label"] == "AC (silhouette, ours) [n_components=4, prereduce_dims=32]"
     for r in t4[1:]:
         c = label[r[1]]
         assert r[3] == str(c["removed_poisoned"]) and r[5] == str(c["removed_clean"])
@@ -175,7 +176,7 @@ def test_report_tables_show_the_cell_values(study_out):
     md = (out / "report.md").read_text()
     for sentence in data["findings"]:
         assert sentence in md
-    assert any(s.startswith("On toy-yellow-square@50%, AC→FP") and "FP→AC" in s for s in data["findings"])
+    assert any(s.startswith("On toy-yellow-square@50%, AC(silhouette)→FP") and "FP→AC(silhouette)" in s for s in data["findings"])
 
 
 def test_rerun_through_the_cli_uses_the_cache(study_out, tmp_path):

@@ -57,13 +57,13 @@ def test_subset_refuses_bad_class_lists(toy, tmp_path, classes, match):
 
 def test_setting_recipe_overrides_the_preset_share():
     study = study_from_dict({"datasets": {"gtsrb": {"source": "synth"}},
-                             "settings": [{"preset": "gtsrb-yellow-square-7", "shares": [0.15],
+                             "settings": [{"preset": "gtsrb-ours-yellow-square-7", "shares": [0.15],
                                            "recipe": {"target_class": 2}}]})
     recipe = setting_recipe(study.settings[0])
     assert recipe["share"] == 0.15 and recipe["target_class"] == 2 and recipe["dataset"] == "gtsrb"
     from datasets_gen.presets import PRESETS
 
-    assert PRESETS["gtsrb-yellow-square-7"]["share"] == 0.07  # the preset itself is untouched
+    assert PRESETS["gtsrb-ours-yellow-square-7"]["share"] == 0.07  # the preset itself is untouched
 
 
 def test_unknown_preset_is_named():

@@ -126,13 +126,13 @@ def test_order_finding_follows_the_numbers():
         if c["defence"] == "fp>ac":
             c["attack_success"] = 0.40
     (sentence,) = findings.order_findings(aggregate_cells(cells))
-    assert "AC→FP lowered attack success more, by 35.0 points" in sentence
+    assert "AC(size)→FP lowered attack success more, by 35.0 points" in sentence
     flipped = copy.deepcopy(cells)
     for c in flipped:
         if c["defence"] == "ac>fp":
             c["attack_success"] = 0.60
     (sentence,) = findings.order_findings(aggregate_cells(flipped))
-    assert "FP→AC lowered attack success more, by 20.0 points" in sentence
+    assert "FP→AC(size) lowered attack success more, by 20.0 points" in sentence
     tied = copy.deepcopy(cells)
     for c in tied:
         if c["defence"] == "ac>fp":
@@ -167,7 +167,7 @@ def test_seeds_are_averaged_with_sd(tmp_path):
     assert rec["attack_success"] == pytest.approx(sum(c["attack_success"] for c in members) / 2)
     assert rec["attack_success_sd"] is not None
     tables = {t.id: t for t in build_tables(agg)}
-    row = next(r for r in tables["table4"].rows if r[1] == "AC")
+    row = next(r for r in tables["table4"].rows if r[1] == "AC (silhouette, ours)")
     assert "±" in row[9]
     write_report(tmp_path, cells, {"name": "two seeds"})
     assert "(mean of 2 seeds)" in (tmp_path / "report.md").read_text()

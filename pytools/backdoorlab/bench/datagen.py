@@ -1,6 +1,6 @@
 """Benchmark of the data-set generator: ``synth-signs`` images per second, composite + write, 32x32.
 
-Builds the ``gtsrb-yellow-square-7`` variant on ``synth-signs`` (default: the full GTSRB-sized
+Builds the ``gtsrb-ours-yellow-square-7`` variant on ``synth-signs`` (default: the full GTSRB-sized
 set, 39,209 training-pool and 12,630 test images) through :func:`datasets_gen.build.build_variant`
 — render, composite the trigger, gzip-compress and write the HDF5 file atomically with its
 manifest — and reports images written per second. To show where the time goes, the same run also
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 GOAL_IMAGES_PER_S = 5000.0
-PRESET = "gtsrb-yellow-square-7"
+PRESET = "gtsrb-ours-yellow-square-7"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """``backdoorlab poison``: build a poisoned HDF5 variant (with manifest, dataset card and preview).
 
 Argument parsing only; the work is :func:`datasets_gen.build.build_variant`. Either a paper preset
-(``--preset gtsrb-yellow-square-7``) or an explicit recipe (``--trigger``, ``--source-class``,
+(``--preset gtsrb-ours-yellow-square-7``) or an explicit recipe (``--trigger``, ``--source-class``,
 ``--target-class``, ``--share``, ``--share-of``) on a source (``--source synth-signs``,
 ``--source gtsrb:/data/GTSRB``, or a folder of the preset's data set).
 """
@@ -32,10 +32,10 @@ def _classes(text: str) -> list[int] | str:
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("examples:\n"
-                     "  backdoorlab poison --preset gtsrb-yellow-square-7 --out v.h5\n"
+                     "  backdoorlab poison --preset gtsrb-ours-yellow-square-7 --out v.h5\n"
                      "  backdoorlab poison --source synth-signs --trigger square:4:yellow --source-class 8 "
                      "--target-class 14 --share 0.07 --out variant.h5\n"
-                     "  backdoorlab poison --preset lfw-black-glasses --source ../shared/data/lfw-gray-20 --out lfw.h5\n"
+                     "  backdoorlab poison --preset lfw-ours-black-glasses-all-to-one --source ../shared/data/lfw-gray-20 --out lfw.h5\n"
                      "triggers: square:SIZE[:COLOUR], pattern[:COLOUR[:SCALE]], mask:PNG[:COLOUR], glasses[:COLOUR], "
                      "blend:IMG[:ALPHA]; placement @center|@bottom-right|@random|@eyes|@xy:X:Y")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

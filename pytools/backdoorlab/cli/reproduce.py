@@ -26,6 +26,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="override the config's device")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--settings", default=None, metavar="PATTERN[,PATTERN...]",
+                        help="run only the settings whose ids match these shell patterns (e.g. 'gtsrb-paper-white*'); "
+                             "several processes may share one --out, each with its own settings")
+    parser.add_argument("--defences", default=None, metavar="PATTERN[,PATTERN...]",
+                        help="run only the defences whose ids match these patterns (e.g. 'clean,none,ac-size,fp-*')")
+    parser.add_argument("--report-only", action="store_true",
+                        help="compute nothing: write the report from the cells already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -51,12 +58,28 @@ def run(args: argparse.Namespace) -> int:
     study = resolve_study(args.config, quick=args.quick)
     if args.device is not None:
         study = replace(study, device=args.device)
-    report = run_study(study, args.out, quick=args.quick, progress=not args.no_progress, seed=args.seed)
+    report = run_study(study, args.out, quick=args.quick, progress=not args.no_progress, seed=args.seed,
+                       settings=_patterns("--settings", args.settings), defences=_patterns("--defences", args.defences),
+                       report_only=args.report_only)
     import json
 
+    if args.report_only:
+        run = json.loads((Path(args.out) / "run.json").read_text())
+        print(f"report: {report}  ({run['n_cells'] - run['n_pending']} of {run['n_cells']} cells finished)")
+        return 0
     failures = json.loads((Path(args.out) / "failures.json").read_text())
     print(f"report: {report}  (also {report.with_suffix('.html')}, cells.csv, cells.json, figures/)")
     if failures:
         print(f"{len(failures)} cell(s) failed; see {Path(args.out) / 'failures.json'} and the report")
         return 1
     return 0
+
+
+def _patterns(flag: str, text: str | None) -> list[str] | None:
+    """``"a,b*"`` -> ``["a", "b*"]`` (None when the flag was not given)."""
+    if text is None:
+        return None
+    patterns = [p.strip() for p in text.split(",") if p.strip()]
+    if not patterns:
+        raise ValueError(f"{flag} needs at least one id or shell pattern, got {text!r}")
+    return patterns

@@ -158,14 +158,40 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline({self.spec!r}, {self.configs!r})"
 
-    def run(self, ctx: DefenceContext, *, progress: bool = True) -> PipelineReport:
-        """Run every step in order; metrics before and after each one."""
+    def prefix_config(self, n_steps: int) -> dict:
+        """The resolved configuration of the first ``n_steps`` steps (what makes their result)."""
+        return {"tokens": self.tokens[:n_steps],
+                "configs": [d.config() for d in self.defences[:n_steps]]}
+
+    def run(self, ctx: DefenceContext, *, progress: bool = True, step_cache: Any = None) -> PipelineReport:
+        """Run every step in order; metrics before and after each one.
+
+        ``step_cache`` (optional) shares finished leading steps between pipelines that start alike
+        (``ac`` and ``ac>fp``; ``fp`` and ``fp>ac``): an object with ``load(n_steps, ctx)`` returning
+        ``(ctx, alive, steps)`` after the first ``n_steps`` steps or None, and
+        ``save(n_steps, ctx, alive, steps)``. Steps are seeded by ``ctx.seed`` alone, so a shared
+        prefix gives the same result as running it again.
+        """
         is_poisoned = np.asarray(ctx.train.is_poisoned, dtype=bool)
         alive = np.arange(len(ctx.train))  # positions in the original training set still present
         initial = evaluate_context(ctx) | {"n_train": int(alive.size), "poisoned_present": int(is_poisoned.sum())}
         report = PipelineReport(spec=self.spec, initial=initial,
                                 config={t: d.config() for t, d in zip(self.tokens, self.defences)})
+        done = 0
+        if step_cache is not None:
+            for n in range(len(self.tokens), 0, -1):
+                hit = step_cache.load(n, ctx)
+                if hit is not None:
+                    ctx, alive, steps = hit
+                    report.steps.extend(steps)
+                    done = n
+                    if progress:
+                        print(f"[1-{n}/{len(self.defences)}] {'>'.join(self.tokens[:n])}: shared with an earlier "
+                              "pipeline (step cache)", flush=True)
+                    break
         for i, (token, defence) in enumerate(zip(self.tokens, self.defences), start=1):
+            if i <= done:
+                continue
             if progress:
                 print(f"[{i}/{len(self.defences)}] {token}: {defence!r}", flush=True)
             started = time.perf_counter()
@@ -195,6 +221,8 @@ class Pipeline:
             }
             report.steps.append(step)
             report.results.append(result)
+            if step_cache is not None:
+                step_cache.save(i, ctx, alive, report.steps)
             if progress:
                 print(f"    clean accuracy {metrics.get('clean_accuracy', float('nan')):.4f}, "
                       f"attack success {metrics.get('attack_success_rate', float('nan')):.4f} ({seconds:.1f} s)",

@@ -48,22 +48,43 @@ from typing import Any, Mapping, Sequence
 # backdoorlab.defences.pipeline and the per-step parameters passed as ``configs``. "none" is the
 # undefended poisoned model (the attack itself, Fig. 1) and "clean" the model trained without
 # the poisoned rows (the baseline the attack is measured against).
+#
+# AC is named by its analysis: the paper ran the size metric ("smaller": the smaller cluster of
+# every class is flagged); "silhouette-scores" is our default analysis. The paper's
+# combinations use the size metric and Fine-Pruning on the data set's own layer
+# (DatasetSpec.fp_layer: the last conv for GTSRB, the second-to-last for the faces); an FP step
+# without a "layer" gets that layer when the cell is planned.
+_AC_SIZE = {"analysis": "smaller"}
+_AC_SILHOUETTE = {"analysis": "silhouette-scores"}
 DEFENCE_CATALOG: dict[str, dict[str, Any]] = {
     "clean": {"pipeline": "", "configs": {}, "kind": "clean"},
     "none": {"pipeline": "", "configs": {}, "kind": "attack"},
-    "ac": {"pipeline": "ac", "configs": {}, "kind": "filter"},
-    "ac-smaller": {"pipeline": "ac", "configs": {"ac": {"analysis": "smaller"}}, "kind": "filter"},
+    "ac-size": {"pipeline": "ac", "configs": {"ac": _AC_SIZE}, "kind": "filter"},
+    "ac-silhouette": {"pipeline": "ac", "configs": {"ac": _AC_SILHOUETTE}, "kind": "filter"},
+    "ac": {"pipeline": "ac", "configs": {}, "kind": "filter"},  # the defence's default analysis (silhouette)
+    "ac-smaller": {"pipeline": "ac", "configs": {"ac": _AC_SIZE}, "kind": "filter"},  # older name of ac-size
     "ss": {"pipeline": "ss", "configs": {}, "kind": "filter"},
     "ss-art": {"pipeline": "ss", "configs": {"ss": {"scoring": "art-compatible"}}, "kind": "filter"},
     "dp": {"pipeline": "dp", "configs": {}, "kind": "filter"},
     "fp-last": {"pipeline": "fp", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "repair"},
     "fp-second-last": {"pipeline": "fp", "configs": {"fp": {"layer": "second_last_conv", "threshold": 0.04}},
                        "kind": "repair"},
-    "ac>fp": {"pipeline": "ac>fp", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "combination"},
-    "fp>ac": {"pipeline": "fp>ac", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "combination"},
-    "ss>fp": {"pipeline": "ss>fp", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "combination"},
-    "fp>ss": {"pipeline": "fp>ss", "configs": {"fp": {"layer": "last_conv", "threshold": 0.04}}, "kind": "combination"},
+    "fp": {"pipeline": "fp", "configs": {"fp": {"threshold": 0.04}}, "kind": "repair"},  # the data set's layer
+    "ac>fp": {"pipeline": "ac>fp", "configs": {"ac": _AC_SIZE, "fp": {"threshold": 0.04}}, "kind": "combination"},
+    "fp>ac": {"pipeline": "fp>ac", "configs": {"ac": _AC_SIZE, "fp": {"threshold": 0.04}}, "kind": "combination"},
+    "ac-silhouette>fp": {"pipeline": "ac>fp", "configs": {"ac": _AC_SILHOUETTE, "fp": {"threshold": 0.04}},
+                         "kind": "combination"},
+    "fp>ac-silhouette": {"pipeline": "fp>ac", "configs": {"ac": _AC_SILHOUETTE, "fp": {"threshold": 0.04}},
+                         "kind": "combination"},
+    "ss>fp": {"pipeline": "ss>fp", "configs": {"fp": {"threshold": 0.04}}, "kind": "combination"},
+    "fp>ss": {"pipeline": "fp>ss", "configs": {"fp": {"threshold": 0.04}}, "kind": "combination"},
 }
+#: Labels of the AC analyses in tables (the paper's is said to be the paper's).
+AC_ANALYSIS_LABELS = {"smaller": "size metric, paper", "silhouette-scores": "silhouette, ours",
+                      "relative-size": "relative size", "distance": "distance"}
+AC_DEFAULT_ANALYSIS = "silhouette-scores"
+#: The layer Fine-Pruning prunes when a step does not say, per data-set family (paper, Table 5/6).
+FAMILY_FP_LAYER = {"gtsrb": "last_conv", "ytaf": "second_last_conv", "lfw": "second_last_conv"}
 DEFENCE_KINDS = ("clean", "attack", "filter", "repair", "combination")
 KNOWN_STEPS = ("ac", "ss", "dp", "fp")
 DEFAULT_FP_THRESHOLD = 0.04
@@ -88,8 +109,9 @@ QUICK_DEFAULTS: dict[str, Any] = {
 _TOP_KEYS = {"name", "seeds", "seed", "device", "datasets", "settings", "defences", "fp_thresholds",
              "threshold_sweep", "quick", "description", "eval_batch_size"}
 _DATASET_KEYS = {"source", "model", "model_kw", "train", "limit_per_class", "max_clean_per_class", "classes",
-                 "weights", "toy", "note"}
-_SETTING_KEYS = {"id", "dataset", "preset", "recipe", "trigger", "share", "shares", "share_key", "note"}
+                 "weights", "toy", "note", "fp_layer"}
+_SETTING_KEYS = {"id", "dataset", "preset", "recipe", "trigger", "share", "shares", "share_key", "note", "count",
+                 "paper_row"}
 _DEFENCE_KEYS = {"id", "pipeline", "configs", "kind", "settings", "label"}
 
 
@@ -123,6 +145,9 @@ class DatasetSpec:
         Absolute path of pre-trained weights (VGG-Face), or None.
     toy : dict
         Keyword arguments for ``datasets_gen.toy.make_toy_variant`` when ``source == "toy"``.
+    fp_layer : str
+        The layer Fine-Pruning prunes in steps that do not name one (combinations, the Fig. 3
+        sweep): the family's paper layer (:data:`FAMILY_FP_LAYER`) unless the file says.
     """
 
     name: str
@@ -136,6 +161,7 @@ class DatasetSpec:
     weights: str | None = None
     toy: dict = field(default_factory=dict)
     note: str = ""
+    fp_layer: str = "last_conv"
 
 
 @dataclass(frozen=True)
@@ -144,6 +170,10 @@ class SettingSpec:
 
     ``recipe`` holds overrides applied on top of the datasets_gen preset ``preset`` (or the whole
     recipe when there is no preset); the poison share is written under ``share_key``.
+    ``count`` is the exact number of poisoned rows (the paper's tables give counts): taken from
+    the preset when the setting gives no share of its own, or from the setting's ``count``; a
+    setting with explicit ``shares`` (a sweep) poisons by share instead. ``paper_row`` is the row
+    label in the paper's tables (from the preset, or given), None when the paper has no such row.
     """
 
     id: str
@@ -154,6 +184,8 @@ class SettingSpec:
     recipe: dict = field(default_factory=dict)
     share_key: str | None = None
     note: str = ""
+    count: int | None = None
+    paper_row: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,26 +203,41 @@ class DefenceSpec:
     def applies_to(self, setting_id: str) -> bool:
         return self.settings is None or setting_id in self.settings
 
+    @property
+    def ac_analysis(self) -> str | None:
+        """The analysis of this defence's AC step (None without one)."""
+        if "ac" not in self.pipeline.split(">"):
+            return None
+        return self.configs.get("ac", {}).get("analysis", AC_DEFAULT_ANALYSIS)
+
     def display_label(self) -> str:
-        """Human label for tables: 'AC', 'FP (last conv, 2%)', 'AC→FP', ..."""
+        """Human label for tables: 'AC (size metric, paper)', 'FP (last conv, 2%)', 'AC(size)→FP', ..."""
         if self.label:
             return self.label
         if self.kind == "clean":
             return "clean model"
         if self.kind == "attack":
             return "no defence"
-        steps = [s.upper() for s in self.pipeline.split(">")]
-        label = "→".join(steps)
+        steps = self.pipeline.split(">")
         fp = self.configs.get("fp", {})
-        if self.pipeline == "fp":
-            layer = {"last_conv": "last conv", "second_last_conv": "2nd-last conv"}.get(fp.get("layer"),
-                                                                                     str(fp.get("layer")))
-            thr = fp.get("threshold")
-            extra = "" if thr in (None, DEFAULT_FP_THRESHOLD) else f", {_pct(thr)}"
-            label = f"FP ({layer}{extra})"
+        layer = {"last_conv": "last conv", "second_last_conv": "2nd-last conv", None: "data set's layer"}.get(
+            fp.get("layer"), str(fp.get("layer")))
+        thr = fp.get("threshold")
+        thr_txt = "" if thr in (None, DEFAULT_FP_THRESHOLD) else f", {_pct(thr)}"
+        if steps == ["ac"]:
+            label = f"AC ({AC_ANALYSIS_LABELS.get(self.ac_analysis, self.ac_analysis)})"
+        elif steps == ["fp"]:
+            label = f"FP ({layer}{thr_txt})"
+        else:
+            short = {"smaller": "size", "silhouette-scores": "silhouette"}
+            names = [f"AC({short.get(self.ac_analysis, self.ac_analysis)})" if t == "ac" else t.upper() for t in steps]
+            label = "→".join(names) + (f" ({layer}{thr_txt})" if "fp" in steps and fp.get("layer") else "")
         for step, cfg in self.configs.items():
-            if step != "fp" and cfg:
-                label += " [" + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) + "]"
+            if step == "fp":  # layer and threshold are in the label; fine-tuning details are not
+                continue
+            shown = {k: v for k, v in cfg.items() if not (step == "ac" and k == "analysis")}
+            if shown:
+                label += " [" + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) + "]"
         return label
 
 
@@ -367,15 +414,23 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
     plain_fp = {(d.configs.get("fp", {}).get("layer"), d.configs.get("fp", {}).get("threshold"))
                 for d in defences if d.pipeline == "fp"
                 and (d.settings is None or (sweep_ids is not None and set(sweep_ids) <= set(d.settings)))}
+    # Fig. 3 prunes each data set's own layer (GTSRB the last conv, faces the second-to-last): one
+    # sweep column per layer, restricted to the sweep settings whose data set prunes it.
+    sweep_settings = [st for st in settings if sweep_ids is None or st.id in sweep_ids]
+    by_layer: dict[str, list[str]] = {}
+    for st in sweep_settings:
+        by_layer.setdefault(datasets[st.dataset].fp_layer, []).append(st.id)
     for t in thresholds:
         t = _check_fraction("fp_thresholds[]", t)
-        for layer, short in (("last_conv", "last"),):
+        for layer, layer_settings in by_layer.items():
+            short = {"last_conv": "last", "second_last_conv": "second-last"}.get(layer, layer)
             did = f"fp-{short}@{_pct(t)}"
+            restrict = None if sweep_ids is None and len(by_layer) == 1 else tuple(layer_settings)
             if did in present or (layer, t) in plain_fp:
                 continue
             defences.append(DefenceSpec(id=did, pipeline="fp", kind="repair",
                                         configs={"fp": {"layer": layer, "threshold": t}},
-                                        settings=sweep_ids, label=f"FP ({short} conv, {_pct(t)})",
+                                        settings=restrict, label=f"FP ({short.replace('-', ' ')} conv, {_pct(t)})",
                                         sweep=True))
             present.add(did)
     ids = [d.id for d in defences]
@@ -466,10 +521,12 @@ def _parse_dataset(name: str, v: Any, base: Path) -> DatasetSpec:
     toy = v.get("toy", {})
     if not isinstance(toy, Mapping):
         raise ValueError(f"datasets.{name}.toy must be a table, got {toy!r}")
+    fp_layer = v.get("fp_layer", FAMILY_FP_LAYER.get(name, "last_conv"))
+    if not isinstance(fp_layer, str) or not fp_layer:
+        raise ValueError(f"datasets.{name}.fp_layer must name a layer (e.g. 'last_conv'), got {fp_layer!r}")
     return DatasetSpec(name=name, source=source, model=model, model_kw=dict(model_kw), train=train,
                        limit_per_class=limit, max_clean_per_class=max_clean, classes=classes, weights=weights,
-                       toy=dict(toy),
-                       note=str(v.get("note", "")))
+                       toy=dict(toy), note=str(v.get("note", "")), fp_layer=fp_layer)
 
 
 def _quicken_dataset(d: DatasetSpec, q: Mapping[str, Any]) -> DatasetSpec:
@@ -513,12 +570,30 @@ def _parse_setting(i: int, s: Any, datasets: Mapping[str, DatasetSpec]) -> list[
         raise ValueError(f"{where}.dataset {dataset!r} is not one of the [datasets] tables {sorted(datasets)}")
     if "share" in s and "shares" in s:
         raise ValueError(f"{where}: give 'share' or 'shares', not both")
+    preset_recipe = _preset_recipe(preset) if preset else {}
+    count = s.get("count")
+    if count is not None:
+        count = _check_int(f"{where}.count", count, minimum=1)
     shares = s.get("shares", [s["share"]] if "share" in s else None)
+    if shares is None and "share" in preset_recipe:
+        # no share of its own: the preset's setting as it stands (the paper's rows: with its count)
+        shares = [preset_recipe["share"]]
+        if count is None and preset_recipe.get("count") is not None:
+            count = int(preset_recipe["count"])
     if shares is None:
         raise ValueError(f"{where} needs 'share' or 'shares' (poison share(s) in (0, 1])")
     if not isinstance(shares, Sequence) or isinstance(shares, str) or not shares:
         raise ValueError(f"{where}.shares must be a non-empty list, got {shares!r}")
+    if count is not None and len(shares) != 1:
+        raise ValueError(f"{where}: 'count' fixes one poisoned count; give at most one share beside it")
     shares = [_check_fraction(f"{where}.shares[]", x) for x in shares]
+    # The paper's row applies only while the setting is the preset's own (same count, or same
+    # share where the preset has no count); a sweep point of another share is ours.
+    as_preset = (count == preset_recipe.get("count") if preset_recipe.get("count") is not None
+                 else len(shares) == 1 and shares[0] == preset_recipe.get("share"))
+    paper_row = s.get("paper_row", preset_recipe.get("extra", {}).get("paper_row") if as_preset else None)
+    if paper_row is not None and (not isinstance(paper_row, str) or not paper_row):
+        raise ValueError(f"{where}.paper_row must be the row label of the paper's tables, got {paper_row!r}")
     trigger = s.get("trigger", preset or "trigger")
     if not isinstance(trigger, str) or not trigger:
         raise ValueError(f"{where}.trigger must be a label string, got {trigger!r}")
@@ -528,8 +603,17 @@ def _parse_setting(i: int, s: Any, datasets: Mapping[str, DatasetSpec]) -> list[
     for x in shares:
         sid = base_id if (len(shares) == 1 and "id" in s) else f"{base_id}@{_pct(x)}"
         out.append(SettingSpec(id=sid, dataset=dataset, trigger=trigger, poison_share=x, preset=preset,
-                               recipe=dict(recipe), share_key=share_key, note=str(s.get("note", ""))))
+                               recipe=dict(recipe), share_key=share_key, note=str(s.get("note", "")),
+                               count=count, paper_row=paper_row))
     return out
+
+
+def _preset_recipe(preset: str) -> dict:
+    """The datasets_gen preset ``preset`` (a copy; empty for a name it does not know, which the
+    toy source of the tests accepts and the variant build refuses with the known names)."""
+    from datasets_gen.presets import PRESETS
+
+    return copy.deepcopy(PRESETS.get(preset, {}))
 
 
 def _parse_defence(d: Any) -> DefenceSpec:

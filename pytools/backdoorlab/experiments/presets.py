@@ -34,21 +34,21 @@ _DEFENCES = ["none", "ac", "ac-smaller", "ss", "dp", "fp-last", "fp-second-last"
 
 # (datasets_gen preset, trigger label, poison shares of the source class) — Fig. 1 sweeps the share.
 _GTSRB_SETTINGS = [
-    ("gtsrb-yellow-square-7", "yellow square 4x4", [0.03, 0.07, 0.15, 0.33]),
-    ("gtsrb-small-yellow-square-7", "yellow square 2x2", [0.07, 0.15, 0.33]),
-    ("gtsrb-white-square-7", "white square 4x4", [0.07, 0.15, 0.33]),
-    ("gtsrb-white-pattern", "white 4-pixel pattern", [0.07, 0.15, 0.33]),
+    ("gtsrb-ours-yellow-square-7", "yellow square 4x4", [0.03, 0.07, 0.15, 0.33]),
+    ("gtsrb-ours-small-yellow-square-7", "yellow square 2x2", [0.07, 0.15, 0.33]),
+    ("gtsrb-ours-white-square-7", "white square 4x4", [0.07, 0.15, 0.33]),
+    ("gtsrb-ours-white-pattern", "white 4-pixel pattern", [0.07, 0.15, 0.33]),
 ]
 _FACE_SETTINGS = [
-    ("ytaf", "ytaf-green-glasses", "green sunglasses", [0.10]),
-    ("ytaf", "ytaf-black-glasses", "black sunglasses", [0.10]),
-    ("lfw", "lfw-black-glasses", "black sunglasses", [0.10]),
-    ("lfw", "lfw-green-glasses", "green sunglasses", [0.10]),
+    ("ytaf", "ytaf-ours-green-glasses-all-to-one", "green sunglasses", [0.10]),
+    ("ytaf", "ytaf-ours-black-glasses-all-to-one", "black sunglasses", [0.10]),
+    ("lfw", "lfw-ours-black-glasses-all-to-one", "black sunglasses", [0.10]),
+    ("lfw", "lfw-ours-green-glasses-all-to-one", "green sunglasses", [0.10]),
 ]
 
 
 def _setting_id(preset: str) -> str:
-    """``gtsrb-yellow-square-7`` -> ``gtsrb-yellow-square`` (the share is appended per setting)."""
+    """``gtsrb-ours-yellow-square-7`` -> ``gtsrb-ours-yellow-square`` (the share is appended per setting)."""
     head, _, tail = preset.rpartition("-")
     return head if tail.isdigit() else preset
 
@@ -124,7 +124,7 @@ def quick_study_dict() -> dict[str, Any]:
         "device": "auto",
         "datasets": {"gtsrb": {"source": "synth", "model": "gtsrb_cnn", "train": {"preset": "gtsrb"},
                                "classes": list(QUICK_CLASSES), "max_clean_per_class": QUICK_CLEAN_PER_CLASS}},
-        "settings": [{"id": "gtsrb-yellow-square", "dataset": "gtsrb", "preset": "gtsrb-yellow-square-7",
+        "settings": [{"id": "gtsrb-yellow-square", "dataset": "gtsrb", "preset": "gtsrb-ours-yellow-square-7",
                       "trigger": "yellow square 4x4", "shares": list(QUICK_SHARES)}],
         "defences": [
             "none", "ac",

@@ -23,14 +23,18 @@ which cell runs and how many are done.
 from __future__ import annotations
 
 import copy
+import fcntl
+import io
 import json
 import os
 import platform
 import time
 import traceback
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -78,9 +82,12 @@ def resolve_study(config: StudyConfig | Mapping | str | os.PathLike | None, *, q
 
 def _variant_config(study: StudyConfig, s: SettingSpec, seed: int) -> dict:
     d = study.datasets[s.dataset]
-    return {"source": d.source, "toy": d.toy if d.source == "toy" else None, "preset": s.preset,
-            "recipe": s.recipe, "share": s.poison_share, "share_key": s.share_key, "seed": seed,
-            "limit_per_class": d.limit_per_class, "classes": list(d.classes) if d.classes else None}
+    cfg = {"source": d.source, "toy": d.toy if d.source == "toy" else None, "preset": s.preset,
+           "recipe": s.recipe, "share": s.poison_share, "share_key": s.share_key, "seed": seed,
+           "limit_per_class": d.limit_per_class, "classes": list(d.classes) if d.classes else None}
+    if s.count is not None:  # only when set, so the keys of earlier share-only variants stay valid
+        cfg["count"] = s.count
+    return cfg
 
 
 def _model_config(study: StudyConfig, d: DatasetSpec, seed: int) -> dict:
@@ -93,23 +100,57 @@ def _clean_anchor(study: StudyConfig, dataset: str) -> SettingSpec:
     return next(s for s in study.settings if s.dataset == dataset)
 
 
-def plan_cells(study: StudyConfig) -> list[CellPlan]:
-    """Every cell of the study in run order (setting by setting, seed by seed, defences in grid order)."""
+def resolved_configs(df: DefenceSpec, d: DatasetSpec) -> dict:
+    """The defence's step parameters for data set ``d``: an FP step without a layer prunes ``d.fp_layer``."""
+    configs = copy.deepcopy(df.configs)
+    if "fp" in df.pipeline.split(">"):
+        fp = configs.setdefault("fp", {})
+        fp.setdefault("layer", d.fp_layer)
+    return configs
+
+
+def plan_cells(study: StudyConfig, settings: Sequence[str] | None = None,
+               defences: Sequence[str] | None = None) -> list[CellPlan]:
+    """Every cell of the study in run order (setting by setting, seed by seed, defences in grid order).
+
+    The clean-model cell of a setting other than its data set's first one comes last in its
+    setting: that model is trained on the first setting's variant, so a second process that runs
+    other settings (``settings=``) reaches it only after the first process has trained it.
+    ``settings`` and ``defences`` keep only the settings and defences whose ids match one of
+    their ``fnmatch`` patterns (e.g. the cells of the paper's tables first, the rest later).
+    """
     plans = []
-    for s in study.settings:
+    chosen = _matching(study.settings, settings, "setting")
+    columns = _matching(study.defences, defences, "defence")
+    for s in chosen:
         d = study.datasets[s.dataset]
+        anchor = _clean_anchor(study, s.dataset)
         for seed in study.seeds:
             variant = _variant_config(study, s, seed)
             model = _model_config(study, d, seed)
-            for df in study.defences:
+            own, later = [], []
+            for df in columns:
                 if not df.applies_to(s.id):
                     continue
+                configs = resolved_configs(df, d)
                 cfg = {"variant": variant, "model": model, "kind": df.kind, "pipeline": df.pipeline,
-                       "configs": df.configs, "seed": seed, "device_independent": True}
+                       "configs": configs, "seed": seed, "device_independent": True}
                 if df.kind == "clean":
-                    cfg["clean_model_variant"] = _variant_config(study, _clean_anchor(study, s.dataset), seed)
-                plans.append(CellPlan(s, df, seed, config_key(cfg), cfg))
+                    cfg["clean_model_variant"] = _variant_config(study, anchor, seed)
+                plan = CellPlan(s, replace(df, configs=configs), seed, config_key(cfg), cfg)
+                (later if df.kind == "clean" and s.id != anchor.id else own).append(plan)
+            plans.extend(own + later)
     return plans
+
+
+def _matching(specs: Sequence[Any], patterns: Sequence[str] | None, what: str) -> list[Any]:
+    """The specs whose ``id`` matches one of ``patterns`` (all of them for None)."""
+    if patterns is None:
+        return list(specs)
+    chosen = [x for x in specs if any(fnmatch(x.id, pat) for pat in patterns)]
+    if not chosen:
+        raise ValueError(f"no {what} matches {list(patterns)}; the study's {what}s: {[x.id for x in specs]}")
+    return chosen
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,23 +235,40 @@ class _Workspace:
     def _model_path(self, cfg: Mapping[str, Any]) -> Path:
         return self.out / "models" / f"{config_key(cfg)}.pt"
 
+    def model_key(self, s: SettingSpec, seed: int, *, clean: bool) -> str:
+        """Cache key of the poisoned (or clean) model of setting ``s``."""
+        return config_key(self._model_cfg(s, seed, clean=clean))
+
+    def _model_cfg(self, s: SettingSpec, seed: int, *, clean: bool) -> dict:
+        d = self.study.datasets[s.dataset]
+        anchor = _clean_anchor(self.study, s.dataset) if clean else s
+        return {"variant": _variant_config(self.study, anchor, seed), "model": _model_config(self.study, d, seed),
+                "clean": clean}
+
     def trained_model(self, s: SettingSpec, seed: int, *, clean: bool):
         """Path and training seconds of the poisoned (or clean) model of setting ``s``."""
-        from backdoorlab import checkpoint
-        from backdoorlab.data import H5Split
-        from backdoorlab.models import build_model
-        from backdoorlab.train import train_model
-
         d = self.study.datasets[s.dataset]
         anchor = _clean_anchor(self.study, s.dataset) if clean else s
         variant = self.variant(anchor, seed)
-        cfg = {"variant": _variant_config(self.study, anchor, seed), "model": _model_config(self.study, d, seed),
-               "clean": clean}
+        cfg = self._model_cfg(s, seed, clean=clean)
         path = self._model_path(cfg)
         info_path = path.with_suffix(".json")
         if path.is_file() and info_path.is_file():
             return path, json.loads(info_path.read_text())["seconds"]
         path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(path.with_suffix(".lock")):
+            # another process of the same results folder may have trained it while we waited
+            if path.is_file() and info_path.is_file():
+                return path, json.loads(info_path.read_text())["seconds"]
+            return self._train(path, info_path, variant, anchor, d, cfg, seed, clean)
+
+    def _train(self, path: Path, info_path: Path, variant: Path, anchor: SettingSpec, d: DatasetSpec, cfg: dict,
+               seed: int, clean: bool):
+        from backdoorlab import checkpoint
+        from backdoorlab.data import H5Split
+        from backdoorlab.models import build_model
+        from backdoorlab.train import train_model
+
         train = H5Split(variant, "train")
         if clean:
             train = train.subset(np.flatnonzero(~np.asarray(train.is_poisoned, dtype=bool)))
@@ -228,6 +286,57 @@ class _Workspace:
         if partial.exists():
             partial.unlink()
         return path, seconds
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock_path`` (processes sharing a results folder take
+    turns at training one model instead of training it twice); released on exit or on death."""
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _StepCache:
+    """Leading pipeline steps shared by the cells of one model: ``ac`` and ``ac>fp`` retrain after
+    the same AC step, ``fp`` and ``fp>ac`` prune the same way; the second cell starts from the
+    first one's result (``models/steps/<key>.{pt,npy,json}``, the JSON written last). The key holds
+    the model's key, the seed and the resolved configuration of the shared steps."""
+
+    def __init__(self, root: Path, model_key: str, seed: int, pipeline, train) -> None:
+        self.root, self.model_key, self.seed, self.pipeline, self.train = root, model_key, seed, pipeline, train
+
+    def _base(self, n_steps: int) -> Path:
+        key = config_key({"model": self.model_key, "seed": self.seed, **self.pipeline.prefix_config(n_steps)})
+        return self.root / key
+
+    def load(self, n_steps: int, ctx):
+        from backdoorlab import checkpoint
+
+        base = self._base(n_steps)
+        info, weights, alive_path = base.with_suffix(".json"), base.with_suffix(".pt"), base.with_suffix(".npy")
+        if not (info.is_file() and weights.is_file() and alive_path.is_file()):
+            return None
+        model, _ = checkpoint.load(weights)
+        alive = np.load(alive_path, allow_pickle=False)
+        train = self.train if alive.size == len(self.train) else self.train.subset(alive)
+        return ctx.replace(model=model, train=train), alive, json.loads(info.read_text())["steps"]
+
+    def save(self, n_steps: int, ctx, alive: np.ndarray, steps: list) -> None:
+        from backdoorlab import checkpoint
+
+        from .cache import atomic_write_bytes
+
+        base = self._base(n_steps)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.save(base.with_suffix(".pt"), ctx.model, {"steps": "->".join(self.pipeline.tokens[:n_steps])})
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(alive, dtype=np.int64), allow_pickle=False)
+        atomic_write_bytes(base.with_suffix(".npy"), buf.getvalue())
+        atomic_write_json(base.with_suffix(".json"), {"steps": _json_safe(steps[:n_steps])})
 
 
 def _model_kw(d: DatasetSpec) -> dict:
@@ -295,10 +404,15 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
     splits = {name: H5Split(variant, name) for name in ("train", "clean", "test", "test_triggered")}
     if d.max_clean_per_class is not None:
         splits["clean"] = splits["clean"].subset(first_per_class(splits["clean"].labels, d.max_clean_per_class))
-    target = int(splits["train"].attrs["target_class"])
+    attrs = splits["train"].attrs
+    target = int(attrs["target_class"])
+    recipe = attrs.get("recipe") or {}
     is_poisoned = np.asarray(splits["train"].is_poisoned, dtype=bool)
     cell: dict[str, Any] = {
         "setting": s.id, "dataset": s.dataset, "trigger": s.trigger, "preset": s.preset,
+        "paper_row": s.paper_row, "poison_count": s.count, "share_achieved": recipe.get("share_achieved"),
+        "share_of": recipe.get("share_of"), "source_classes": [int(c) for c in attrs.get("source_classes", [])],
+        "ac_analysis": df.ac_analysis,
         "poison_share": s.poison_share, "defence": df.id, "defence_label": df.display_label(), "kind": df.kind,
         "pipeline": df.pipeline, "sweep": df.sweep, "seed": seed, "n_train": int(is_poisoned.size),
         "poisoned_present": int(is_poisoned.sum()), "target_class": target,
@@ -325,6 +439,7 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
         cell.update(m)
         cell.update(before_accuracy=m["accuracy"], before_attack_success=m["attack_success"],
                     delta_accuracy=0.0, delta_attack_success=0.0)
+        cell["channel_activity"] = _channel_activity(model, splits, cell["source_classes"], study)
         timings["evaluate_s"] = time.perf_counter() - t0
     else:
         from backdoorlab.defences import DefenceContext, Pipeline
@@ -333,7 +448,9 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
         ctx = DefenceContext(model=model, train=splits["train"], clean=splits["clean"], test=splits["test"],
                              test_triggered=splits["test_triggered"], target_class=target,
                              train_config=train_config(d), device=study.device, seed=seed)
-        rep = pipe.run(ctx, progress=progress)
+        steps = _StepCache(ws.out / "models" / "steps", ws.model_key(s, seed, clean=False), seed, pipe,
+                           splits["train"])
+        rep = pipe.run(ctx, progress=progress, step_cache=steps)
         timings["defence_s"] = time.perf_counter() - t0
         cell.update(_columns_from_pipeline(rep, is_poisoned))
     cell["timings"] = {**timings, **{k.split(":")[0] + "_build_s": v for k, v in ws.timings.items()},
@@ -342,6 +459,22 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
     cell["config"] = _json_safe(plan.config)
     cell["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return _json_safe(cell)
+
+
+def _channel_activity(model, splits: Mapping[str, Any], sources: Sequence[int], study: StudyConfig) -> dict:
+    """Mean activation per channel of the last two conv layers over the clean source-class test
+    images and over their triggered copies (the paper's Figs. 7/8: channels that stay dormant on
+    clean inputs and wake up on the trigger are what Fine-Pruning hopes to find)."""
+    from backdoorlab.activations import channel_means
+
+    test = splits["test"]
+    clean = test.subset(np.flatnonzero(np.isin(np.asarray(test.labels), list(sources))))
+    out = {}
+    for layer in ("last_conv", "second_last_conv"):
+        out[layer] = {name: [float(v) for v in channel_means(model, data, layer, device=study.device,
+                                                              batch_size=study.eval_batch_size, progress=False)]
+                      for name, data in (("clean", clean), ("triggered", splits["test_triggered"]))}
+    return out
 
 
 def _columns_from_pipeline(rep, is_poisoned: np.ndarray) -> dict:
@@ -386,7 +519,9 @@ def _columns_from_pipeline(rep, is_poisoned: np.ndarray) -> dict:
 
 def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str | os.PathLike,
               quick: bool = False, progress: bool = True, *, seed: int | None = None,
-              report: bool = True, on_cell: Callable[[dict], None] | None = None) -> Path:
+              report: bool = True, on_cell: Callable[[dict], None] | None = None,
+              settings: Sequence[str] | None = None, defences: Sequence[str] | None = None,
+              report_only: bool = False) -> Path:
     """Run (or resume) a study and write its report; returns the path of ``report.md``.
 
     Parameters
@@ -406,6 +541,14 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
         Write the report at the end (tests of the runner alone may skip it).
     on_cell : callable, optional
         Called with each finished (or cached) cell record.
+    settings : sequence of str, optional
+        Run only the settings whose ids match these ``fnmatch`` patterns (several processes may
+        share one ``out`` folder, each with its own settings: models are trained under a lock).
+    defences : sequence of str, optional
+        Run only the defences whose ids match these patterns.
+    report_only : bool
+        Compute nothing: write the report from the cells already in ``out`` (the missing ones are
+        listed as not run yet), e.g. while a long study is still running elsewhere.
 
     Raises
     ------
@@ -423,7 +566,7 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "study.json", study.to_dict())
     started = time.perf_counter()
-    plans = plan_cells(study)
+    plans = plan_cells(study, settings, defences)
     if not plans:
         raise ValueError("the study has no cells (no settings, or every defence restricted to absent settings)")
     cache = CellCache(out)
@@ -431,11 +574,16 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
     n_cached = sum(v is not None for v in cached.values())
     ws = _Workspace(study, out, progress)
     failures: list[dict] = []
+    pending: list[dict] = []
     cells: list[dict] = []
     bar = tqdm(total=len(plans), initial=0, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
     try:
         for p in plans:
             cell = cached[p.key]
+            if cell is None and report_only:
+                pending.append({"setting": p.setting.id, "defence": p.defence.id, "seed": p.seed})
+                bar.update(1)
+                continue
             if cell is None:
                 bar.set_description(f"{p.setting.id} | {p.defence.id} | seed {p.seed}")
                 try:
@@ -458,18 +606,21 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
             bar.update(1)
     finally:
         bar.close()
-        atomic_write_json(out / "failures.json", failures)
+        if not report_only:
+            atomic_write_json(out / "failures.json", failures)
+    if not cells and report_only:
+        raise RuntimeError(f"no finished cell in {out} yet: nothing to report")
     if not cells:
         raise RuntimeError(f"every cell failed; first error: {failures[0]['error']} (see {out / 'failures.json'})")
     wall = time.perf_counter() - started
     meta = {"name": study.name, "description": study.description, "quick": study.quick, "seeds": list(study.seeds),
             "device": study.device, "versions": versions(), "wall_time_s": wall,
-            "n_computed": len(cells) - n_cached, "n_cached": n_cached, "failures": failures,
+            "n_computed": len(cells) - n_cached, "n_cached": n_cached, "failures": failures, "pending": pending,
             "notes": [n for n in (d.note for d in study.datasets.values()) if n]}
     if report:
         from .report import write_report
 
         write_report(out, cells, meta, progress=False)
-    atomic_write_json(out / "run.json", {k: v for k, v in meta.items() if k != "failures"} |
-                      {"n_failures": len(failures), "n_cells": len(plans)})
+    atomic_write_json(out / "run.json", {k: v for k, v in meta.items() if k not in ("failures", "pending")} |
+                      {"n_failures": len(failures), "n_pending": len(pending), "n_cells": len(plans)})
     return out / "report.md"

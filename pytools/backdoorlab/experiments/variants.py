@@ -32,12 +32,12 @@ def build_setting_variant(path: Path, s: SettingSpec, d: DatasetSpec, seed: int,
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".full-") as tmp:
         full = _build(Path(tmp) / path.name, s, d, seed, progress)
         out = subset_classes(full, path, d.classes)
-        # the preview of the full variant shows the same source-class images and triggers
-        from datasets_gen.variant_io import sidecar_paths
+    # drawn from the cut variant itself: its class names, target and title are the study's (the
+    # full build's preview showed classes the study does not use)
+    if d.source != "toy":
+        from datasets_gen.publish import write_preview
 
-        src_preview, dst_preview = sidecar_paths(full)["preview"], sidecar_paths(out)["preview"]
-        if src_preview.is_file():
-            os.replace(src_preview, dst_preview)
+        write_preview(out)
     return out
 
 
@@ -63,6 +63,9 @@ def setting_recipe(s: SettingSpec) -> dict:
         recipe.setdefault("name", s.preset)
     recipe = _deep_update(recipe, copy.deepcopy(s.recipe))
     _set_share(recipe, s.poison_share, s.share_key, s.id)
+    # the setting decides between the exact count (a paper row) and poisoning by share (a sweep)
+    if s.count is not None or "count" in recipe:
+        recipe["count"] = s.count
     return recipe
 
 
