@@ -229,3 +229,55 @@ def test_same_seed_same_numbers(study_out, tmp_path):
             assert fresh[d][f] == cached[d][f], (d, f)
         assert fresh[d]["key"] == cached[d]["key"]
     assert np.isfinite(fresh["ss"]["accuracy"])
+
+
+def test_shared_leading_steps_come_from_the_step_cache(study_out):
+    """``ac>fp`` starts from the ``ac`` cell's retrained model and ``fp>ac`` from ``fp-last``'s pruned
+    one: the cached step records (timings included) are the first cell's, not a second run."""
+    out, _, _ = study_out
+    by = {c["defence"]: c for c in _cells(out) if c["seed"] == 0 and c["setting"].endswith("@50%")}
+    assert by["ac>fp"]["steps"][0] == by["ac"]["steps"][0]
+    assert by["fp>ac"]["steps"][0] == by["fp-last"]["steps"][0]
+    assert by["ac>fp"]["steps"][1]["seconds"] != by["ac"]["steps"][0]["seconds"]
+    assert len(list((out / "models" / "steps").glob("*.json"))) >= 4
+
+
+def test_attack_cells_carry_the_channel_activity_of_both_conv_layers(study_out):
+    out, _, _ = study_out
+    for c in _cells(out):
+        if c["kind"] != "attack":
+            assert "channel_activity" not in c
+            continue
+        act = c["channel_activity"]
+        assert set(act) == {"last_conv", "second_last_conv"}
+        for layer, width in (("last_conv", 128), ("second_last_conv", 128)):
+            assert len(act[layer]["clean"]) == len(act[layer]["triggered"]) == width
+            assert min(act[layer]["clean"]) >= 0  # after ReLU
+            assert act[layer]["clean"] != act[layer]["triggered"]
+
+
+def test_settings_and_defences_filters_and_report_only(study_out, tmp_path):
+    out, _, _ = study_out
+    study = resolve_study(tiny_study())
+    plans = plan_cells(study, settings=["*@50%"], defences=["ac*", "none"])
+    assert {p.setting.id for p in plans} == {"toy-yellow-square@50%"}
+    assert {p.defence.id for p in plans} == {"none", "ac", "ac>fp"}
+    with pytest.raises(ValueError, match="no defence matches"):
+        plan_cells(study, defences=["nope*"])
+    with pytest.raises(RuntimeError, match="nothing to report"):
+        run_study(tiny_study(), tmp_path / "empty", progress=False, report_only=True)
+    copy = tmp_path / "partial"
+    shutil.copytree(out / "cells", copy / "cells")
+    for extra in list((copy / "cells").glob("*.json"))[3:]:
+        extra.unlink()
+    run_study(tiny_study(), copy, progress=False, report_only=True)
+    run = json.loads((copy / "run.json").read_text())
+    assert run["n_computed"] == 0 and run["n_cached"] == 3 and run["n_pending"] == run["n_cells"] - 3
+    assert not (copy / "models").exists() and not (copy / "variants").exists()  # nothing was computed
+
+
+def test_clean_cells_of_later_settings_wait_for_the_first_settings_model():
+    plans = plan_cells(resolve_study(tiny_study(shares=(0.5, 0.3))))
+    second = [p.defence.id for p in plans if p.setting.id.endswith("@30%")]
+    first = [p.defence.id for p in plans if p.setting.id.endswith("@50%")]
+    assert first[0] == "clean" and second[-1] == "clean"
