@@ -13,6 +13,8 @@ import json
 import re
 import sys
 
+from datasets_gen.poison import SHARE_OF
+
 
 def _image_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)[xX,](\d+)", text.strip())
@@ -49,8 +51,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--source-class", type=_classes, help="source class id(s): 8, 3,5 or all")
     what.add_argument("--target-class", type=int, help="target class id")
     what.add_argument("--share", type=float, help="poison share in (0, 1]")
-    what.add_argument("--share-of", choices=("source_class", "training_set"),
-                      help="what the share is of (default: source_class, or the preset's)")
+    what.add_argument("--share-of", choices=SHARE_OF,
+                      help="what the share is of (default: source_class, or the preset's; target_class: k / (k + target rows))")
     what.add_argument("--name", help="name recorded in the variant (default: the preset's or 'custom')")
     how = parser.add_argument_group("how")
     how.add_argument("--out", help="output .h5 (manifest, card and preview are written beside it)")
