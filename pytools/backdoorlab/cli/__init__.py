@@ -105,7 +105,7 @@ def _file_kind(path: Path) -> str | None:
 
 
 def check_input_files(args: argparse.Namespace, inputs: dict[str, str]) -> None:
-    """Refuse a missing, empty or wrong-kind input file before the command starts.
+    """Refuse an empty or wrong-kind input file before the command starts.
 
     ``inputs`` maps argument names to the kind of file they must name (``"hdf5"`` or
     ``"checkpoint"``). A file of the other kind gets the hint that two arguments were swapped.
@@ -116,10 +116,8 @@ def check_input_files(args: argparse.Namespace, inputs: dict[str, str]) -> None:
         if value is None:
             continue
         flag, path = "--" + dest.replace("_", "-"), Path(value)
-        if not path.exists():
-            raise FileNotFoundError(f"{flag} {value}: no such file")
         if not path.is_file():
-            raise ValueError(f"{flag} {value}: not a file")
+            continue  # missing: the reader says so (and the command may refuse other input first)
         found = _file_kind(path)
         if found == kind or (kind == "checkpoint" and found is None):
             continue  # torch reads more formats than the zip one; let it judge the rest

@@ -696,9 +696,9 @@ def _check_setting_data(s: SettingSpec, d: DatasetSpec, where: str, synth: dict[
             for key, ids in (("target_class", [target]), ("source_classes", [] if sources == "all" else sources)):
                 bad = [c for c in ids if c < 0 or (n_classes is not None and c >= n_classes)]
                 if bad:
-                    known = f"0..{n_classes - 1}" if n_classes is not None else "ids >= 0"
+                    known = f"classes 0..{n_classes - 1}" if n_classes is not None else "class ids are >= 0"
                     raise ValueError(f"{key} {bad[0] if key == 'target_class' else bad} is not a class of "
-                                     f"datasets.{d.name} (classes {known})")
+                                     f"datasets.{d.name} ({known})")
             if hw is not None:
                 recipe.build_trigger().check_fits(hw)
     except (KeyError, TypeError, ValueError) as exc:  # datasets_gen names recipe keys in KeyErrors
