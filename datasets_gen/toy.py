@@ -115,6 +115,68 @@ def _groups(rows: np.ndarray, group_size: int, start_id: int) -> tuple[np.ndarra
     return ids.astype(np.int32), (int(ids[-1]) + 1 if rows.size else start_id)
 
 
+def _count(name: str, v, minimum: int) -> int:
+    # an integer, not anything int() accepts: n_classes="many" or 2.5 is a config mistake to name
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def _checked(n_classes, n_train_per_class, n_test_per_class, n_clean_per_class, image_size, source_class,
+             target_class, poison_share, trigger, group_size):
+    """Validated arguments of :func:`make_toy_variant`: (n_classes, (H, W), recipe, trigger)."""
+    k = _count("n_classes", n_classes, 2)
+    if k > len(_CLASS_STYLES):
+        raise ValueError(f"n_classes must be in [2, {len(_CLASS_STYLES)}], got {n_classes}")
+    for name, v in (("n_train_per_class", n_train_per_class), ("n_test_per_class", n_test_per_class),
+                    ("group_size", group_size)):
+        _count(name, v, 1)
+    _count("n_clean_per_class", n_clean_per_class, 0)
+    if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__") or len(image_size) != 2:
+        raise ValueError(f"image_size must be (H, W), got {image_size!r}")
+    h, w = _count("image_size[0]", image_size[0], 12), _count("image_size[1]", image_size[1], 12)
+    source_class, target_class = _count("source_class", source_class, 0), _count("target_class", target_class, 0)
+    recipe = Recipe([source_class], target_class, trigger, poison_share, "source_class", name="toy",
+                    notes="datasets_gen.toy test variant")
+    recipe.check_classes(k)
+    trig = recipe.build_trigger()
+    trig.fitted((h, w))  # raises if the trigger is larger than the image
+    return k, (h, w), recipe, trig
+
+
+def check_toy_arguments(**kw) -> dict:
+    """Check keyword arguments of :func:`make_toy_variant` without drawing anything.
+
+    For configs that name toy data: the same checks as the builder, before any work.
+
+    Returns
+    -------
+    dict
+        ``n_classes``, ``image_size`` (H, W), ``source_class`` and ``target_class`` of the variant
+        those arguments would give (defaults filled in).
+
+    Raises
+    ------
+    ValueError
+        An unknown argument or a value the builder would refuse; the argument is named.
+    """
+    import inspect
+
+    try:
+        bound = inspect.signature(make_toy_variant).bind("unused.h5", **kw)
+    except TypeError as exc:
+        raise ValueError(f"make_toy_variant: {exc}") from None
+    bound.apply_defaults()
+    a = bound.arguments
+    k, hw, recipe, _ = _checked(a["n_classes"], a["n_train_per_class"], a["n_test_per_class"], a["n_clean_per_class"],
+                                a["image_size"], a["source_class"], a["target_class"], a["poison_share"], a["trigger"],
+                                a["group_size"])
+    return {"n_classes": k, "image_size": hw, "source_class": recipe.source_classes[0],
+            "target_class": recipe.target_class}
+
+
 def make_toy_variant(path: str | os.PathLike, *, n_classes: int = 4, n_train_per_class: int = 60,
                      n_test_per_class: int = 20, n_clean_per_class: int = 10,
                      image_size: tuple[int, int] = (32, 32), source_class: int = 0, target_class: int = 1,
@@ -149,25 +211,10 @@ def make_toy_variant(path: str | os.PathLike, *, n_classes: int = 4, n_train_per
     Path
         ``path``.
     """
-    if not 2 <= int(n_classes) <= len(_CLASS_STYLES):
-        raise ValueError(f"n_classes must be in [2, {len(_CLASS_STYLES)}], got {n_classes}")
-    for name, v in (("n_train_per_class", n_train_per_class), ("n_test_per_class", n_test_per_class),
-                    ("group_size", group_size)):
-        if int(v) < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
-    if int(n_clean_per_class) < 0:
-        raise ValueError(f"n_clean_per_class must be >= 0, got {n_clean_per_class}")
-    h, w = (int(image_size[0]), int(image_size[1]))
-    if h < 12 or w < 12:
-        raise ValueError(f"image_size must be at least 12x12, got {image_size}")
-    recipe = Recipe([source_class], target_class, trigger, poison_share, "source_class", name="toy",
-                    notes="datasets_gen.toy test variant")
-    recipe.check_classes(n_classes)
-    trig = recipe.build_trigger()
-    trig.fitted((h, w))  # raises if the trigger is larger than the image
+    k, (h, w), recipe, trig = _checked(n_classes, n_train_per_class, n_test_per_class, n_clean_per_class, image_size,
+                                       source_class, target_class, poison_share, trigger, group_size)
 
     rng = np.random.default_rng(seed)
-    k = int(n_classes)
     n_pool_per_class = n_train_per_class + n_clean_per_class
     pool_labels = np.repeat(np.arange(k), n_pool_per_class)
     pool_images = toy_images(pool_labels, (h, w), rng)

@@ -180,6 +180,14 @@ class Trigger:
             raise ValueError(f"trigger {self.spec!r} of {th}x{tw} px is larger than the {h}x{w} image")
         return self.pattern, self.alpha
 
+    def check_fits(self, image_hw: tuple[int, int]) -> None:
+        """Raise ``ValueError`` when the trigger cannot go on an image of ``image_hw``: larger than
+        the image, or an ``xy`` placement that runs off it -- what compositing would find, known
+        before any image is read (config validation, the builders' up-front checks)."""
+        h, w = int(image_hw[0]), int(image_hw[1])
+        # Only the size and an xy placement can fail; any rng and eye positions will do for the rest.
+        self.position((h, w), rng=np.random.default_rng(0), eyes=((0.3 * w, 0.4 * h), (0.7 * w, 0.4 * h)))
+
     def position(self, image_hw: tuple[int, int], rng: np.random.Generator | None = None,
                  eyes: tuple[tuple[float, float], tuple[float, float]] | None = None,
                  size_hw: tuple[int, int] | None = None) -> tuple[int, int]:

@@ -112,7 +112,7 @@ def test_quick_table_may_cut_classes_and_clean_rows():
 @pytest.mark.parametrize("raw,match", [
     (_minimal(bogus=1), "unknown top-level config key"),
     (_minimal(seeds=[0, 0]), "duplicates"),
-    (_minimal(seeds=[-1]), "seeds\\[\\] must be >= 0"),
+    (_minimal(seeds=[-1]), "seeds\\[\\] must be in \\[0, 2\\*\\*64 - 1\\]"),
     (_minimal(device="tpu"), "'device' must be"),
     (_minimal(datasets={}), "non-empty table"),
     (_minimal(datasets={"gtsrb": {"source": "synth", "colour": 1}}), "unknown key\\(s\\) \\['colour'\\]"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backdoorlab.experiments.config import study_from_dict
+from backdoorlab.experiments.config import SettingSpec, study_from_dict
 from backdoorlab.experiments.runner import first_per_class
 from backdoorlab.experiments.variants import setting_recipe, subset_classes
 
@@ -67,10 +67,14 @@ def test_setting_recipe_overrides_the_preset_share():
 
 
 def test_unknown_preset_is_named():
-    study = study_from_dict({"datasets": {"gtsrb": {"source": "synth"}},
-                             "settings": [{"preset": "gtsrb-no-such", "share": 0.1}]})
+    # the config refuses it when loaded (before any variant is built) ...
+    raw = {"datasets": {"gtsrb": {"source": "synth"}}, "settings": [{"preset": "gtsrb-no-such", "share": 0.1}]}
+    with pytest.raises(ValueError, match="settings\\[0\\]: preset 'gtsrb-no-such' is not a datasets_gen preset"):
+        study_from_dict(raw)
+    # ... and the builder still refuses a setting made by hand
+    setting = SettingSpec(id="s", dataset="gtsrb", trigger="t", poison_share=0.1, preset="gtsrb-no-such")
     with pytest.raises(ValueError, match="unknown datasets_gen preset 'gtsrb-no-such'"):
-        setting_recipe(study.settings[0])
+        setting_recipe(setting)
 
 
 def test_first_per_class():

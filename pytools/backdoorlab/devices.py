@@ -9,13 +9,22 @@ from __future__ import annotations
 import torch
 
 
+class DeviceUnavailableError(RuntimeError):
+    """A device was asked for that this machine cannot give (CUDA without a GPU or a CUDA build).
+
+    A ``RuntimeError`` (what callers caught before it existed), but a type of its own so that the
+    command line can tell this expected failure -- the user's to fix -- from a bug.
+    """
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto" | "cpu" | "cuda" | "cuda:N"`` (or a ``torch.device``) -> ``torch.device``.
 
     Raises
     ------
-    RuntimeError
-        CUDA asked for but not available (CPU-only torch build or no visible GPU).
+    DeviceUnavailableError
+        CUDA asked for but not available (CPU-only torch build or no visible GPU); a
+        ``RuntimeError``.
     ValueError
         Anything else.
     """
@@ -33,7 +42,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
-            raise RuntimeError(f"device {str(dev)!r} requested but CUDA is unavailable: {why}")
+            raise DeviceUnavailableError(f"device {str(dev)!r} requested but CUDA is unavailable: {why}; "
+                                         "ask for 'cpu' or 'auto' instead")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {str(dev)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     elif dev.type != "cpu":

@@ -38,6 +38,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -116,7 +117,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("lr", "weight_decay", "momentum"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
@@ -145,12 +146,46 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         if not isinstance(d, dict):
             raise TypeError(f"expected a dict, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        cls._check_fields(d)
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in d]
+        if missing:
+            raise ValueError(f"TrainConfig needs {missing} (or a preset that sets them)")
         return cls(**d)
 
+    @classmethod
+    def from_spec(cls, spec, *, where: str = "train") -> "TrainConfig":
+        """A config from ``{"preset": name, **overrides}`` or a preset name (a study file's ``train``).
+
+        Without ``preset`` the overrides must name every required field. ``where`` prefixes
+        every message (``"datasets.gtsrb.train"``), so a bad value is reported with its key.
+
+        Raises
+        ------
+        ValueError
+            Unknown preset or field, or a value :class:`TrainConfig` refuses.
+        """
+        if isinstance(spec, str):
+            spec = {"preset": spec}
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"{where} must be a preset name or a table, got {spec!r}")
+        spec = dict(spec)
+        preset = spec.pop("preset", None)
+        if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
+            raise ValueError(f"{where}.preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        try:
+            return PRESETS[preset].replace(**spec) if preset is not None else cls.from_dict(spec)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+
+    @classmethod
+    def _check_fields(cls, names) -> None:
+        unknown = sorted(set(names) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known: {[f.name for f in dataclasses.fields(cls)]}")
+
     def replace(self, **changes) -> "TrainConfig":
+        self._check_fields(changes)  # dataclasses.replace would raise a bare "unexpected keyword" TypeError
         return dataclasses.replace(self, **changes)
 
     def _identity(self) -> dict:

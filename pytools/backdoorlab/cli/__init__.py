@@ -2,7 +2,24 @@
 
 Each subcommand lives in its own module of this package (so the parts built separately do not
 edit one file) and exposes ``add_parser(subparsers)`` and ``run(args) -> int``; ``run`` calls one
-library function. Modules are imported lazily so ``backdoorlab --help`` stays fast.
+library function. Modules are imported lazily so ``backdoorlab --help`` stays fast. A module may
+also declare ``INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}``: the files its arguments
+name, checked before ``run`` (see :func:`check_input_files`).
+
+The error boundary (:func:`main`, the only one) sorts what a command raises into two kinds:
+
+* **expected failures** -- the user's to fix: bad input refused by our validation (``ValueError``,
+  ``TypeError``, ``KeyError``, as ``docs/contracts.md`` prescribes for every public function),
+  files that cannot be read or written (``OSError``, which includes h5py's errors for truncated,
+  foreign or corrupt HDF5 files and a full disk), ``MemoryError`` (a size asked for that does not
+  fit), a missing GPU (:class:`backdoorlab.devices.DeviceUnavailableError`) and a training run that
+  diverged (``FloatingPointError``). They end as one line on stderr,
+  ``backdoorlab CMD: error: <file>: <problem>``, and exit status 2.
+* **everything else** (``RuntimeError``, ``AttributeError``, ``IndexError``, ...) is a bug: the
+  traceback is shown as Python shows it (exit status 1).
+
+``--debug`` (before the command) or ``BACKDOORLAB_DEBUG=1`` shows the traceback of expected
+failures too. Ctrl-C ends with status 130.
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import importlib  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 # subcommand -> (module in this package, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     from backdoorlab import __version__
 
     parser.add_argument("--version", action="version", version=f"backdoorlab {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of every error, not just of bugs (also: BACKDOORLAB_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
@@ -48,23 +68,124 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # subcommand not built yet
         p = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_parser(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _inputs=dict(getattr(mod, "INPUT_FILES", {})))
     return parser
 
 
+def seed_arg(text: str) -> int:
+    """argparse ``type`` of every ``--seed``: an integer in the range :func:`backdoorlab.seeding.check_seed` takes."""
+    from backdoorlab.seeding import check_seed
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    try:
+        return check_seed(value, "the seed")
+    except ValueError as exc:  # argparse prefixes the flag: "argument --seed: the seed must be ..."
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# What an input file is, by its first bytes: an HDF5 signature (h5py also finds one behind a user
+# block) or the zip header of torch.save's format. Only used to tell a wrong file from a broken
+# one; reading the file properly is the job of backdoorlab.data and backdoorlab.checkpoint.
+_KIND_NAMES = {"hdf5": "an HDF5 variant", "checkpoint": "a PyTorch checkpoint"}
+
+
+def _file_kind(path: Path) -> str | None:
+    import h5py
+
+    with open(path, "rb") as f:  # raises PermissionError & co. with the file named
+        head = f.read(4)
+    if not head:
+        return "empty"
+    if head == b"PK\x03\x04":
+        return "checkpoint"
+    return "hdf5" if h5py.is_hdf5(path) else None
+
+
+def check_input_files(args: argparse.Namespace, inputs: dict[str, str]) -> None:
+    """Refuse an empty or wrong-kind input file before the command starts.
+
+    ``inputs`` maps argument names to the kind of file they must name (``"hdf5"`` or
+    ``"checkpoint"``). A file of the other kind gets the hint that two arguments were swapped.
+    Truncated or corrupt files of the right kind pass: their readers say what is wrong.
+    """
+    for dest, kind in inputs.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        flag, path = "--" + dest.replace("_", "-"), Path(value)
+        if not path.is_file():
+            continue  # missing: the reader says so (and the command may refuse other input first)
+        found = _file_kind(path)
+        if found == kind or (kind == "checkpoint" and found is None):
+            continue  # torch reads more formats than the zip one; let it judge the rest
+        if found == "empty":
+            raise ValueError(f"{flag} {value}: the file is empty")
+        what = f"{flag} {value} is not {_KIND_NAMES[kind]}"
+        if found is None:
+            raise ValueError(f"{what} (no HDF5 signature)")
+        # A swap only when the other argument names a file of the kind this one wants.
+        swapped = [d for d, k in inputs.items() if k == found and d != dest and getattr(args, d, None) is not None
+                   and Path(getattr(args, d)).is_file() and _file_kind(Path(getattr(args, d))) == kind]
+        hint = f"; did you swap {flag} and --{swapped[0].replace('_', '-')}?" if swapped else ""
+        raise ValueError(f"{what}: it is {_KIND_NAMES[found]}{hint}")
+
+
+def _expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is an expected failure (see the module docstring) rather than a bug."""
+    if isinstance(exc, (ValueError, TypeError, KeyError, OSError, MemoryError, FloatingPointError)):
+        return True
+    # Only loaded when a command touched a device; then its error type is defined.
+    devices = sys.modules.get("backdoorlab.devices")
+    return devices is not None and isinstance(exc, devices.DeviceUnavailableError)
+
+
+def _from_h5py(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("h5py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def error_line(exc: BaseException, args: argparse.Namespace | None = None) -> str:
+    """The one line an expected failure is reported as: the file (where known) and the problem."""
+    if isinstance(exc, KeyError) and exc.args:
+        message = str(exc.args[0])  # str() of a KeyError quotes its message
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        names = [str(exc.filename)] + ([str(exc.filename2)] if exc.filename2 is not None else [])
+        message = f"{' -> '.join(names)}: {exc.strerror}"
+    else:
+        message = str(exc) or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        message = f"out of memory: {message}"
+    # h5py's errors do not name the file; the command's one HDF5 input is the file it was reading.
+    inputs = getattr(args, "_inputs", {}) if args is not None else {}
+    hdf5 = [d for d, k in inputs.items() if k == "hdf5" and getattr(args, d, None) is not None]
+    if len(hdf5) == 1 and _from_h5py(exc) and str(getattr(args, hdf5[0])) not in message:
+        message = f"--{hdf5[0].replace('_', '-')} {getattr(args, hdf5[0])}: {message}"
+    # One line even for multi-line messages (YAML parser errors, wrapped library messages).
+    return " ".join(message.split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("BACKDOORLAB_DEBUG", "") not in ("", "0")
     try:
+        check_input_files(args, args._inputs)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
-        # Bad input is the user's to fix: one clear line, no traceback. (str() of a KeyError
-        # quotes its message, so take the message itself.)
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"backdoorlab {args.command}: error: {message}", file=sys.stderr)
+    except Exception as exc:
+        if debug or not _expected(exc):
+            raise
+        print(f"backdoorlab {args.command}: error: {error_line(exc, args)}", file=sys.stderr)
         return 2
 
 

@@ -17,6 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
+# Checked by the CLI before run(): a swapped --data/--model is named as such.
+INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}
+
 
 def _parse_value(text: str):
     try:
@@ -45,15 +48,23 @@ def _read_config(path: str) -> dict:
     if p.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:  # not a ValueError: say which file, in the CLI's one line
+            raise ValueError(f"cannot parse YAML config {path}: {exc}") from exc
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"cannot parse JSON config {path}: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f"{path!r} must map defence names to parameter tables, e.g. {{\"fp\": {{\"threshold\": 0.02}}}}")
     return data
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
+    from backdoorlab.cli import seed_arg
+
     parser.add_argument("--data", required=True, help="HDF5 variant (splits train, clean, test, test_triggered)")
     parser.add_argument("--model", required=True, help="checkpoint of the model to defend")
     parser.add_argument("--pipeline", default="ac>fp",
@@ -66,7 +77,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-preset", help="retraining recipe (backdoorlab.train.PRESETS name); "
                         "default: the recipe recorded in the checkpoint")
     parser.add_argument("--epochs", type=int, help="override the retraining recipe's epochs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+# Checked by the CLI before run(): a swapped --data/--model is named as such.
+INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}
+
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="variant .h5 file (splits 'test' and 'test_triggered')")

@@ -12,14 +12,15 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 
 from datasets_gen.poison import SHARE_OF
 
 
 def _image_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)[xX,](\d+)", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"image size must be HxW, e.g. 32x32, got {text!r}")
+    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be HxW with H, W >= 1, e.g. 32x32, got {text!r}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -33,6 +34,8 @@ def _classes(text: str) -> list[int] | str:
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
+    from backdoorlab.cli import seed_arg
+
     parser.epilog = ("examples:\n"
                      "  backdoorlab poison --preset gtsrb-ours-yellow-square-7 --out v.h5\n"
                      "  backdoorlab poison --source synth-signs --trigger square:4:yellow --source-class 8 "
@@ -56,7 +59,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--name", help="name recorded in the variant (default: the preset's or 'custom')")
     how = parser.add_argument_group("how")
     how.add_argument("--out", help="output .h5 (manifest, card and preview are written beside it)")
-    how.add_argument("--seed", type=int, default=0, help="seed of splits, poisoned rows and synthetic images (default 0)")
+    how.add_argument("--seed", type=seed_arg, default=0, help="seed of splits, poisoned rows and synthetic images (default 0)")
     how.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
     how.add_argument("--limit-per-class", type=int, help="keep at most N rows per class in every split")
     how.add_argument("--image-size", type=_image_size, help="model input HxW (default: the data set's)")
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset and args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
     recipe = _recipe_from_args(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as train, evaluate and defend do
     out = build_variant(recipe, args.out, source=args.source, seed=args.seed, limit_per_class=args.limit_per_class,
                         progress=not args.no_progress, strict=args.strict, image_size=args.image_size,
                         poison_provenance=args.poison_provenance, source_kwargs=_source_options(args.source_option),

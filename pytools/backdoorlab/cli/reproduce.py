@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
+    from backdoorlab.cli import seed_arg
+
     parser.add_argument("--quick", action="store_true",
                         help="reduced study: smaller data, fewer epochs and settings (about 10 min on 2 cores)")
     parser.add_argument("--out", type=Path, default=Path("results"),
@@ -20,7 +22,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help="study file (.toml, .yaml, .yml): data folders, settings, defences; "
                              "default: the built-in grid on synthetic data")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=seed_arg, default=None,
                         help="run with this single seed instead of the config's seeds")
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                         help="override the config's device")
@@ -41,8 +43,6 @@ def run(args: argparse.Namespace) -> int:
 
     from backdoorlab.experiments.runner import resolve_study, run_study
 
-    if args.seed is not None and args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+# Checked by the CLI before run() (--model here is an architecture, not a file).
+INPUT_FILES = {"data": "hdf5"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     from backdoorlab.augment import AUGMENTATIONS
+    from backdoorlab.cli import seed_arg
     from backdoorlab.models import INPUT_NORMS, MODELS
     from backdoorlab.train import LR_SCHEDULES, PRESETS
 
@@ -17,7 +23,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "lfw (Adadelta 0.1, 50, last layer only); not the paper's: gtsrb-augmented (gtsrb with "
                              "--augment gtsrb and 40 epochs, for small real subsets); default gtsrb")
     parser.add_argument("--out", required=True, help="checkpoint .pt, rewritten atomically after every epoch")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and dropout (default 0)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of initialisation, shuffling and dropout (default 0)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
@@ -64,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         if args.model == "vgg16_face":
             raise ValueError("--input-norm applies to gtsrb_cnn and deepid; vgg16_face subtracts its own channel means")
         model_kw["input_norm"] = args.input_norm
+    if args.resume and not Path(args.out).exists():
+        # Not an error: "train --resume" is safe to repeat until the run is done. But say it, so
+        # a mistyped --out does not pass for a resumed run.
+        print(f"note: --resume: no checkpoint at {args.out} yet, training starts at epoch 1", file=sys.stderr)
     out = train_variant(args.data, args.model, args.out, preset=args.preset, seed=args.seed, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, augment=args.augment, lr_schedule=args.lr_schedule,
                         average_last=args.average_last,

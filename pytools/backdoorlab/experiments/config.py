@@ -262,7 +262,7 @@ class StudyConfig:
 
     def with_seed(self, seed: int) -> "StudyConfig":
         """The same study with one seed (the CLI's ``--seed``)."""
-        return replace(self, seeds=(_check_int("seed", seed, minimum=0),))
+        return replace(self, seeds=(_check_seed("seed", seed),))
 
     def setting(self, setting_id: str) -> SettingSpec:
         for s in self.settings:
@@ -351,7 +351,7 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
         seeds_raw = [seeds_raw]
     if not isinstance(seeds_raw, Sequence) or isinstance(seeds_raw, str) or not seeds_raw:
         raise ValueError(f"'seeds' must be a non-empty list of integers, got {seeds_raw!r}")
-    seeds = tuple(_check_int("seeds[]", s, minimum=0) for s in seeds_raw)
+    seeds = tuple(_check_seed("seeds[]", s) for s in seeds_raw)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"'seeds' has duplicates: {list(seeds)}")
 
@@ -383,8 +383,11 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
     if not isinstance(st_raw, Sequence) or isinstance(st_raw, str) or not st_raw:
         raise ValueError("'settings' must be a non-empty list of [[settings]] tables")
     settings: list[SettingSpec] = []
+    origin: dict[str, str] = {}  # setting id -> "settings[i]", for messages of the whole-study check
     for i, s in enumerate(st_raw):
-        settings.extend(_parse_setting(i, s, datasets))
+        parsed = _parse_setting(i, s, datasets)
+        origin.update((p.id, f"settings[{i}]") for p in parsed)
+        settings.extend(parsed)
     ids = [s.id for s in settings]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -455,6 +458,7 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
             missing = [s for s in d.settings if s not in known_settings]
             if missing and not quick:  # quick mode may have cut those settings away
                 raise ValueError(f"defence {d.id!r} names unknown setting(s) {missing}; known: {sorted(known_settings)}")
+    _check_study(datasets, settings, origin)
 
     return StudyConfig(name=name, seeds=seeds, device=device, datasets=datasets, settings=tuple(settings),
                        defences=tuple(defences), quick=quick, eval_batch_size=eval_batch_size,
@@ -688,6 +692,117 @@ def _check_fraction(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or not 0.0 < float(v) <= 1.0:
         raise ValueError(f"{name} must be a fraction in (0, 1], got {v!r}")
     return float(v)
+
+
+def _check_seed(name: str, v: Any) -> int:
+    from backdoorlab.seeding import check_seed  # the one home of the seed range
+
+    try:
+        return check_seed(v, name)
+    except TypeError as exc:  # config mistakes are ValueErrors here, whatever their kind
+        raise ValueError(str(exc)) from None
+
+
+def _check_study(datasets: Mapping[str, DatasetSpec], settings: Sequence[SettingSpec],
+                 origin: Mapping[str, str]) -> None:
+    """The whole-study check: what the run will build, tried without building it.
+
+    Parsing checks each key on its own; a run also needs the keys to fit together (a training
+    preset with its overrides, a model that exists and takes the data set's image size, class ids
+    of the data set, a trigger that fits its images). Without this step such a mistake surfaces
+    in every cell after the variants are built ("every cell failed"); here it stops the study
+    before any work, naming the key. Data sets are checked after ``--quick`` shrank them (its
+    epoch cap, say, can make ``average_last`` too long).
+    """
+    for d in datasets.values():
+        _check_dataset_build(d)
+    synth: dict[str, Any] = {}  # family -> opened synthetic source (cheap, but once is enough)
+    for s in settings:
+        _check_setting_data(s, datasets[s.dataset], origin.get(s.id, f"setting {s.id!r}"), synth)
+
+
+def _check_dataset_build(d: DatasetSpec) -> None:
+    """Model name and keyword arguments, and the training config, of data set ``d``."""
+    import inspect
+
+    from backdoorlab.models import MODELS
+    from backdoorlab.train import TrainConfig
+
+    if d.model not in MODELS:
+        raise ValueError(f"datasets.{d.name}.model must be one of {sorted(MODELS)}, got {d.model!r}")
+    kw = dict(d.model_kw, **({"weights": d.weights} if d.weights else {}))
+    try:  # the constructor's own signature says which options a model takes (n_classes is positional)
+        inspect.signature(MODELS[d.model]).bind(2, **kw)
+    except TypeError as exc:
+        raise ValueError(f"datasets.{d.name}.model_kw (or weights): {d.model} does not take them: {exc}") from None
+    TrainConfig.from_spec(d.train, where=f"datasets.{d.name}.train")
+
+
+def _check_setting_data(s: SettingSpec, d: DatasetSpec, where: str, synth: dict[str, Any]) -> None:
+    """Recipe, class ids, trigger size and model input size of setting ``s`` on data set ``d``.
+
+    The class count is known for the synthetic and toy data (from their generators); for a real
+    folder it is known only after scanning it, so there the ids are checked to be >= 0 and, with
+    ``classes``, to be among the kept classes.
+    """
+    from backdoorlab.models import MODELS
+    from datasets_gen.presets import DATASETS
+
+    from .variants import setting_recipe, toy_arguments
+
+    n_classes: int | None = None
+    hw: tuple[int, int] | None = None
+    try:
+        if d.source == "toy":
+            from datasets_gen.toy import check_toy_arguments
+
+            toy = check_toy_arguments(**toy_arguments(s, d))
+            n_classes, hw = toy["n_classes"], toy["image_size"]
+            sources: list[int] | str = [toy["source_class"]]
+            target = toy["target_class"]
+        else:
+            from datasets_gen.build import resolve_recipe, resolve_source
+            from datasets_gen.presets import PRESETS
+
+            if s.preset is not None and s.preset not in PRESETS:
+                raise ValueError(f"preset {s.preset!r} is not a datasets_gen preset; known: {sorted(PRESETS)}")
+            recipe, family = resolve_recipe(setting_recipe(s))
+            if d.source == "synth":
+                if family is None:
+                    raise ValueError(f"source 'synth' needs the recipe's 'dataset' (one of {sorted(DATASETS)})")
+                if family not in synth:
+                    synth[family] = resolve_source("synth", family, seed=0, strict=False, image_size=None,
+                                                   source_kwargs=None)[0]
+                n_classes, hw = synth[family].n_classes, tuple(synth[family].image_size)
+            elif family in DATASETS:  # a real folder is resized to its family's model input
+                hw = tuple(DATASETS[family]["reader_kwargs"]["image_size"])
+            sources, target = recipe.source_classes, recipe.target_class
+            for key, ids in (("target_class", [target]), ("source_classes", [] if sources == "all" else sources)):
+                bad = [c for c in ids if c < 0 or (n_classes is not None and c >= n_classes)]
+                if bad:
+                    known = f"classes 0..{n_classes - 1}" if n_classes is not None else "class ids are >= 0"
+                    raise ValueError(f"{key} {bad[0] if key == 'target_class' else bad} is not a class of "
+                                     f"datasets.{d.name} ({known})")
+            if hw is not None:
+                recipe.build_trigger().check_fits(hw)
+    except (KeyError, TypeError, ValueError) as exc:  # datasets_gen names recipe keys in KeyErrors
+        # toy arguments come from the data set's toy table and the setting's recipe together
+        label = f"datasets.{d.name}.toy / {where}.recipe" if d.source == "toy" else where
+        raise ValueError(f"{label}: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}") from None
+    model_hw = tuple(MODELS[d.model].input_size)
+    if hw is not None and tuple(hw) != model_hw:
+        raise ValueError(f"{where}: datasets.{d.name}.model {d.model} takes {model_hw[0]}x{model_hw[1]} "
+                         f"images, but the data set's are {hw[0]}x{hw[1]}")
+    if d.classes is not None:
+        if n_classes is not None and any(c >= n_classes for c in d.classes):
+            raise ValueError(f"datasets.{d.name}.classes {[c for c in d.classes if c >= n_classes]} are not "
+                             f"classes of the data (0..{n_classes - 1})")
+        if target not in d.classes:
+            raise ValueError(f"datasets.{d.name}.classes {list(d.classes)} must include the target class {target} "
+                             f"of {where} ({s.id!r})")
+        if sources != "all" and not set(sources) & set(d.classes):
+            raise ValueError(f"datasets.{d.name}.classes {list(d.classes)} must include a source class "
+                             f"(one of {list(sources)}) of {where} ({s.id!r})")
 
 
 def _pct(x: float) -> str:

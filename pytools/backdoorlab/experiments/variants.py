@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import DatasetSpec, SettingSpec
 
-__all__ = ["build_setting_variant", "subset_classes", "setting_recipe"]
+__all__ = ["build_setting_variant", "subset_classes", "setting_recipe", "toy_arguments"]
 
 
 def build_setting_variant(path: Path, s: SettingSpec, d: DatasetSpec, seed: int, *, progress: bool = True) -> Path:
@@ -72,6 +72,12 @@ def setting_recipe(s: SettingSpec) -> dict:
 def _build_toy(path: Path, s: SettingSpec, d: DatasetSpec, seed: int) -> Path:
     from datasets_gen.toy import make_toy_variant
 
+    return make_toy_variant(path, seed=seed, **toy_arguments(s, d))
+
+
+def toy_arguments(s: SettingSpec, d: DatasetSpec) -> dict:
+    """Keyword arguments of ``datasets_gen.toy.make_toy_variant`` (all but path and seed) for
+    setting ``s`` on the toy data set ``d``: its ``toy`` table, the setting's recipe, the share."""
     kw = dict(d.toy)
     r = dict(s.recipe)
     if "source_classes" in r:
@@ -82,7 +88,8 @@ def _build_toy(path: Path, s: SettingSpec, d: DatasetSpec, seed: int) -> Path:
     if bad:
         raise ValueError(f"setting {s.id!r}: toy recipes take only {sorted(allowed)}, got {sorted(bad)}")
     kw.update(r)
-    return make_toy_variant(path, poison_share=s.poison_share, seed=seed, **kw)
+    kw["poison_share"] = s.poison_share
+    return kw
 
 
 def _deep_update(base: dict, over: Mapping) -> dict:
