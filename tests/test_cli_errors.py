@@ -139,7 +139,7 @@ def test_train_on_cuda_without_a_gpu(files, capsys):
 
 def test_impossible_image_size_is_out_of_memory(tmp_path, capsys):
     # 10^6 x 10^6 pixels (the campaign used 10^5, which a machine with 150 GiB free could try to fill)
-    code = main(["poison", "--preset", "gtsrb-yellow-square-7", "--out", str(tmp_path / "v.h5"),
+    code = main(["poison", "--preset", "gtsrb-ours-yellow-square-7", "--out", str(tmp_path / "v.h5"),
                  "--image-size", "1000000x1000000", "--limit-per-class", "1", "--no-progress"])
     err = _one_line_error(capsys, code, "poison")
     assert "out of memory" in err
@@ -148,7 +148,7 @@ def test_impossible_image_size_is_out_of_memory(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["poison", "train", "defend", "reproduce"])
 def test_seed_beyond_64_bits_is_refused_by_the_parser(files, capsys, command):
-    argv = {"poison": ["poison", "--preset", "gtsrb-yellow-square-7", "--out", str(files["dir"] / "s.h5")],
+    argv = {"poison": ["poison", "--preset", "gtsrb-ours-yellow-square-7", "--out", str(files["dir"] / "s.h5")],
             "train": ["train", "--data", str(files["data"]), "--model", "gtsrb_cnn", "--out", str(files["dir"] / "s.pt")],
             "defend": ["defend", "--data", str(files["data"]), "--model", str(files["model"]),
                        "--report", str(files["dir"] / "r.json")],
@@ -180,7 +180,7 @@ def test_defend_config_with_a_yaml_error(files, capsys):
 def test_reproduce_refuses_a_bad_study_before_any_work(tmp_path, capsys):
     cfg = tmp_path / "study.toml"
     cfg.write_text('[datasets.gtsrb]\nsource = "synth"\ntrain = { preset = "gtsrb", batch_size = 0 }\n'
-                   '[[settings]]\npreset = "gtsrb-yellow-square-7"\nshare = 0.07\n')
+                   '[[settings]]\npreset = "gtsrb-ours-yellow-square-7"\nshare = 0.07\n')
     out = tmp_path / "results"
     code = main(["reproduce", "--config", str(cfg), "--out", str(out), "--no-progress"])
     err = _one_line_error(capsys, code, "reproduce")
@@ -202,7 +202,7 @@ def test_resume_without_a_checkpoint_says_it_starts_fresh(files, capsys):
 
 def test_poison_creates_a_missing_output_folder(tmp_path, capsys):
     out = tmp_path / "new" / "deeper" / "v.h5"
-    code = main(["poison", "--preset", "gtsrb-yellow-square-7", "--out", str(out), "--limit-per-class", "1",
+    code = main(["poison", "--preset", "gtsrb-ours-yellow-square-7", "--out", str(out), "--limit-per-class", "1",
                  "--no-progress", "--no-preview"])
     assert code == 0, capsys.readouterr().err
     assert out.is_file()

@@ -17,7 +17,7 @@ from backdoorlab.experiments.config import load_config, study_from_dict
 
 def _study(dataset=None, setting=None, **top):
     d = {"source": "synth", **(dataset or {})}
-    s = {"preset": "gtsrb-yellow-square-7", "share": 0.07, **(setting or {})}
+    s = {"preset": "gtsrb-ours-yellow-square-7", "share": 0.07, **(setting or {})}
     return {"datasets": {"gtsrb": d}, "settings": [s], **top}
 
 
@@ -87,7 +87,7 @@ def test_real_folder_ids_are_checked_without_scanning_it(tmp_path):
 
 def test_toml_reproducers_fail_in_load_config(tmp_path):
     base = ('[datasets.gtsrb]\nsource = "synth"\ntrain = {{ preset = "gtsrb"{train} }}\n'
-            '[[settings]]\npreset = "gtsrb-yellow-square-7"\nshare = 0.07\n{setting}')
+            '[[settings]]\npreset = "gtsrb-ours-yellow-square-7"\nshare = 0.07\n{setting}')
     cases = [({"train": ", lr = nan", "setting": ""}, r"TrainConfig\.lr .* got nan"),
              ({"train": "", "setting": "recipe = { target_class = 99 }\n"}, r"target_class 99"),
              ({"train": ", batch_size = 0", "setting": ""}, r"batch_size")]

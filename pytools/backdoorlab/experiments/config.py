@@ -26,7 +26,7 @@ File layout (TOML shown; YAML has the same keys)::
 
     [[settings]]
     dataset = "gtsrb"
-    preset = "gtsrb-yellow-square-7"     # a datasets_gen preset (its recipe may be overridden)
+    preset = "gtsrb-ours-yellow-square-7"     # a datasets_gen preset (its recipe may be overridden)
     trigger = "yellow square 4x4"        # label used in tables and plots
     shares = [0.03, 0.07, 0.10]          # one setting per share
 

@@ -348,18 +348,9 @@ def _model_kw(d: DatasetSpec) -> dict:
 
 def train_config(d: DatasetSpec):
     """The :class:`backdoorlab.train.TrainConfig` of a data set: its preset with the overrides."""
-    from backdoorlab.train import PRESETS, TrainConfig
+    from backdoorlab.train import TrainConfig
 
-    spec = dict(d.train)
-    preset = spec.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"datasets.{d.name}.train.preset {preset!r} is not one of {sorted(PRESETS)}")
-        return PRESETS[preset].replace(**spec)
-    try:
-        return TrainConfig(**spec)
-    except TypeError as exc:
-        raise ValueError(f"datasets.{d.name}.train: {exc}") from exc
+    return TrainConfig.from_spec(d.train, where=f"datasets.{d.name}.train")
 
 
 def first_per_class(labels: np.ndarray, k: int) -> np.ndarray:
