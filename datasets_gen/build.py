@@ -5,8 +5,10 @@
 poison from metadata only (exact counts, seeded), then streams every split in chunks: decode or
 render a chunk, composite the trigger on its poisoned rows, append it to the variant; source-class
 test rows are also written, triggered, to ``test_triggered``. Nothing but one chunk of pixels is
-in memory, so YouTube-Faces-scale sources work. The file appears only when complete (temporary
-file + ``os.replace``), with its manifest, card and preview written from the finished file first.
+in memory, so YouTube-Faces-scale sources work. The output path is checked before any work (an
+existing directory of that name is refused at once, not after the build). The file appears only
+when complete: it and its manifest, card and preview are written to temporaries and published as
+one set by :func:`datasets_gen.variant_io.commit_variant`, the ``.h5`` last.
 
 Poisoned training rows get their own provenance ids by default (``poison_provenance="own"``: the
 attacker's contribution arrives as its own groups of the source's typical group size, which is
@@ -15,6 +17,7 @@ what Data Provenance looks for); ``"keep"`` leaves them in the groups of the ima
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +35,7 @@ from datasets_gen.publish import write_card, write_preview
 from datasets_gen.readers import REAL_KINDS, SYNTHETIC_KINDS, open_source
 from datasets_gen.readers.base import Source
 from datasets_gen.triggers import Trigger
-from datasets_gen.variant_io import VariantWriter, write_manifest
+from datasets_gen.variant_io import VariantWriter, check_destination, sidecar_tmp_paths, write_manifest
 
 POISON_PROVENANCE = ("own", "keep")
 
@@ -201,11 +204,7 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
     FileNotFoundError
         Missing data folder or annotation file.
     """
-    out = Path(out)
-    if out.suffix != ".h5":
-        raise ValueError(f"output must be a .h5 file, got {out}")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    out = check_destination(out)
     if poison_provenance not in POISON_PROVENANCE:
         raise ValueError(f"poison_provenance must be one of {POISON_PROVENANCE}, got {poison_provenance!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -252,11 +251,14 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
     written = Counter()
     build_info: dict[str, Any] = {}
 
-    def finish(tmp: Path, final: Path) -> None:
-        write_manifest(final, data_path=tmp, extra={"build": build_info})
+    def finish(tmp: Path, final: Path) -> dict[str, Path]:
+        temps = sidecar_tmp_paths(final)
+        files = {"manifest": write_manifest(final, data_path=tmp, extra={"build": build_info}, dest=temps["manifest"])}
         if publish:
-            write_preview(final, data_path=tmp)
-            write_card(final, data_path=tmp, build=build_info)
+            sha = json.loads(files["manifest"].read_text(encoding="utf-8"))["sha256"]
+            files["preview"] = write_preview(final, data_path=tmp, dest=temps["preview"])
+            files["card"] = write_card(final, data_path=tmp, build=build_info, dest=temps["card"], sha256=sha)
+        return files
 
     def chunks():
         """(split, table, rows, images, ok) for every chunk; the next chunk loads in a background

@@ -4,8 +4,10 @@ The preview is laid out like the paper's Figs. 4–6: a row of clean source-clas
 same images with the trigger (from ``test_triggered``), and a row of poisoned training images
 (relabelled to the target). The card says what the file is, how it was made (source, recipe,
 trigger, seed, generator version), what it holds (counts per split, poisoned rows, provenance
-groups), how to load and verify it, and what it must not be used for. Both are written atomically
-and can be produced from the builder's temporary file before it is moved into place.
+groups), how to load and verify it, and what it must not be used for. Both can be produced from
+the builder's temporary file and written to temporaries (``dest``) that
+:func:`datasets_gen.variant_io.commit_variant` publishes together with the file; without ``dest``
+they are written atomically beside the variant.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import cv2
 import h5py
 import numpy as np
 
-from datasets_gen.variant_io import read_attrs, sha256_file, sidecar_paths, split_counts
+from datasets_gen.variant_io import read_attrs, sha256_file, sidecar_paths, sidecar_tmp_paths, split_counts
 
 _LABEL_W = 150
 
@@ -102,14 +104,25 @@ def preview_grid(data_path: str | os.PathLike, n_cols: int = 8, tile: int = 96) 
     return np.concatenate([header, *padded], axis=0)
 
 
-def write_preview(path: str | os.PathLike, *, data_path: str | os.PathLike | None = None, **kw: Any) -> Path:
-    """Write ``<stem>.preview.png`` for the variant at ``path`` (read from ``data_path`` if given)."""
+def write_preview(path: str | os.PathLike, *, data_path: str | os.PathLike | None = None,
+                  dest: str | os.PathLike | None = None, **kw: Any) -> Path:
+    """Write ``<stem>.preview.png`` for the variant at ``path`` (read from ``data_path`` if given).
+
+    ``dest`` (ending in ``.png``): write there instead, a temporary the caller publishes.
+    """
+    grid = cv2.cvtColor(preview_grid(data_path if data_path is not None else path, **kw), cv2.COLOR_RGB2BGR)
+    if dest is not None:
+        dest = Path(dest)
+        if dest.suffix != ".png":
+            raise ValueError(f"preview destination must end in .png (OpenCV picks the encoder by it), got {dest}")
+        if not cv2.imwrite(str(dest), grid):
+            raise OSError(f"could not write the preview {dest}")
+        return dest
     out = sidecar_paths(path)["preview"]
-    grid = preview_grid(data_path if data_path is not None else path, **kw)
-    tmp = out.with_name(out.stem + ".tmp.png")  # cv2 picks the encoder from the extension
+    tmp = sidecar_tmp_paths(path)["preview"]
     try:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {tmp}")
+        if not cv2.imwrite(str(tmp), grid):
+            raise OSError(f"could not write the preview {tmp}")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -127,10 +140,14 @@ def _fmt_share(recipe: Mapping[str, Any]) -> str:
 
 
 def card_markdown(path: str | os.PathLike, *, data_path: str | os.PathLike | None = None,
-                  build: Mapping[str, Any] | None = None) -> str:
-    """The dataset card text for the variant at ``path`` (read from ``data_path`` if given)."""
+                  build: Mapping[str, Any] | None = None, sha256: str | None = None) -> str:
+    """The dataset card text for the variant at ``path`` (read from ``data_path`` if given).
+
+    ``sha256``: the file's digest when the caller has it already (the manifest's), saving a read.
+    """
     final = Path(path)
     src = Path(data_path) if data_path is not None else final
+    digest = sha256 if sha256 is not None else sha256_file(src)
     a = read_attrs(src)
     r = a["recipe"]
     counts = split_counts(src)
@@ -147,7 +164,7 @@ def card_markdown(path: str | os.PathLike, *, data_path: str | os.PathLike | Non
         "",
         "## Summary",
         "",
-        f"- File: `{final.name}` (SHA-256 `{sha256_file(src)}`; verify with "
+        f"- File: `{final.name}` (SHA-256 `{digest}`; verify with "
         "`datasets_gen.variant_io.verify(path)`)",
         f"- Source: `{a['source']}` — {build.get('source_description', '').strip() or 'see the source config below'}",
         f"- Classes: {a['n_classes']}; image shape {tuple(a['image_shape'])} (uint8 RGB, NHWC)",
@@ -204,11 +221,15 @@ def card_markdown(path: str | os.PathLike, *, data_path: str | os.PathLike | Non
 
 
 def write_card(path: str | os.PathLike, *, data_path: str | os.PathLike | None = None,
-               build: Mapping[str, Any] | None = None) -> Path:
-    """Write ``<stem>.CARD.md`` for the variant at ``path``."""
+               build: Mapping[str, Any] | None = None, dest: str | os.PathLike | None = None,
+               sha256: str | None = None) -> Path:
+    """Write ``<stem>.CARD.md`` for the variant at ``path`` (to ``dest``, a temporary, if given)."""
+    text = card_markdown(path, data_path=data_path, build=build, sha256=sha256)
+    if dest is not None:
+        Path(dest).write_text(text, encoding="utf-8")
+        return Path(dest)
     out = sidecar_paths(path)["card"]
-    text = card_markdown(path, data_path=data_path, build=build)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = sidecar_tmp_paths(path)["card"]
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out)

@@ -10,8 +10,12 @@ after every split was written and checked, so an interrupted or failing run neve
 ``.h5`` behind. :class:`VariantWriter` streams rows in chunks (the builder never holds a whole
 data set in memory); :func:`write_variant` is the one-shot form for arrays already in memory.
 
-Beside ``<stem>.h5`` lives ``<stem>.manifest.json`` (SHA-256 of the file, counts per split and
-class); :func:`verify` checks a file against it.
+Beside ``<stem>.h5`` live ``<stem>.manifest.json`` (SHA-256 of the file, counts per split and
+class), ``<stem>.CARD.md`` and ``<stem>.preview.png``. All of them are written to temporaries first
+and moved in by :func:`commit_variant`, the ``.h5`` last, so a reader never finds a file beside a
+manifest of another build. :func:`verify` checks a file against its manifest; with ``cache=True``
+it hashes a file once and remembers the digest by the file's identity (device, inode, size, mtime,
+ctime) in a per-user cache, so opening the same unchanged variant again costs a ``stat``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -90,6 +96,58 @@ def sidecar_paths(path: str | os.PathLike) -> dict[str, Path]:
     }
 
 
+def sidecar_tmp_paths(path: str | os.PathLike) -> dict[str, Path]:
+    """Temporaries the sidecars are written to before :func:`commit_variant` moves them into place.
+
+    Same keys as :func:`sidecar_paths`; the preview's temporary keeps the ``.png`` ending because
+    OpenCV picks the encoder from the extension.
+    """
+    final = sidecar_paths(path)
+    return {
+        "manifest": final["manifest"].with_name(final["manifest"].name + ".tmp"),
+        "card": final["card"].with_name(final["card"].name + ".tmp"),
+        "preview": final["preview"].with_name(final["preview"].name[: -len(".png")] + ".tmp.png"),
+    }
+
+
+def check_destination(path: str | os.PathLike) -> Path:
+    """Refuse, before any work is done, a variant path that the finished files could not be moved onto.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.h5`` to publish.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        ``path`` does not end in ``.h5``, or it, its temporary or a sidecar path exists and is not a
+        regular file (e.g. a directory named ``out.h5``): ``os.replace`` would fail only after the
+        whole build.
+    FileNotFoundError
+        The output folder does not exist.
+    PermissionError
+        The output folder is not writable.
+    """
+    p = Path(path)
+    if p.suffix != ".h5":
+        raise ValueError(f"variant path must end in .h5, got {p}")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"output folder {p.parent} does not exist")
+    targets = [p, p.with_name(p.name + ".tmp"), *sidecar_paths(p).values(), *sidecar_tmp_paths(p).values()]
+    for q in targets:
+        if q.exists() and not q.is_file():
+            kind = "a directory" if q.is_dir() else "not a regular file"
+            raise ValueError(f"cannot publish the variant {p}: {q} exists and is {kind}")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {p.parent} is not writable")
+    return p
+
+
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
@@ -101,8 +159,16 @@ def _as_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def validate_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+def validate_attrs(attrs: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
     """Check the root attributes and return a normalised copy.
+
+    Parameters
+    ----------
+    attrs : mapping
+        Decoded root attributes (:func:`decode_attrs`).
+    partial : bool
+        Check only the attributes present (files of older versions or of other tools, read by
+        :class:`backdoorlab.data.H5Split`); the writer always requires all of them.
 
     Raises
     ------
@@ -114,36 +180,49 @@ def validate_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(attrs, Mapping):
         raise TypeError(f"attrs must be a mapping, got {type(attrs).__name__}")
     missing = [k for k in REQUIRED_ATTRS if k not in attrs]
-    if missing:
+    if missing and not partial:
         raise KeyError(f"variant attrs missing required key(s) {missing}; required: {list(REQUIRED_ATTRS)}")
     out = dict(attrs)
-    n_classes = _as_int(attrs["n_classes"], "n_classes")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-    out["n_classes"] = n_classes
-    names = list(attrs["class_names"])
-    if len(names) != n_classes or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"class_names must be {n_classes} strings, got {names!r}")
-    out["class_names"] = names
-    out["seed"] = _as_int(attrs["seed"], "seed")
-    target = _as_int(attrs["target_class"], "target_class")
-    if not 0 <= target < n_classes:
-        raise ValueError(f"target_class {target} outside [0, {n_classes})")
-    out["target_class"] = target
-    sources = [_as_int(s, "source_classes[i]") for s in attrs["source_classes"]]
-    bad = [s for s in sources if not 0 <= s < n_classes]
-    if bad:
-        raise ValueError(f"source_classes {bad} outside [0, {n_classes})")
-    out["source_classes"] = sources
-    shape = tuple(int(s) for s in np.asarray(attrs["image_shape"]).ravel())
-    if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
-        raise ValueError(f"image_shape must be (H, W, 3), got {shape}")
-    out["image_shape"] = shape
+    n_classes: int | None = None
+    if "n_classes" in attrs:
+        n_classes = _as_int(attrs["n_classes"], "n_classes")
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+        out["n_classes"] = n_classes
+    if "class_names" in attrs:
+        names = attrs["class_names"]
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"class_names must be a list of strings, got {names!r}")
+        if n_classes is None:
+            n_classes = len(names)
+        if len(names) != n_classes:
+            raise ValueError(f"class_names must be {n_classes} strings (n_classes), got {len(names)}: {list(names)[:5]!r}")
+        out["class_names"] = list(names)
+    if "seed" in attrs:
+        out["seed"] = _as_int(attrs["seed"], "seed")
+    if "target_class" in attrs:
+        target = _as_int(attrs["target_class"], "target_class")
+        if n_classes is not None and not 0 <= target < n_classes:
+            raise ValueError(f"target_class {target} outside [0, {n_classes})")
+        out["target_class"] = target
+    if "source_classes" in attrs:
+        if not isinstance(attrs["source_classes"], (list, tuple)):
+            raise TypeError(f"attribute 'source_classes' must be a list of class ids, got {attrs['source_classes']!r}")
+        sources = [_as_int(s, "source_classes[i]") for s in attrs["source_classes"]]
+        bad = [s for s in sources if n_classes is not None and not 0 <= s < n_classes]
+        if bad:
+            raise ValueError(f"source_classes {bad} outside [0, {n_classes})")
+        out["source_classes"] = sources
+    if "image_shape" in attrs:
+        shape = tuple(int(s) for s in np.asarray(attrs["image_shape"]).ravel())
+        if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
+            raise ValueError(f"image_shape must be (H, W, 3), got {shape}")
+        out["image_shape"] = shape
     for key in ("source", "generator_version"):
-        if not isinstance(attrs[key], str) or not attrs[key]:
+        if key in attrs and (not isinstance(attrs[key], str) or not attrs[key]):
             raise TypeError(f"attribute {key!r} must be a non-empty string, got {attrs[key]!r}")
     for key in ("recipe", "trigger"):
-        if not isinstance(attrs[key], (Mapping, type(None))):
+        if key in attrs and not isinstance(attrs[key], (Mapping, type(None))):
             raise TypeError(f"attribute {key!r} must be a dict (stored as JSON), got {type(attrs[key]).__name__}")
     return out
 
@@ -258,8 +337,10 @@ class VariantWriter:
         Root attributes (see :data:`REQUIRED_ATTRS`); validated at once.
     on_complete : callable, optional
         ``on_complete(tmp_path, final_path)`` runs after the file is complete and closed but before
-        it is moved into place (writes the manifest, card and preview from the finished file); if
-        it raises, nothing is moved.
+        it is moved into place. It writes the sidecars from the finished file to their temporaries
+        (:func:`sidecar_tmp_paths`) and returns them as ``{kind: temporary}`` (or None for none);
+        :func:`commit_variant` then moves them in together with the file. If it raises, nothing
+        is moved and every temporary is deleted.
 
     Examples
     --------
@@ -269,13 +350,9 @@ class VariantWriter:
     """
 
     def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any],
-                 on_complete: Callable[[Path, Path], None] | None = None):
-        self.path = Path(path)
+                 on_complete: Callable[[Path, Path], Mapping[str, Path] | None] | None = None):
+        self.path = check_destination(path)
         self.on_complete = on_complete
-        if self.path.suffix != ".h5":
-            raise ValueError(f"variant path must end in .h5, got {self.path}")
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"output folder {self.path.parent} does not exist")
         self.attrs = validate_attrs(attrs)
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         self._file: h5py.File | None = None
@@ -327,6 +404,11 @@ class VariantWriter:
         for key, value in _encode_attrs(merged).items():
             self._file.attrs[key] = value
 
+    def _discard(self) -> None:
+        self.tmp_path.unlink(missing_ok=True)
+        for tmp in sidecar_tmp_paths(self.path).values():
+            tmp.unlink(missing_ok=True)
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         assert self._file is not None
         try:
@@ -334,19 +416,69 @@ class VariantWriter:
         finally:
             self._file = None
             if exc_type is not None:
-                self.tmp_path.unlink(missing_ok=True)
+                self._discard()
         if exc_type is None:
             try:
                 empty = [s for s in ("train", "test") if self.counts[s] == 0]
                 if empty:
                     raise ValueError(f"variant {self.path.name}: split(s) {empty} received no rows")
-                if self.on_complete is not None:
-                    self.on_complete(self.tmp_path, self.path)
+                sidecars = self.on_complete(self.tmp_path, self.path) if self.on_complete is not None else None
+                commit_variant(self.tmp_path, self.path, sidecars or {})
             except BaseException:
-                self.tmp_path.unlink(missing_ok=True)
+                self._discard()
                 raise
-            os.replace(self.tmp_path, self.path)
+            if sidecars and "manifest" in sidecars:
+                # The manifest was hashed from these very bytes: seed the checksum cache so the
+                # first training run on a fresh variant does not hash it again.
+                remember_sha256(self.path, json.loads(sidecar_paths(self.path)["manifest"].read_text("utf-8"))["sha256"])
         return False
+
+
+def commit_variant(tmp_path: str | os.PathLike, path: str | os.PathLike,
+                   sidecars: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Move a complete variant and its sidecar temporaries into place as one set, the ``.h5`` last.
+
+    Four renames cannot be one atomic step, so the order is chosen to make every moment safe for a
+    reader that checks the manifest: the old ``path`` is removed first, so from then until the last
+    rename there is no variant under that name (a reader gets "not found", never the old file
+    beside the new manifest); then sidecars of the old set that the new one lacks (an old card
+    must not describe a new file), then the new sidecars, and the ``.h5`` last. A kill inside that
+    window (microseconds) leaves the new sidecars and the complete ``<path>.tmp``, no ``path``.
+
+    Parameters
+    ----------
+    tmp_path : path-like
+        The finished variant (``<path>.tmp``).
+    path : path-like
+        Its destination.
+    sidecars : mapping, optional
+        ``{kind: temporary}`` with kinds of :func:`sidecar_paths`; missing kinds are removed.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    tmp, final = Path(tmp_path), check_destination(path)
+    dest = sidecar_paths(final)
+    moves = dict(sidecars or {})
+    unknown = [k for k in moves if k not in dest]
+    if unknown:
+        raise KeyError(f"unknown sidecar kind(s) {unknown}; expected some of {list(dest)}")
+    for kind, src in moves.items():
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"sidecar temporary {src} ({kind}) of {final.name} does not exist")
+    if not tmp.is_file():
+        raise FileNotFoundError(f"finished variant {tmp} does not exist")
+    final.unlink(missing_ok=True)
+    for kind, target in dest.items():
+        if kind not in moves:
+            target.unlink(missing_ok=True)
+    for kind in ("preview", "card", "manifest"):  # the manifest last among them: it describes the set
+        if kind in moves:
+            os.replace(moves[kind], dest[kind])
+    os.replace(tmp, final)
+    return final
 
 
 def write_variant(path: str | os.PathLike, splits: Mapping[str, Mapping[str, np.ndarray]],
@@ -363,7 +495,8 @@ def write_variant(path: str | os.PathLike, splits: Mapping[str, Mapping[str, np.
     attrs : mapping
         Root attributes (:data:`REQUIRED_ATTRS`).
     manifest : bool
-        Also write ``<stem>.manifest.json`` (SHA-256 and counts) beside the file.
+        Also write ``<stem>.manifest.json`` (SHA-256 and counts) beside the file, published with
+        it; without one, an older manifest at that name is removed (it would describe another file).
 
     Returns
     -------
@@ -376,11 +509,14 @@ def write_variant(path: str | os.PathLike, splits: Mapping[str, Mapping[str, np.
     unknown = [s for s in splits if s not in SPLITS]
     if missing or unknown:
         raise KeyError(f"splits must be exactly {SPLITS}; missing {missing}, unknown {unknown}")
-    with VariantWriter(path, attrs) as writer:
+    def finish(tmp: Path, final: Path) -> dict[str, Path] | None:
+        if not manifest:
+            return None
+        return {"manifest": write_manifest(final, data_path=tmp, dest=sidecar_tmp_paths(final)["manifest"])}
+
+    with VariantWriter(path, attrs, on_complete=finish) as writer:
         for split in SPLITS:
             writer.append(split, splits[split])
-    if manifest:
-        write_manifest(path)
     return Path(path)
 
 
@@ -396,20 +532,41 @@ def _require_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    """Root attributes of a variant, JSON ones decoded, ``image_shape`` as a tuple of ints."""
-    p = _require_file(path)
-    with h5py.File(p, "r") as f:
-        raw = dict(f.attrs)
-    extra_json = json.loads(raw.pop(_EXTRA_JSON_KEY, "[]"))
+def decode_attrs(raw: Mapping[str, Any], where: str = "variant") -> dict[str, Any]:
+    """Decode the raw root attributes of a variant (as h5py gives them): JSON ones parsed,
+    ``image_shape`` as a tuple of ints, numpy scalars as Python numbers.
+
+    Parameters
+    ----------
+    raw : mapping
+        ``dict(h5py_file.attrs)``.
+    where : str
+        Names the file in error messages.
+
+    Raises
+    ------
+    ValueError
+        An attribute that must hold JSON does not (named, with the parser's complaint), or
+        ``image_shape`` is not a list of integers.
+    """
+    raw = dict(raw)
+    extra_json = _decode_json(raw.pop(_EXTRA_JSON_KEY, "[]"), _EXTRA_JSON_KEY, where)
+    if not isinstance(extra_json, list):
+        raise ValueError(f"{where}: attribute {_EXTRA_JSON_KEY!r} must be a JSON list, got {extra_json!r}")
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(value, bytes):
-            value = value.decode()
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where}: attribute {key!r} is not UTF-8 text ({exc})") from exc
         if key in JSON_ATTRS or key in extra_json:
-            value = json.loads(value)
+            value = _decode_json(value, key, where)
         elif key == "image_shape":
-            value = tuple(int(v) for v in np.asarray(value).ravel())
+            arr = np.asarray(value)
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"{where}: attribute 'image_shape' must hold integers, got {value!r}")
+            value = tuple(int(v) for v in arr.ravel())
         elif isinstance(value, np.integer):
             value = int(value)
         elif isinstance(value, np.floating):
@@ -417,6 +574,26 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
         elif isinstance(value, np.bool_):
             value = bool(value)
         out[key] = value
+    return out
+
+
+def _decode_json(value: Any, key: str, where: str) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: attribute {key!r} must be a JSON string, got {type(value).__name__} {value!r}")
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: attribute {key!r} is not valid JSON ({exc}): {value[:60]!r}") from exc
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """Root attributes of a variant, JSON ones decoded, ``image_shape`` as a tuple of ints."""
+    p = _require_file(path)
+    with h5py.File(p, "r") as f:
+        raw = dict(f.attrs)
+    out = decode_attrs(raw, str(p))
     missing = [k for k in REQUIRED_ATTRS if k not in out]
     if missing:
         raise ValueError(f"{p} is not a backdoorlab variant: root attrs missing {missing}")
@@ -478,13 +655,113 @@ def split_counts(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return out
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in blocks."""
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20, *, progress: bool = False) -> str:
+    """Hex SHA-256 of a file, read in blocks (a tqdm bar over the bytes with ``progress``)."""
+    from tqdm.auto import tqdm
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}",
+                                     disable=not progress, leave=False) as bar:
         while chunk := f.read(block):
             h.update(chunk)
+            bar.update(len(chunk))
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# the checksum cache
+# --------------------------------------------------------------------------------------------
+
+#: Environment variable naming the checksum cache's folder; default ``$XDG_CACHE_HOME/backdoorlab``
+#: (``~/.cache/backdoorlab``). Digests go to its ``sha256/`` subfolder.
+CACHE_ENV = "BACKDOORLAB_CACHE_DIR"
+
+
+def checksum_cache_dir() -> Path:
+    """The folder of the checksum cache (one small JSON file per hashed path)."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backdoorlab"
+    return Path(root) / "sha256"
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    # Size and mtime alone miss an edit that restores the mtime (``touch -r``, ``cp -p``); the
+    # ctime cannot be set back by ordinary tools and the inode changes when a file is replaced.
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _cache_entry(resolved: Path) -> Path:
+    # One entry per absolute path: a rewritten file replaces its entry, so the cache cannot grow
+    # beyond the number of distinct paths ever opened.
+    name = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:40]
+    return checksum_cache_dir() / f"{name}.json"
+
+
+def _write_cache_entry(resolved: Path, st: os.stat_result, digest: str) -> None:
+    folder = checksum_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A private temporary per writer, then an atomic rename: two processes caching the same
+        # file at once each replace the entry whole (the last one wins; both are right), and a
+        # reader never sees half an entry.
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".entry-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({"path": str(resolved), "identity": _identity(st), "sha256": digest}, fh)
+            os.replace(tmp, _cache_entry(resolved))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        # The cache only saves time: a read-only home must not stop a run, but it should be known.
+        warnings.warn(f"checksum cache {folder} is not writable ({exc}); {resolved.name} will be hashed "
+                      f"again on every open (set {CACHE_ENV} to a writable folder)", stacklevel=3)
+
+
+def cached_sha256(path: str | os.PathLike, *, progress: bool = False) -> tuple[str, bool]:
+    """SHA-256 of a file, from the cache when the file is unchanged since it was last hashed.
+
+    Parameters
+    ----------
+    path : path-like
+    progress : bool
+        tqdm bar while hashing (not shown on a cache hit).
+
+    Returns
+    -------
+    (str, bool)
+        The hex digest and whether it came from the cache.
+
+    Notes
+    -----
+    An entry is used only when the file's device, inode, size, mtime and ctime all equal those
+    recorded when it was hashed. It guards against accidents and edits by ordinary tools, not
+    against someone who can write to the cache folder (they could write the manifest too).
+    """
+    resolved = _require_file(path).resolve()
+    st = resolved.stat()
+    entry = _cache_entry(resolved)
+    try:
+        record = json.loads(entry.read_text(encoding="utf-8"))
+        if (isinstance(record, dict) and record.get("path") == str(resolved)
+                and record.get("identity") == _identity(st) and isinstance(record.get("sha256"), str)):
+            return record["sha256"], True
+    except (OSError, ValueError):
+        pass  # no entry, or a damaged one: hash afresh and rewrite it
+    digest = sha256_file(resolved, progress=progress)
+    if _identity(resolved.stat()) == _identity(st):  # not changed while it was being read
+        _write_cache_entry(resolved, st, digest)
+    return digest, False
+
+
+def remember_sha256(path: str | os.PathLike, digest: str) -> None:
+    """Record ``digest`` as the SHA-256 of ``path`` as it is now (a writer that just hashed the bytes)."""
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ValueError(f"digest must be a 64-character hex SHA-256, got {digest!r}")
+    resolved = _require_file(path).resolve()
+    _write_cache_entry(resolved, resolved.stat(), digest)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -497,7 +774,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_manifest(path: str | os.PathLike, *, data_path: str | os.PathLike | None = None,
-                   extra: Mapping[str, Any] | None = None) -> Path:
+                   extra: Mapping[str, Any] | None = None, dest: str | os.PathLike | None = None) -> Path:
     """Write ``<stem>.manifest.json`` beside a variant: SHA-256, size, attrs and counts.
 
     Parameters
@@ -508,11 +785,14 @@ def write_manifest(path: str | os.PathLike, *, data_path: str | os.PathLike | No
         The file to hash and count, when it is not yet at ``path`` (the builder's temporary file).
     extra : mapping, optional
         More entries (e.g. build statistics).
+    dest : path-like, optional
+        Write here instead of ``<stem>.manifest.json`` (the temporary that :func:`commit_variant`
+        publishes with the file).
 
     Returns
     -------
     Path
-        The manifest path.
+        The manifest path (``dest`` when given).
     """
     final = Path(path)
     p = _require_file(data_path if data_path is not None else path)
@@ -534,12 +814,17 @@ def write_manifest(path: str | os.PathLike, *, data_path: str | os.PathLike | No
         "splits": split_counts(p),
         **dict(extra or {}),
     }
-    out = sidecar_paths(final)["manifest"]
+    out = Path(dest) if dest is not None else sidecar_paths(final)["manifest"]
     _atomic_write_text(out, json.dumps(manifest, indent=2) + "\n")
     return out
 
 
-def verify(path: str | os.PathLike, manifest: str | os.PathLike | None = None) -> None:
+class ChecksumError(ValueError):
+    """A file's bytes differ from what its manifest records: altered or truncated after publishing."""
+
+
+def verify(path: str | os.PathLike, manifest: str | os.PathLike | None = None, *, cache: bool = False,
+           progress: bool = False) -> str:
     """Check a variant against its manifest.
 
     Parameters
@@ -548,13 +833,25 @@ def verify(path: str | os.PathLike, manifest: str | os.PathLike | None = None) -
         The variant.
     manifest : path-like, optional
         Default ``<stem>.manifest.json`` beside it.
+    cache : bool
+        Take the file's SHA-256 from the checksum cache when the file is unchanged since it was
+        last hashed (:func:`cached_sha256`); default: hash it now.
+    progress : bool
+        tqdm bar while hashing.
+
+    Returns
+    -------
+    str
+        The verified SHA-256 (hex).
 
     Raises
     ------
     FileNotFoundError
         The variant or its manifest is missing.
+    ChecksumError
+        Size, SHA-256 or the counts per split differ from the manifest (the difference is named).
     ValueError
-        SHA-256 or the counts per split differ from the manifest (the difference is named).
+        The manifest is not a readable manifest.
     """
     p = _require_file(path)
     m = Path(manifest) if manifest is not None else sidecar_paths(p)["manifest"]
@@ -563,13 +860,23 @@ def verify(path: str | os.PathLike, manifest: str | os.PathLike | None = None) -
     try:
         expected = json.loads(m.read_text(encoding="utf-8"))
         want_sha = expected["sha256"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"manifest {m} is corrupt: {exc}") from exc
-    got_sha = sha256_file(p)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"manifest {m} is corrupt: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(want_sha, str) or len(want_sha) != 64:
+        raise ValueError(f"manifest {m} is corrupt: 'sha256' must be 64 hex digits, got {want_sha!r}")
+    want_bytes = expected.get("bytes")
+    size = p.stat().st_size
+    if isinstance(want_bytes, int) and size != want_bytes:
+        # Cheaper and clearer than a digest mismatch: the usual case is an interrupted copy.
+        raise ChecksumError(f"{p}: {size} bytes, but its manifest {m.name} records {want_bytes} "
+                            f"(truncated or altered after publishing)")
+    got_sha = cached_sha256(p, progress=progress)[0] if cache else sha256_file(p, progress=progress)
     if got_sha != want_sha:
-        raise ValueError(f"{p.name}: SHA-256 {got_sha} does not match manifest {m.name} ({want_sha})")
+        raise ChecksumError(f"{p}: SHA-256 {got_sha} does not match its manifest {m.name} ({want_sha}); "
+                            f"the file was altered after publishing")
     if "splits" in expected:
         got = split_counts(p)
         for split, counts in expected["splits"].items():
             if got.get(split) != counts:
-                raise ValueError(f"{p.name}: counts of split {split!r} {got.get(split)} differ from manifest {counts}")
+                raise ChecksumError(f"{p}: counts of split {split!r} {got.get(split)} differ from manifest {counts}")
+    return got_sha

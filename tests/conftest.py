@@ -15,3 +15,18 @@ import pytest
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_checksum_cache(tmp_path_factory):
+    """Keep the variant checksum cache of test runs out of the user's ~/.cache (every test's
+    variants live at fresh temporary paths, so their entries would only pile up there)."""
+    from datasets_gen.variant_io import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("checksum-cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before

@@ -13,12 +13,20 @@ themselves.
 For small images the fastest way to feed a CPU training loop is not item by item but the whole
 selection as one uint8 tensor, batched with index tensors: :meth:`H5Split.load_images` reads it
 (with a memory bound) and :func:`to_float_chw` converts a batch.
+
+Nothing read from a file is trusted: :func:`open_variant` checks a variant against its manifest
+(SHA-256, through a cache keyed by the file's identity) before anything is trained, defended or
+evaluated on it, and :class:`H5Split` refuses, with the file and the problem named, what the schema
+of :mod:`datasets_gen.variant_io` does not allow (non-integer labels, class names that do not match
+the class count, unreadable chunks) instead of computing on it. A variant without a manifest
+(made by a test, by hand, or by an older version) is read with an :class:`UnverifiedDataWarning`.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
+import warnings
 from pathlib import Path
 
 import h5py
@@ -26,29 +34,107 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-SPLITS: tuple[str, ...] = ("train", "test", "clean", "test_triggered")
-ROW_FIELDS: tuple[str, ...] = ("labels", "original_labels", "is_poisoned", "provenance", "index")
+from datasets_gen.variant_io import FIELDS, SPLITS, decode_attrs, sidecar_paths, validate_attrs
+from datasets_gen.variant_io import verify as _verify_manifest
+
+ROW_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f != "images")
 
 #: Default bound on :meth:`H5Split.load_images` (bytes of uint8 pixels held in memory).
 DEFAULT_MAX_MEMORY_BYTES = 1 << 30
 
+_ZIP_MAGIC = b"PK\x03\x04"
 
-def _decode_attr(value):
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped[:1] in "[{":
-            try:
-                return json.loads(stripped)
-            except json.JSONDecodeError:
-                return value
-        return value
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+
+class UnverifiedDataWarning(UserWarning):
+    """A variant is used without a manifest to check its contents against."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _not_hdf5_reason(path: Path, exc: BaseException | None = None) -> str:
+    """Why ``path`` cannot be opened as an HDF5 variant, in the user's terms."""
+    size = path.stat().st_size
+    if size == 0:
+        return f"{str(path)!r} is empty (0 bytes): an interrupted copy or write?"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == _ZIP_MAGIC:
+        return (f"{str(path)!r} is a zip archive (a torch checkpoint?), not an HDF5 variant; "
+                f"were --data and --model swapped?")
+    text = "" if exc is None else str(exc)
+    truncated = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
+    if truncated:
+        return (f"{str(path)!r} is truncated: {truncated.group(1)} bytes of the {truncated.group(2)} "
+                f"its HDF5 header records (an interrupted copy?)")
+    if exc is None or "signature" in text:
+        return f"{str(path)!r} is not a readable HDF5 file (no HDF5 signature; {size} bytes)"
+    return f"{str(path)!r} is not a readable HDF5 file: {_first_line(exc)}"
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:  # h5py reports every kind of damage as a bare OSError
+        raise ValueError(_not_hdf5_reason(path, exc)) from exc
+
+
+def _read(dataset: h5py.Dataset, selection, where: str):
+    """``dataset[selection]``, with damage (a chunk that fails to decompress) named as such."""
+    try:
+        return dataset[selection]
+    except OSError as exc:
+        raise ValueError(f"{where} cannot be read ({_first_line(exc)}): the file is corrupt") from exc
+
+
+def verify_variant(path: str | os.PathLike, *, verify: bool = True, progress: bool = False) -> dict:
+    """Check a variant against its manifest before it is trained, defended or evaluated on.
+
+    Parameters
+    ----------
+    path : path-like
+        The variant ``.h5``.
+    verify : bool
+        False skips the check (``--no-verify``, for huge files whose hash is too slow to wait for).
+    progress : bool
+        tqdm bar while hashing (a cache hit hashes nothing).
+
+    Returns
+    -------
+    dict
+        ``{"sha256": hex or None, "verified": bool, "check": "manifest" | "no manifest" | "skipped"}``,
+        JSON-ready for metadata.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not an HDF5 file; or :class:`datasets_gen.variant_io.ChecksumError` (a ``ValueError``): the
+        file's size, SHA-256 or counts differ from its manifest.
+
+    Warns
+    -----
+    UnverifiedDataWarning
+        No manifest beside the file: it is used, but nothing vouches for its contents.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"variant file not found: {str(p)!r}")
+    # The structure first: a checkpoint passed as data deserves "swapped?", not "no manifest".
+    if not h5py.is_hdf5(p):
+        raise ValueError(_not_hdf5_reason(p))
+    if not verify:
+        return {"sha256": None, "verified": False, "check": "skipped"}
+    manifest = sidecar_paths(p)["manifest"]
+    if not manifest.is_file():
+        warnings.warn(f"{str(p)!r} has no manifest ({manifest.name}) and cannot be verified; using it as it is "
+                      f"(datasets_gen.variant_io.write_manifest adds one)", UnverifiedDataWarning, stacklevel=2)
+        return {"sha256": None, "verified": False, "check": "no manifest"}
+    sha = _verify_manifest(p, manifest, cache=True, progress=progress)
+    return {"sha256": sha, "verified": True, "check": "manifest"}
 
 
 def to_float_chw(images: torch.Tensor) -> torch.Tensor:
@@ -68,6 +154,21 @@ class H5Split(Dataset):
     split : {"train", "test", "clean", "test_triggered"}
     indices : array-like of int, optional
         Rows of the split to expose (in this order); default all rows.
+    verification : dict, optional
+        What :func:`verify_variant` found for the file (:func:`open_variant` passes it); kept as
+        the ``verification`` attribute and handed on by :meth:`subset`. This class does not hash.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    KeyError
+        No such split.
+    ValueError
+        Not an HDF5 file, truncated, a chunk or attribute that cannot be read, or contents the
+        schema does not allow: images not uint8 (N, H, W, 3), a row field of the wrong kind
+        (``labels`` must be integers, ``is_poisoned`` bool) or length, class names that do not
+        match ``n_classes``, labels outside ``[0, n_classes)`` (file and field named).
 
     Attributes
     ----------
@@ -82,41 +183,54 @@ class H5Split(Dataset):
     image_shape : tuple (H, W, C)
     """
 
-    def __init__(self, path: str | os.PathLike, split: str, indices=None):
+    def __init__(self, path: str | os.PathLike, split: str, indices=None, *, verification: dict | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"variant file not found: {str(self.path)!r}")
         if not isinstance(split, str):
             raise TypeError(f"split must be a str, got {type(split).__name__}")
         self.split = split
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise ValueError(f"{str(self.path)!r} is not a readable HDF5 file: {exc}") from exc
-        with f:
+        #: What :func:`verify_variant` found (set by :func:`open_variant`; None = not checked here).
+        self.verification = verification
+        where = f"{str(self.path)!r}/{split}"
+        with _open_h5(self.path) as f:
             if split not in f:
                 raise KeyError(f"split {split!r} not in {str(self.path)!r}; it has {sorted(f.keys())}")
             g = f[split]
             for field in ("images", "labels"):
                 if field not in g:
-                    raise ValueError(f"{str(self.path)!r}/{split} lacks the {field!r} dataset (has {sorted(g.keys())})")
+                    raise ValueError(f"{where} lacks the {field!r} dataset (has {sorted(g.keys())})")
             images = g["images"]
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-                raise ValueError(
-                    f"{str(self.path)!r}/{split}/images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}"
-                )
+                raise ValueError(f"{where}/images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
             n_total = images.shape[0]
             self.image_shape: tuple[int, int, int] = tuple(int(s) for s in images.shape[1:])
             full = {}
             for field in ROW_FIELDS:
                 if field in g:
-                    arr = g[field][()]
-                    if arr.shape != (n_total,):
-                        raise ValueError(
-                            f"{str(self.path)!r}/{split}/{field} has shape {arr.shape}, expected ({n_total},)"
-                        )
-                    full[field] = arr
-            self.attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+                    ds = g[field]
+                    # The schema's kinds, checked before reading: float labels would be truncated
+                    # and byte strings compared as garbage, silently, by everything downstream.
+                    want = FIELDS[field]
+                    ok = ds.dtype == np.bool_ if want == np.bool_ else np.issubdtype(ds.dtype, np.integer)
+                    if not ok:
+                        kind = "bool" if want == np.bool_ else f"an integer type ({want} in the schema)"
+                        raise ValueError(f"{where}/{field} has dtype {ds.dtype}; it must be {kind}")
+                    if ds.shape != (n_total,):
+                        raise ValueError(f"{where}/{field} has shape {ds.shape}, expected ({n_total},)")
+                    full[field] = _read(ds, (), f"{where}/{field}")
+            try:
+                raw_attrs = decode_attrs(f.attrs, repr(str(self.path)))  # names the file and the attribute
+            except OSError as exc:
+                raise ValueError(f"{str(self.path)!r}: root attributes cannot be read ({_first_line(exc)}): "
+                                 f"the file is corrupt") from exc
+        try:
+            self.attrs = validate_attrs(raw_attrs, partial=True)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{str(self.path)!r}: bad root attribute: {_first_line(exc)}") from exc
+        shape_attr = self.attrs.get("image_shape")
+        if shape_attr is not None and tuple(shape_attr) != self.image_shape:
+            raise ValueError(f"{where}/images are {self.image_shape}, but the file's image_shape says {tuple(shape_attr)}")
         # Optional row arrays get neutral defaults so older/foreign files still load.
         full.setdefault("original_labels", full["labels"])
         full.setdefault("is_poisoned", np.zeros(n_total, dtype=bool))
@@ -149,10 +263,10 @@ class H5Split(Dataset):
             n_classes = len(names) if isinstance(names, list) else int(full["labels"].max()) + 1
         self.n_classes = int(n_classes)
         self.class_names: list[str] = list(names) if isinstance(names, list) else [str(c) for c in range(self.n_classes)]
-        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.n_classes):
-            raise ValueError(
-                f"{str(self.path)!r}/{split}: labels outside [0, {self.n_classes}) (min {self.labels.min()}, max {self.labels.max()})"
-            )
+        for field in ("labels", "original_labels"):
+            arr = full[field]  # the whole split: a bad row outside the selection is still a bad file
+            if arr.size and (arr.min() < 0 or arr.max() >= self.n_classes):
+                raise ValueError(f"{where}: {field} outside [0, {self.n_classes}) (min {arr.min()}, max {arr.max()})")
         self._file: h5py.File | None = None
         self._pid: int | None = None
 
@@ -172,7 +286,7 @@ class H5Split(Dataset):
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for {self!r}")
         row = int(self.rows[i])
-        img = torch.from_numpy(np.ascontiguousarray(self._images()[row]))
+        img = torch.from_numpy(np.ascontiguousarray(_read(self._images(), row, f"{str(self.path)!r}/{self.split}/images row {row}")))
         return img.permute(2, 0, 1).float().div_(255.0), int(self.labels[i])
 
     def __getstate__(self) -> dict:
@@ -209,7 +323,7 @@ class H5Split(Dataset):
             raise ValueError(f"keep_indices must be a 1-D integer array or bool mask, got dtype {keep.dtype} shape {keep.shape}")
         if keep.size and (keep.min() < 0 or keep.max() >= len(self)):
             raise ValueError(f"keep_indices out of range [0, {len(self)}): min {keep.min()}, max {keep.max()}")
-        return H5Split(self.path, self.split, self.rows[keep.astype(np.int64)])
+        return H5Split(self.path, self.split, self.rows[keep.astype(np.int64)], verification=self.verification)
 
     @property
     def nbytes(self) -> int:
@@ -246,23 +360,30 @@ class H5Split(Dataset):
             while pos < len(sorted_rows):
                 lo = int(sorted_rows[pos])
                 end = int(np.searchsorted(sorted_rows, lo + chunk, side="left"))
-                block = ds[lo : int(sorted_rows[end - 1]) + 1]
+                hi = int(sorted_rows[end - 1]) + 1
+                block = _read(ds, slice(lo, hi), f"{str(self.path)!r}/{self.split}/images rows {lo}-{hi - 1}")
                 out[order[pos:end]] = block[sorted_rows[pos:end] - lo]
                 bar.update(end - pos)
                 pos = end
         return torch.from_numpy(out)
 
 
-def open_variant(path: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> dict[str, H5Split]:
-    """``{split: H5Split}`` for the splits present in the file among ``splits``."""
+def open_variant(path: str | os.PathLike, splits: tuple[str, ...] = SPLITS, *, verify: bool = True,
+                 progress: bool = False) -> dict[str, H5Split]:
+    """``{split: H5Split}`` for the splits present in the file among ``splits``, after checking the
+    file against its manifest (:func:`verify_variant`; ``verify=False`` skips that).
+
+    Each split's ``verification`` attribute holds what the check found.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"variant file not found: {str(path)!r}")
-    with h5py.File(path, "r") as f:
+    if isinstance(splits, str) or not all(isinstance(s, str) for s in splits):
+        raise TypeError(f"splits must be a tuple of split names, got {splits!r}")
+    verification = verify_variant(path, verify=verify, progress=progress)
+    with _open_h5(path) as f:
         present = [s for s in splits if s in f]
     if not present:
         raise ValueError(f"{str(path)!r} has none of the splits {list(splits)}")
-    return {s: H5Split(path, s) for s in present}
+    return {s: H5Split(path, s, verification=verification) for s in present}
 
 
 class BatchSource:

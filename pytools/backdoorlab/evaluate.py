@@ -102,16 +102,18 @@ def evaluate(model: BackdoorModel, test: H5Split, test_triggered: H5Split | None
 
 
 def evaluate_variant(data: str | os.PathLike, model_path: str | os.PathLike, *, json_out: str | os.PathLike | None = None,
-                     device: str = "auto", batch_size: int = 256, progress: bool = True) -> dict:
+                     device: str = "auto", batch_size: int = 256, progress: bool = True, verify: bool = True) -> dict:
     """Evaluate a checkpoint on a variant's ``test``/``test_triggered`` splits (the CLI's function).
 
-    The target class is the variant's ``target_class`` attribute. With ``json_out`` the result
-    (plus the paths and the checkpoint's seed) is written there atomically.
+    The target class is the variant's ``target_class`` attribute. The variant is checked against its
+    manifest first (``verify=False`` skips the SHA-256), the checkpoint against its own digest; the
+    result records what the data check found (``data_check``). With ``json_out`` the result (plus the
+    paths and the checkpoint's seed) is written there atomically.
     """
     from backdoorlab import checkpoint as ckpt
     from backdoorlab.data import open_variant
 
-    splits = open_variant(data, ("test", "test_triggered"))
+    splits = open_variant(data, ("test", "test_triggered"), verify=verify, progress=progress)
     if "test" not in splits:
         raise ValueError(f"{str(data)!r} has no 'test' split")
     test = splits["test"]
@@ -122,7 +124,8 @@ def evaluate_variant(data: str | os.PathLike, model_path: str | os.PathLike, *, 
     result = evaluate(model, test, splits.get("test_triggered"), target_class=int(target), device=device,
                       batch_size=batch_size, progress=progress)
     result.update({"data": str(data), "model": str(model_path), "model_arch": model.arch,
-                   "train_seed": meta.get("seed"), "data_seed": test.attrs.get("seed")})
+                   "train_seed": meta.get("seed"), "data_seed": test.attrs.get("seed"),
+                   "data_check": test.verification})
     if json_out is not None:
         path = Path(json_out)
         path.parent.mkdir(parents=True, exist_ok=True)

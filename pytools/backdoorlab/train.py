@@ -285,6 +285,10 @@ def check_compatible(model: BackdoorModel, dataset: H5Split) -> None:
         raise ValueError(
             f"{dataset!r} has label {int(dataset.labels.max())} but the model has {model.n_classes} classes"
         )
+    if dataset.n_classes != model.n_classes:
+        # Labels below both counts pass the check above, and every per-class figure would then be
+        # computed over the wrong classes.
+        raise ValueError(f"{dataset!r} has {dataset.n_classes} classes but the {model.arch} model has {model.n_classes}")
 
 
 def _trainable_parameters(model: BackdoorModel, trainable: str) -> list[nn.Parameter]:
@@ -489,14 +493,15 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
                   preset: str = "gtsrb", seed: int = 0, epochs: int | None = None, batch_size: int | None = None,
                   lr: float | None = None, augment: str | dict | Augmentation | None = None,
                   lr_schedule: str | None = None, average_last: int | None = None, drop_poisoned: bool = False,
-                  resume: bool = False, overwrite: bool = False,
+                  resume: bool = False, overwrite: bool = False, verify: bool = True,
                   device: str = "auto", split: str = "train", progress: bool = True, **model_kw) -> Path:
     """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
 
     ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule`` and ``average_last`` override the
     preset's when given (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True``
     trains on the split without its poisoned rows: the clean baseline of the same variant (recorded in
-    the meta).
+    the meta). The variant is checked against its manifest first (:func:`backdoorlab.data.open_variant`;
+    ``verify=False`` skips the SHA-256); what the check found is recorded as ``meta["data_check"]``.
 
     Returns
     -------
@@ -515,8 +520,10 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
                  ("lr_schedule", lr_schedule), ("average_last", average_last))
     changes = {k: v for k, v in overrides if v is not None}
     config = config.replace(**changes)
+    from backdoorlab.data import open_variant
+
     try:
-        dataset = H5Split(data, split)
+        dataset = open_variant(data, (split,), verify=verify, progress=progress)[split]
     except KeyError as exc:  # the CLI reports ValueErrors as one clear line
         raise ValueError(exc.args[0]) from exc
     n_dropped = 0
@@ -529,5 +536,6 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
         out.unlink(missing_ok=True)
     train_model(model, dataset, config, seed=seed, device=device, checkpoint=out, resume=resume,
                 progress=progress, meta={"preset": preset, "model_name": model_name,
-                                         "drop_poisoned": bool(drop_poisoned), "n_poisoned_dropped": n_dropped})
+                                         "drop_poisoned": bool(drop_poisoned), "n_poisoned_dropped": n_dropped,
+                                         "data_check": dataset.verification})
     return out

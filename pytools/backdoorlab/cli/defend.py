@@ -80,6 +80,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the SHA-256 check of --data against its manifest (for huge files; the first "
+                             "check of a file is cached, later ones cost nothing). The checkpoint's own checksum "
+                             "and finite-weights check always run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None and args.report is None:
         raise ValueError("nothing would be written: give --out and/or --report")
     summary = defend(args.data, args.model, args.pipeline, args.out, args.report, configs=configs,
-                     train_config=train_config, device=args.device, seed=args.seed, progress=not args.no_progress)
+                     train_config=train_config, device=args.device, seed=args.seed, progress=not args.no_progress,
+                     verify=not args.no_verify)
     rows = summary["table"]
     print(f"pipeline {summary['spec']!r}:")
     for r in rows:

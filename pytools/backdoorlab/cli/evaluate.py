@@ -16,13 +16,18 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the SHA-256 check of --data against its manifest (for huge files; the first "
+                             "check of a file is cached, later ones cost nothing). The checkpoint's own checksum "
+                             "and finite-weights check always run")
 
 
 def run(args: argparse.Namespace) -> int:
     from backdoorlab.evaluate import evaluate_variant
 
     res = evaluate_variant(args.data, args.model, json_out=args.json, device=args.device,
-                           batch_size=args.batch_size, progress=not args.no_progress)
+                           batch_size=args.batch_size, progress=not args.no_progress,
+                           verify=not args.no_verify)
     asr = res["attack_success_rate"]
     print(f"clean accuracy {res['clean_accuracy']:.4f} on {res['n_test']} test images; "
           f"attack success {'n/a' if asr is None else f'{asr:.4f}'} on {res['n_triggered']} triggered images "

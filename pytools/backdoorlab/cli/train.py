@@ -50,6 +50,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the SHA-256 check of --data against its manifest (for huge files; the first "
+                             "check of a file is cached, later ones cost nothing). The checkpoint's own checksum "
+                             "and finite-weights check always run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +82,6 @@ def run(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, lr=args.lr, augment=args.augment, lr_schedule=args.lr_schedule,
                         average_last=args.average_last,
                         drop_poisoned=args.drop_poisoned, resume=args.resume, overwrite=args.overwrite,
-                        device=args.device, progress=not args.no_progress, **model_kw)
+                        device=args.device, progress=not args.no_progress, verify=not args.no_verify, **model_kw)
     print(f"model written to {out}")
     return 0

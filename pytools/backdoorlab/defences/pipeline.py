@@ -260,21 +260,27 @@ def _json_ready(obj: Any) -> Any:
 
 
 def load_context(data: str | os.PathLike, model: str | os.PathLike, *, train_config: Any = None,
-                 device: str = "auto", seed: int = 0) -> tuple[DefenceContext, dict]:
+                 device: str = "auto", seed: int = 0, verify: bool = True,
+                 progress: bool = False) -> tuple[DefenceContext, dict]:
     """Open a variant file and a checkpoint as a :class:`DefenceContext`; also returns the checkpoint meta.
+
+    The variant is checked against its manifest first (:func:`backdoorlab.data.open_variant`;
+    ``verify=False`` skips the SHA-256), the checkpoint against its own digest.
 
     ``train_config``: a ``TrainConfig``, a preset name of ``backdoorlab.train.PRESETS``, a dict of
     ``TrainConfig`` fields, or None (the checkpoint's recorded recipe, else the preset named after
     the variant's source).
     """
     from backdoorlab import checkpoint
-    from backdoorlab.data import H5Split
+    from backdoorlab.data import open_variant
     from backdoorlab.train import PRESETS, TrainConfig
 
     data = Path(data)
-    if not data.is_file():
-        raise FileNotFoundError(f"variant file not found: {str(data)!r}")
-    splits = {s: H5Split(data, s) for s in ("train", "clean", "test", "test_triggered")}
+    needed = ("train", "clean", "test", "test_triggered")
+    splits = open_variant(data, needed, verify=verify, progress=progress)
+    missing = [s for s in needed if s not in splits]
+    if missing:
+        raise ValueError(f"{str(data)!r} lacks the split(s) {missing} that the defences need")
     attrs = splits["train"].attrs
     if "target_class" not in attrs:
         raise ValueError(f"{str(data)!r} has no 'target_class' attribute; is it a poisoned variant?")
@@ -302,7 +308,7 @@ def load_context(data: str | os.PathLike, model: str | os.PathLike, *, train_con
 
 def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out: str | os.PathLike | None,
            report: str | os.PathLike | None, *, configs: dict | None = None, train_config: Any = None,
-           device: str = "auto", seed: int = 0, progress: bool = True) -> dict:
+           device: str = "auto", seed: int = 0, progress: bool = True, verify: bool = True) -> dict:
     """Run a defence pipeline on a variant and a checkpoint; write the defended model and the report.
 
     Parameters
@@ -321,6 +327,8 @@ def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out
         Per-defence parameters (see :class:`Pipeline`).
     train_config : TrainConfig, str, dict or None
         Recipe for retraining (see :func:`load_context`).
+    verify : bool
+        Check the variant's SHA-256 against its manifest first (recorded as ``data_check``).
 
     Returns
     -------
@@ -331,13 +339,15 @@ def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out
 
     pipe = Pipeline(pipeline, configs)  # validate the spec before opening anything heavy
     resolve_device(device)
-    ctx, meta = load_context(data, model, train_config=train_config, device=device, seed=seed)
+    ctx, meta = load_context(data, model, train_config=train_config, device=device, seed=seed, verify=verify,
+                             progress=progress)
     started = time.perf_counter()
     result = pipe.run(ctx, progress=progress)
     summary = result.to_dict()
     summary.update({
         "data": str(data), "model": str(model), "out": None if out is None else str(out), "seed": int(seed),
         "device": str(device), "train_config": _json_ready(_config_dict(ctx.train_config)),
+        "data_check": ctx.train.verification,
         "seconds": time.perf_counter() - started,
     })
     summary = _json_ready(summary)
