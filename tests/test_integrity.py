@@ -411,7 +411,7 @@ def test_publishing_interrupted_at_any_rename_never_leaves_a_mismatched_set(tmp_
     from datasets_gen.build import build_variant
 
     v = tmp_path / "v.h5"
-    build_variant("gtsrb-yellow-square-7", v, limit_per_class=2, progress=False)
+    build_variant("gtsrb-ours-yellow-square-7", v, limit_per_class=2, progress=False)
     old_sha = json.loads(vio.sidecar_paths(v)["manifest"].read_text())["sha256"]
     real_replace = vio.os.replace
     calls = []
@@ -424,7 +424,7 @@ def test_publishing_interrupted_at_any_rename_never_leaves_a_mismatched_set(tmp_
 
     monkeypatch.setattr(vio.os, "replace", dying_replace)
     with pytest.raises(KeyboardInterrupt):
-        build_variant("gtsrb-yellow-square-7", v, seed=1, limit_per_class=2, progress=False)
+        build_variant("gtsrb-ours-yellow-square-7", v, seed=1, limit_per_class=2, progress=False)
     monkeypatch.undo()
     state = _state(v)
     assert state in ("absent", "consistent"), (calls, state)
@@ -439,7 +439,7 @@ def test_renames_put_the_h5_last(tmp_path, monkeypatch):
     names = []
     real_replace = vio.os.replace
     monkeypatch.setattr(vio.os, "replace", lambda s, d: names.append(Path(d).name) or real_replace(s, d))
-    build_variant("gtsrb-yellow-square-7", tmp_path / "v.h5", limit_per_class=2, progress=False)
+    build_variant("gtsrb-ours-yellow-square-7", tmp_path / "v.h5", limit_per_class=2, progress=False)
     published = [n for n in names if n.startswith("v.") and not n.endswith(".tmp")]
     assert published == ["v.preview.png", "v.CARD.md", "v.manifest.json", "v.h5"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.CARD.md", "v.h5", "v.manifest.json", "v.preview.png"]
@@ -450,7 +450,7 @@ def test_out_that_is_a_directory_is_refused_before_any_work(tmp_path, capsys, mo
 
     (tmp_path / "taken.h5").mkdir()
     monkeypatch.setattr(build, "resolve_source", lambda *a, **k: pytest.fail("work started"))
-    code, err = run_cli(["poison", "--preset", "gtsrb-yellow-square-7", "--out", str(tmp_path / "taken.h5"),
+    code, err = run_cli(["poison", "--preset", "gtsrb-ours-yellow-square-7", "--out", str(tmp_path / "taken.h5"),
                          "--no-progress"], capsys)
     assert_one_line_error(code, err, "taken.h5", "directory")
     assert [p.name for p in tmp_path.iterdir()] == ["taken.h5"]
@@ -463,8 +463,8 @@ def test_republishing_removes_sidecars_the_new_set_lacks(tmp_path):
     from datasets_gen.build import build_variant
 
     v = tmp_path / "v.h5"
-    build_variant("gtsrb-yellow-square-7", v, limit_per_class=2, progress=False)
-    build_variant("gtsrb-yellow-square-7", v, seed=1, limit_per_class=2, progress=False, publish=False)
+    build_variant("gtsrb-ours-yellow-square-7", v, limit_per_class=2, progress=False)
+    build_variant("gtsrb-ours-yellow-square-7", v, seed=1, limit_per_class=2, progress=False, publish=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.h5", "v.manifest.json"]
     vio.verify(v)
     splits, attrs = {s: vio.read_split(v, s) for s in vio.SPLITS}, vio.read_attrs(v)

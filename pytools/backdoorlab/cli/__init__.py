@@ -4,7 +4,9 @@ Each subcommand lives in its own module of this package (so the parts built sepa
 edit one file) and exposes ``add_parser(subparsers)`` and ``run(args) -> int``; ``run`` calls one
 library function. Modules are imported lazily so ``backdoorlab --help`` stays fast. A module may
 also declare ``INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}``: the files its arguments
-name, checked before ``run`` (see :func:`check_input_files`).
+name, so that an h5py error (which never names its file) is reported with the file it was reading.
+Empty, foreign, truncated or swapped files are refused by their readers (``backdoorlab.data``,
+``backdoorlab.checkpoint``), which every caller of the library goes through, not only the CLI.
 
 The error boundary (:func:`main`, the only one) sorts what a command raises into two kinds:
 
@@ -86,53 +88,6 @@ def seed_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-# What an input file is, by its first bytes: an HDF5 signature (h5py also finds one behind a user
-# block) or the zip header of torch.save's format. Only used to tell a wrong file from a broken
-# one; reading the file properly is the job of backdoorlab.data and backdoorlab.checkpoint.
-_KIND_NAMES = {"hdf5": "an HDF5 variant", "checkpoint": "a PyTorch checkpoint"}
-
-
-def _file_kind(path: Path) -> str | None:
-    import h5py
-
-    with open(path, "rb") as f:  # raises PermissionError & co. with the file named
-        head = f.read(4)
-    if not head:
-        return "empty"
-    if head == b"PK\x03\x04":
-        return "checkpoint"
-    return "hdf5" if h5py.is_hdf5(path) else None
-
-
-def check_input_files(args: argparse.Namespace, inputs: dict[str, str]) -> None:
-    """Refuse an empty or wrong-kind input file before the command starts.
-
-    ``inputs`` maps argument names to the kind of file they must name (``"hdf5"`` or
-    ``"checkpoint"``). A file of the other kind gets the hint that two arguments were swapped.
-    Truncated or corrupt files of the right kind pass: their readers say what is wrong.
-    """
-    for dest, kind in inputs.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        flag, path = "--" + dest.replace("_", "-"), Path(value)
-        if not path.is_file():
-            continue  # missing: the reader says so (and the command may refuse other input first)
-        found = _file_kind(path)
-        if found == kind or (kind == "checkpoint" and found is None):
-            continue  # torch reads more formats than the zip one; let it judge the rest
-        if found == "empty":
-            raise ValueError(f"{flag} {value}: the file is empty")
-        what = f"{flag} {value} is not {_KIND_NAMES[kind]}"
-        if found is None:
-            raise ValueError(f"{what} (no HDF5 signature)")
-        # A swap only when the other argument names a file of the kind this one wants.
-        swapped = [d for d, k in inputs.items() if k == found and d != dest and getattr(args, d, None) is not None
-                   and Path(getattr(args, d)).is_file() and _file_kind(Path(getattr(args, d))) == kind]
-        hint = f"; did you swap {flag} and --{swapped[0].replace('_', '-')}?" if swapped else ""
-        raise ValueError(f"{what}: it is {_KIND_NAMES[found]}{hint}")
-
-
 def _expected(exc: BaseException) -> bool:
     """Whether ``exc`` is an expected failure (see the module docstring) rather than a bug."""
     if isinstance(exc, (ValueError, TypeError, KeyError, OSError, MemoryError, FloatingPointError)):
@@ -177,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("BACKDOORLAB_DEBUG", "") not in ("", "0")
     try:
-        check_input_files(args, args._inputs)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

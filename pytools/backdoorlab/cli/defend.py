@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-# Checked by the CLI before run(): a swapped --data/--model is named as such.
+# The command's input files: an h5py error is reported with the file it was reading.
 INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}
 
 

@@ -383,7 +383,7 @@ def _metrics(model, test, test_triggered, target: int, device: str, batch_size: 
 
 def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
     from backdoorlab import checkpoint
-    from backdoorlab.data import H5Split
+    from backdoorlab.data import open_variant
 
     study, s, df, seed = ws.study, plan.setting, plan.defence, plan.seed
     d = study.datasets[s.dataset]
@@ -392,7 +392,8 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
     ws.timings.clear()
     variant = ws.variant(s, seed)
     preview = ws.preview(s, seed, variant)
-    splits = {name: H5Split(variant, name) for name in ("train", "clean", "test", "test_triggered")}
+    # checked against its manifest like every other use (a cached hash after the first cell)
+    splits = open_variant(variant, ("train", "clean", "test", "test_triggered"), verify=True)
     if d.max_clean_per_class is not None:
         splits["clean"] = splits["clean"].subset(first_per_class(splits["clean"].labels, d.max_clean_per_class))
     attrs = splits["train"].attrs
