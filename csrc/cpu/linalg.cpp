@@ -74,7 +74,8 @@ void rows_centred(const float* X, i64 m, i64 d, const double* mean, double inv_s
 }
 
 float to_float_output(double value, const char* kernel, i64 row, i64 cls) {
-  if (std::abs(value) <= static_cast<double>(FLT_MAX)) return static_cast<float>(value);
+  const float f = static_cast<float>(value);  // rounds to nearest: just above FLT_MAX may still fit
+  if (std::isfinite(f)) return f;
   if (std::isnan(value))  // the last guard of "never NaN from finite input": a bug, said loudly
     throw std::runtime_error(std::string(kernel) + ": internal numerical failure, NaN for row " + std::to_string(row) +
                              " (class " + std::to_string(cls) + ") from finite input; please report it");

@@ -570,6 +570,9 @@ def _spectrum(X: np.ndarray, a: int, b: int, center: bool) -> np.ndarray:
     return s**2
 
 
+_F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
+
 def _agree(case: Case, got: Any, want: Any) -> str | None:
     """None when the native answer agrees with the reference's; else what differs."""
     k = case.kernel
@@ -615,6 +618,7 @@ def _agree(case: Case, got: Any, want: Any) -> str | None:
                     continue  # not determined by the data at float32 precision: bound only
                 g, w = G[a:b, i], W[a:b, i]
                 err = min(np.abs(g - w).max(), np.abs(g + w).max()) if k == "pca" else np.abs(g - w).max()
+                tol = max(tol, 2 * _F32_TINY)  # the float32 output's resolution near 0 (subnormals)
                 if err > tol:
                     return f"class {c} component {i}: max |diff| {err:.3g} > {tol:.3g}"
         return None
@@ -652,7 +656,7 @@ def _agree(case: Case, got: Any, want: Any) -> str | None:
             # the core's centres are float64, the output's float32: distances to the rounded
             # centres differ by up to 2 |x - c| delta + delta^2 (delta: the rounding, which is
             # coarse for subnormal centres)
-            delta = np.sqrt(x.shape[1]) * float(np.spacing(np.abs(got.centers[c])).max())
+            delta = np.sqrt(x.shape[1]) * (float(np.abs(cen).max()) * 2.0**-24 + _F32_TINY)
             slack = 2 * np.sqrt(d2) * delta + delta**2
             if (own > d2.min(axis=1) + 1e-5 * spread + slack.max(axis=1) + 1e-300).any():
                 return f"class {c}: a row is not at its nearest centre"
@@ -662,10 +666,13 @@ def _agree(case: Case, got: Any, want: Any) -> str | None:
     raise ValueError(f"no agreement rule for {k!r}")
 
 
-def run_case(case: Case) -> dict:
-    """Run one case in this process and judge it (a crash here kills the caller: use workers)."""
+def run_case(case: Case, on_reference: Callable[[dict], None] | None = None) -> dict:
+    """Run one case in this process and judge it (a crash here kills the caller: use workers).
+
+    Native runs first; ``on_reference`` then gets the verdict that stands if the reference never
+    answers (scikit-learn can hang or crash on extreme input), before the reference is called.
+    """
     out: dict[str, Any] = {"i": case.index, "kernel": case.kernel, "fault": case.fault}
-    detail = ""
     default = native.get_num_threads()
     try:
         # 1. the thread count set first, when the case has one
@@ -682,7 +689,31 @@ def run_case(case: Case) -> dict:
                 out.update(outcome="answered_invalid_call" if set_ok else "refused_where_reference_answers",
                            detail=f"set_num_threads({case.threads!r}) {'accepted' if set_ok else 'refused'}")
                 return out
-        # 2. the reference
+        # 2. native, with the verdict that needs no reference
+        got, refused, verdict = None, None, None
+        try:
+            got = _call(native, case, ref=False)
+        except (ValueError, TypeError) as exc:
+            refused = f"{type(exc).__name__}: {exc}"
+        except RuntimeError as exc:
+            # documented: device='cuda' without a usable GPU names the reason
+            ok = case.kwargs.get("device") in ("cuda", "auto") and "not available" in str(exc)
+            verdict = ("refused" if ok else "wrong_error", f"RuntimeError: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any other type is the finding
+            verdict = ("wrong_error", f"{type(exc).__name__}: {exc}")
+        if verdict is None and refused is None:
+            bad = _nan_free(got, case)
+            if case.must_refuse:
+                verdict = ("answered_invalid_call", "answered a call it must refuse")
+            elif bad is not None and _all_finite(case.args):
+                verdict = ("nan_from_finite", bad)
+        if verdict is not None or (refused is not None and case.must_refuse):
+            out.update(outcome=verdict[0] if verdict else "refused", detail=verdict[1] if verdict else refused)
+            return out
+        if on_reference is not None:
+            on_reference({"outcome": "refused" if refused else "reference_failed",
+                          "detail": refused or "native answered finite"})
+        # 3. the reference
         ref_ok, ref_refused, want, ref_err = False, False, None, ""
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
@@ -692,32 +723,9 @@ def run_case(case: Case) -> dict:
             except Exception as exc:  # noqa: BLE001 - judged below
                 ref_err = f"{type(exc).__name__}: {exc}"
                 ref_refused = _refused_by_checks(exc)
-        # 3. native
-        try:
-            got = _call(native, case, ref=False)
-        except (ValueError, TypeError) as exc:
-            detail = f"{type(exc).__name__}: {exc}"
-            if case.must_refuse or not ref_ok or not _ref_finite(want, case):  # (refused or no answer)
-                out.update(outcome="refused", detail=detail)
-            else:
-                out.update(outcome="refused_where_reference_answers", detail=detail)
-            return out
-        except RuntimeError as exc:
-            detail = f"RuntimeError: {exc}"
-            # documented: device='cuda' without a usable GPU names the reason
-            ok = case.kwargs.get("device") in ("cuda", "auto") and "not available" in str(exc)
-            out.update(outcome="refused" if ok else "wrong_error", detail=detail)
-            return out
-        except Exception as exc:  # noqa: BLE001 - any other type is the finding
-            out.update(outcome="wrong_error", detail=f"{type(exc).__name__}: {exc}")
-            return out
-        if case.must_refuse:
-            out.update(outcome="answered_invalid_call", detail="answered a call it must refuse")
-            return out
-        finite_in = _all_finite(case.args)
-        bad = _nan_free(got, case)
-        if bad is not None and finite_in:
-            out.update(outcome="nan_from_finite", detail=bad)
+        if refused is not None:
+            answered = ref_ok and _ref_finite(want, case)
+            out.update(outcome="refused_where_reference_answers" if answered else "refused", detail=refused)
             return out
         if ref_refused:  # the shared input checks refused the call, native answered it
             out.update(outcome="answered_invalid_call", detail=f"reference refused ({ref_err})")
@@ -741,7 +749,8 @@ def run_case(case: Case) -> dict:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """Worker: run cases first..last-1, writing 'S i' before and 'R {json}' after each to the
+    """Worker: run cases first..last-1, writing 'S i' before each, 'P {verdict}' before its
+    reference call (the verdict if the reference never returns) and 'R {json}' after it to the
     protocol pipe (the original stdout; stray output of libraries goes to stderr)."""
     p = argparse.ArgumentParser()
     p.add_argument("--seed", type=int, required=True)
@@ -763,7 +772,8 @@ def _worker_main(argv: list[str]) -> int:
                 os.abort()
             if i in a.hang_at:
                 time.sleep(3600)
-            res = run_case(make_case(a.seed, i))
+            res = run_case(make_case(a.seed, i),
+                           on_reference=lambda v: proto.write("P " + json.dumps(v, default=str) + "\n"))
             proto.write("R " + json.dumps(res, default=str) + "\n")
     proto.close()
     return 0
@@ -776,6 +786,7 @@ class _Worker:
     proc: subprocess.Popen | None = None
     buf: bytes = b""
     current: int | None = None
+    provisional: dict | None = None  # set once native has answered: the reference runs
     last_seen: float = 0.0
     stderr: Any = None
 
@@ -819,7 +830,7 @@ def campaign(cases: int, seed: int = 0, *, first: int = 0, workers: int = 1, tim
             if todo:
                 cmd += [flag, *map(str, todo)]
         w.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=w.stderr, stdin=subprocess.DEVNULL)
-        w.buf, w.current, w.last_seen = b"", None, time.time()
+        w.buf, w.current, w.provisional, w.last_seen = b"", None, None, time.time()
         sel.register(w.proc.stdout, selectors.EVENT_READ, w)
 
     def stderr_tail(w: _Worker) -> str:
@@ -832,6 +843,8 @@ def campaign(cases: int, seed: int = 0, *, first: int = 0, workers: int = 1, tim
         w.proc.stdout.close()
         if w.current is not None:
             case = make_case(seed, w.current)
+            if w.provisional is not None:  # native had answered: the reference hung or died
+                outcome, why = w.provisional["outcome"], f"reference {outcome} ({why}); native: {w.provisional['detail']}"
             results.append({"i": w.current, "kernel": case.kernel, "fault": case.fault, "outcome": outcome,
                             "detail": f"{why}; case: {case.note}; stderr: {stderr_tail(w)}"})
             w.next_case = w.current + 1
@@ -864,10 +877,12 @@ def campaign(cases: int, seed: int = 0, *, first: int = 0, workers: int = 1, tim
                 *lines, w.buf = w.buf.split(b"\n")
                 for line in lines:
                     if line.startswith(b"S "):
-                        w.current = int(line[2:])
+                        w.current, w.provisional = int(line[2:]), None
+                    elif line.startswith(b"P "):
+                        w.provisional = json.loads(line[2:])
                     elif line.startswith(b"R "):
                         results.append(json.loads(line[2:]))
-                        w.next_case, w.current = results[-1]["i"] + 1, None
+                        w.next_case, w.current, w.provisional = results[-1]["i"] + 1, None, None
             now = time.time()
             for w in pool:
                 if w.proc is None or w.proc.poll() is not None:
@@ -907,6 +922,8 @@ def summarize(results: list[dict], *, seed: int, first: int, cases: int, elapsed
         "by_kernel": {k: dict(v) for k, v in sorted(by_kernel.items())},
         "by_fault": {k: dict(v) for k, v in sorted(by_fault.items())},
         "failures": failures[:100],
+        # the reference hung or died on these (native had answered; its verdict stands)
+        "reference_incidents": [r for r in results if str(r.get("detail", "")).startswith("reference ")][:100],
         "elapsed_s": round(elapsed, 2),
     }
 
@@ -917,6 +934,9 @@ def format_summary(s: dict) -> str:
              f"crashes {c['crash']}, hangs {c['hang']}, NaN from finite {c['nan_from_finite']}, "
              f"refused {c['refused']}, agreed {c['agreed']}, reference failed {c['reference_failed']}, other failures "
              f"{s['failed'] - c['crash'] - c['hang'] - c['nan_from_finite']}"]
+    if s["reference_incidents"]:
+        lines.append(f"  the reference hung or died on {len(s['reference_incidents'])} case(s) after native answered: "
+                     + ", ".join(str(r["i"]) for r in s["reference_incidents"][:10]))
     for k, v in s["by_kernel"].items():
         lines.append(f"  {k:<18} " + ", ".join(f"{o} {n}" for o, n in sorted(v.items())))
     for f in s["failures"][:20]:
