@@ -846,7 +846,8 @@ def campaign(cases: int, seed: int = 0, *, first: int = 0, workers: int = 1, tim
             if w.provisional is not None:  # native had answered: the reference hung or died
                 outcome, why = w.provisional["outcome"], f"reference {outcome} ({why}); native: {w.provisional['detail']}"
             results.append({"i": w.current, "kernel": case.kernel, "fault": case.fault, "outcome": outcome,
-                            "detail": f"{why}; case: {case.note}; stderr: {stderr_tail(w)}"})
+                            "detail": f"{why}; case: {case.note}; stderr: {stderr_tail(w)}",
+                            "reference_incident": w.provisional is not None})
             w.next_case = w.current + 1
         w.stderr.close()
         if w.next_case < w.last:
@@ -923,7 +924,7 @@ def summarize(results: list[dict], *, seed: int, first: int, cases: int, elapsed
         "by_fault": {k: dict(v) for k, v in sorted(by_fault.items())},
         "failures": failures[:100],
         # the reference hung or died on these (native had answered; its verdict stands)
-        "reference_incidents": [r for r in results if str(r.get("detail", "")).startswith("reference ")][:100],
+        "reference_incidents": [r for r in results if r.get("reference_incident")][:100],
         "elapsed_s": round(elapsed, 2),
     }
 
