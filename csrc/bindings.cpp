@@ -4,9 +4,9 @@
 //
 // ---- The _core API (mirror it in _core_cuda: same names, same argument order, same results) ---
 //
-//   build_info() -> dict        version, openmp, max_threads, num_threads, simd, compiler
-//                               (_core_cuda adds "cuda_devices": int — native.py reads it)
-//   set_num_threads(n: int) -> None ; get_num_threads() -> int
+//   build_info() -> dict        version, openmp, max_threads, thread_ceiling, num_threads, simd,
+//                               compiler (_core_cuda adds "cuda_devices": int — native.py reads it)
+//   set_num_threads(n: int) -> None (ValueError outside [1, thread_ceiling]) ; get_num_threads() -> int
 //   stats_update(acts: f32[N, C, S], group: i64[N], count: i64[G], values: i64[G],
 //                mean: f64[G, C], m2: f64[G, C], maxv: f64[G, C], npos: i64[G, C]) -> None
 //       in place (Chan merge of the batch into the running float64 moments); S = H*W (1 for
@@ -82,6 +82,7 @@ py::dict build_info() {
   info["version"] = BACKDOORLAB_VERSION;
   info["openmp"] = backdoorlab::openmp_enabled();
   info["max_threads"] = backdoorlab::max_threads();
+  info["thread_ceiling"] = backdoorlab::thread_ceiling();
   info["num_threads"] = backdoorlab::num_threads();
   py::list clones;
   for (const auto& c : backdoorlab::simd_clones()) clones.append(c);

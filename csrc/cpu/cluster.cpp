@@ -208,7 +208,7 @@ void kmeans(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int 
   std::vector<float> XT(n * d);
   for_each_class(offsets, G, [&](i64 c, bool) {
     const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
-    transpose_centred(X + r0 * d, m, d, nullptr, XT.data() + r0 * d, d);
+    transpose_centred(X + r0 * d, m, d, nullptr, 1.0, XT.data() + r0 * d, d);  // distances run in float64: no scaling needed
     std::vector<double> mean(d);
     column_mean(X + r0 * d, m, d, mean.data(), r0, c);
     double var = 0.0;

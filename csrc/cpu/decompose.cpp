@@ -46,8 +46,10 @@ constexpr i64 BLOCK = 64;  // samples per block of the FastICA step
 
 i64 pad4(i64 d) { return (d + 3) / 4 * 4; }
 
-// Covariance eigenpairs of one class: fills mean (d), XT (d_pad x m, centred), evals/evecs (k,
-// eigenvectors in feature space, k x d). Returns false when the class has no variance at all.
+// Covariance eigenpairs of one class: fills mean (d), XT (d_pad x m, centred and divided by
+// `scale`, see pow2_scale), evals/evecs (k, eigenvalues of the scaled covariance — whitening with
+// them undoes the scale by itself; eigenvectors in feature space, k x d). Returns false when the
+// class has no variance at all.
 //
 // With fewer rows than features (m < d, e.g. flattened conv maps) the m x m Gram matrix
 // G = Xc Xc^T / m is decomposed instead of the d x d covariance: they share their non-zero
@@ -55,12 +57,13 @@ i64 pad4(i64 d) { return (d + 3) / 4 * 4; }
 // costs m^2 d + m^3 instead of d^2 m + d^3 — minutes become milliseconds for d in the thousands —
 // and never allocates a d x d matrix.
 bool class_eigen(const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool inner, std::vector<double>& mean,
-                 std::vector<float>& XT, std::vector<double>& evals, std::vector<double>& evecs) {
+                 std::vector<float>& XT, double& scale, std::vector<double>& evals, std::vector<double>& evecs) {
   const i64 dp = pad4(d);
   mean.resize(d);
   column_mean(X, m, d, mean.data(), row0, cls);
+  scale = pow2_scale(X, m, d, mean.data());
   XT.resize(dp * m);
-  transpose_centred(X, m, d, mean.data(), XT.data(), dp);
+  transpose_centred(X, m, d, mean.data(), 1.0 / scale, XT.data(), dp);
   evals.resize(k);
   evecs.resize(static_cast<i64>(k) * d);
   const bool dual = m < d;
@@ -69,7 +72,7 @@ bool class_eigen(const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool in
   if (dual) {
     const i64 mp = pad4(m);
     std::vector<float> Xr(mp * d);
-    rows_centred(X, m, d, mean.data(), Xr.data(), mp);
+    rows_centred(X, m, d, mean.data(), 1.0 / scale, Xr.data(), mp);
     gram(Xr.data(), m, mp, d, C.data(), inner);
   } else {
     gram(XT.data(), d, dp, m, C.data(), inner);
@@ -458,7 +461,8 @@ void ica_prepare(IcaClass& st, const float* X, i64 d, const i64* offsets, i64 c,
   st.m = offsets[c + 1] - st.r0;
   std::vector<double> mean, evals, evecs;
   std::vector<float> XT;
-  if (!class_eigen(X + st.r0 * d, st.m, d, st.r0, c, k, inner, mean, XT, evals, evecs)) return;  // constant rows
+  double scale = 1.0;  // not needed: whitening is scale-free (XT and evals are scaled alike)
+  if (!class_eigen(X + st.r0 * d, st.m, d, st.r0, c, k, inner, mean, XT, scale, evals, evecs)) return;  // constant rows
   st.whitened = true;
   // whitening matrix K = diag(lambda^-1/2) E^T; eigenvalues at round-off level are clipped so a
   // rank-deficient class (dead ReLU channels) does not blow up
@@ -601,7 +605,8 @@ void pca(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, float* 
     const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
     std::vector<double> mean, evals, evecs;
     std::vector<float> XT;
-    if (!class_eigen(X + r0 * d, m, d, r0, c, k, inner, mean, XT, evals, evecs)) return;
+    double scale = 1.0;
+    if (!class_eigen(X + r0 * d, m, d, r0, c, k, inner, mean, XT, scale, evals, evecs)) return;
     for (int i = 0; i < k; ++i) {  // svd_flip: the largest |entry| of every component positive
       double* v = evecs.data() + i * d;
       i64 best = 0;
@@ -612,8 +617,8 @@ void pca(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, float* 
     }
     std::vector<float> Y(static_cast<i64>(k) * m);
     project(evecs.data(), k, XT.data(), d, m, Y.data());
-    for (int i = 0; i < k; ++i)
-      for (i64 s = 0; s < m; ++s) out[(r0 + s) * k + i] = Y[i * m + s];
+    for (int i = 0; i < k; ++i)  // projections of the scaled rows, scaled back
+      for (i64 s = 0; s < m; ++s) out[(r0 + s) * k + i] = to_float_output(Y[i * m + s] * scale, "pca", r0 + s, c);
   });
 }
 

@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdio>
 #include <stdexcept>
+#include <string>
 
 #include "common/rng.hpp"
 #include "cpu/parallel.hpp"
@@ -37,7 +39,19 @@ void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls) 
   for (i64 a = 0; a < d; ++a) mean[a] *= inv;
 }
 
-void transpose_centred(const float* X, i64 n, i64 d, const double* mean, float* XT, i64 d_pad) {
+double pow2_scale(const float* X, i64 n, i64 d, const double* mean) {
+  double top = 0.0;
+  for (i64 r = 0; r < n; ++r) {
+    const float* row = X + r * d;
+    for (i64 a = 0; a < d; ++a) top = std::max(top, std::abs(mean ? row[a] - mean[a] : static_cast<double>(row[a])));
+  }
+  if (!(top > 0.0)) return 1.0;
+  int e = 0;
+  std::frexp(top, &e);  // top = f 2^e with f in [0.5, 1)
+  return std::ldexp(1.0, e);
+}
+
+void transpose_centred(const float* X, i64 n, i64 d, const double* mean, double inv_scale, float* XT, i64 d_pad) {
   // Blocked transpose: 32 x 32 tiles keep both sides in L1.
   constexpr i64 B = 32;
   for (i64 a0 = 0; a0 < d; a0 += B) {
@@ -46,16 +60,30 @@ void transpose_centred(const float* X, i64 n, i64 d, const double* mean, float* 
       const i64 s1 = std::min(n, s0 + B);
       for (i64 s = s0; s < s1; ++s)
         for (i64 a = a0; a < a1; ++a)
-          XT[a * n + s] = mean ? static_cast<float>(X[s * d + a] - mean[a]) : X[s * d + a];
+          XT[a * n + s] = static_cast<float>((mean ? X[s * d + a] - mean[a] : X[s * d + a]) * inv_scale);
     }
   }
   std::fill(XT + d * n, XT + d_pad * n, 0.0f);
 }
 
-void rows_centred(const float* X, i64 m, i64 d, const double* mean, float* Xr, i64 m_pad) {
+void rows_centred(const float* X, i64 m, i64 d, const double* mean, double inv_scale, float* Xr, i64 m_pad) {
   for (i64 s = 0; s < m; ++s)
-    for (i64 a = 0; a < d; ++a) Xr[s * d + a] = mean ? static_cast<float>(X[s * d + a] - mean[a]) : X[s * d + a];
+    for (i64 a = 0; a < d; ++a)
+      Xr[s * d + a] = static_cast<float>((mean ? X[s * d + a] - mean[a] : X[s * d + a]) * inv_scale);
   std::fill(Xr + m * d, Xr + m_pad * d, 0.0f);
+}
+
+float to_float_output(double value, const char* kernel, i64 row, i64 cls) {
+  const float f = static_cast<float>(value);  // rounds to nearest: just above FLT_MAX may still fit
+  if (std::isfinite(f)) return f;
+  if (std::isnan(value))  // the last guard of "never NaN from finite input": a bug, said loudly
+    throw std::runtime_error(std::string(kernel) + ": internal numerical failure, NaN for row " + std::to_string(row) +
+                             " (class " + std::to_string(cls) + ") from finite input; please report it");
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", value);
+  throw std::invalid_argument(std::string(kernel) + ": the result for row " + std::to_string(row) + " (class " +
+                              std::to_string(cls) + ") is " + buf +
+                              ", beyond the float32 range of the output (|x| <= 3.4e38); scale X down");
 }
 
 namespace {
@@ -113,7 +141,7 @@ void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out) {
 void gram(const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel) {
   const i64 n_blocks = d_pad / 4;
   // Blocks of four rows a against blocks of four rows b >= a (up to d_pad; padded rows are zero).
-#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(num_threads())
+#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(threads_for(n_blocks))
   for (i64 ib = 0; ib < n_blocks; ++ib) {
     const i64 a = ib * 4;
     std::vector<double> out((d_pad - a) * 4);

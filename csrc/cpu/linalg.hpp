@@ -17,13 +17,27 @@ using i64 = std::int64_t;
 // (row0 + r) and class when a value is NaN or Inf.
 void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls);
 
-// XT[a, s] = X[s, a] - mean[a] (mean == nullptr: not centred) as float32, XT of shape
-// (d_pad, n) with rows d..d_pad-1 zero (d_pad a multiple of 4 for the Gram kernel's blocks).
-void transpose_centred(const float* X, i64 n, i64 d, const double* mean, float* XT, i64 d_pad);
+// The power of two s with max |X[r, a] - mean[a]| in [s/2, s) (mean == nullptr: max |X[r, a]|;
+// 1 when every value is 0). Why: the Gram kernel squares float32 values, so data near 1e19
+// overflow to Inf (then NaN) and data near 1e-23 underflow to 0; dividing by s first keeps every
+// centred value in (-1, 1), and a power of two divides exactly, so ordinary data give the very
+// same bits as unscaled. Dividing in float64 also keeps x - mean (up to 2 FLT_MAX) finite.
+double pow2_scale(const float* X, i64 n, i64 d, const double* mean);
 
-// Xr[s, a] = X[s, a] - mean[a] (mean == nullptr: not centred) as float32, Xr of shape (m_pad, d)
-// with rows m..m_pad-1 zero: the rows as vectors, for the m x m Gram matrix when m < d.
-void rows_centred(const float* X, i64 m, i64 d, const double* mean, float* Xr, i64 m_pad);
+// XT[a, s] = (X[s, a] - mean[a]) * inv_scale (mean == nullptr: not centred) as float32, XT of
+// shape (d_pad, n) with rows d..d_pad-1 zero (d_pad a multiple of 4 for the Gram kernel's blocks).
+// inv_scale: 1 / pow2_scale(...), or 1.0 for unscaled rows.
+void transpose_centred(const float* X, i64 n, i64 d, const double* mean, double inv_scale, float* XT, i64 d_pad);
+
+// Xr[s, a] = (X[s, a] - mean[a]) * inv_scale (mean == nullptr: not centred) as float32, Xr of shape
+// (m_pad, d) with rows m..m_pad-1 zero: the rows as vectors, for the m x m Gram matrix when m < d.
+void rows_centred(const float* X, i64 m, i64 d, const double* mean, double inv_scale, float* Xr, i64 m_pad);
+
+// `value` (a per-row result of `kernel`, already scaled back) as float32; throws
+// std::invalid_argument naming the kernel, row and class when it does not fit float32 (finite
+// input can give a result above FLT_MAX, e.g. a projection of a row of entries near FLT_MAX:
+// refused rather than returned as Inf).
+float to_float_output(double value, const char* kernel, i64 row, i64 cls);
 
 // C[d, d] = XT XT^T (full symmetric, float64). Products are summed in float32 over at most 32
 // samples (a vector lane's share of a 512-sample chunk) and those sums in float64. parallel:

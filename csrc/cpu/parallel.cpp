@@ -1,6 +1,7 @@
 // Thread-count queries and the process-wide thread setting shared by every CPU kernel.
 #include "cpu/parallel.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <stdexcept>
 #include <string>
@@ -31,13 +32,26 @@ int max_threads() {
 #endif
 }
 
+int thread_ceiling() {
+#ifdef _OPENMP
+  // 4 * procs in 64 bits: a machine reporting a huge processor count must not overflow an int
+  const long long wanted = std::max(64LL, 4LL * std::max(1, omp_get_num_procs()));
+  return static_cast<int>(std::max(1LL, std::min<long long>(wanted, omp_get_thread_limit())));
+#else
+  return 64;  // the setting is kept (and validated alike) but every region runs on one thread
+#endif
+}
+
 int num_threads() {
   const int t = g_threads.load();
-  return t > 0 ? t : max_threads();
+  return std::min(t > 0 ? t : std::max(1, max_threads()), thread_ceiling());
 }
 
 void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("number of threads must be >= 1, got " + std::to_string(n));
+  const int ceiling = thread_ceiling();
+  if (n < 1 || n > ceiling)
+    throw std::invalid_argument("number of threads must be in [1, " + std::to_string(ceiling) +
+                                "] (4 per processor, at least 64, within OMP_THREAD_LIMIT), got " + std::to_string(n));
   g_threads.store(n);
 }
 

@@ -3,6 +3,11 @@
 // The kernels run OpenMP parallel loops with an explicit num_threads(...) taken from one
 // process-wide setting (set_num_threads), not from the calling thread's OpenMP state: a kernel
 // called from a Python worker thread then uses the same count as one called from the main thread.
+// Thread policy, the one place it is decided: set_num_threads refuses counts outside
+// [1, thread_ceiling()], num_threads() clips the default (OMP_NUM_THREADS may say anything) to the
+// same ceiling, and every region takes num_threads() or threads_for(work) — never a raw count.
+// An uncapped count let a caller start 100,000 threads (SIGSEGV) or 2^31-1 (libgomp aborts the
+// process with "Out of memory").
 // An exception must never leave an OpenMP region (that calls std::terminate), so loop bodies
 // catch into an ErrorSlot and the caller rethrows after the region; the slot keeps the error of
 // the lowest work index so the message does not depend on thread timing.
@@ -20,8 +25,12 @@ namespace backdoorlab {
 
 bool openmp_enabled();
 int max_threads();              // threads the OpenMP runtime offers
-int num_threads();              // threads the kernels use (set_num_threads, default max_threads())
-void set_num_threads(int n);    // n >= 1
+// The most threads a kernel region may start: 4 per processor, at least 64, and never above
+// OMP_THREAD_LIMIT. Results do not depend on the count, so more threads than processors only
+// buys contention; the ceiling still leaves room to test oversubscription on a small machine.
+int thread_ceiling();
+int num_threads();              // threads the kernels use: set_num_threads, default max_threads(), clipped to the ceiling
+void set_num_threads(int n);    // 1 <= n <= thread_ceiling(), else std::invalid_argument naming n
 
 // Threads worth starting for `work` independent items (never more threads than items).
 inline int threads_for(std::int64_t work) {

@@ -70,6 +70,9 @@ void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bo
     std::vector<double> mean(d);
     column_mean(X + r0 * d, m, d, mean.data(), r0, c);
     const double* mu = center ? mean.data() : nullptr;
+    // rows divided by a power of two first (pow2_scale): the Gram product must not square 1e19
+    // into float32 Inf; the scores are scaled back at the end
+    const double scale = pow2_scale(X + r0 * d, m, d, mu);
     std::vector<double> proj(m, 0.0);
     if (m < d) {
       // Fewer rows than features: top eigenvector u of the m x m Gram G = Xc Xc^T. Then
@@ -77,7 +80,7 @@ void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bo
       // sqrt(lambda) |u| without forming v or a d x d matrix.
       const i64 mp = (m + 3) / 4 * 4;
       std::vector<float> Xr(mp * d);
-      rows_centred(X + r0 * d, m, d, mu, Xr.data(), mp);
+      rows_centred(X + r0 * d, m, d, mu, 1.0 / scale, Xr.data(), mp);
       std::vector<double> gm(m * m), u(m);
       gram(Xr.data(), m, mp, d, gm.data(), inner);
       top_eigenvector(gm.data(), m, u.data());
@@ -92,7 +95,7 @@ void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bo
     } else {
       std::vector<double> C(d * d), v(d);
       std::vector<float> XT(dp * m);
-      transpose_centred(X + r0 * d, m, d, mu, XT.data(), dp);
+      transpose_centred(X + r0 * d, m, d, mu, 1.0 / scale, XT.data(), dp);
       gram(XT.data(), d, dp, m, C.data(), inner);
       top_eigenvector(C.data(), d, v.data());
       for (i64 a = 0; a < d; ++a) {
@@ -101,7 +104,7 @@ void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bo
         for (i64 s = 0; s < m; ++s) proj[s] += w * x[s];
       }
     }
-    for (i64 s = 0; s < m; ++s) out[r0 + s] = static_cast<float>(std::abs(proj[s]));
+    for (i64 s = 0; s < m; ++s) out[r0 + s] = to_float_output(std::abs(proj[s]) * scale, "spectral_scores", r0 + s, c);
   });
 }
 

@@ -34,8 +34,12 @@ the CPU. Nothing ever falls back to :mod:`backdoorlab.reference` silently: :func
 reports which implementation serves each kernel.
 
 Threads: the CPU core spreads classes over OpenMP threads (``OMP_NUM_THREADS`` or
-:func:`set_num_threads`); results do not depend on the thread count. Long kernels release the
-GIL, so other Python threads keep running.
+:func:`set_num_threads`, at most ``build_info()["thread_ceiling"]``); results do not depend on
+the thread count. Long kernels release the GIL, so other Python threads keep running.
+
+Scale: finite float32 input of any magnitude (1e-38 ... 3.4e38) gives a finite result or a
+``ValueError`` naming the row whose result does not fit float32 — never NaN: the kernels that
+square values divide each class by a power of two first.
 """
 
 from __future__ import annotations
@@ -304,7 +308,9 @@ def build_info() -> dict:
     Returns
     -------
     dict
-        ``version``, ``openmp`` (bool), ``max_threads``, ``simd`` (list of instruction sets the
+        ``version``, ``openmp`` (bool), ``max_threads`` (what OpenMP offers), ``thread_ceiling``
+        (the most threads the core starts, see :func:`set_num_threads`), ``num_threads``,
+        ``simd`` (list of instruction sets the
         CPU core can dispatch to at run time, and the one this CPU uses), ``compiler``,
         ``cuda`` (bool: ``_core_cuda`` built and a GPU visible), ``cuda_built`` (bool),
         ``cuda_devices`` (int), ``cuda_error`` (why not, or None: the import error, or
@@ -336,13 +342,29 @@ def build_info() -> dict:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the OpenMP thread count of the CPU core (results do not depend on it)."""
+    """Set the OpenMP thread count of the CPU core (results do not depend on it).
+
+    Parameters
+    ----------
+    n : int
+        ``1 <= n <= build_info()["thread_ceiling"]`` (4 per processor, at least 64, within
+        ``OMP_THREAD_LIMIT``). Every kernel also starts no more threads than it has work items.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an int.
+    ValueError
+        ``n`` is outside that range (the core decides the ceiling and names it and ``n``).
+    """
     n = _check_int(n, "n", 1)
+    # the ceiling lives in the core (csrc/cpu/parallel.cpp), which raises ValueError naming it
     _backend("cpu", "set_num_threads").set_num_threads(n)
 
 
 def get_num_threads() -> int:
-    """OpenMP threads the CPU core uses."""
+    """OpenMP threads the CPU core uses: the :func:`set_num_threads` count, else OpenMP's default
+    (``OMP_NUM_THREADS``), clipped to ``build_info()["thread_ceiling"]``."""
     return int(_backend("cpu", "get_num_threads").get_num_threads())
 
 
@@ -590,10 +612,7 @@ def silhouette_samples(X: np.ndarray, offsets: np.ndarray, labels: np.ndarray, d
     """
     X = _matrix(X, device)
     offsets = _check_offsets(offsets, X.shape[0])
-    labels = _check_labels(labels, X.shape[0])
-    if labels.size and labels.max() > np.iinfo(np.int32).max:
-        raise ValueError(f"labels must fit in int32, got {labels.max()}")
-    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    labels = np.ascontiguousarray(_check_labels(labels, X.shape[0]), dtype=np.int32)  # checked to fit int32
     mod = _backend(device, "silhouette_samples")
     return mod.silhouette_samples(_arg(mod, X, device=device), offsets, labels)
 

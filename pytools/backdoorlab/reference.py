@@ -138,6 +138,12 @@ def _check_tol(tol: float, name: str = "tol") -> float:
     return float(tol)
 
 
+def _sklearn_seed(seed: int) -> int:
+    """``seed`` checked as the native core takes it (an int in [0, 2^64 - 1]), folded to the 32
+    bits scikit-learn's ``random_state`` accepts (the streams differ from the core's anyway)."""
+    return _check_int(seed, "seed", 0, 2**64 - 1) % 2**32
+
+
 def _check_components(n_components: int, d: int) -> int:
     n_components = _check_int(n_components, "n_components", 1)
     if n_components > d:
@@ -153,6 +159,8 @@ def _check_labels(labels: np.ndarray, n: int, name: str = "labels") -> np.ndarra
         raise ValueError(f"{name} must have shape ({n},), got {labels.shape}")
     if n and labels.min() < 0:
         raise ValueError(f"{name} must be >= 0, got {labels.min()} at row {int(np.argmin(labels))}")
+    if n and labels.max() > _INT32_MAX:  # class counts and cluster ids are int32 in the core
+        raise ValueError(f"{name} must fit in int32, got {labels.max()} at row {int(np.argmax(labels))}")
     return labels
 
 
@@ -387,6 +395,7 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
     _check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
     max_iter = _check_int(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
+    seed = _sklearn_seed(seed)
     out = np.zeros((X.shape[0], n_components), dtype=np.float32)
     n_iter = np.zeros(offsets.size - 1, dtype=np.int32)
     for c, start, stop in _classes(offsets):
@@ -444,6 +453,7 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
     n_init = _check_int(n_init, "n_init", 1)
     max_iter = _check_int(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
+    seed = _sklearn_seed(seed)
     n_classes = offsets.size - 1
     labels = np.zeros(X.shape[0], dtype=np.int32)
     centers = np.full((n_classes, k, X.shape[1]), np.nan, dtype=np.float32)
