@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
           f"({rep['unreadable']} unreadable)")
     for method, n in rep["counts"].items():
         print(f"  {method:<10} {n:>7}  {100 * rep['shares'][method]:6.2f} %")
-    print(f"{rep['images_per_s']:.1f} images/s ({rep['seconds']:.1f} s, {rep['workers']} worker threads)")
+    print(f"{rep['images_per_s']:.1f} images/s ({rep['seconds']:.1f} s, {rep['workers']} worker threads; "
+          f"{rep['cpu_ms_per_image']:.1f} ms CPU per image)")
     if "landmarks" in detectors and not landmarks_available():
         print(f"note: no landmark model here; {FACES_EXTRA_HINT}")
     if rep["sheet"]:
