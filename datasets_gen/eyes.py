@@ -117,7 +117,7 @@ def landmark_model_path() -> Path | None:
 
 @lru_cache(maxsize=1)
 def landmark_status() -> dict[str, Any]:
-    """Whether ``landmarks`` can run here, and why not.
+    """Whether ``landmarks`` can run here, and why not (looked up once per process).
 
     Returns
     -------

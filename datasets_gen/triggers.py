@@ -226,7 +226,7 @@ class Trigger:
             if eyes is None:
                 raise ValueError("eyes placement needs eye positions (use datasets_gen.eyes.locate_eyes)")
             (lx, ly), (rx, ry) = eyes
-            # the asset's lens centres sit at its vertical middle, a quarter in from each side
+            # other triggers centred between the eyes (glasses on the eyes go through _glasses_on_eyes)
             cx, cy = (lx + rx) / 2.0, (ly + ry) / 2.0
             x, y = int(round(cx - tw / 2.0)), int(round(cy - th / 2.0))
         else:  # pragma: no cover - parse_placement guards this

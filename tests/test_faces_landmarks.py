@@ -264,6 +264,12 @@ def test_eye_location_workers_do_not_change_the_result():
     a, b = one._eyes("train", rows, images), two._eyes("train", rows, images)
     np.testing.assert_array_equal(a, b)
     assert one.eye_methods == two.eye_methods and one.eye_methods["landmarks"] >= rows.size - 1
+    # the threads (and the detectors they loaded) outlive a chunk: a second chunk reuses them
+    pool = two._pool
+    two._eyes("train", rows[:3], images[:3])
+    assert two._pool is pool is not None
+    two.close()
+    assert two._pool is None
     with pytest.raises(ValueError, match="workers"):
         _Poisoner(t, src, 0, workers=0)
 
