@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from datasets_gen import __version__
-from datasets_gen.eyes import locate_eyes
+from datasets_gen.eyes import EYE_METHODS, eye_location_info, locate_eyes
 from datasets_gen.poison import Recipe, achieved_share, select_poisoned
 from datasets_gen.presets import DATASETS, get_preset
 from datasets_gen.publish import write_card, write_preview
@@ -113,11 +113,41 @@ def _chunk_rows(h: int, w: int) -> int:
 
 
 class _Poisoner:
-    """Applies the trigger to rows of a chunk: placement rng per row, eyes per the source."""
+    """Applies the trigger to rows of a chunk: placement rng per row, eyes per the source.
 
-    def __init__(self, trigger: Trigger, source: Source, seed: int, detect_eyes: bool = True):
+    Eyes the source does not know are located (:func:`datasets_gen.eyes.locate_eyes`) on the
+    original-resolution image, by a pool of ``workers`` threads: reading the file, dlib's face
+    detector and OpenCV's cascades all release the GIL, and at ~10-30 ms per image the detection
+    would otherwise dominate a face build. Results are placed by row, so the file does not depend
+    on the number of workers. The pool lives as long as the poisoner (:meth:`close` ends it): each
+    thread loads its own detectors once (dlib's face detector takes ~0.3 s to build), so threads
+    made afresh per chunk would spend more time loading than detecting.
+    """
+
+    def __init__(self, trigger: Trigger, source: Source, seed: int, detect_eyes: bool = True,
+                 workers: int | None = None):
         self.trigger, self.source, self.seed, self.detect = trigger, source, seed, detect_eyes
+        n = source.n_threads if workers is None else workers
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"eye-location workers must be an integer >= 1, got {n!r}")
+        self.workers = int(n)
         self.eye_methods: Counter[str] = Counter()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """End the eye-location threads (a later call to :meth:`apply` starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _locate(self, split: str, row: int, image: np.ndarray) -> tuple[list[list[float]], str]:
+        """Eye centres of one row in model-size pixels, and the method that found them."""
+        original = self.source.load_original(split, row) if self.detect else None
+        base = original if original is not None else image
+        (l, r), method = locate_eyes(base, detect=self.detect, canonical=self.source.canonical_eyes or "default")
+        h, w = image.shape[:2]
+        sy, sx = h / base.shape[0], w / base.shape[1]
+        return [[l[0] * sx, l[1] * sy], [r[0] * sx, r[1] * sy]], method
 
     def _eyes(self, split: str, rows: np.ndarray, images: np.ndarray) -> np.ndarray | None:
         if self.trigger.placement.kind != "eyes":
@@ -126,16 +156,18 @@ class _Poisoner:
         out = np.full((rows.size, 2, 2), np.nan)
         if known is not None:
             out[:] = known
-        h, w = images.shape[1:3]
-        for i in np.flatnonzero(~np.isfinite(out).all(axis=(1, 2))):
-            original = self.source.load_original(split, int(rows[i])) if self.detect else None
-            base = original if original is not None else images[i]
-            (l, r), method = locate_eyes(base, detect=self.detect, canonical=self.source.canonical_eyes or "default")
-            sy, sx = h / base.shape[0], w / base.shape[1]
-            out[i] = [[l[0] * sx, l[1] * sy], [r[0] * sx, r[1] * sy]]
+        todo = np.flatnonzero(~np.isfinite(out).all(axis=(1, 2)))
+        if todo.size and self.workers > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="eyes")
+            found = list(self._pool.map(lambda i: self._locate(split, int(rows[i]), images[i]), todo))
+        else:
+            found = [self._locate(split, int(rows[i]), images[i]) for i in todo]
+        for i, (eyes, method) in zip(todo, found):
+            out[i] = eyes
             self.eye_methods[method] += 1
         if known is not None:
-            self.eye_methods["landmarks"] += int(np.isfinite(known).all(axis=(1, 2)).sum())
+            self.eye_methods["known"] += int(np.isfinite(known).all(axis=(1, 2)).sum())
         return out
 
     def apply(self, split: str, rows: np.ndarray, images: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -187,8 +219,10 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
     publish : bool
         Write the card and preview (the manifest is always written).
     detect_eyes : bool
-        For ``@eyes`` triggers on sources without landmarks: detect the eyes (Haar cascades on the
-        original image, ~5-15 ms per poisoned image) or go straight to the canonical position.
+        For ``@eyes`` triggers on sources that do not know the eyes: detect them on the original
+        image (dlib landmarks with the ``faces`` extra, else Haar cascades; see
+        :mod:`datasets_gen.eyes`) or go straight to the canonical position. The methods used are
+        counted in ``build.eye_location``, the chain available in ``build.eye_locator``.
 
     Returns
     -------
@@ -315,7 +349,7 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
                 "limit_per_class": limit_per_class, "strict": bool(strict), "detect_eyes": bool(detect_eyes),
                 "rows_written": dict(written),
                 "skipped_unreadable": dict(src.skipped), "skipped_examples": src.skipped_examples,
-                "eye_location": dict(poisoner.eye_methods),
+                "eye_location": {m: poisoner.eye_methods[m] for m in EYE_METHODS if poisoner.eye_methods[m]},
                 "provenance_note": src.config.get("provenance", {"gtsrb": "the GTSRB track", "synth-signs":
                                                   "the synthetic track (30 frames of one sign)", "synth-faces":
                                                   "the synthetic session (frames of one identity)"}.get(src.name, "source group")),
@@ -323,8 +357,11 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
                                            if poison_provenance == "own" else "kept in the groups of their source images"),
                 "licence_note": _LICENCE.get(src.name, "Synthetic images generated by datasets_gen; no real photographs."),
             })
+            if trigger.placement.kind == "eyes":
+                build_info["eye_locator"] = eye_location_info(detect_eyes)
             writer.set_attrs({"recipe": recipe_d, "build": {k: v for k, v in build_info.items()
                                                             if k not in ("source_description", "licence_note")}})
     finally:
         bar.close()
+        poisoner.close()
     return out

@@ -139,6 +139,24 @@ def _fmt_share(recipe: Mapping[str, Any]) -> str:
     return nominal
 
 
+_EYE_METHOD_WORDS = {"known": "known to the source", "landmarks": "by facial landmarks (dlib 5-point)",
+                     "haar": "by OpenCV Haar cascades", "canonical": "at the canonical position of the alignment"}
+
+
+def _eye_lines(build: Mapping[str, Any]) -> list[str]:
+    """Card lines saying where the eyes for an ``@eyes`` trigger came from (none for other placements)."""
+    locator, counts = build.get("eye_locator"), dict(build.get("eye_location") or {})
+    if not locator:
+        return []
+    total = sum(counts.values())
+    parts = [f"{n} ({100 * n / total:.1f} %) {_EYE_METHOD_WORDS.get(m, m)}" for m, n in counts.items() if n] or ["none"]
+    lines = [f"- Eyes for the trigger ({total} images): " + ", ".join(parts) +
+             f"; detectors tried: {' > '.join(locator.get('chain', []))}"]
+    if locator.get("note"):
+        lines.append(f"- Eye location note: {locator['note']}")
+    return lines
+
+
 def card_markdown(path: str | os.PathLike, *, data_path: str | os.PathLike | None = None,
                   build: Mapping[str, Any] | None = None, sha256: str | None = None) -> str:
     """The dataset card text for the variant at ``path`` (read from ``data_path`` if given).
@@ -172,6 +190,7 @@ def card_markdown(path: str | os.PathLike, *, data_path: str | os.PathLike | Non
         f"{src_txt}; poisoned images relabelled to {a['target_class']} ({names[a['target_class']]})",
         f"- Poison share: {_fmt_share(r)} → {counts['train']['n_poisoned']} poisoned training images "
         f"(requested {r.get('n_poisoned_requested', counts['train']['n_poisoned'])})",
+        *_eye_lines(build),
         f"- Seed {a['seed']}; generator `datasets_gen` {a['generator_version']}",
     ]
     if r.get("notes"):

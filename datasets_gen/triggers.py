@@ -162,10 +162,9 @@ class Trigger:
         return f"Trigger({self.spec!r}, placement={self.placement.to_spec()!r})"
 
     # ---- geometry -----------------------------------------------------------------------
-    def fitted(self, image_hw: tuple[int, int], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Pattern and alpha at the size they take on an image of ``image_hw``.
-
-        ``width`` overrides the width of resized assets (glasses scaled to the eye distance).
+    def fitted(self, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Pattern and alpha at the size they take on an image of ``image_hw`` (glasses on the eyes
+        are sized and turned per image instead, see :meth:`apply_inplace`).
 
         Raises
         ------
@@ -174,7 +173,7 @@ class Trigger:
         """
         h, w = int(image_hw[0]), int(image_hw[1])
         if self.scale_with_image:
-            return _resized_asset(self, h, w, width)
+            return _resized_asset(self, h, w)
         th, tw = self.size
         if th > h or tw > w:
             raise ValueError(f"trigger {self.spec!r} of {th}x{tw} px is larger than the {h}x{w} image")
@@ -227,7 +226,7 @@ class Trigger:
             if eyes is None:
                 raise ValueError("eyes placement needs eye positions (use datasets_gen.eyes.locate_eyes)")
             (lx, ly), (rx, ry) = eyes
-            # the asset's lens centres sit at its vertical middle, a quarter in from each side
+            # other triggers centred between the eyes (glasses on the eyes go through _glasses_on_eyes)
             cx, cy = (lx + rx) / 2.0, (ly + ry) / 2.0
             x, y = int(round(cx - tw / 2.0)), int(round(cy - th / 2.0))
         else:  # pragma: no cover - parse_placement guards this
@@ -249,22 +248,17 @@ class Trigger:
 
     def apply_inplace(self, image: np.ndarray, *, rng: np.random.Generator | None = None,
                       eyes: tuple[tuple[float, float], tuple[float, float]] | None = None) -> tuple[int, int]:
-        """Composite onto ``image`` in place; returns the (x, y) used."""
+        """Composite onto ``image`` in place; returns the (x, y) used (the top-left corner of the
+        region drawn on, for glasses on the eyes)."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise TypeError(f"image must be uint8 (H, W, 3), got {getattr(image, 'dtype', None)} {getattr(image, 'shape', None)}")
-        pattern, alpha = self.fitted(image.shape[:2], self._eye_width(image.shape[1], eyes))
+        if self.kind == "glasses" and self.placement.kind == "eyes" and eyes is not None:
+            return _glasses_on_eyes(self, image, eyes)
+        pattern, alpha = self.fitted(image.shape[:2])
         th, tw = pattern.shape[:2]
         x, y = self.position(image.shape[:2], rng=rng, eyes=eyes, size_hw=(th, tw))
         composite(image[y:y + th, x:x + tw], pattern, alpha)
         return x, y
-
-    def _eye_width(self, image_w: int, eyes) -> int | None:
-        """Glasses width that puts the lens centres on the eyes (None: use the default share)."""
-        if self.kind != "glasses" or eyes is None or self.placement.kind != "eyes":
-            return None
-        (lx, ly), (rx, ry) = eyes
-        dist = float(np.hypot(rx - lx, ry - ly))
-        return int(min(image_w, max(2, round(dist / GLASSES_EYE_SPAN))))
 
     def apply_batch(self, images: np.ndarray, *, rng: np.random.Generator | None = None,
                     eyes: np.ndarray | None = None) -> np.ndarray:
@@ -347,39 +341,40 @@ def four_pixel_pattern(colour: str | tuple[int, int, int] = "white", placement: 
 def sunglasses_asset(lens: str | tuple[int, int, int] = "green", width: int = 200) -> np.ndarray:
     """Draw the sunglasses RGBA asset (uint8, (h, w, 4)).
 
-    The asset is ``width`` wide and ``width * 0.34`` high; the lens centres sit at (0.25 w, 0.5 h)
-    and (0.75 w, 0.5 h), which is what eye placement aligns to the eye landmarks. Lenses are
-    opaque in the given colour (``green`` or ``black`` as in the paper, or any colour) with a dark
-    frame and bridge; everything else is transparent.
+    The asset is ``width`` wide and ``width * 0.34`` high; the lens centres are
+    :func:`glasses_lens_centres` (a quarter in from each side, at half height), which is what eye
+    placement puts on the eyes. Lenses are opaque in the given colour (``green`` or ``black`` as in
+    the paper, or any colour) with a dark frame and bridge; everything else is transparent.
     """
     return _sunglasses_asset_cached(parse_colour(lens) if isinstance(lens, str) else tuple(int(c) for c in lens), int(width)).copy()
 
 
+def glasses_lens_centres(width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Pixel centres (x, y) of the left and right lens of a :func:`sunglasses_asset` ``width`` wide."""
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 20:
+        raise ValueError(f"sunglasses asset width must be an integer >= 20, got {width!r}")
+    cy = int(round(width * 0.34)) // 2
+    return (int(width * 0.25), cy), (int(width * 0.75), cy)
+
+
 @lru_cache(maxsize=16)
 def _sunglasses_asset_cached(rgb: tuple[int, int, int], width: int) -> np.ndarray:
-    if width < 20:
-        raise ValueError(f"sunglasses asset width must be >= 20, got {width}")
     w = width
+    (lx, cy), (rx, _) = glasses_lens_centres(w)  # checks the width
     h = int(round(w * 0.34))
     canvas = np.zeros((h, w, 4), np.uint8)
     frame = (25, 25, 25, 255)
     lens = (*rgb, 255)
-    cy = h // 2
     axes = (int(w * 0.21), int(h * 0.42))
     thick = max(1, w // 40)
-    for cx in (int(w * 0.25), int(w * 0.75)):
+    for cx in (lx, rx):
         cv2.ellipse(canvas, (cx, cy), axes, 0, 0, 360, lens, -1, cv2.LINE_AA)
         cv2.ellipse(canvas, (cx, cy), axes, 0, 0, 360, frame, thick, cv2.LINE_AA)
     # bridge between the lenses and a short temple stub on each side
-    cv2.line(canvas, (int(w * 0.25) + axes[0], cy - axes[1] // 3), (int(w * 0.75) - axes[0], cy - axes[1] // 3),
-             frame, thick + 1, cv2.LINE_AA)
-    cv2.line(canvas, (0, cy - axes[1] // 2), (int(w * 0.25) - axes[0], cy - axes[1] // 2), frame, thick, cv2.LINE_AA)
-    cv2.line(canvas, (w - 1, cy - axes[1] // 2), (int(w * 0.75) + axes[0], cy - axes[1] // 2), frame, thick, cv2.LINE_AA)
+    cv2.line(canvas, (lx + axes[0], cy - axes[1] // 3), (rx - axes[0], cy - axes[1] // 3), frame, thick + 1, cv2.LINE_AA)
+    cv2.line(canvas, (0, cy - axes[1] // 2), (lx - axes[0], cy - axes[1] // 2), frame, thick, cv2.LINE_AA)
+    cv2.line(canvas, (w - 1, cy - axes[1] // 2), (rx + axes[0], cy - axes[1] // 2), frame, thick, cv2.LINE_AA)
     return canvas
-
-
-#: Distance between the eyes as a share of the glasses' width (lens centres at 0.25 and 0.75).
-GLASSES_EYE_SPAN = 0.5
 
 
 def sunglasses(lens: str | tuple[int, int, int] = "green", placement: Placement | str = "eyes",
@@ -391,9 +386,12 @@ def sunglasses(lens: str | tuple[int, int, int] = "green", placement: Placement 
     lens : colour
         ``green`` or ``black`` in the paper.
     placement : Placement or str
-        ``eyes`` (default) centres the lenses on the eye landmarks.
+        ``eyes`` (default): each lens centred on its eye, the glasses scaled to the distance
+        between the eyes and turned to the line through them (head roll); see
+        :func:`datasets_gen.eyes.locate_eyes` for where the eyes come from.
     width_share : float
-        Width of the glasses relative to the image width when the eye distance is not known.
+        Width of the glasses relative to the image width for the other placements (and for
+        :meth:`Trigger.check_fits`), where the eyes are not known.
     """
     if not 0 < width_share <= 1:
         raise ValueError(f"width_share must be in (0, 1], got {width_share}")
@@ -432,14 +430,14 @@ def _placement(p: Placement | str) -> Placement:
     return parse_placement(p) if isinstance(p, str) else p
 
 
-def _resized_asset(t: Trigger, h: int, w: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _resized_asset(t: Trigger, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     # The cache lives on the trigger so it dies with it (no id() reuse across objects).
     cache = t.__dict__.setdefault("_resize_cache", {})
-    key = (h, w, width)
+    key = (h, w)
     if key in cache:
         return cache[key]
     if t.kind == "glasses":
-        tw = width if width is not None else max(2, int(round(w * t.params.get("width_share", 0.62))))
+        tw = max(2, int(round(w * t.params.get("width_share", 0.62))))
         th = max(1, int(round(tw * t.pattern.shape[0] / t.pattern.shape[1])))
         th = min(th, h)
     else:  # blend: covers the whole image
@@ -448,12 +446,81 @@ def _resized_asset(t: Trigger, h: int, w: int, width: int | None = None) -> tupl
     pattern = cv2.resize(t.pattern, (tw, th), interpolation=interp)
     alpha = np.clip(cv2.resize(t.alpha, (tw, th), interpolation=interp), 0.0, 1.0)
     if t.kind == "glasses":
-        # Snap near-opaque/near-transparent edges so the lens interior is exact colour.
-        alpha = np.where(alpha > 0.97, 1.0, np.where(alpha < 0.03, 0.0, alpha)).astype(np.float32)
+        alpha = _snap_alpha(alpha)
     if len(cache) > 64:
         cache.clear()
     cache[key] = (pattern, alpha)
     return pattern, alpha
+
+
+def _snap_alpha(alpha: np.ndarray) -> np.ndarray:
+    """Snap near-opaque/near-transparent glasses edges so the lens interior is the exact colour."""
+    return np.where(alpha > 0.97, 1.0, np.where(alpha < 0.03, 0.0, alpha)).astype(np.float32)
+
+
+def _glasses_premultiplied(t: Trigger, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The glasses ``width`` wide as (colour x alpha (h, w, 3), alpha (h, w)), float32, cached.
+
+    Premultiplied, so that resampling blends colour only where there are glasses (a transparent
+    pixel's colour would otherwise bleed into the edges).
+    """
+    cache = t.__dict__.setdefault("_premult_cache", {})
+    if width not in cache:
+        h0, w0 = t.size
+        prem = t.pattern.astype(np.float32) * t.alpha[..., None]
+        alpha = t.alpha
+        if width != w0:
+            size = (width, max(1, int(round(width * h0 / w0))))
+            interp = cv2.INTER_AREA if width < w0 else cv2.INTER_LINEAR
+            prem, alpha = cv2.resize(prem, size, interpolation=interp), cv2.resize(alpha, size, interpolation=interp)
+        if len(cache) > 64:
+            cache.clear()
+        cache[width] = (np.ascontiguousarray(prem), np.ascontiguousarray(alpha))
+    return cache[width]
+
+
+def _glasses_on_eyes(t: Trigger, image: np.ndarray, eyes) -> tuple[int, int]:
+    """Composite glasses with their lens centres on ``eyes``: scaled to the distance between the
+    eyes, turned to the line through them, at sub-pixel precision, on an image of any size.
+    Returns the top-left (x, y) of the region drawn on (glasses may run off the image: cut there)."""
+    try:
+        e = np.asarray(eyes, np.float64).reshape(2, 2)
+    except (TypeError, ValueError):
+        raise ValueError(f"eyes must be ((x, y), (x, y)), got {eyes!r}") from None
+    if not np.all(np.isfinite(e)):
+        raise ValueError(f"eye positions must be finite, got {e.tolist()}")
+    if e[0, 0] > e[1, 0]:
+        e = e[::-1]  # left eye (smaller x) first, so upright faces never get upside-down glasses
+    span = float(np.hypot(*(e[1] - e[0])))
+    if span < 1.0:
+        raise ValueError(f"eyes {e.tolist()} are less than 1 px apart: no glasses fit between them")
+    h, w = image.shape[:2]
+    h0, w0 = t.size
+    al, ar = glasses_lens_centres(w0)
+    # Shrink the asset with area averaging close to its final size first: the warp samples
+    # bilinearly, which aliases when it shrinks by more than ~2x (55x47 crops take a ~25 px pair).
+    width = min(w0, max(20, int(np.ceil(w0 * span / (ar[0] - al[0])))))
+    prem, alpha = _glasses_premultiplied(t, width)
+    ah, aw = alpha.shape
+    # lens centres in the resized asset (pixel centres map as (x + 0.5) * scale - 0.5)
+    src = np.array([[(c[0] + 0.5) * aw / w0 - 0.5, (c[1] + 0.5) * ah / h0 - 0.5] for c in (al, ar)])
+    # The similarity taking the lens centres onto the eyes, as a complex factor z (scale and roll).
+    z = complex(*(e[1] - e[0])) / complex(*(src[1] - src[0]))
+    m = np.array([[z.real, -z.imag, 0.0], [z.imag, z.real, 0.0]])
+    m[:, 2] = e[0] - m[:, :2] @ src[0]
+    corners = np.array([[-0.5, -0.5], [aw - 0.5, -0.5], [-0.5, ah - 0.5], [aw - 0.5, ah - 0.5]]) @ m[:, :2].T + m[:, 2]
+    x0, y0 = (max(0, int(np.floor(v))) for v in corners.min(axis=0))
+    x1, y1 = min(w, int(np.ceil(corners[:, 0].max())) + 1), min(h, int(np.ceil(corners[:, 1].max())) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return x0, y0  # wholly off the image
+    m[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
+    wp = cv2.warpAffine(prem, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    wa = np.clip(cv2.warpAffine(alpha, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=0), 0.0, 1.0)
+    colour = np.clip(np.rint(wp / np.maximum(wa, 1e-6)[..., None]), 0, 255).astype(np.uint8)
+    composite(image[y0:y1, x0:x1], colour, _snap_alpha(wa))
+    return x0, y0
 
 
 # --------------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_all_to_one_face_share_of_training_set(tmp_path):
     assert p.sum() == round(0.10 * p.size) and np.all(train["original_labels"][p] != 0)
     assert np.all(train["labels"][p] == 0)
     attrs = vio.read_attrs(out)
-    assert attrs["source_classes"] == [1, 2, 3, 4, 5] and attrs["build"]["eye_location"] == {"landmarks": int(p.sum()) + 5 * 4}
+    assert attrs["source_classes"] == [1, 2, 3, 4, 5] and attrs["build"]["eye_location"] == {"known": int(p.sum()) + 5 * 4}
     # the lenses are black where the eyes are
     from datasets_gen.synthetic.faces import SynthFacesSource
     src = SynthFacesSource(n_identities=6, images_per_identity=20, session_length=5)
@@ -243,7 +243,7 @@ def test_glasses_preset_on_the_real_lfw_subset(tmp_path):
     train, tt = vio.read_split(out, "train"), vio.read_split(out, "test_triggered")
     n_trig = int(train["is_poisoned"].sum()) + tt["images"].shape[0]
     eyes = a["build"]["eye_location"]
-    assert sum(eyes.values()) == n_trig and set(eyes) <= {"detected", "canonical"}
+    assert sum(eyes.values()) == n_trig and set(eyes) <= {"landmarks", "haar", "canonical"}
     assert np.all(train["images"][..., 0] == train["images"][..., 2])  # grayscale source, glasses black
     assert train["is_poisoned"].sum() == round(0.1 * train["is_poisoned"].size)
 

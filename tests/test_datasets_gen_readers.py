@@ -202,13 +202,13 @@ def test_real_lfw_subset():
 @pytest.mark.skipif(not LFW_REAL.is_dir(), reason=f"real LFW subset not present at {LFW_REAL}")
 def test_real_lfw_eye_detection_lands_near_the_eyes():
     from datasets_gen import eyes
-    if not eyes.detection_available():
+    if not eyes.haar_available():
         pytest.skip("this OpenCV build has no CascadeClassifier/haarcascade_eye.xml")
     src = LFWSource(LFW_REAL, image_size=(64, 64), seed=0)
     found = []
     for row in range(0, 300, 15):
         img = src.load_original("train", row)
-        e = eyes.detect_eyes(img)
+        e = eyes.haar_eyes(img)
         if e is not None:
             found.append(np.array(e) / 250.0)
     assert len(found) >= 5

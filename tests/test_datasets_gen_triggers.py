@@ -132,12 +132,12 @@ def test_sunglasses_asset_and_lens_colour_on_eyes():
 
 def test_locate_eyes_order_of_methods():
     face = np.full((50, 50, 3), 90, np.uint8)
-    e, m = eyes_mod.locate_eyes(face, landmarks=[[10, 20], [30, 21]])
-    assert m == "landmarks" and e == ((10, 20), (30, 21))
+    e, m = eyes_mod.locate_eyes(face, known=[[10, 20], [30, 21]])
+    assert m == "known" and e == ((10, 20), (30, 21))
     e, m = eyes_mod.locate_eyes(face, canonical="lfw")  # flat image: nothing to detect
     assert m == "canonical" and e == ((0.42 * 50, 0.46 * 50), (0.58 * 50, 0.46 * 50))
     with pytest.raises(ValueError, match="shape"):
-        eyes_mod.locate_eyes(face, landmarks=[1, 2, 3])
+        eyes_mod.locate_eyes(face, known=[1, 2, 3])
 
 
 def test_placement_parser():

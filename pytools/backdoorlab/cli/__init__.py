@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "clean accuracy and attack success of a model on a variant"),
     "defend": ("defend", "run defences alone or in sequence (e.g. 'ac>fp') and report"),
     "reproduce": ("reproduce", "reproduce the paper's study and write a report"),
+    "faces": ("faces", "face sources: check where the sunglasses trigger lands (eye location per method, contact sheet)"),
     "bench": ("bench", "benchmarks: native kernels vs reference, training throughput, pruning search"),
 }
 

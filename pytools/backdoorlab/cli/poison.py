@@ -68,7 +68,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
                      help="extra source argument, e.g. n_train=5000 (JSON values), repeatable")
     how.add_argument("--no-eye-detection", action="store_true",
-                     help="glasses on sources without landmarks: use the canonical eye position, no Haar detection")
+                     help="glasses on sources that do not know the eyes: use the canonical eye position, "
+                          "no landmark or Haar detection")
     how.add_argument("--no-preview", action="store_true", help="skip the card and preview (manifest is always written)")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
 
