@@ -233,3 +233,20 @@ def test_debug_switch_shows_the_traceback(files, monkeypatch):
     monkeypatch.setenv("BACKDOORLAB_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
         main(argv)
+
+
+def test_native_cuda_without_a_cuda_build_is_an_expected_failure():
+    """The native core's missing-CUDA error is the devices' type, so the CLI prints it in one line."""
+    import numpy as np
+
+    from backdoorlab import native
+    from backdoorlab.cli import error_line
+    from backdoorlab.errors import DeviceUnavailableError
+
+    if native.build_info()["cuda"]:
+        pytest.skip("a usable CUDA build is present")
+    with pytest.raises(DeviceUnavailableError, match="device='cuda' is not available") as info:
+        native.pca(np.zeros((4, 3), np.float32), np.array([0, 4]), n_components=2, device="cuda")
+    from backdoorlab.cli import _expected
+
+    assert _expected(info.value) and "\n" not in error_line(info.value)

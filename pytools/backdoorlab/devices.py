@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import torch
 
-
-class DeviceUnavailableError(RuntimeError):
-    """A device was asked for that this machine cannot give (CUDA without a GPU or a CUDA build).
-
-    A ``RuntimeError`` (what callers caught before it existed), but a type of its own so that the
-    command line can tell this expected failure -- the user's to fix -- from a bug.
-    """
+from backdoorlab.errors import DeviceUnavailableError  # noqa: F401  (raised here; imported from here by callers)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

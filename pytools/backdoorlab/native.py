@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from backdoorlab import reference as _ref
+from backdoorlab.errors import DeviceUnavailableError
 from backdoorlab.reference import (
     KMeansResult,
     _check_acts,
@@ -138,7 +139,7 @@ def _backend(device: str, kernel: str):
         if why is None:
             return _cuda
         if device == "cuda":
-            raise RuntimeError(f"device='cuda' is not available: {why}")
+            raise DeviceUnavailableError(f"device='cuda' is not available: {why}")
     if _core is None:
         raise RuntimeError(f"the native CPU core is not available: {_core_error}; "
                            "rebuild with `pip install --no-build-isolation -Cbuild-dir=build -e .`")

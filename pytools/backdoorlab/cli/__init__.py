@@ -14,7 +14,7 @@ The error boundary (:func:`main`, the only one) sorts what a command raises into
   ``TypeError``, ``KeyError``, as ``docs/contracts.md`` prescribes for every public function),
   files that cannot be read or written (``OSError``, which includes h5py's errors for truncated,
   foreign or corrupt HDF5 files and a full disk), ``MemoryError`` (a size asked for that does not
-  fit), a missing GPU (:class:`backdoorlab.devices.DeviceUnavailableError`) and a training run that
+  fit), a missing GPU (:class:`backdoorlab.errors.DeviceUnavailableError`) and a training run that
   diverged (``FloatingPointError``). They end as one line on stderr,
   ``backdoorlab CMD: error: <file>: <problem>``, and exit status 2.
 * **everything else** (``RuntimeError``, ``AttributeError``, ``IndexError``, ...) is a bug: the
@@ -91,11 +91,10 @@ def seed_arg(text: str) -> int:
 
 def _expected(exc: BaseException) -> bool:
     """Whether ``exc`` is an expected failure (see the module docstring) rather than a bug."""
-    if isinstance(exc, (ValueError, TypeError, KeyError, OSError, MemoryError, FloatingPointError)):
-        return True
-    # Only loaded when a command touched a device; then its error type is defined.
-    devices = sys.modules.get("backdoorlab.devices")
-    return devices is not None and isinstance(exc, devices.DeviceUnavailableError)
+    from backdoorlab.errors import DeviceUnavailableError
+
+    return isinstance(exc, (ValueError, TypeError, KeyError, OSError, MemoryError, FloatingPointError,
+                            DeviceUnavailableError))
 
 
 def _from_h5py(exc: BaseException) -> bool:
