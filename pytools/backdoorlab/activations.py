@@ -26,6 +26,7 @@ import torch
 from backdoorlab.data import H5Split, row_batches
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
+from backdoorlab.models.compat import check_compatible
 
 REDUCTIONS = ("flatten", "channel_mean")
 
@@ -53,8 +54,6 @@ def iter_activations(model: BackdoorModel, dataset: H5Split, layer: str, *, batc
         training labels).
     """
     from tqdm.auto import tqdm
-
-    from backdoorlab.train import check_compatible
 
     check_compatible(model, dataset)
     module = model.layer(layer)  # KeyError naming the valid layers
