@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "common/binding_checks.hpp"
 #include "common/ica_math.hpp"
 #include "cpu/cluster.hpp"
 #include "cpu/decompose.hpp"
@@ -52,30 +53,11 @@
 namespace py = pybind11;
 using i64 = std::int64_t;
 
+using backdoorlab::binding::carray;
+using backdoorlab::binding::expect_ndim;
+using backdoorlab::binding::expect_shape;
+
 namespace {
-
-template <typename T>
-using carray = py::array_t<T, py::array::c_style>;
-
-// Shape checks with the argument named (the NumPy dtype/contiguity checks are done by noconvert).
-template <typename T>
-void expect_ndim(const carray<T>& a, const char* name, py::ssize_t ndim) {
-  if (a.ndim() != ndim)
-    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " +
-                          std::to_string(a.ndim()) + "-D");
-}
-
-template <typename T>
-void expect_shape(const carray<T>& a, const char* name, std::initializer_list<py::ssize_t> shape) {
-  expect_ndim(a, name, static_cast<py::ssize_t>(shape.size()));
-  py::ssize_t i = 0;
-  for (py::ssize_t s : shape) {
-    if (a.shape(i) != s)
-      throw py::value_error(std::string(name) + " has size " + std::to_string(a.shape(i)) + " in dimension " +
-                            std::to_string(i) + ", expected " + std::to_string(s));
-    ++i;
-  }
-}
 
 py::dict build_info() {
   py::dict info;

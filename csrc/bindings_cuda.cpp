@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "common/binding_checks.hpp"
 #include "cuda/api.hpp"
 #include "cuda/dlpack_abi.hpp"
 
@@ -30,10 +31,11 @@ namespace bc = backdoorlab::cuda;
 namespace dl = backdoorlab::dlpack;
 using i64 = std::int64_t;
 
-namespace {
+using backdoorlab::binding::carray;
+using backdoorlab::binding::expect_ndim;
+using backdoorlab::binding::expect_shape;
 
-template <typename T>
-using carray = py::array_t<T, py::array::c_style>;
+namespace {
 
 // A float32 input held for the duration of a call: a NumPy array (kept alive) or a consumed
 // DLPack tensor (its deleter runs when this object dies, with the GIL held).
@@ -176,25 +178,6 @@ void acquire_float32(Float32Input& in, py::handle obj, const char* name, const s
   }
   throw py::type_error(std::string(name) + " must be a numpy.ndarray or a DLPack tensor (e.g. a "
                        "torch.Tensor), got " + type_name(obj));
-}
-
-template <typename T>
-void expect_ndim(const carray<T>& a, const char* name, py::ssize_t ndim) {
-  if (a.ndim() != ndim)
-    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " +
-                          std::to_string(a.ndim()) + "-D");
-}
-
-template <typename T>
-void expect_shape(const carray<T>& a, const char* name, std::initializer_list<py::ssize_t> shape) {
-  expect_ndim(a, name, static_cast<py::ssize_t>(shape.size()));
-  py::ssize_t i = 0;
-  for (py::ssize_t s : shape) {
-    if (a.shape(i) != s)
-      throw py::value_error(std::string(name) + " has size " + std::to_string(a.shape(i)) +
-                            " in dimension " + std::to_string(i) + ", expected " + std::to_string(s));
-    ++i;
-  }
 }
 
 i64 n_classes_of(const carray<i64>& offsets) {

@@ -21,7 +21,8 @@ from backdoorlab.defences import (
     removal_report,
 )
 from backdoorlab.defences.activation_clustering import analyse_clusters
-from backdoorlab.defences.fine_pruning import FullEvaluator, PruningSearch, TailEvaluator, channel_means
+from backdoorlab.activations import channel_means
+from backdoorlab.defences.fine_pruning import FullEvaluator, PruningSearch, TailEvaluator
 from backdoorlab.defences.provenance import group_rows
 from backdoorlab.defences.spectral_signatures import spectral_flags
 

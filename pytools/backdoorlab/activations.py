@@ -23,9 +23,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from backdoorlab.data import BatchSource, H5Split
+from backdoorlab.data import H5Split, row_batches
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
+from backdoorlab.models.compat import check_compatible
 
 REDUCTIONS = ("flatten", "channel_mean")
 
@@ -54,8 +55,6 @@ def iter_activations(model: BackdoorModel, dataset: H5Split, layer: str, *, batc
     """
     from tqdm.auto import tqdm
 
-    from backdoorlab.train import check_compatible
-
     check_compatible(model, dataset)
     module = model.layer(layer)  # KeyError naming the valid layers
     if int(batch_size) < 1:
@@ -71,11 +70,10 @@ def iter_activations(model: BackdoorModel, dataset: H5Split, layer: str, *, batc
     model.to(dev).eval()
     handle = module.register_forward_hook(hook)
     try:
-        source = BatchSource(dataset, dev)
         start = 0
         with torch.no_grad(), tqdm(total=len(dataset), desc=f"activations {layer}", unit="img",
                                    disable=not progress, leave=False) as bar:
-            for x, y in source.batches(int(batch_size)):
+            for x, y in row_batches(dataset, int(batch_size), dev):
                 captured.clear()
                 try:
                     model(x)
@@ -129,6 +127,14 @@ def _open_output(n: int, d: int, out: str | os.PathLike | None):
     return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d)), (tmp, path)
 
 
+def _finite(acts: torch.Tensor, layer: str, start: int) -> torch.Tensor:
+    # NaN/inf activations come from a diverged model; every analysis of them (clustering, spectra,
+    # statistics) would silently give garbage, so stop at the first batch that has them.
+    if not torch.isfinite(acts).all():
+        raise ValueError(f"activations of layer {layer!r} contain NaN or inf (batch at row {start}); is the model diverged?")
+    return acts
+
+
 def _finish_output(arr: np.ndarray, paths) -> np.ndarray:
     if paths is None:
         return arr
@@ -168,7 +174,7 @@ def extract(model: BackdoorModel, dataset: H5Split, layer: str, *, reduce: str =
     arr, paths = _open_output(len(dataset), d, out)
     try:
         for start, acts, _ in iter_activations(model, dataset, layer, batch_size=batch_size, device=device, progress=progress):
-            arr[start : start + acts.shape[0]] = _reduce(acts, reduce).numpy()
+            arr[start : start + acts.shape[0]] = _reduce(_finite(acts, layer, start), reduce).numpy()
     except BaseException:
         if paths is not None:
             del arr
@@ -207,7 +213,7 @@ def extract_by_class(model: BackdoorModel, dataset: H5Split, layer: str, *, redu
     arr, paths = _open_output(len(dataset), d, out)
     try:
         for start, acts, _ in iter_activations(model, dataset, layer, batch_size=batch_size, device=device, progress=progress):
-            arr[position[start : start + acts.shape[0]]] = _reduce(acts, reduce).numpy()
+            arr[position[start : start + acts.shape[0]]] = _reduce(_finite(acts, layer, start), reduce).numpy()
     except BaseException:
         if paths is not None:
             del arr

@@ -368,6 +368,28 @@ class H5Split(Dataset):
         return torch.from_numpy(out)
 
 
+def row_batches(dataset: H5Split, batch_size: int, device: torch.device | str = "cpu"):
+    """Yield ``(x float32 (b, 3, H, W) in [0, 1], y int64 (b,))`` on ``device``, in row order.
+
+    The inference loops' reader (activations, defence evaluators): each batch is read as one slab
+    of consecutive rows, so only ``batch_size`` images are in memory at a time (whatever the size
+    of the split) and the HDF5 chunks are decompressed once per batch, not once per image. Row
+    order on purpose: outputs stay aligned with the rows of ``dataset``, which per-row flags rely on.
+    Gives the same batches as :class:`BatchSource` (which training uses for its shuffled orders).
+    """
+    if not isinstance(dataset, H5Split):
+        raise TypeError(f"dataset must be an H5Split, got {type(dataset).__name__}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = torch.device(device)
+    n = len(dataset)
+    labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
+    for start in range(0, n, int(batch_size)):
+        stop = min(n, start + int(batch_size))
+        chunk = dataset.subset(np.arange(start, stop)).load_images(max_bytes=None)
+        yield to_float_chw(chunk).to(dev), labels[start:stop].to(dev)
+
+
 def open_variant(path: str | os.PathLike, splits: tuple[str, ...] = SPLITS, *, verify: bool = True,
                  progress: bool = False) -> dict[str, H5Split]:
     """``{split: H5Split}`` for the splits present in the file among ``splits``, after checking the

@@ -43,3 +43,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     return dev
+
+
+def native_device(device: str | torch.device = "auto") -> str:
+    """The native core's device for a torch device: ``"cuda"`` only where the core was built with it.
+
+    The defences run the model on ``device`` and their numerical kernels on the matching native
+    device; a CPU-only native build on a GPU machine keeps the kernels on the CPU.
+    """
+    if resolve_device(device).type != "cuda":
+        return "cpu"
+    from backdoorlab import native  # the compiled core is optional until a kernel is needed
+
+    return "cuda" if native.build_info().get("cuda") else "cpu"

@@ -19,6 +19,7 @@ import torch
 from backdoorlab.data import BatchSource, H5Split
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
+from backdoorlab.models.compat import check_compatible
 
 
 @torch.no_grad()
@@ -31,8 +32,6 @@ def predict(model: BackdoorModel, dataset: H5Split, *, batch_size: int = 256, de
     np.ndarray of int64, shape (len(dataset),)
     """
     from tqdm.auto import tqdm
-
-    from backdoorlab.train import check_compatible
 
     check_compatible(model, dataset)
     dev = resolve_device(device)

@@ -51,21 +51,19 @@ import numpy as np
 
 from backdoorlab import reference as _ref
 from backdoorlab.errors import DeviceUnavailableError
-from backdoorlab.reference import (
-    KMeansResult,
-    _check_acts,
-    _check_components,
-    _check_groups,
-    _check_int,
-    _check_labels,
-    _check_matrix,
-    _check_min_rows,
-    _check_offsets,
-    _check_order,
-    _check_tol,
-    _finish_stats,
-    group_by_class,
+from backdoorlab._validate import (
+    check_acts,
+    check_components,
+    check_groups,
+    check_int,
+    check_labels,
+    check_matrix,
+    check_min_rows,
+    check_offsets,
+    check_order,
+    check_tol,
 )
+from backdoorlab.reference import KMeansResult, _finish_stats, group_by_class
 
 __all__ = [
     "KMeansResult",
@@ -276,7 +274,7 @@ def _acts(acts: Any, device: str, name: str = "acts") -> np.ndarray | _DeviceTen
     acts = _take_float32(acts, name, device, (2, 4), "(N, C) or (N, C, H, W)")
     if isinstance(acts, _DeviceTensor):
         return acts
-    return _check_acts(acts, name)
+    return check_acts(acts, name)
 
 
 def _matrix(X: Any, device: str, name: str = "X") -> np.ndarray | _DeviceTensor:
@@ -284,7 +282,7 @@ def _matrix(X: Any, device: str, name: str = "X") -> np.ndarray | _DeviceTensor:
     X = _take_float32(X, name, device, (2,), "2-D (n_samples, n_features)")
     if isinstance(X, _DeviceTensor):
         return X
-    return _check_matrix(X, name, check_finite=False)  # the core checks finiteness while it reads rows
+    return check_matrix(X, name, check_finite=False)  # the core checks finiteness while it reads rows
 
 
 def _arg(mod: Any, X: np.ndarray | _DeviceTensor, name: str = "X", device: str = "auto") -> Any:
@@ -358,7 +356,7 @@ def set_num_threads(n: int) -> None:
     ValueError
         ``n`` is outside that range (the core decides the ceiling and names it and ``n``).
     """
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", 1)
     # the ceiling lives in the core (csrc/cpu/parallel.cpp), which raises ValueError naming it
     _backend("cpu", "set_num_threads").set_num_threads(n)
 
@@ -402,7 +400,7 @@ def activation_stats(acts: np.ndarray, labels: np.ndarray | None = None, n_class
     if labels is None and n_classes is not None:
         raise ValueError("n_classes was given without labels")
     if labels is not None and n_classes is None:
-        n_classes = int(_check_labels(labels, a.shape[0]).max()) + 1
+        n_classes = int(check_labels(labels, a.shape[0]).max()) + 1
     acc = ActivationStats(a.shape[1], n_classes if labels is not None else None, device=device)
     acc.update(acts, labels)
     return acc.result()
@@ -425,8 +423,8 @@ class ActivationStats:
     """
 
     def __init__(self, n_channels: int, n_classes: int | None = None, device: str = "cpu") -> None:
-        self.n_channels = _check_int(n_channels, "n_channels", 1)
-        self.n_classes = None if n_classes is None else _check_int(n_classes, "n_classes", 1)
+        self.n_channels = check_int(n_channels, "n_channels", 1)
+        self.n_classes = None if n_classes is None else check_int(n_classes, "n_classes", 1)
         self.device = device
         self._mod = _backend(device, "stats_update")
         g = 1 if self.n_classes is None else self.n_classes
@@ -460,7 +458,7 @@ class ActivationStats:
         else:
             if labels is None:
                 raise ValueError(f"labels are required: the accumulator is per class (n_classes={self.n_classes})")
-            groups, _ = _check_groups(labels, self.n_classes, a.shape[0])
+            groups, _ = check_groups(labels, self.n_classes, a.shape[0])
             groups = np.ascontiguousarray(groups, dtype=np.int64)
         self._mod.stats_update(_arg(self._mod, a, "batch", self.device), groups, self._count, self._values, self._mean, self._m2, self._max, self._npos)
 
@@ -510,12 +508,12 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
         Only with ``return_n_iter``; ``max_iter`` means not converged.
     """
     X = _matrix(X, device)
-    offsets = _check_offsets(offsets, X.shape[0])
-    n_components = _check_components(n_components, X.shape[1])
-    _check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
-    max_iter = _check_int(max_iter, "max_iter", 1)
-    tol = _check_tol(tol)
-    seed = _check_int(seed, "seed", 0, 2**64 - 1)
+    offsets = check_offsets(offsets, X.shape[0])
+    n_components = check_components(n_components, X.shape[1])
+    check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
+    max_iter = check_int(max_iter, "max_iter", 1)
+    tol = check_tol(tol)
+    seed = check_int(seed, "seed", 0, 2**64 - 1)
     mod = _backend(device, "fastica")
     sources, n_iter = mod.fastica(_arg(mod, X, device=device), offsets, n_components, max_iter, tol, seed)
     return (sources, n_iter) if return_n_iter else sources
@@ -540,9 +538,9 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: str 
     ndarray of shape (n, n_components), float32
     """
     X = _matrix(X, device)
-    offsets = _check_offsets(offsets, X.shape[0])
-    n_components = _check_components(n_components, X.shape[1])
-    _check_min_rows(offsets, n_components, "n_components")
+    offsets = check_offsets(offsets, X.shape[0])
+    n_components = check_components(n_components, X.shape[1])
+    check_min_rows(offsets, n_components, "n_components")
     mod = _backend(device, "pca")
     return mod.pca(_arg(mod, X, device=device), offsets, n_components)
 
@@ -579,13 +577,13 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
         (n_classes, k, d), ``inertia`` float64 (n_classes,) (NaN for empty classes).
     """
     X = _matrix(X, device)
-    offsets = _check_offsets(offsets, X.shape[0])
-    k = _check_int(k, "k", 1)
-    _check_min_rows(offsets, k, "k")
-    n_init = _check_int(n_init, "n_init", 1)
-    max_iter = _check_int(max_iter, "max_iter", 1)
-    tol = _check_tol(tol)
-    seed = _check_int(seed, "seed", 0, 2**64 - 1)
+    offsets = check_offsets(offsets, X.shape[0])
+    k = check_int(k, "k", 1)
+    check_min_rows(offsets, k, "k")
+    n_init = check_int(n_init, "n_init", 1)
+    max_iter = check_int(max_iter, "max_iter", 1)
+    tol = check_tol(tol)
+    seed = check_int(seed, "seed", 0, 2**64 - 1)
     mod = _backend(device, "kmeans")
     labels, centers, inertia, _n_iter = mod.kmeans(_arg(mod, X, device=device), offsets, k, n_init, max_iter, tol, seed)
     return KMeansResult(labels, centers, inertia)
@@ -612,8 +610,8 @@ def silhouette_samples(X: np.ndarray, offsets: np.ndarray, labels: np.ndarray, d
     ndarray of shape (n,), float32
     """
     X = _matrix(X, device)
-    offsets = _check_offsets(offsets, X.shape[0])
-    labels = np.ascontiguousarray(_check_labels(labels, X.shape[0]), dtype=np.int32)  # checked to fit int32
+    offsets = check_offsets(offsets, X.shape[0])
+    labels = np.ascontiguousarray(check_labels(labels, X.shape[0]), dtype=np.int32)  # checked to fit int32
     mod = _backend(device, "silhouette_samples")
     return mod.silhouette_samples(_arg(mod, X, device=device), offsets, labels)
 
@@ -644,7 +642,7 @@ def spectral_scores(X: np.ndarray, offsets: np.ndarray, center: bool = True, dev
     if not isinstance(center, (bool, np.bool_)):
         raise TypeError(f"center must be a bool, got {type(center).__name__}")
     X = _matrix(X, device)
-    offsets = _check_offsets(offsets, X.shape[0])
+    offsets = check_offsets(offsets, X.shape[0])
     mod = _backend(device, "spectral_scores")
     return mod.spectral_scores(_arg(mod, X, device=device), offsets, bool(center))
 
@@ -687,8 +685,8 @@ def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
     ndarray of shape (C,), float32
         0.0 for pruned channels, 1.0 for kept ones.
     """
-    order = _check_order(order)
-    n_pruned = _check_int(n_pruned, "n_pruned", 0)
+    order = check_order(order)
+    n_pruned = check_int(n_pruned, "n_pruned", 0)
     if n_pruned > order.size:
         raise ValueError(f"n_pruned={n_pruned} exceeds the channel count {order.size}")
     return _backend("cpu", "pruning_mask").pruning_mask(np.ascontiguousarray(order), n_pruned)

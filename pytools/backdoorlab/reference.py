@@ -8,9 +8,9 @@ Activation Clustering calls ``FastICA(n_components=10, max_iter=1000, tol=0.005)
 the native core against these functions on the same inputs, and ``python -m backdoorlab.bench
 kernels`` times both in one run.
 
-The input rules (dtype, shape, finiteness, offsets, minimum rows per class) are checked here by
-the same helpers :mod:`backdoorlab.native` uses, so both sides reject the same inputs with the
-same messages. This module imports only NumPy and scikit-learn: it works without the compiled
+The input rules (dtype, shape, finiteness, offsets, minimum rows per class) are checked by the
+helpers of :mod:`backdoorlab._validate`, which :mod:`backdoorlab.native` uses too, so both sides
+reject the same inputs with the same messages. This module imports only NumPy and scikit-learn: it works without the compiled
 core.
 
 FastICA and k-means get the float32 rows as IBM ART passes them (scikit-learn then computes in
@@ -25,6 +25,19 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+
+from backdoorlab._validate import (
+    check_acts,
+    check_components,
+    check_groups,
+    check_int,
+    check_labels,
+    check_matrix,
+    check_min_rows,
+    check_offsets,
+    check_order,
+    check_tol,
+)
 
 __all__ = [
     "KMeansResult",
@@ -59,109 +72,13 @@ class KMeansResult(NamedTuple):
     inertia: np.ndarray
 
 
-# ---- input checks shared with backdoorlab.native --------------------------------------------
-
-
-def _check_matrix(X: np.ndarray, name: str = "X", *, check_finite: bool = True) -> np.ndarray:
-    """Return ``X`` as a C-contiguous float32 (n, d) array, or raise naming the problem.
-
-    float32 is required (TypeError otherwise: a silent float64 -> float32 copy would double the
-    memory of a large activation matrix behind the caller's back). A non-contiguous float32 view
-    is copied to C order — documented, and the only conversion done.
-    """
-    if not isinstance(X, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(X).__name__}")
-    if X.dtype != np.float32:
-        raise TypeError(f"{name} must have dtype float32, got {X.dtype} (convert with {name}.astype(np.float32))")
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {X.ndim}-D with shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {X.shape}")
-    X = np.ascontiguousarray(X)
-    if check_finite and not np.isfinite(X).all():
-        bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
-        raise ValueError(f"{name} contains NaN or Inf (first at row {bad})")
-    return X
-
-
-def _check_offsets(offsets: np.ndarray, n_rows: int, name: str = "offsets") -> np.ndarray:
-    """Return ``offsets`` as int64 (n_classes + 1,), or raise naming the problem.
-
-    Class ``c`` holds rows ``offsets[c]:offsets[c+1]``; offsets start at 0, end at ``n_rows`` and
-    never decrease (an empty class, two equal offsets, is allowed).
-    """
-    offsets = np.asarray(offsets)
-    if offsets.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, got dtype {offsets.dtype}")
-    if offsets.ndim != 1 or offsets.size < 2:
-        raise ValueError(f"{name} must be 1-D with n_classes + 1 >= 2 entries, got shape {offsets.shape}")
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    if offsets[0] != 0:
-        raise ValueError(f"{name}[0] must be 0, got {offsets[0]}")
-    if offsets[-1] != n_rows:
-        raise ValueError(f"{name}[-1] must equal the number of rows of X ({n_rows}), got {offsets[-1]}")
-    steps = np.diff(offsets)
-    if (steps < 0).any():
-        c = int(np.flatnonzero(steps < 0)[0])
-        raise ValueError(f"{name} must be non-decreasing, but {name}[{c + 1}]={offsets[c + 1]} < {name}[{c}]={offsets[c]}")
-    return offsets
-
-
-def _check_min_rows(offsets: np.ndarray, min_rows: int, what: str) -> None:
-    """Raise if a non-empty class has fewer than ``min_rows`` rows (empty classes are skipped)."""
-    sizes = np.diff(offsets)
-    bad = np.flatnonzero((sizes > 0) & (sizes < min_rows))
-    if bad.size:
-        c = int(bad[0])
-        raise ValueError(f"class {c} has {int(sizes[c])} rows, fewer than {what}={min_rows}")
-
-
-_INT32_MAX = 2**31 - 1
-
-
-def _check_int(value: int, name: str, minimum: int, maximum: int = _INT32_MAX) -> int:
-    """``value`` as an int in ``[minimum, maximum]`` (int32 by default: what the core takes)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return int(value)
-
-
-def _check_tol(tol: float, name: str = "tol") -> float:
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number, got {type(tol).__name__}")
-    if not np.isfinite(tol) or tol < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {tol}")
-    return float(tol)
+# ---- input helpers of the twins ------------------------------------------------------------
 
 
 def _sklearn_seed(seed: int) -> int:
     """``seed`` checked as the native core takes it (an int in [0, 2^64 - 1]), folded to the 32
     bits scikit-learn's ``random_state`` accepts (the streams differ from the core's anyway)."""
-    return _check_int(seed, "seed", 0, 2**64 - 1) % 2**32
-
-
-def _check_components(n_components: int, d: int) -> int:
-    n_components = _check_int(n_components, "n_components", 1)
-    if n_components > d:
-        raise ValueError(f"n_components={n_components} exceeds the number of features d={d}")
-    return n_components
-
-
-def _check_labels(labels: np.ndarray, n: int, name: str = "labels") -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, got dtype {labels.dtype}")
-    if labels.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {labels.shape}")
-    if n and labels.min() < 0:
-        raise ValueError(f"{name} must be >= 0, got {labels.min()} at row {int(np.argmin(labels))}")
-    if n and labels.max() > _INT32_MAX:  # class counts and cluster ids are int32 in the core
-        raise ValueError(f"{name} must fit in int32, got {labels.max()} at row {int(np.argmax(labels))}")
-    return labels
+    return check_int(seed, "seed", 0, 2**64 - 1) % 2**32
 
 
 def _classes(offsets: np.ndarray):
@@ -181,7 +98,7 @@ def group_by_class(X: np.ndarray, labels: np.ndarray, n_classes: int | None = No
     Parameters
     ----------
     X : ndarray of shape (n, d), float32
-        Rows to group (copied to C order if needed; see :func:`_check_matrix`).
+        Rows to group (copied to C order if needed; see :func:`check_matrix`).
     labels : ndarray of shape (n,), integer
         Class of every row, in ``[0, n_classes)``.
     n_classes : int, optional
@@ -197,12 +114,12 @@ def group_by_class(X: np.ndarray, labels: np.ndarray, n_classes: int | None = No
     order : ndarray of shape (n,), int64
         Stable sort of ``labels``; map per-row results back with ``out[order] = res``.
     """
-    X = _check_matrix(X, check_finite=False)
-    labels = _check_labels(labels, X.shape[0])
+    X = check_matrix(X, check_finite=False)
+    labels = check_labels(labels, X.shape[0])
     top = int(labels.max()) + 1
     if n_classes is None:
         n_classes = top
-    n_classes = _check_int(n_classes, "n_classes", 1)
+    n_classes = check_int(n_classes, "n_classes", 1)
     if top > n_classes:
         raise ValueError(f"labels hold class {top - 1}, but n_classes={n_classes}")
     order = np.argsort(labels, kind="stable").astype(np.int64)
@@ -213,37 +130,6 @@ def group_by_class(X: np.ndarray, labels: np.ndarray, n_classes: int | None = No
 
 
 # ---- 1. activation statistics ----------------------------------------------------------------
-
-
-def _check_acts(acts: np.ndarray, name: str = "acts") -> np.ndarray:
-    """Return activations as float32 (N, C, S) (S = H*W, 1 for (N, C)); raise naming the problem."""
-    if not isinstance(acts, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(acts).__name__}")
-    if acts.dtype != np.float32:
-        raise TypeError(f"{name} must have dtype float32, got {acts.dtype} (convert with {name}.astype(np.float32))")
-    if acts.ndim not in (2, 4):
-        raise ValueError(f"{name} must be (N, C) or (N, C, H, W), got {acts.ndim}-D with shape {acts.shape}")
-    if acts.shape[0] == 0:
-        raise ValueError(f"{name} is empty: shape {acts.shape}")
-    if acts.shape[1] == 0 or (acts.ndim == 4 and acts.shape[2] * acts.shape[3] == 0):
-        raise ValueError(f"{name} has no channels or an empty spatial map: shape {acts.shape}")
-    n, c = acts.shape[:2]
-    return np.ascontiguousarray(acts).reshape(n, c, -1)
-
-
-def _check_groups(labels: np.ndarray | None, n_classes: int | None, n: int) -> tuple[np.ndarray | None, int | None]:
-    if labels is None:
-        if n_classes is not None:
-            raise ValueError("n_classes was given without labels")
-        return None, None
-    labels = _check_labels(labels, n)
-    top = int(labels.max()) + 1 if n else 0
-    if n_classes is None:
-        raise ValueError("n_classes is required with labels (the accumulator's shape must not depend on the batch)")
-    n_classes = _check_int(n_classes, "n_classes", 1)
-    if top > n_classes:
-        raise ValueError(f"labels hold class {top - 1}, but n_classes={n_classes}")
-    return labels.astype(np.int64, copy=False), n_classes
 
 
 def _finish_stats(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, maxv: np.ndarray,
@@ -285,11 +171,11 @@ def activation_stats(acts: np.ndarray, labels: np.ndarray | None = None, n_class
         (n_classes, C) (NaN for a class without rows); ``count``: int64 number of rows, () or
         (n_classes,).
     """
-    a = _check_acts(acts)
+    a = check_acts(acts)
     if labels is None and n_classes is not None:
         raise ValueError("n_classes was given without labels")
     if labels is not None and n_classes is None:
-        n_classes = int(_check_labels(labels, a.shape[0]).max()) + 1
+        n_classes = int(check_labels(labels, a.shape[0]).max()) + 1
     acc = ActivationStats(a.shape[1], n_classes if labels is not None else None)
     acc.update(acts, labels)
     return acc.result()
@@ -310,8 +196,8 @@ class ActivationStats:
     """
 
     def __init__(self, n_channels: int, n_classes: int | None = None) -> None:
-        self.n_channels = _check_int(n_channels, "n_channels", 1)
-        self.n_classes = None if n_classes is None else _check_int(n_classes, "n_classes", 1)
+        self.n_channels = check_int(n_channels, "n_channels", 1)
+        self.n_classes = None if n_classes is None else check_int(n_classes, "n_classes", 1)
         g = 1 if self.n_classes is None else self.n_classes
         self._count = np.zeros(g, dtype=np.int64)       # rows per group
         self._values = np.zeros(g, dtype=np.int64)      # values per channel per group (rows * H * W)
@@ -321,7 +207,7 @@ class ActivationStats:
         self._npos = np.zeros((g, self.n_channels), dtype=np.int64)
 
     def _check_batch(self, batch: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        a = _check_acts(batch, "batch")
+        a = check_acts(batch, "batch")
         if a.shape[1] != self.n_channels:
             raise ValueError(f"batch has {a.shape[1]} channels, the accumulator was made for {self.n_channels}")
         if not np.isfinite(a).all():
@@ -334,7 +220,7 @@ class ActivationStats:
         else:
             if labels is None:
                 raise ValueError(f"labels are required: the accumulator is per class (n_classes={self.n_classes})")
-            groups, _ = _check_groups(labels, self.n_classes, a.shape[0])
+            groups, _ = check_groups(labels, self.n_classes, a.shape[0])
         return a, groups
 
     def update(self, batch: np.ndarray, labels: np.ndarray | None = None) -> None:
@@ -389,12 +275,12 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
     """
     from sklearn.decomposition import FastICA
 
-    X = _check_matrix(X)
-    offsets = _check_offsets(offsets, X.shape[0])
-    n_components = _check_components(n_components, X.shape[1])
-    _check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
-    max_iter = _check_int(max_iter, "max_iter", 1)
-    tol = _check_tol(tol)
+    X = check_matrix(X)
+    offsets = check_offsets(offsets, X.shape[0])
+    n_components = check_components(n_components, X.shape[1])
+    check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
+    max_iter = check_int(max_iter, "max_iter", 1)
+    tol = check_tol(tol)
     seed = _sklearn_seed(seed)
     out = np.zeros((X.shape[0], n_components), dtype=np.float32)
     n_iter = np.zeros(offsets.size - 1, dtype=np.int32)
@@ -419,10 +305,10 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.ndarra
     """
     from sklearn.decomposition import PCA
 
-    X = _check_matrix(X)
-    offsets = _check_offsets(offsets, X.shape[0])
-    n_components = _check_components(n_components, X.shape[1])
-    _check_min_rows(offsets, n_components, "n_components")
+    X = check_matrix(X)
+    offsets = check_offsets(offsets, X.shape[0])
+    n_components = check_components(n_components, X.shape[1])
+    check_min_rows(offsets, n_components, "n_components")
     out = np.zeros((X.shape[0], n_components), dtype=np.float32)
     for _, start, stop in _classes(offsets):
         rows = X[start:stop].astype(np.float64)
@@ -446,13 +332,13 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
     """
     from sklearn.cluster import KMeans
 
-    X = _check_matrix(X)
-    offsets = _check_offsets(offsets, X.shape[0])
-    k = _check_int(k, "k", 1)
-    _check_min_rows(offsets, k, "k")
-    n_init = _check_int(n_init, "n_init", 1)
-    max_iter = _check_int(max_iter, "max_iter", 1)
-    tol = _check_tol(tol)
+    X = check_matrix(X)
+    offsets = check_offsets(offsets, X.shape[0])
+    k = check_int(k, "k", 1)
+    check_min_rows(offsets, k, "k")
+    n_init = check_int(n_init, "n_init", 1)
+    max_iter = check_int(max_iter, "max_iter", 1)
+    tol = check_tol(tol)
     seed = _sklearn_seed(seed)
     n_classes = offsets.size - 1
     labels = np.zeros(X.shape[0], dtype=np.int32)
@@ -483,9 +369,9 @@ def silhouette_samples(X: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -
     """
     from sklearn.metrics import silhouette_samples as sk_silhouette
 
-    X = _check_matrix(X)
-    offsets = _check_offsets(offsets, X.shape[0])
-    labels = _check_labels(labels, X.shape[0])
+    X = check_matrix(X)
+    offsets = check_offsets(offsets, X.shape[0])
+    labels = check_labels(labels, X.shape[0])
     out = np.zeros(X.shape[0], dtype=np.float32)
     for _, start, stop in _classes(offsets):
         lab = labels[start:stop]
@@ -514,8 +400,8 @@ def spectral_scores(X: np.ndarray, offsets: np.ndarray, center: bool = True) -> 
     """
     if not isinstance(center, (bool, np.bool_)):
         raise TypeError(f"center must be a bool, got {type(center).__name__}")
-    X = _check_matrix(X)
-    offsets = _check_offsets(offsets, X.shape[0])
+    X = check_matrix(X)
+    offsets = check_offsets(offsets, X.shape[0])
     out = np.zeros(X.shape[0], dtype=np.float32)
     for _, start, stop in _classes(offsets):
         rows = X[start:stop].astype(np.float64)
@@ -551,18 +437,6 @@ def pruning_order(mean_activation: np.ndarray) -> np.ndarray:
     return np.argsort(m, kind="stable").astype(np.int64)
 
 
-def _check_order(order: np.ndarray) -> np.ndarray:
-    order = np.asarray(order)
-    if order.dtype.kind not in "iu":
-        raise TypeError(f"order must hold integers, got dtype {order.dtype}")
-    if order.ndim != 1 or order.size == 0:
-        raise ValueError(f"order must be 1-D and non-empty, got shape {order.shape}")
-    order = order.astype(np.int64, copy=False)
-    if not np.array_equal(np.sort(order), np.arange(order.size)):
-        raise ValueError(f"order must be a permutation of 0..{order.size - 1}")
-    return order
-
-
 def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
     """Channel mask that prunes the first ``n_pruned`` channels of ``order``.
 
@@ -571,8 +445,8 @@ def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
     ndarray of shape (C,), float32
         0.0 for pruned channels, 1.0 for kept ones.
     """
-    order = _check_order(order)
-    n_pruned = _check_int(n_pruned, "n_pruned", 0)
+    order = check_order(order)
+    n_pruned = check_int(n_pruned, "n_pruned", 0)
     if n_pruned > order.size:
         raise ValueError(f"n_pruned={n_pruned} exceeds the channel count {order.size}")
     mask = np.ones(order.size, dtype=np.float32)

@@ -51,6 +51,7 @@ from backdoorlab.augment import epoch_params as augmentation_params
 from backdoorlab.data import DEFAULT_MAX_MEMORY_BYTES, BatchSource, H5Split
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
+from backdoorlab.models.compat import check_compatible
 from backdoorlab.seeding import keyed_generator
 
 OPTIMIZERS = ("adam", "adadelta", "sgd")
@@ -267,28 +268,6 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffling permutation (int64 ``(n,)``) of ``epoch`` for ``seed``: independent of any global RNG."""
     return torch.randperm(n, generator=keyed_generator(seed, epoch))
-
-
-def check_compatible(model: BackdoorModel, dataset: H5Split) -> None:
-    """Raise ValueError when the split's image size or labels do not fit the model."""
-    if not isinstance(model, BackdoorModel):
-        raise TypeError(f"model must be a BackdoorModel, got {type(model).__name__}")
-    if not isinstance(dataset, H5Split):
-        raise TypeError(f"dataset must be an H5Split, got {type(dataset).__name__}")
-    h, w, _ = dataset.image_shape
-    if (h, w) != tuple(model.input_size):
-        raise ValueError(
-            f"{model.arch} expects {model.input_size[0]}x{model.input_size[1]} images, "
-            f"but {dataset!r} has {h}x{w}"
-        )
-    if len(dataset) and int(dataset.labels.max()) >= model.n_classes:
-        raise ValueError(
-            f"{dataset!r} has label {int(dataset.labels.max())} but the model has {model.n_classes} classes"
-        )
-    if dataset.n_classes != model.n_classes:
-        # Labels below both counts pass the check above, and every per-class figure would then be
-        # computed over the wrong classes.
-        raise ValueError(f"{dataset!r} has {dataset.n_classes} classes but the {model.arch} model has {model.n_classes}")
 
 
 def _trainable_parameters(model: BackdoorModel, trainable: str) -> list[nn.Parameter]:

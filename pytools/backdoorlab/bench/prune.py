@@ -72,11 +72,11 @@ def _best_of(fn, repeats: int):
 def bench_layer(model, clean, layer: str, threshold: float, *, repeats: int, batch_size: int, device: str) -> dict:
     """Time the three searches on one layer; returns a JSON-ready dict."""
     from backdoorlab import native
-    from backdoorlab.defences.base import resolve_layer
-    from backdoorlab.defences.fine_pruning import FullEvaluator, PruningSearch, TailEvaluator, channel_means
+    from backdoorlab.activations import channel_means
+    from backdoorlab.defences.fine_pruning import FullEvaluator, PruningSearch, TailEvaluator
 
-    name, _ = resolve_layer(model, layer)
-    means = channel_means(model, clean, layer, batch_size=batch_size, device=device)
+    name = model.layer_name(layer)
+    means = channel_means(model, clean, layer, batch_size=batch_size, device=device, progress=False)
     order = np.asarray(native.pruning_order(means.astype(np.float32)), dtype=np.int64)
     max_pruned = order.size - 1
 

@@ -33,8 +33,9 @@ compared on the same clustering:
 flagged cluster, then classifies each flagged cluster; a cluster predicted mostly as its own label
 (own / best-other >= ``reclass_threshold``) was legitimate and is kept.
 
-Activations are streamed batch by batch into one float32 matrix (``activations_out`` may name a
-file to memory-map it), never the images; flags are per row of the incoming training set, in its
+Activations are streamed batch by batch into one float32 matrix by
+:func:`backdoorlab.activations.extract` (``activations_out`` may name a ``.npy`` file to
+memory-map it), never the images; flags are per row of the incoming training set, in its
 order (the grouping permutation is undone), which the tests check.
 """
 
@@ -43,6 +44,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from backdoorlab.activations import extract
+from backdoorlab.devices import native_device
+from backdoorlab.evaluate import predict
+
 from .base import (
     DefenceContext,
     FilteringDefence,
@@ -50,9 +55,6 @@ from .base import (
     check_choice,
     check_fraction,
     check_positive_int,
-    layer_outputs,
-    native_device,
-    predict_labels,
     removal_report,
     retrain,
 )
@@ -215,7 +217,8 @@ class ActivationClustering(FilteringDefence):
     batch_size : int
         Batch size of activation extraction.
     activations_out : str or None
-        File to memory-map the activation matrix to (for data sets whose activations do not fit).
+        ``.npy`` file to memory-map the activation matrix to (for data sets whose activations do
+        not fit); see :func:`backdoorlab.activations.extract`.
     """
 
     name = "ac"
@@ -265,14 +268,8 @@ class ActivationClustering(FilteringDefence):
         n = len(train)
         if n == 0:
             raise ValueError("Activation Clustering got an empty training set")
-        out = None
-        if self.activations_out is not None:
-            # width is unknown before the first batch: probe one row to size the memmap
-            probe = layer_outputs(ctx.model, train.subset(np.arange(1)), self.layer, device=ctx.device)
-            out = np.lib.format.open_memmap(self.activations_out, mode="w+", dtype=np.float32, shape=(n, probe.shape[1]))
-        acts = layer_outputs(
-            ctx.model, train, self.layer, batch_size=self.batch_size, device=ctx.device, progress=progress, out=out
-        )
+        acts = extract(ctx.model, train, self.layer, batch_size=self.batch_size, device=ctx.device,
+                       out=self.activations_out, progress=progress)
         if self.n_components > acts.shape[1]:
             raise ValueError(
                 f"n_components={self.n_components} exceeds the width {acts.shape[1]} of layer {self.layer!r}"
@@ -391,7 +388,7 @@ class ActivationClustering(FilteringDefence):
         """Exclusionary reclassification: keep flagged clusters a model trained without them agrees with."""
         labels = np.asarray(ctx.train.labels, dtype=np.int64)
         model, kept = retrain(ctx, ~flags, mode="scratch" if self.retrain == "none" else self.retrain, progress=progress)
-        preds = predict_labels(model, ctx.train.subset(np.flatnonzero(flags)), device=ctx.device)
+        preds = predict(model, ctx.train.subset(np.flatnonzero(flags)), device=ctx.device)
         pred_of_row = np.full(len(labels), -1, dtype=np.int64)
         pred_of_row[flags] = preds
         decisions = []

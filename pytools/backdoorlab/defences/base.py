@@ -10,9 +10,10 @@ returns a repaired model on the same training set.
 The removal columns of the paper (Milakovic & Mayer, DBSec 2022, Tables 4 and 7: poisoned
 samples present, removed poisoned, removed clean, with percentages) are computed here once, by
 :func:`removal_report`, so every defence reports them the same way. The module also holds the
-small pieces shared by the defences: streaming a layer's outputs batch by batch (images are never
-all in memory), resolving the device, re-initialising a model for retraining, and validating
-parameters with messages that name the bad value.
+small pieces shared by the defences: re-initialising a model for retraining, and validating
+parameters with messages that name the bad value. Activations come from
+:mod:`backdoorlab.activations`, predictions from :mod:`backdoorlab.evaluate`, devices from
+:mod:`backdoorlab.devices`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,13 +35,6 @@ __all__ = [
     "check_fraction",
     "check_positive_int",
     "check_choice",
-    "resolve_device",
-    "native_device",
-    "resolve_layer",
-    "predict_labels",
-    "iter_image_batches",
-    "iter_layer_outputs",
-    "layer_outputs",
     "reinitialised_copy",
     "retrain",
 ]
@@ -225,147 +219,7 @@ def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) ->
     return value
 
 
-# --------------------------------------------------------------------------- torch helpers
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA raises (no silent fallback)."""
-    from backdoorlab.devices import resolve_device as _resolve
-
-    return _resolve(device)
-
-
-def native_device(device: str) -> str:
-    """The native-core device matching a torch device string (CUDA only where the core has it)."""
-    if resolve_device(device).type != "cuda":
-        return "cpu"
-    from backdoorlab import native
-
-    return "cuda" if native.build_info().get("cuda") else "cpu"
-
-
-def iter_image_batches(dataset: Any, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Float batches ``(x (b, 3, H, W) in [0, 1], y (b,))`` of ``dataset`` in row order.
-
-    Each batch is read as one slab (``H5Split.load_images`` on a subset of consecutive rows), so
-    only ``batch_size`` images are in memory at a time and the HDF5 chunks are decompressed once
-    per batch, not once per image. Objects that are not ``H5Split`` fall back to a DataLoader.
-    In row order on purpose: outputs must stay aligned with the rows of ``dataset`` (the flags
-    are per row; BackdoorBench's shuffled double pass is exactly the misalignment we avoid).
-    """
-    dev = torch.device(device)
-    if hasattr(dataset, "load_images") and hasattr(dataset, "subset"):
-        from backdoorlab.data import to_float_chw
-
-        n = len(dataset)
-        labels = torch.as_tensor(np.asarray(dataset.labels, dtype=np.int64))
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            chunk = dataset.subset(np.arange(start, stop)).load_images(max_bytes=None)
-            yield to_float_chw(chunk).to(dev), labels[start:stop].to(dev)
-        return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    for x, y in loader:
-        yield x.to(dev), y.to(dev)
-
-
-def resolve_layer(model: nn.Module, layer: str) -> tuple[str, nn.Module]:
-    """``(module name, module)`` for a layer role or module name, with a clear error if unknown."""
-    if not isinstance(layer, str) or not layer:
-        raise TypeError(f"layer must be a role or module name (str), got {layer!r}")
-    try:
-        if hasattr(model, "layer_name"):
-            name = model.layer_name(layer)
-            module = model.layer(layer)
-        else:
-            name, module = layer, dict(model.named_modules())[layer]
-    except (KeyError, ValueError, AttributeError) as exc:
-        names = [n for n, _ in model.named_modules() if n]
-        raise ValueError(
-            f"unknown layer {layer!r} for {type(model).__name__}; roles: 'last_conv', "
-            f"'second_last_conv', 'penultimate'; modules: {', '.join(names)}"
-        ) from exc
-    return name, module
-
-
-@torch.no_grad()
-def iter_layer_outputs(
-    model: nn.Module,
-    dataset: Any,
-    layer: str,
-    *,
-    batch_size: int = 256,
-    device: str = "auto",
-    progress: bool = False,
-    desc: str = "activations",
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Stream the output of ``layer`` over ``dataset``, one batch at a time, in row order.
-
-    Yields
-    ------
-    (start, outputs, labels) : int, Tensor of shape (b, ...), Tensor of shape (b,)
-        ``start`` is the row of the first sample of the batch; ``outputs`` is on the CPU, float32.
-
-    Only one batch of images and its outputs are in memory at a time. The forward pass stops at
-    nothing: the whole model runs (the output of the hooked layer is what is kept).
-    """
-    from tqdm.auto import tqdm
-
-    dev = resolve_device(device)
-    _, module = resolve_layer(model, layer)
-    captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
-    was_training = model.training
-    model.eval()
-    model.to(dev)
-    start = 0
-    try:
-        n_batches = -(-len(dataset) // batch_size)
-        for images, labels in tqdm(iter_image_batches(dataset, batch_size, dev), total=n_batches, desc=desc,
-                                   disable=not progress, leave=False):
-            captured.clear()
-            model(images)
-            if len(captured) != 1:
-                raise RuntimeError(f"layer {layer!r} ran {len(captured)} times in one forward pass; expected once")
-            out = captured[0].float().cpu()
-            yield start, out, labels.cpu()
-            start += out.shape[0]
-    finally:
-        handle.remove()
-        model.train(was_training)
-
-
-def layer_outputs(
-    model: nn.Module,
-    dataset: Any,
-    layer: str,
-    *,
-    batch_size: int = 256,
-    device: str = "auto",
-    progress: bool = False,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """Flattened outputs of ``layer`` for every row of ``dataset``: float32, shape (N, D).
-
-    Built from batches into one preallocated matrix (``out`` may be a ``np.memmap`` for data sets
-    whose activations do not fit in memory); images are never all loaded at once.
-    """
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("cannot extract activations of an empty data set")
-    matrix = out
-    for start, batch, _ in iter_layer_outputs(
-        model, dataset, layer, batch_size=batch_size, device=device, progress=progress, desc=f"{layer} activations"
-    ):
-        flat = batch.reshape(batch.shape[0], -1).numpy()
-        if matrix is None:
-            matrix = np.empty((n, flat.shape[1]), dtype=np.float32)
-        elif matrix.shape != (n, flat.shape[1]) or matrix.dtype != np.float32:
-            raise ValueError(f"out must be float32 of shape {(n, flat.shape[1])}, got {matrix.dtype} {matrix.shape}")
-        matrix[start : start + flat.shape[0]] = flat
-    if not np.isfinite(matrix).all():
-        raise ValueError(f"activations of layer {layer!r} contain NaN or inf; is the model diverged?")
-    return matrix
+# --------------------------------------------------------------------------- retraining
 
 
 def reinitialised_copy(model: nn.Module, seed: int) -> nn.Module:
@@ -416,17 +270,3 @@ def retrain(ctx: DefenceContext, keep: np.ndarray, *, mode: str = "scratch", pro
     return model, kept
 
 
-@torch.no_grad()
-def predict_labels(model: nn.Module, dataset: Any, *, batch_size: int = 256, device: str = "auto") -> np.ndarray:
-    """Arg-max predictions of ``model`` for every row of ``dataset``: int64, shape (N,)."""
-    dev = resolve_device(device)
-    was_training = model.training
-    model.eval()
-    model.to(dev)
-    preds = []
-    try:
-        for images, _ in iter_image_batches(dataset, batch_size, dev):
-            preds.append(model(images).argmax(dim=1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(preds).numpy().astype(np.int64) if preds else np.empty(0, dtype=np.int64)

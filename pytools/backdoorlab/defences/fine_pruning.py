@@ -33,6 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from backdoorlab.activations import channel_means
+from backdoorlab.data import row_batches
+from backdoorlab.devices import resolve_device
+from backdoorlab.evaluate import predict
+
 from .base import (
     Defence,
     DefenceContext,
@@ -40,16 +45,10 @@ from .base import (
     check_choice,
     check_fraction,
     check_positive_int,
-    iter_image_batches,
-    iter_layer_outputs,
-    predict_labels,
-    resolve_device,
-    resolve_layer,
 )
 
 __all__ = [
     "FinePruning",
-    "channel_means",
     "apply_pruning",
     "restore_pruning",
     "PruningSearch",
@@ -62,6 +61,29 @@ SEARCHES = ("linear", "bisect")
 
 
 # --------------------------------------------------------------------------- persistent masks
+
+
+def resolve_layer(model: nn.Module, layer: str) -> tuple[str, nn.Module]:
+    """``(module name, module)`` for a layer role or module name, with a clear error if unknown.
+
+    Victim models answer roles (``model.layer_name``); any other module is looked up by name, so
+    :func:`apply_pruning` and the evaluators also work on models that are not ``BackdoorModel``.
+    """
+    if not isinstance(layer, str) or not layer:
+        raise TypeError(f"layer must be a role or module name (str), got {layer!r}")
+    try:
+        if hasattr(model, "layer_name"):
+            name = model.layer_name(layer)
+            module = model.layer(layer)
+        else:
+            name, module = layer, dict(model.named_modules())[layer]
+    except (KeyError, ValueError, AttributeError) as exc:
+        names = [n for n, _ in model.named_modules() if n]
+        raise ValueError(
+            f"unknown layer {layer!r} for {type(model).__name__}; roles: 'last_conv', "
+            f"'second_last_conv', 'penultimate'; modules: {', '.join(names)}"
+        ) from exc
+    return name, module
 
 
 def _prune_mask_hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
@@ -106,28 +128,6 @@ def restore_pruning(model: nn.Module, state_dict: dict) -> None:
                 module.register_forward_hook(_prune_mask_hook)
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def channel_means(model: nn.Module, dataset: Any, layer: str, *, batch_size: int = 256, device: str = "auto",
-                  progress: bool = False) -> np.ndarray:
-    """Mean activation of every output channel of ``layer`` over ``dataset``: float64, shape (C,).
-
-    Streams batches through the native core's ``ActivationStats`` (float64 sums).
-    """
-    from backdoorlab import native
-
-    stats = None
-    for _, out, _ in iter_layer_outputs(model, dataset, layer, batch_size=batch_size, device=device,
-                                        progress=progress, desc=f"{layer} channel means"):
-        if out.dim() not in (2, 4):
-            raise ValueError(f"layer {layer!r} outputs shape {tuple(out.shape)}; expected (N, C) or (N, C, H, W)")
-        if stats is None:
-            stats = native.ActivationStats(int(out.shape[1]))
-        stats.update(np.ascontiguousarray(out.numpy(), dtype=np.float32))
-    if stats is None:
-        raise ValueError("cannot compute channel means on an empty data set")
-    return np.asarray(stats.result()["mean"], dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- evaluators
@@ -215,7 +215,7 @@ class TailEvaluator:
         self.cached: list[tuple[torch.Tensor, ...]] = []
         self.labels: list[torch.Tensor] = []
         with torch.no_grad():
-            for images, labels in tqdm(iter_image_batches(dataset, batch_size, self.device), desc="caching head",
+            for images, labels in tqdm(row_batches(dataset, batch_size, self.device), desc="caching head",
                                        disable=not progress, leave=False):
                 self.cached.append(tuple(t.detach() for t in self.head(images)))
                 self.labels.append(labels)
@@ -248,7 +248,7 @@ class FullEvaluator:
         self.device = resolve_device(device)
         _, self.module = resolve_layer(model, layer)
         model.eval().to(self.device)
-        self.batches = list(iter_image_batches(dataset, batch_size, self.device))
+        self.batches = list(row_batches(dataset, batch_size, self.device))
         self.n = sum(int(y.numel()) for _, y in self.batches)
         if self.n == 0:
             raise ValueError("cannot tune pruning on an empty clean set")
@@ -429,7 +429,7 @@ class FinePruning(Defence):
         model, pruned, report = self.prune(ctx, progress=progress)
         # attack success right after pruning (before fine-tuning): the pruning-only ablation
         if len(ctx.test_triggered):
-            preds = predict_labels(model, ctx.test_triggered, device=ctx.device)
+            preds = predict(model, ctx.test_triggered, device=ctx.device)
             report["attack_success_after_pruning"] = float((preds == ctx.target_class).mean())
         if self.finetune_epochs > 0:
             from backdoorlab.train import fine_tune

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import DefenceContext, DefenceResult, resolve_device
+from backdoorlab.devices import resolve_device
+
+from .base import DefenceContext, DefenceResult
 
 __all__ = ["Pipeline", "PipelineReport", "parse_spec", "evaluate_context", "defend", "TABLE_COLUMNS"]
 

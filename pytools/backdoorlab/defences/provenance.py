@@ -39,15 +39,16 @@ import copy
 import numpy as np
 import torch
 
+from backdoorlab.devices import resolve_device
+from backdoorlab.evaluate import predict
+
 from .base import (
     DefenceContext,
     FilteringDefence,
     check_choice,
     check_fraction,
     check_positive_int,
-    predict_labels,
     reinitialised_copy,
-    resolve_device,
 )
 
 __all__ = ["DataProvenance", "group_rows"]
@@ -67,7 +68,7 @@ def group_rows(provenance: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def _accuracy(model, dataset, device: str) -> float:
-    preds = predict_labels(model, dataset, device=device)
+    preds = predict(model, dataset, device=device)
     return float((preds == np.asarray(dataset.labels)).mean())
 
 

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from backdoorlab.activations import extract
+from backdoorlab.devices import native_device
+
 from .base import (
     DefenceContext,
     FilteringDefence,
     check_choice,
     check_fraction,
     check_positive_int,
-    layer_outputs,
-    native_device,
 )
 
 __all__ = ["SpectralSignatures", "SCORINGS", "spectral_flags"]
@@ -103,8 +104,10 @@ class SpectralSignatures(FilteringDefence):
         """Outlier score of every row of ``ctx.train`` (in its order): float32, shape (n_train,)."""
         from backdoorlab import native
 
-        acts = layer_outputs(ctx.model, ctx.train, self.layer, batch_size=self.batch_size, device=ctx.device,
-                             progress=progress)
+        if len(ctx.train) == 0:
+            raise ValueError("Spectral Signatures got an empty training set")
+        acts = extract(ctx.model, ctx.train, self.layer, batch_size=self.batch_size, device=ctx.device,
+                       progress=progress)
         labels = np.asarray(ctx.train.labels, dtype=np.int64)
         present, dense = np.unique(labels, return_inverse=True)
         counts = np.bincount(dense)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from backdoorlab.models.base import INPUT_NORMS, ROLES, BackdoorModel, ConvReLU, LinearReLU
+from backdoorlab.models.base import INPUT_NORMS, ROLES, BackdoorModel, ConvReLU, LinearReLU, UnknownLayerError
 from backdoorlab.models.deepid import DeepID
 from backdoorlab.models.gtsrb_cnn import GTSRBCNN
 from backdoorlab.models.vgg_face import VGG16Face, load_vgg_face_weights
@@ -43,6 +43,6 @@ def build_model(name: str, n_classes: int, *, seed: int | None = None, **kw) -> 
 
 
 __all__ = [
-    "INPUT_NORMS", "ROLES", "BackdoorModel", "ConvReLU", "LinearReLU", "GTSRBCNN", "DeepID", "VGG16Face",
+    "INPUT_NORMS", "ROLES", "BackdoorModel", "ConvReLU", "LinearReLU", "UnknownLayerError", "GTSRBCNN", "DeepID", "VGG16Face",
     "MODELS", "build_model", "load_vgg_face_weights",
 ]

@@ -72,6 +72,18 @@ class LinearReLU(_MaskedBlock):
         return self._apply_mask(torch.relu(self.linear(x)))
 
 
+class UnknownLayerError(KeyError, ValueError):
+    """A layer role or module name the model does not have.
+
+    A ``KeyError`` for lookups (what :meth:`BackdoorModel.layer` documents) and a ``ValueError`` for
+    the defences, whose layer is a bad parameter value; one type, so both callers catch it as theirs.
+    """
+
+    def __str__(self) -> str:
+        # KeyError quotes its message as if it were the missing key
+        return str(self.args[0]) if self.args else ""
+
+
 class BackdoorModel(nn.Module):
     """Base class of the victim models.
 
@@ -148,8 +160,9 @@ class BackdoorModel(nn.Module):
 
         Raises
         ------
-        KeyError
-            If it is neither a role nor a module name; the message lists the valid ones.
+        UnknownLayerError
+            (a ``KeyError`` and a ``ValueError``) if it is neither a role nor a module name; the
+            message lists the valid ones.
         """
         if not isinstance(role_or_name, str):
             raise TypeError(f"layer must be a role or module name (str), got {type(role_or_name).__name__}")
@@ -158,7 +171,7 @@ class BackdoorModel(nn.Module):
         names = self.layer_names()
         if role_or_name in names:
             return role_or_name
-        raise KeyError(
+        raise UnknownLayerError(
             f"unknown layer {role_or_name!r} for {self.arch}: roles are {sorted(self.roles)}, "
             f"module names are {names}"
         )
