@@ -50,7 +50,6 @@ from typing import Any
 import numpy as np
 
 from backdoorlab import reference as _ref
-from backdoorlab.errors import DeviceUnavailableError
 from backdoorlab._validate import (
     check_acts,
     check_components,
@@ -63,6 +62,7 @@ from backdoorlab._validate import (
     check_order,
     check_tol,
 )
+from backdoorlab.errors import DeviceUnavailableError
 from backdoorlab.reference import KMeansResult, _finish_stats, group_by_class
 
 __all__ = [
