@@ -281,7 +281,38 @@ def test_no_stated_direction_is_contradicted_by_its_own_seeds():
                     assert len(signs) > 1 or any(abs(100 * (va[s] - vb[s])) < findings.TIE_POINTS for s in va)
 
 
-# -- Figs. 7/8 and the overview
+# -- Figs. 7/8, the dormant channels, and the overview
+
+
+def test_dormant_share_measures_activation_the_trigger_adds_to_quiet_channels():
+    clean = [0.0, 0.0, 1.0, 2.0]
+    assert claims_mod.dormant_share(clean, [3.0, 1.0, 1.0, 2.0]) == 1.0  # only quiet channels woke up
+    assert claims_mod.dormant_share(clean, [0.0, 0.0, 2.0, 2.0]) == 0.0  # only a busy one rose
+    assert claims_mod.dormant_share(clean, [0.0, 1.0, 2.0, 2.0]) == 0.5
+    assert claims_mod.dormant_share(clean, clean) is None  # the trigger adds nothing
+    # noise alone stays low (ranking channels by clean value and splitting at the median gave 0.87 here)
+    rng = np.random.default_rng(0)
+    noise = [claims_mod.dormant_share(rng.random(128), rng.random(128)) for _ in range(50)]
+    assert np.mean(noise) < 0.2
+    with pytest.raises(ValueError, match="equally long"):
+        claims_mod.dormant_share([1.0, 2.0], [1.0])
+
+
+def test_dormant_layer_claim_compares_the_layers_seed_by_seed():
+    cells = _gtsrb_paper_cells(rows=["white square", "white pattern"])
+    rng = np.random.default_rng(2)
+    for c in cells:
+        if c["kind"] == "attack":
+            clean = np.r_[np.zeros(32), 1 + rng.random(96)]
+            woke = clean + np.r_[np.full(32, 2.0), np.zeros(96)]  # the trigger wakes the quiet channels
+            busy = clean + np.r_[np.zeros(32), np.full(96, 0.5)]  # it only raises the busy ones
+            c["channel_activity"] = {"last_conv": {"clean": clean.tolist(), "triggered": woke.tolist()},
+                                     "second_last_conv": {"clean": clean.tolist(), "triggered": busy.tolist()}}
+    c = _claim(cells, "dormant-layer:gtsrb")
+    assert c.verdict == claims_mod.AGREE and c.supported == 2
+    assert "100.0 ± 0.0 % (n=3) vs 0.0 ± 0.0 % (n=3)" in c.ours
+    plain = _gtsrb_paper_cells(rows=["white square"])
+    assert _claim(plain, "dormant-layer").verdict == claims_mod.NOT_RUN
 
 
 def test_channel_figures_are_drawn_from_channel_activity(tmp_path):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import paper
 from .findings import MIN_SEEDS, TIE_POINTS, Paired, paired, seed_values
-from .records import pct
+from .records import mean_sd, pct
 
 AGREE, DISAGREE, UNCLEAR, NOT_RUN = "agree", "disagree", "not distinguishable", "not run"
 #: A measured share counts as inside the paper's range when within this many points of it.
@@ -121,7 +121,7 @@ def _paired_claim(cid: str, text: str, paper_text: str, agg, pairs: Sequence[tup
         parts.append(f"{setting}: {_ms(a, field)} vs {_ms(b, field)}, {_sign_word(p)} ({p.per_seed()})")
     ours = "; ".join(parts) + (f" — {_tally_text(plus, minus, zero)}" if parts else "")
     return Claim(cid, text, paper_text, ours or "the study has no setting with both cells",
-                 _verdict(plus, minus, zero), plus, minus, zero, keys)
+                 _verdict(plus, minus, zero), plus, minus, zero, list(dict.fromkeys(keys)))
 
 
 def _predicate_claim(cid: str, text: str, paper_text: str, items: Sequence[tuple[str, Mapping, str]],
@@ -145,7 +145,7 @@ def _predicate_claim(cid: str, text: str, paper_text: str, items: Sequence[tuple
         parts.append(f"{label}: {_ms(rec, field)}, {word}")
     ours = "; ".join(parts) + (f" — {_tally_text(plus, minus, zero)}" if parts else "")
     return Claim(cid, text, paper_text, ours or "the study has no setting with these cells",
-                 _verdict(plus, minus, zero), plus, minus, zero, keys)
+                 _verdict(plus, minus, zero), plus, minus, zero, list(dict.fromkeys(keys)))
 
 
 def _count_rows(table: str, a: str, b: str, families: set[str] | None = None) -> tuple[int, int, int, int]:
@@ -293,6 +293,74 @@ def _ac_share_claims(agg, roles) -> list[Claim]:
     return out + [none_claim, most_claim]
 
 
+#: A channel is dormant on clean inputs when its clean mean activation is at most this fraction of
+#: the layer's largest one (ReLU channels that clean inputs barely touch).
+DORMANT_FRACTION = 0.05
+
+
+def dormant_share(clean: Sequence[float], triggered: Sequence[float]) -> float | None:
+    """Share of the trigger's extra activation that falls in channels dormant on clean inputs.
+
+    The extra activation of a channel is ``max(triggered - clean, 0)``; dormant channels have a
+    clean mean of at most :data:`DORMANT_FRACTION` of the layer's largest. A fixed, absolute cut
+    (not "the least active half") keeps the measure near zero when the trigger merely adds noise:
+    ranking channels by their clean value and then measuring the increase over it would favour the
+    low-ranked ones by construction. Near 1: the trigger drives channels that clean inputs leave
+    quiet (what Fine-Pruning relies on). None when the trigger adds no activation at all.
+    """
+    c, t = [float(x) for x in clean], [float(x) for x in triggered]
+    if len(c) != len(t) or not c:
+        raise ValueError(f"clean and triggered must be equally long and non-empty, got {len(c)} and {len(t)}")
+    cut = DORMANT_FRACTION * max(c)
+    extra = [max(ti - ci, 0.0) for ci, ti in zip(c, t)]
+    total = sum(extra)
+    if total <= 0.0:
+        return None
+    return sum(e for ci, e in zip(c, extra) if ci <= cut) / total
+
+
+def _dormant(agg, roles) -> list[Claim]:
+    out = []
+    families = sorted({_family(agg, s) for s, rr in roles.items() if (rr.get("none") or {}).get("channel_activity")}
+                      & {d for d, _ in paper.paper_rows()})
+    if not families:
+        return [Claim("dormant-layer", "The trigger wakes channels that clean inputs leave dormant, in the last conv "
+                      "layer for GTSRB and in the second-to-last for the faces", "Figs. 7–8 (no numbers)",
+                      "no undefended model of a data set of the paper recorded its per-channel activations", NOT_RUN)]
+    for fam in families:
+        layer = paper.fp_layer(fam)
+        other = "second_last_conv" if layer == "last_conv" else "last_conv"
+        pairs = []
+        for s, rr in roles.items():
+            rec = rr.get("none")
+            if _family(agg, s) != fam or not rec or not rec.get("channel_activity"):
+                continue
+            per_layer: dict[str, dict[int, float | None]] = {layer: {}, other: {}}
+            for seed, layers in rec["channel_activity"].items():
+                if layer in layers and other in layers:
+                    for name_ in per_layer:
+                        per_layer[name_][int(seed)] = dormant_share(**layers[name_])
+            if not per_layer[layer]:
+                continue
+            # one pseudo-aggregate per layer, so the seed-by-seed comparison is the usual one
+            a, b = ({"by_seed": {sd_: {"dormant": v} for sd_, v in per_layer[name_].items()},
+                     "keys": rec.get("keys") or []} for name_ in (layer, other))
+            for agg_ in (a, b):
+                m, sd, n = mean_sd(v["dormant"] for v in agg_["by_seed"].values())
+                agg_.update(dormant=m, dormant_sd=sd, dormant_n=n, n_seeds=len(agg_["by_seed"]))
+            pairs.append((s, a, b))
+        name = {"last_conv": "last", "second_last_conv": "second-to-last"}
+        out.append(_paired_claim(
+            f"dormant-layer:{fam}",
+            f"On {_FAMILY_NAMES[fam]}, the trigger wakes channels that clean inputs leave dormant in the "
+            f"{name[layer]} conv layer more than in the {name[other]} (share of the trigger's extra activation in "
+            f"channels dormant on clean inputs: {name[layer]} vs {name[other]})",
+            f"Figs. 7–8 (no numbers): dormant channels in the {name[layer]} conv layer for "
+            f"{_FAMILY_NAMES[fam]}, the layer its Fine-Pruning works best on", agg, pairs, "higher",
+            field="dormant"))
+    return out
+
+
 def _fails(agg, roles) -> list[Claim]:
     out = []
     for role, name in (("ss", "Spectral Signatures"), ("dp", "Data Provenance")):
@@ -310,7 +378,7 @@ def check_claims(agg: Sequence[Mapping[str, Any]]) -> list[Claim]:
     """Every claim of the paper, checked on the aggregated cells (see the module docstring)."""
     roles = _by_role(agg)
     out: list[Claim] = []
-    for f in (_ac_clean_removal, _ac_share_claims, _fp_layer, _combination_claims, _fails):
+    for f in (_ac_clean_removal, _ac_share_claims, _fp_layer, _dormant, _combination_claims, _fails):
         out.extend(f(agg, roles))
     if not any(c.id.startswith("ac-clean-removal") for c in out):
         vals = [r["removed_clean_pct"] for r in paper.rows("table4")]

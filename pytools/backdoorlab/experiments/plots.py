@@ -35,6 +35,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .cache import atomic_write_bytes
+from .claims import DORMANT_FRACTION, dormant_share
 
 FIGURES: dict[str, dict[str, str]] = {
     "fig1_attack": {"title": "Fig. 1: the attack vs poison share",
@@ -55,7 +56,10 @@ FIGURES: dict[str, dict[str, str]] = {
         "title": "Fig. 7: mean activation per channel, last conv layer",
         "caption": "The poisoned model's mean activation of every channel of the last conv layer over the clean "
                    "source-class test images and over their triggered copies, channels sorted by their clean "
-                   "activation (Fine-Pruning's order: left ones are pruned first); one seed per setting."},
+                   "activation (Fine-Pruning's order: left ones are pruned first); one seed per setting. The "
+                   "percentage: the share of the trigger's extra activation (triggered − clean, where positive) in "
+                   f"channels dormant on clean inputs (clean mean ≤ {100 * DORMANT_FRACTION:g} % of the layer's "
+                   "largest)."},
     "fig8_channels_second_last_conv": {
         "title": "Fig. 8: mean activation per channel, second-to-last conv layer",
         "caption": "As Fig. 7 for the second-to-last conv layer."},
@@ -246,8 +250,12 @@ def _fig_channels(agg: Sequence[Mapping[str, Any]], path: Path, layer: str) -> P
         x = np.arange(len(order))
         ax.bar(x, np.asarray(trig)[order], width=1.0, color="C3", alpha=0.55, label="triggered inputs")
         ax.plot(x, np.asarray(clean)[order], color="C0", lw=1.2, label="clean inputs")
+        share = dormant_share(clean, trig)
         ax.set(title=f"{setting} (seed {seed})", xlabel="channel, by clean activation (pruned first → last)",
                ylabel="mean activation")
+        if share is not None:
+            ax.text(0.02, 0.97, f"{100 * share:.0f} % of the trigger's extra activation in dormant channels",
+                    transform=ax.transAxes, va="top", fontsize=7)
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
