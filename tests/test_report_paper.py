@@ -155,9 +155,15 @@ def test_an_unknown_paper_row_is_refused():
         paper_tables(aggregate_cells(cells))
 
 
-def test_report_shows_six_rows_of_tables_4_5_6_and_cells_json_holds_them(tmp_path):
-    cells = _gtsrb_paper_cells()
-    write_report(tmp_path, cells, {"name": "gtsrb-paper", "seeds": [0, 1, 2]})
+@pytest.fixture(scope="module")
+def paper_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper-report")
+    write_report(out, _gtsrb_paper_cells(), {"name": "gtsrb-paper", "seeds": [0, 1, 2]})
+    return out
+
+
+def test_report_shows_six_rows_of_tables_4_5_6_and_cells_json_holds_them(paper_report):
+    tmp_path = paper_report
     md = (tmp_path / "report.md").read_text()
     tables = md_tables(md)
     for _, title in paper.TABLES.values():
@@ -250,9 +256,8 @@ def test_ac_claims_on_the_paper_s_low_share_rows_and_clean_removal():
     assert _claim(cells, "ac-none-at-low-share").verdict == claims_mod.DISAGREE
 
 
-def test_report_lists_every_claim_with_a_verdict(tmp_path):
-    cells = _gtsrb_paper_cells()
-    write_report(tmp_path, cells, {"name": "claims"})
+def test_report_lists_every_claim_with_a_verdict(paper_report):
+    tmp_path = paper_report
     data = json.loads((tmp_path / "tables.json").read_text())
     md = (tmp_path / "report.md").read_text()
     rows = md_tables(md)["The paper's claims against this run"][1:]
