@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import re
+import statistics
 
 import pytest
 
@@ -207,6 +208,11 @@ def test_seeds_are_averaged_with_sd(tmp_path):
     tables = {t.id: t for t in build_tables(agg)}
     row = next(r for r in tables["table4"].rows if r[1] == "AC")
     assert "±" in row[9]
+    # every number of a row carries its spread: counts, shares and deltas too
+    rp = [c["removed_poisoned"] for c in members]
+    sd = statistics.stdev(rp)
+    assert row[3] == f"{sum(rp) / 2:.1f}".removesuffix(".0") + f" ± {sd:.1f}"
+    assert row[4].count("±") == 1 and row[8].count("±") == 1 and row[10].count("±") == 1
     write_report(tmp_path, cells, {"name": "two seeds"})
     md = (tmp_path / "report.md").read_text()
     assert "(mean ± sd of 2 seeds)" in md

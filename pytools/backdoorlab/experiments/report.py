@@ -77,6 +77,17 @@ def _val(rec: Mapping[str, Any], f: str, common: int) -> str:
     return pct(rec.get(f)) + _sd_suffix(rec, f) + _n_suffix(rec, f, common)
 
 
+def _cnt(rec: Mapping[str, Any], f: str, common: int) -> str:
+    """A count as 'mean ± sd' (one decimal where not whole), with '(n=k)' like :func:`_val`."""
+    sd = rec.get(f + "_sd")
+    return _count(rec.get(f)) + ("" if sd is None else f" ± {sd:.1f}") + _n_suffix(rec, f, common)
+
+
+def _delta(rec: Mapping[str, Any], f: str) -> str:
+    """A difference of fractions in signed points, '± sd' with several seeds."""
+    return signed_points(rec.get(f)) + _sd_suffix(rec, f)
+
+
 def _common_n(agg: Sequence[Mapping[str, Any]]) -> int:
     return max((r.get("n_seeds") or 1) for r in agg) if agg else 1
 
@@ -100,7 +111,8 @@ def _pruned(rec: Mapping[str, Any]) -> str:
     n, c = rec.get("neurons_pruned"), rec.get("n_channels")
     if n is None:
         return "–"
-    return f"{_count(n)}/{_count(c)}" if c is not None else _count(n)
+    sd = rec.get("neurons_pruned_sd")
+    return (f"{_count(n)}/{_count(c)}" if c is not None else _count(n)) + ("" if sd is None else f" ± {sd:.1f}")
 
 
 def _layer(rec: Mapping[str, Any]) -> str:
@@ -193,17 +205,17 @@ def build_tables(agg: Sequence[Mapping[str, Any]]) -> list[Table]:
             r = idx.get((s, d))
             if r is None:
                 continue
-            tail = [_val(r, "accuracy", n), signed_points(r.get("delta_accuracy")),
-                    _val(r, "attack_success", n), signed_points(r.get("delta_attack_success"))]
+            tail = [_val(r, "accuracy", n), _delta(r, "delta_accuracy"),
+                    _val(r, "attack_success", n), _delta(r, "delta_attack_success")]
             if r["kind"] == "filter":
-                t4.add([s, label[d], _count(r.get("poisoned_present")), _count(r.get("removed_poisoned")),
-                        pct(r.get("removed_poisoned_share")), _count(r.get("removed_clean")),
-                        pct(r.get("removed_clean_share"))] + tail, r["keys"])
+                t4.add([s, label[d], _count(r.get("poisoned_present")), _cnt(r, "removed_poisoned", n),
+                        _val(r, "removed_poisoned_share", n), _cnt(r, "removed_clean", n),
+                        _val(r, "removed_clean_share", n)] + tail, r["keys"])
             elif r["kind"] == "repair":
                 t5.add([s, label[d], _layer(r), _share(r.get("fp_threshold")), _pruned(r)] + tail, r["keys"])
             elif r["kind"] == "combination":
-                t6.add([s, label[d], _count(r.get("removed_poisoned")), pct(r.get("removed_poisoned_share")),
-                        _count(r.get("removed_clean")), pct(r.get("removed_clean_share")), _pruned(r)] + tail,
+                t6.add([s, label[d], _cnt(r, "removed_poisoned", n), _val(r, "removed_poisoned_share", n),
+                        _cnt(r, "removed_clean", n), _val(r, "removed_clean_share", n), _pruned(r)] + tail,
                        r["keys"])
     tables += [t4, t5, t6]
     return tables
