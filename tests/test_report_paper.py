@@ -354,3 +354,15 @@ def test_pending_cells_are_listed(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "## Cells not run yet" in md and "`s2` / `ac>fp` (seed 1)" in md
     assert "s2" in (tmp_path / "report.html").read_text()
+
+
+def test_the_quick_study_runs_every_role_the_claims_need():
+    from backdoorlab.experiments.presets import quick_study
+
+    study = quick_study()
+    roles = set()
+    for d in study.defences:
+        analysis = d.configs.get("ac", {}).get("analysis") if "ac" in d.pipeline.split(">") else None
+        roles.add(paper.role_of({"defence": d.id, "sweep": d.sweep, "ac_analysis": analysis}))
+    assert set(paper.ROLES) <= roles
+    assert len(study.seeds) >= 3  # issue #13: spread over at least three seeds
