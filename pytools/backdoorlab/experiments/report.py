@@ -330,6 +330,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){text-align:left}
 .caption{color:#555;font-size:0.9em}img{max-width:100%;border:1px solid #ddd;margin:0.3em 0}
 code{background:#f6f6f6;padding:0 3px}.fail{color:#a00}
+h3#claims+p+table td{text-align:left;vertical-align:top}
 """
 
 
