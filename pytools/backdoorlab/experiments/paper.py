@@ -121,9 +121,6 @@ def fp_layer(dataset: str) -> str | None:
 # roles: which of our defences a paper column describes
 
 ROLES = ("clean", "none", "ac-size", "ac-silhouette", "ss", "dp", "fp-last", "fp-second-last", "ac>fp", "fp>ac")
-ROLE_LABELS = {"clean": "clean model", "none": "no defence", "ac-size": "AC (size metric)",
-               "ac-silhouette": "AC (silhouette)", "ss": "SS", "dp": "DP", "fp-last": "FP (last conv)",
-               "fp-second-last": "FP (2nd-last conv)", "ac>fp": "AC→FP", "fp>ac": "FP→AC"}
 # Defence ids of older results: "ac-smaller" ran the size metric, plain "ac" the silhouette analysis.
 _ID_ROLES = {r: r for r in ROLES} | {"ac-smaller": "ac-size", "ac": "ac-silhouette"}
 
