@@ -14,14 +14,38 @@ from backdoorlab.experiments.config import DEFENCE_CATALOG, DefenceSpec
 SETTINGS = [("gtsrb", "yellow square", 0.03), ("gtsrb", "yellow square", 0.07), ("gtsrb", "yellow square", 0.10),
             ("gtsrb", "white pattern", 0.07), ("ytaf", "green glasses", 0.05)]
 DEFENCES = ["clean", "none", "ac", "ss", "dp", "fp-last", "fp-second-last", "ac>fp", "fp>ac"]
+# The defence ids of the paper's grid (AC named by its analysis; combinations with the size metric).
+PAPER_DEFENCES = ["clean", "none", "ac-size", "ac-silhouette", "ss", "dp", "fp-last", "fp-second-last", "ac>fp",
+                  "fp>ac"]
+_EXTRA = {
+    "ac-size": DefenceSpec(id="ac-size", pipeline="ac", kind="filter", configs={"ac": {"analysis": "smaller"}},
+                           label="AC (size metric, paper)"),
+    "ac-silhouette": DefenceSpec(id="ac-silhouette", pipeline="ac", kind="filter",
+                                 configs={"ac": {"analysis": "silhouette-scores"}}, label="AC (silhouette, ours)"),
+}
+_ANALYSIS = {"ac": "silhouette-scores", "ac>fp": "smaller", "fp>ac": "smaller"}
 
 
 def _spec(did: str) -> DefenceSpec:
+    if did in _EXTRA:
+        return _EXTRA[did]
     e = DEFENCE_CATALOG[did]
     return DefenceSpec(id=did, pipeline=e["pipeline"], kind=e["kind"], configs=e["configs"])
 
 
-def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0, sweep=(0.02, 0.06)):
+def channel_activity(rng, n_last=128, n_second=128):
+    """Per-channel means as the runner records them on the undefended model (Figs. 7/8)."""
+    return {layer: {"clean": rng.random(n).tolist(), "triggered": rng.random(n).tolist()}
+            for layer, n in (("last_conv", n_last), ("second_last_conv", n_second))}
+
+
+def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0, sweep=(0.02, 0.06),
+                    paper_rows=None, with_channels=False, analyses=False):
+    """Cells of a grid with random numbers.
+
+    ``paper_rows``: one paper row label (or None) per setting; ``with_channels``: the undefended
+    cells carry ``channel_activity``; ``analyses``: cells with an AC step record ``ac_analysis``.
+    """
     rng = np.random.default_rng(rng_seed)
     cells = []
     specs = [_spec(d) for d in defences]
@@ -37,6 +61,7 @@ def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0
             before_acc, before_asr = float(rng.uniform(0.9, 0.97)), float(rng.uniform(0.85, 1.0))
             for spec in specs + extra:
                 c = {"setting": sid, "dataset": dataset, "trigger": trigger, "preset": f"{dataset}-preset",
+                     "paper_row": paper_rows[i] if paper_rows else None,
                      "poison_share": share, "defence": spec.id, "defence_label": spec.display_label(),
                      "kind": spec.kind, "pipeline": spec.pipeline, "sweep": spec.sweep, "seed": seed, "n_train": n_train,
                      "poisoned_present": n_pois, "before_accuracy": before_acc, "before_attack_success": before_asr,
@@ -51,6 +76,8 @@ def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0
                              before_accuracy=None, before_attack_success=None, poisoned_present=0)
                 elif spec.kind == "attack":
                     c.update(accuracy=before_acc, attack_success=before_asr)
+                    if with_channels:
+                        c["channel_activity"] = channel_activity(rng)
                 else:
                     c.update(accuracy=float(rng.uniform(0.8, 0.97)), attack_success=float(rng.uniform(0, 1)))
                     if spec.kind in ("filter", "combination"):
@@ -60,8 +87,11 @@ def fabricate_cells(settings=SETTINGS, defences=DEFENCES, seeds=(0,), rng_seed=0
                                  removed_poisoned_share=rp / n_pois, removed_clean_share=rc / (n_train - n_pois))
                     if spec.pipeline.endswith("fp") or spec.pipeline.startswith("fp"):
                         fp = spec.configs["fp"]
-                        c.update(neurons_pruned=int(rng.integers(0, 128)), n_channels=128, layer=fp.get("layer", "last_conv"),
+                        c.update(neurons_pruned=int(rng.integers(0, 128)), n_channels=128,
+                                 layer=fp.get("layer", "last_conv"),
                                  fp_threshold=fp["threshold"])
+                if analyses and "ac" in spec.pipeline.split(">"):
+                    c["ac_analysis"] = spec.configs.get("ac", {}).get("analysis", _ANALYSIS.get(spec.id))
                 if c["before_accuracy"] is not None:
                     c["delta_accuracy"] = c["accuracy"] - c["before_accuracy"]
                     c["delta_attack_success"] = c["attack_success"] - c["before_attack_success"]

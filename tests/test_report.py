@@ -6,12 +6,13 @@ import copy
 import csv
 import json
 import re
+import statistics
 
 import pytest
 
 from _experiments_helpers import fabricate_cells, md_tables as _md_tables
 from backdoorlab.experiments import findings
-from backdoorlab.experiments.records import CSV_COLUMNS, aggregate_cells, pct, signed_points
+from backdoorlab.experiments.records import CSV_COLUMNS, EXTRA_CSV_COLUMNS, aggregate_cells, pct, signed_points
 from backdoorlab.experiments.report import build_tables, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +42,7 @@ def test_cells_json_and_csv_round_trip(written):
     assert json.loads((out / "cells.json").read_text()) == cells
     with open(out / "cells.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert list(rows[0]) == list(CSV_COLUMNS + EXTRA_CSV_COLUMNS)
     assert len(rows) == len(cells)
     for row, cell in zip(rows, cells):
         assert row["key"] == cell["key"] and row["defence"] == cell["defence"]
@@ -118,36 +119,74 @@ def test_html_is_self_contained(written):
     assert 'src="figures/' not in page and "src='figures/" not in page
 
 
-def test_order_finding_follows_the_numbers():
-    cells = fabricate_cells(settings=[("gtsrb", "yellow square", 0.07)], rng_seed=3)
+def _set(cells, defence, values, field="attack_success"):
+    """Give ``defence`` the value ``values[seed]`` of ``field`` on each seed."""
     for c in cells:
-        if c["defence"] == "ac>fp":
-            c["attack_success"] = 0.05
-        if c["defence"] == "fp>ac":
-            c["attack_success"] = 0.40
+        if c["defence"] == defence:
+            c[field] = values[c["seed"]]
+
+
+def test_order_finding_states_a_direction_only_when_every_seed_shows_it():
+    cells = fabricate_cells(settings=[("gtsrb", "yellow square", 0.07)], seeds=(0, 1, 2), rng_seed=3)
+    _set(cells, "ac>fp", {0: 0.05, 1: 0.10, 2: 0.00})
+    _set(cells, "fp>ac", {0: 0.40, 1: 0.45, 2: 0.35})
     (sentence,) = findings.order_findings(aggregate_cells(cells))
-    assert "AC(size)→FP lowered attack success more, by 35.0 points" in sentence
+    assert "AC(size)→FP lowered attack success more on all 3 seeds, by 35.0 points on average" in sentence
     flipped = copy.deepcopy(cells)
-    for c in flipped:
-        if c["defence"] == "ac>fp":
-            c["attack_success"] = 0.60
+    _set(flipped, "ac>fp", {0: 0.60, 1: 0.70, 2: 0.50})
     (sentence,) = findings.order_findings(aggregate_cells(flipped))
-    assert "FP→AC(size) lowered attack success more, by 20.0 points" in sentence
+    assert "FP→AC(size) lowered attack success more on all 3 seeds, by 20.0 points on average" in sentence
     tied = copy.deepcopy(cells)
-    for c in tied:
-        if c["defence"] == "ac>fp":
-            c["attack_success"] = 0.405
+    _set(tied, "ac>fp", {0: 0.405, 1: 0.445, 2: 0.352})
     (sentence,) = findings.order_findings(aggregate_cells(tied))
     assert "about equally" in sentence
+    # one seed the other way: the means still favour AC→FP, but no direction is stated
+    mixed = copy.deepcopy(cells)
+    _set(mixed, "ac>fp", {0: 0.05, 1: 0.10, 2: 0.60})
+    (sentence,) = findings.order_findings(aggregate_cells(mixed))
+    assert "not distinguishable across seeds (per-seed differences -35.0, -35.0, +25.0 points)" in sentence
+    assert "lowered attack success more" not in sentence
+
+
+def test_one_seed_never_gives_a_direction():
+    cells = fabricate_cells(settings=[("gtsrb", "yellow square", 0.07)], rng_seed=3)
+    _set(cells, "ac>fp", {0: 0.05})
+    _set(cells, "fp>ac", {0: 0.40})
+    agg = aggregate_cells(cells)
+    (sentence,) = findings.order_findings(agg)
+    assert "not distinguishable: 1 seed only" in sentence and "lowered attack success more" not in sentence
+    (best,) = findings.best_defence_findings(agg)
+    assert "cannot be ranked" in best
+
+
+def test_the_issue_s_flipping_fp_layers_are_not_a_finding():
+    """Regression (issue #13): FP(last) 61.6 % / FP(2nd-last) 11.6 % on one run and 8.0 % / 78.4 % on
+    another were each reported as a finding; with both runs as seeds it is not distinguishable."""
+    cells = fabricate_cells(settings=[("gtsrb", "yellow square", 0.33)], seeds=(0, 1), rng_seed=1)
+    _set(cells, "fp-last", {0: 0.616, 1: 0.080})
+    _set(cells, "fp-second-last", {0: 0.116, 1: 0.784})
+    agg = aggregate_cells(cells)
+    (sentence,) = findings.fp_layer_findings(agg)
+    assert "which layer works better is not distinguishable across seeds (per-seed differences +50.0, -70.4 " \
+           "points)" in sentence
+    (best,) = findings.best_defence_findings(agg)
+    assert "lowered attack success more" not in best
 
 
 def test_best_defence_finding_names_the_minimum():
-    cells = fabricate_cells(settings=[("gtsrb", "yellow square", 0.07)], rng_seed=5)
-    defended = [c for c in cells if c["kind"] in ("filter", "repair", "combination")]
-    best = min(defended, key=lambda c: c["attack_success"])
+    cells = fabricate_cells(settings=[("gtsrb", "yellow square", 0.07)], seeds=(0, 1, 2), rng_seed=5)
+    _set(cells, "fp-second-last", {0: 0.0, 1: 0.001, 2: 0.002})  # below everything fabricated on every seed
+    for c in cells:
+        if c["kind"] in ("filter", "repair", "combination") and c["defence"] != "fp-second-last":
+            c["attack_success"] = max(c["attack_success"], 0.05)
     (sentence,) = findings.best_defence_findings(aggregate_cells(cells))
-    assert sentence.startswith(f"On {best['setting']}, {best['defence_label']} lowered attack success the most")
-    assert f"to {pct(best['attack_success'])} %" in sentence
+    assert sentence.startswith("On gtsrb-yellow-square@7%, FP (2nd-last conv) left the lowest attack success: "
+                               "0.1 ± 0.1 %")
+    assert sentence.endswith("it was below every other defence on all 3 seeds.")
+    # make one rival lower on one seed: no longer a ranking on every seed
+    _set(cells, "ss", {0: 0.5, 1: 0.5, 2: 0.0})
+    (sentence,) = findings.best_defence_findings(aggregate_cells(cells))
+    assert "not distinguishable across seeds from SS" in sentence
 
 
 def test_findings_say_nothing_without_the_cells_they_need():
@@ -169,8 +208,22 @@ def test_seeds_are_averaged_with_sd(tmp_path):
     tables = {t.id: t for t in build_tables(agg)}
     row = next(r for r in tables["table4"].rows if r[1] == "AC (silhouette, ours)")
     assert "±" in row[9]
+    # every number of a row carries its spread: counts, shares and deltas too
+    rp = [c["removed_poisoned"] for c in members]
+    sd = statistics.stdev(rp)
+    assert row[3] == f"{sum(rp) / 2:.1f}".removesuffix(".0") + f" ± {sd:.1f}"
+    assert row[4].count("±") == 1 and row[8].count("±") == 1 and row[10].count("±") == 1
     write_report(tmp_path, cells, {"name": "two seeds"})
-    assert "(mean of 2 seeds)" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "(mean ± sd of 2 seeds)" in md
+    assert "mean ± standard deviation over the 2 seeds" in md
+    # a value resting on fewer seeds than the rest is marked with its n
+    short = [c for c in fabricate_cells(settings=[("gtsrb", "yellow square", 0.07)], seeds=(0, 1))
+             if not (c["defence"] == "ss" and c["seed"] == 1)]
+    rec = next(r for r in aggregate_cells(short) if r["defence"] == "ss")
+    assert rec["n_seeds"] == 1 and rec["attack_success_n"] == 1
+    row = next(r for r in {t.id: t for t in build_tables(aggregate_cells(short))}["table4"].rows if r[1] == "SS")
+    assert row[9].endswith("(n=1)") and "±" not in row[9]
 
 
 def test_missing_figures_are_explained_not_drawn(tmp_path):

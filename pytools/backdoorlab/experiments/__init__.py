@@ -8,7 +8,8 @@ like its Figs. 1–3, trigger previews and findings computed from the numbers).
 
 Modules: ``config`` (loading and validation), ``presets`` (the full and quick grids), ``cache``
 (cell cache, atomic writes), ``records`` (the cell record and its aggregation), ``runner`` (the
-grid), ``report`` / ``plots`` / ``findings`` (the outputs).
+grid), ``report`` / ``plots`` / ``findings`` (the outputs), ``paper`` (the paper's Tables 4–7,
+shipped in ``paper_data/``) and ``claims`` (the paper's claims checked on a run).
 """
 
 from __future__ import annotations

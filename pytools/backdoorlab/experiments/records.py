@@ -8,8 +8,15 @@ prints them as percentages and percentage points. Fields that do not apply to a 
 ``None`` (e.g. ``neurons_pruned`` of a data-filtering defence), never 0, so "did not prune" and
 "pruned none" stay distinct.
 
-``aggregate_cells`` averages the seeds of each (setting, defence) pair; the tables, plots and
-findings all read those aggregates, so they agree with one another and with ``cells.json``.
+``aggregate_cells`` averages the seeds of each (setting, defence) pair and keeps every seed's
+values beside the mean (``by_seed``): the tables print mean ± sd (n), and the findings compare
+defences seed by seed, so a direction is stated only when every seed shows it. The tables, plots
+and findings all read those aggregates, so they agree with one another and with ``cells.json``.
+
+Optional fields (absent in cells of older runs, read with defaults): ``paper_row`` (the row label
+of the paper's Tables 4–7 this setting reproduces, or None), ``ac_analysis`` (the analysis of the
+cell's AC step) and, on the undefended model's cells, ``channel_activity`` (per-channel mean
+activation of clean and triggered test inputs in the last two conv layers, for Figs. 7/8).
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     "time_total_s", "backdoorlab_version", "torch_version", "numpy_version",
 )
 
+# Optional fields that cells of older runs lack; cells.csv has them after CSV_COLUMNS (empty when absent).
+EXTRA_CSV_COLUMNS: tuple[str, ...] = ("paper_row", "ac_analysis")
+
 # Required fields and their types (None allowed where a field may not apply).
 REQUIRED: dict[str, tuple[type, ...]] = {
     "setting": (str,), "dataset": (str,), "trigger": (str,), "poison_share": (float, int),
@@ -41,8 +51,11 @@ NUMERIC_FIELDS = ("poison_share", "n_train", "poisoned_present", "before_accurac
                   "removed_clean", "removed_poisoned_share", "removed_clean_share", "neurons_pruned",
                   "n_channels", "fp_threshold", "time_total_s")
 # Fields that identify an aggregate: equal across the seeds of one (setting, defence).
-IDENTITY_FIELDS = ("setting", "dataset", "trigger", "preset", "poison_share", "defence", "defence_label", "kind",
-                   "pipeline", "layer", "fp_threshold", "preview", "sweep")
+IDENTITY_FIELDS = ("setting", "dataset", "trigger", "preset", "paper_row", "poison_share", "defence",
+                   "defence_label", "kind", "pipeline", "ac_analysis", "layer", "fp_threshold", "preview", "sweep")
+# The conv layers of ``channel_activity`` and the inputs each holds a per-channel mean for.
+CHANNEL_LAYERS = ("last_conv", "second_last_conv")
+CHANNEL_INPUTS = ("clean", "triggered")
 
 
 def validate_cell(cell: Mapping[str, Any]) -> None:
@@ -60,13 +73,42 @@ def validate_cell(cell: Mapping[str, Any]) -> None:
         v = cell.get(name)
         if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
             raise ValueError(f"cell field {name!r} must be a fraction in [0, 1] or null, got {v!r}")
+    for name in ("paper_row", "ac_analysis"):
+        v = cell.get(name)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"cell field {name!r} must be a string or null, got {v!r}")
+    if cell.get("channel_activity") is not None:
+        _check_channel_activity(cell["channel_activity"])
+
+
+def _check_channel_activity(ca: Any) -> None:
+    """``{layer: {"clean": [C floats], "triggered": [C floats]}}`` for some of :data:`CHANNEL_LAYERS`."""
+    if not isinstance(ca, Mapping):
+        raise ValueError(f"cell field 'channel_activity' must be a mapping of layers, got {type(ca).__name__}")
+    for layer, by_input in ca.items():
+        if layer not in CHANNEL_LAYERS:
+            raise ValueError(f"channel_activity: unknown layer {layer!r}; expected {list(CHANNEL_LAYERS)}")
+        if not isinstance(by_input, Mapping) or set(by_input) != set(CHANNEL_INPUTS):
+            raise ValueError(f"channel_activity[{layer!r}] must map exactly {list(CHANNEL_INPUTS)} to lists")
+        lengths = set()
+        for inp in CHANNEL_INPUTS:
+            vals = by_input[inp]
+            if (not isinstance(vals, (list, tuple)) or not vals
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                               for x in vals)):
+                raise ValueError(f"channel_activity[{layer!r}][{inp!r}] must be a non-empty list of finite numbers")
+            lengths.add(len(vals))
+        if len(lengths) != 1:
+            raise ValueError(f"channel_activity[{layer!r}]: clean and triggered have different channel counts "
+                             f"{sorted(lengths)}")
 
 
 def csv_row(cell: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat CSV row of a cell (``CSV_COLUMNS``; versions and total time lifted out of their dicts)."""
+    """The flat CSV row of a cell (``CSV_COLUMNS`` then ``EXTRA_CSV_COLUMNS``; versions and total time
+    lifted out of their dicts)."""
     versions = cell.get("versions") or {}
     timings = cell.get("timings") or {}
-    row = {c: cell.get(c) for c in CSV_COLUMNS}
+    row = {c: cell.get(c) for c in CSV_COLUMNS + EXTRA_CSV_COLUMNS}
     row["time_total_s"] = timings.get("total_s")
     row["backdoorlab_version"] = versions.get("backdoorlab")
     row["torch_version"] = versions.get("torch")
@@ -79,7 +121,9 @@ def aggregate_cells(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Returns one record per pair, in the order pairs first appear in ``cells``, with the identity
     fields, the mean of every numeric field (``None`` when no seed has it), ``<field>_sd`` (sample
-    standard deviation, ``None`` with one seed), ``n_seeds``, ``seeds`` and ``keys``.
+    standard deviation, ``None`` with one seed), ``<field>_n`` (seeds that have it), ``n_seeds``,
+    ``seeds``, ``keys``, ``by_seed`` (``{seed: {numeric field: value}}``, for comparisons seed by
+    seed) and ``channel_activity`` (``{seed: ...}`` of the seeds that recorded it).
     """
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for c in cells:
@@ -97,9 +141,17 @@ def aggregate_cells(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             vals = [float(m[f]) for m in members if m.get(f) is not None]
             rec[f] = statistics.fmean(vals) if vals else None
             rec[f + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else None
+            rec[f + "_n"] = len(vals)
+        seeds = [int(m["seed"]) for m in members]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{setting!r}/{defence!r} has more than one cell for seed(s) "
+                             f"{sorted({s for s in seeds if seeds.count(s) > 1})}")
         rec["n_seeds"] = len(members)
-        rec["seeds"] = sorted(int(m["seed"]) for m in members)
+        rec["seeds"] = sorted(seeds)
         rec["keys"] = [m.get("key") for m in members]
+        rec["by_seed"] = {int(m["seed"]): {f: m.get(f) for f in NUMERIC_FIELDS} for m in members}
+        rec["channel_activity"] = {int(m["seed"]): m["channel_activity"] for m in members
+                                   if m.get("channel_activity")}
         out.append(rec)
     return out
 
@@ -107,6 +159,14 @@ def aggregate_cells(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def index_by(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
     """``{(setting, defence): record}`` for lookups."""
     return {(r["setting"], r["defence"]): r for r in records}
+
+
+def mean_sd(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (None below two values) and count of the non-missing values."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
 
 
 def pct(x: float | None, digits: int = 1) -> str:

@@ -9,6 +9,11 @@ From the finished cells this module builds
 * **Table 5** — Fine-Pruning: layer, threshold, neurons pruned, accuracy and attack success with
   their Δ;
 * **Table 6** — combinations (AC→FP, FP→AC, …) with the columns of both kinds;
+* **the paper beside ours** — for every setting that reproduces a row of the paper's Tables 4–7
+  (``paper_row``), each of the paper's numbers next to ours (mean ± sd, n) and the difference,
+  from the reference data shipped in the package (:mod:`backdoorlab.experiments.paper`);
+* **the paper's claims** — each claim of the paper checked on this run (agree / disagree / not
+  distinguishable / not run, see :mod:`backdoorlab.experiments.claims`);
 
 and writes ``cells.json`` (every cell record, in full), ``cells.csv`` (one flat row per cell),
 ``tables.json`` (the tables as data, with the cache keys behind each row), ``report.md`` and
@@ -30,10 +35,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from . import claims as claims_mod
 from . import findings as findings_mod
-from . import plots
+from . import paper, plots
 from .cache import atomic_write_json, atomic_write_text
-from .records import CSV_COLUMNS, aggregate_cells, csv_row, index_by, pct, signed_points, validate_cell
+from .records import (CSV_COLUMNS, EXTRA_CSV_COLUMNS, aggregate_cells, csv_row, index_by, mean_sd, pct, signed_points,
+                      validate_cell)
 
 
 @dataclass
@@ -59,6 +66,37 @@ def _sd_suffix(rec: Mapping[str, Any], f: str) -> str:
     return "" if sd is None else f" ± {100 * sd:.1f}"
 
 
+def _n_suffix(rec: Mapping[str, Any], f: str, common: int) -> str:
+    """' (n=2)' when fewer seeds than the study's usual number hold this value (failed or missing)."""
+    n = rec.get(f + "_n", rec.get("n_seeds", 1))
+    return f" (n={n})" if n is not None and n < common else ""
+
+
+def _val(rec: Mapping[str, Any], f: str, common: int) -> str:
+    """A rate as 'mean ± sd' in %, with '(n=k)' when it rests on fewer seeds than the others."""
+    return pct(rec.get(f)) + _sd_suffix(rec, f) + _n_suffix(rec, f, common)
+
+
+def _cnt(rec: Mapping[str, Any], f: str, common: int) -> str:
+    """A count as 'mean ± sd' (one decimal where not whole), with '(n=k)' like :func:`_val`."""
+    sd = rec.get(f + "_sd")
+    return _count(rec.get(f)) + ("" if sd is None else f" ± {sd:.1f}") + _n_suffix(rec, f, common)
+
+
+def _delta(rec: Mapping[str, Any], f: str) -> str:
+    """A difference of fractions in signed points, '± sd' with several seeds."""
+    return signed_points(rec.get(f)) + _sd_suffix(rec, f)
+
+
+def _common_n(agg: Sequence[Mapping[str, Any]]) -> int:
+    return max((r.get("n_seeds") or 1) for r in agg) if agg else 1
+
+
+def _seeds_caption(common: int) -> str:
+    return ("" if common <= 1 else f" Values are mean ± standard deviation over the {common} seeds; '(n=k)' marks "
+            "a value resting on fewer seeds.")
+
+
 def _share(x: float | None) -> str:
     return "–" if x is None else f"{round(100 * x, 4):g}"
 
@@ -73,7 +111,8 @@ def _pruned(rec: Mapping[str, Any]) -> str:
     n, c = rec.get("neurons_pruned"), rec.get("n_channels")
     if n is None:
         return "–"
-    return f"{_count(n)}/{_count(c)}" if c is not None else _count(n)
+    sd = rec.get("neurons_pruned_sd")
+    return (f"{_count(n)}/{_count(c)}" if c is not None else _count(n)) + ("" if sd is None else f" ± {sd:.1f}")
 
 
 def _layer(rec: Mapping[str, Any]) -> str:
@@ -106,24 +145,27 @@ def build_tables(agg: Sequence[Mapping[str, Any]]) -> list[Table]:
     kind = {r["defence"]: r["kind"] for r in agg}
     sweep = {r["defence"] for r in agg if r.get("sweep")}
     main_defences = [d for d in defences if kind[d] != "clean" and d not in sweep]
+    n = _common_n(agg)
+    seeds_txt = _seeds_caption(n)
 
     tables: list[Table] = []
 
     main = Table("main", "Main table: attack success after each defence",
                  "Attack success rate in % on the triggered test images, with clean test accuracy in % in "
-                 "brackets, for every setting (rows) and defence (columns). 'no defence' is the poisoned model.",
+                 "brackets, for every setting (rows) and defence (columns). 'no defence' is the poisoned model."
+                 + seeds_txt,
                  ["Setting", "Trigger", "Share %"] + [label[d] for d in main_defences])
     for s in settings:
         recs = [idx.get((s, d)) for d in main_defences]
         any_rec = next(r for r in agg if r["setting"] == s)
         row = [s, any_rec["trigger"], _share(any_rec["poison_share"])]
-        row += [("–" if r is None else f"{pct(r['attack_success'])} ({pct(r['accuracy'])})") for r in recs]
+        row += [("–" if r is None else f"{_val(r, 'attack_success', n)} ({_val(r, 'accuracy', n)})") for r in recs]
         main.add(row, [k for r in recs if r for k in r["keys"]])
     tables.append(main)
 
     attack = Table("attack", "Table A: the attack (clean vs poisoned model)",
                    "Clean test accuracy and attack success of the model trained without the poisoned rows "
-                   "(clean) and of the poisoned model; Δ accuracy = poisoned − clean, in points.",
+                   "(clean) and of the poisoned model; Δ accuracy = poisoned − clean, in points." + seeds_txt,
                    ["Setting", "Data", "Trigger", "Share %", "Poisoned samples", "Clean acc %", "Poisoned acc %",
                     "Δ acc", "ASR clean model %", "ASR poisoned model %"])
     for s in settings:
@@ -134,28 +176,28 @@ def build_tables(agg: Sequence[Mapping[str, Any]]) -> list[Table]:
         d_acc = (none["accuracy"] - clean["accuracy"]) if (none and clean) else None
         attack.add([s, ref["dataset"], ref["trigger"], _share(ref["poison_share"]),
                     _count(none.get("poisoned_present")) if none else "–",
-                    pct(clean["accuracy"]) + _sd_suffix(clean, "accuracy") if clean else "–",
-                    pct(none["accuracy"]) + _sd_suffix(none, "accuracy") if none else "–",
+                    _val(clean, "accuracy", n) if clean else "–",
+                    _val(none, "accuracy", n) if none else "–",
                     signed_points(d_acc),
-                    pct(clean["attack_success"]) if clean else "–",
-                    pct(none["attack_success"]) + _sd_suffix(none, "attack_success") if none else "–"],
+                    _val(clean, "attack_success", n) if clean else "–",
+                    _val(none, "attack_success", n) if none else "–"],
                    (none or {}).get("keys", []) + (clean or {}).get("keys", []))
     tables.append(attack)
 
     t4 = Table("table4", "Table 4: data-filtering defences (AC, SS, DP)",
                "Poisoned training samples present, removed poisoned and removed clean samples (count and % of "
                "the poisoned resp. clean samples), then the retrained model's clean accuracy and attack success "
-               "with their change against the poisoned model (Δ, points).",
+               "with their change against the poisoned model (Δ, points)." + seeds_txt,
                ["Setting", "Defence", "Poisoned present", "Removed poisoned", "Removed poisoned %",
                 "Removed clean", "Removed clean %", "Acc %", "Δ acc", "ASR %", "Δ ASR"])
     t5 = Table("table5", "Table 5: Fine-Pruning",
                "Channels of the pruned layer removed (pruned/total) until clean-set accuracy fell by more than "
-               "the threshold, then fine-tuned on the clean set; Δ against the poisoned model, points.",
+               "the threshold, then fine-tuned on the clean set; Δ against the poisoned model, points." + seeds_txt,
                ["Setting", "Defence", "Layer", "Threshold %", "Neurons pruned", "Acc %", "Δ acc", "ASR %", "Δ ASR"])
     t6 = Table("table6", "Table 6: combined defences",
                "Defences in sequence (AC→FP: filter, retrain, then prune; FP→AC: prune and fine-tune, then "
                "filter with the pruned model's activations and retrain). Removals from the filtering step, "
-               "neurons from the pruning step; Δ against the poisoned model, points.",
+               "neurons from the pruning step; Δ against the poisoned model, points." + seeds_txt,
                ["Setting", "Order", "Removed poisoned", "Removed poisoned %", "Removed clean", "Removed clean %",
                 "Neurons pruned", "Acc %", "Δ acc", "ASR %", "Δ ASR"])
     for s in settings:
@@ -163,20 +205,89 @@ def build_tables(agg: Sequence[Mapping[str, Any]]) -> list[Table]:
             r = idx.get((s, d))
             if r is None:
                 continue
-            tail = [pct(r["accuracy"]) + _sd_suffix(r, "accuracy"), signed_points(r.get("delta_accuracy")),
-                    pct(r["attack_success"]) + _sd_suffix(r, "attack_success"),
-                    signed_points(r.get("delta_attack_success"))]
+            tail = [_val(r, "accuracy", n), _delta(r, "delta_accuracy"),
+                    _val(r, "attack_success", n), _delta(r, "delta_attack_success")]
             if r["kind"] == "filter":
-                t4.add([s, label[d], _count(r.get("poisoned_present")), _count(r.get("removed_poisoned")),
-                        pct(r.get("removed_poisoned_share")), _count(r.get("removed_clean")),
-                        pct(r.get("removed_clean_share"))] + tail, r["keys"])
+                t4.add([s, label[d], _count(r.get("poisoned_present")), _cnt(r, "removed_poisoned", n),
+                        _val(r, "removed_poisoned_share", n), _cnt(r, "removed_clean", n),
+                        _val(r, "removed_clean_share", n)] + tail, r["keys"])
             elif r["kind"] == "repair":
                 t5.add([s, label[d], _layer(r), _share(r.get("fp_threshold")), _pruned(r)] + tail, r["keys"])
             elif r["kind"] == "combination":
-                t6.add([s, label[d], _count(r.get("removed_poisoned")), pct(r.get("removed_poisoned_share")),
-                        _count(r.get("removed_clean")), pct(r.get("removed_clean_share")), _pruned(r)] + tail,
+                t6.add([s, label[d], _cnt(r, "removed_poisoned", n), _val(r, "removed_poisoned_share", n),
+                        _cnt(r, "removed_clean", n), _val(r, "removed_clean_share", n), _pruned(r)] + tail,
                        r["keys"])
     tables += [t4, t5, t6]
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------
+# the paper's tables beside ours
+
+
+def _paper_num(v: float, unit: str) -> str:
+    if unit == "count":
+        return f"{v:.0f}"
+    return f"{v:+.2f}" if unit == "pts" else f"{v:.2f}"
+
+
+def _ours_num(m: float, sd: float | None, unit: str) -> str:
+    if unit == "count":
+        body = f"{m:.1f}".removesuffix(".0") + ("" if sd is None else f" ± {sd:.1f}")
+    else:
+        body = (f"{m:+.1f}" if unit == "pts" else f"{m:.1f}") + ("" if sd is None else f" ± {sd:.1f}")
+    return body
+
+
+def paper_tables(agg: Sequence[Mapping[str, Any]]) -> list[Table]:
+    """The paper's Tables 4/7, 5 and 6 with our numbers beside each of theirs.
+
+    Rows: every row of the paper for the data-set families that have at least one setting with a
+    ``paper_row``; one line per (paper row, our setting, paper column). A paper row no setting
+    reproduces is listed once as not run. Empty when no cell names a paper row.
+    """
+    mapped: dict[tuple[str, str], dict[str, dict[str, Mapping[str, Any]]]] = {}
+    for r in agg:
+        role = paper.role_of(r)
+        if r.get("paper_row") and role is not None:
+            if paper.row("table4", r["dataset"], r["paper_row"]) is None:
+                raise ValueError(f"setting {r['setting']!r} names paper_row {r['paper_row']!r}, which is not a row "
+                                 f"of the paper's tables for data set {r['dataset']!r}; rows: "
+                                 f"{[s for d, s in paper.paper_rows() if d == r['dataset']]}")
+            mapped.setdefault((r["dataset"], r["paper_row"]), {}).setdefault(r["setting"], {}).setdefault(role, r)
+    families = {d for d, _ in mapped}
+    if not families:
+        return []
+    tables = []
+    for tid, (_, title) in paper.TABLES.items():
+        t = Table(f"paper_{tid}", f"{title}: the paper beside ours",
+                  "Each of the paper's numbers for this table next to ours for the same row (our setting), as "
+                  "mean ± standard deviation over n seeds, and the difference ours − paper (points for % and Δ "
+                  "columns). Δ columns are against the backdoored model in both. Source: " + paper.SOURCE + ".",
+                  ["Paper row", "Our setting", "Quantity", "Paper", "Ours", "n", "Ours − paper"])
+        for dataset, row_label in paper.paper_rows():
+            if dataset not in families:
+                continue
+            prow = paper.row(tid, dataset, row_label)
+            settings = mapped.get((dataset, row_label), {})
+            name = f"{dataset}: {row_label}"
+            if not settings:
+                t.add([name, "–", "(every column)", "–", "not run", "0", "–"], [])
+                continue
+            for setting, roles in settings.items():
+                for q in paper.QUANTITIES[tid]:
+                    rec = roles.get(paper.resolve_role(q.role, dataset))
+                    pv = prow[q.column]
+                    if rec is None:
+                        t.add([name, setting, q.label, _paper_num(pv, q.unit), "not run", "0", "–"], [])
+                        continue
+                    m, sd, k = mean_sd(q.value(v) for v in (rec.get("by_seed") or {}).values())
+                    if m is None:
+                        t.add([name, setting, q.label, _paper_num(pv, q.unit), "–", "0", "–"], rec["keys"])
+                        continue
+                    t.add([name, setting, q.label, _paper_num(pv, q.unit), _ours_num(m, sd, q.unit), str(k),
+                           f"{m - pv:+.1f}"], rec["keys"])
+        tables.append(t)
     return tables
 
 
@@ -219,6 +330,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){text-align:left}
 .caption{color:#555;font-size:0.9em}img{max-width:100%;border:1px solid #ddd;margin:0.3em 0}
 code{background:#f6f6f6;padding:0 3px}.fail{color:#a00}
+h3#claims+p+table td{text-align:left;vertical-align:top}
 """
 
 
@@ -226,16 +338,49 @@ def _img_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def claims_table(claims: Sequence[claims_mod.Claim]) -> Table:
+    """The claim checks as a report table (the keys of the cells behind each verdict as sources)."""
+    t = Table("claims", "The paper's claims against this run",
+              "Each claim of the paper (SPEC.md), the paper's own numbers for it, ours, and the verdict. A "
+              "setting supports a claim when every seed shows it (at least "
+              f"{findings_mod.MIN_SEEDS} seeds; per-seed differences under {findings_mod.TIE_POINTS:g} point count "
+              "as none); the claim agrees when more than half of the tested settings support it, disagrees when "
+              "more than half contradict it, and is 'not distinguishable' otherwise. Paper numbers from "
+              + paper.SOURCE + ".",
+              ["Claim", "The paper", "This run", "Verdict"])
+    for c in claims:
+        t.add([c.claim, c.paper, c.ours, c.verdict], c.keys)
+    return t
+
+
+def _paper_section_note(tables: Sequence[Table]) -> str | None:
+    if any(t.id.startswith("paper_") for t in tables):
+        return None
+    return ("_No setting of this study reproduces a row of the paper's Tables 4–7 (no cell names a `paper_row`: "
+            "other data, triggers or shares), so no number is put beside the paper's; the paper's claims are "
+            "checked above._")
+
+
 def render_markdown(meta: Mapping[str, Any], tables: Sequence[Table], figures: Mapping[str, Mapping[str, str]],
-                    previews: Mapping[str, str], findings: Sequence[str]) -> str:
+                    previews: Mapping[str, str], findings: Sequence[str],
+                    claims: Sequence[claims_mod.Claim] = ()) -> str:
     """The Markdown report; figures and previews are linked relative to the results folder."""
     out = [f"# backdoorlab study report: {meta.get('name', 'study')}", ""]
     out += _meta_lines(meta) + [""]
-    out += ["## Findings", ""]
+    if claims:
+        out += ["## Against the paper", "", table_markdown(claims_table(claims))]
+    out += ["## Findings", "", f"Directions are stated only where every seed shows them (at least "
+            f"{findings_mod.MIN_SEEDS} seeds); otherwise the finding says 'not distinguishable' and gives the "
+            "per-seed differences.", ""]
     out += [f"- {s}" for s in findings] or ["- (no findings: too few cells)"]
     out += ["", "## Tables", ""]
     for t in tables:
+        if t.id == "paper_table4":
+            out += ["## The paper's tables beside ours", ""]
         out.append(table_markdown(t))
+    note = _paper_section_note(tables)
+    if note:
+        out += ["## The paper's tables beside ours", "", note, ""]
     out += ["## Figures", ""]
     for name, fig in figures.items():
         out += [f"### {fig['title']}", "", fig["caption"], ""]
@@ -252,6 +397,11 @@ def render_markdown(meta: Mapping[str, Any], tables: Sequence[Table], figures: M
     if failures:
         out += ["", "## Cells that failed", ""]
         out += [f"- `{f['setting']}` / `{f['defence']}` (seed {f['seed']}): {f['error']}" for f in failures]
+    pending = meta.get("pending") or []
+    if pending:
+        out += ["", "## Cells not run yet", "", f"{len(pending)} cells of the grid have no result in this folder "
+                "yet; the tables and findings above leave them out.", ""]
+        out += [f"- `{p['setting']}` / `{p['defence']}` (seed {p['seed']})" for p in pending]
     return "\n".join(out) + "\n"
 
 
@@ -276,15 +426,27 @@ def _meta_lines(meta: Mapping[str, Any]) -> list[str]:
 
 
 def render_html(meta: Mapping[str, Any], tables: Sequence[Table], figures: Mapping[str, Mapping[str, str]],
-                previews: Mapping[str, str], findings: Sequence[str], root: Path) -> str:
+                previews: Mapping[str, str], findings: Sequence[str], root: Path,
+                claims: Sequence[claims_mod.Claim] = ()) -> str:
     """A self-contained HTML page: the same content as the Markdown, images embedded as base64."""
     e = html.escape
     body = [f"<h1>backdoorlab study report: {e(str(meta.get('name', 'study')))}</h1><ul>"]
     body += [f"<li>{e(line[2:])}</li>" for line in _meta_lines(meta) if line.startswith("- ")]
-    body.append("</ul><h2>Findings</h2><ul>")
+    body.append("</ul>")
+    if claims:
+        body += ["<h2>Against the paper</h2>", table_html(claims_table(claims))]
+    body.append(f"<h2>Findings</h2><p class='caption'>Directions are stated only where every seed shows them (at "
+                f"least {findings_mod.MIN_SEEDS} seeds); otherwise 'not distinguishable' with the per-seed "
+                "differences.</p><ul>")
     body += [f"<li>{e(s)}</li>" for s in findings] or ["<li>(no findings: too few cells)</li>"]
     body.append("</ul><h2>Tables</h2>")
-    body += [table_html(t) for t in tables]
+    for t in tables:
+        if t.id == "paper_table4":
+            body.append("<h2>The paper's tables beside ours</h2>")
+        body.append(table_html(t))
+    note = _paper_section_note(tables)
+    if note:
+        body.append(f"<h2>The paper's tables beside ours</h2><p><em>{e(note.strip('_').replace('`', ''))}</em></p>")
     body.append("<h2>Figures</h2>")
     for fig in figures.values():
         body.append(f"<h3>{e(fig['title'])}</h3><p class='caption'>{e(fig['caption'])}</p>")
@@ -303,6 +465,13 @@ def render_html(meta: Mapping[str, Any], tables: Sequence[Table], figures: Mappi
         body += [f"<li><code>{e(f['setting'])}</code> / <code>{e(f['defence'])}</code> (seed {f['seed']}): "
                  f"{e(f['error'])}</li>" for f in failures]
         body.append("</ul>")
+    pending = meta.get("pending") or []
+    if pending:
+        body.append(f"<h2>Cells not run yet</h2><p>{len(pending)} cells of the grid have no result in this folder "
+                    "yet; the tables and findings above leave them out.</p><ul>")
+        body += [f"<li><code>{e(p['setting'])}</code> / <code>{e(p['defence'])}</code> (seed {p['seed']})</li>"
+                 for p in pending]
+        body.append("</ul>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>backdoorlab report: {e(str(meta.get('name', 'study')))}</title><style>{_CSS}</style></head>"
             "<body>" + "\n".join(body) + "</body></html>\n")
@@ -310,7 +479,7 @@ def render_html(meta: Mapping[str, Any], tables: Sequence[Table], figures: Mappi
 
 def write_cells_csv(path: Path, cells: Sequence[Mapping[str, Any]]) -> Path:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS + EXTRA_CSV_COLUMNS), lineterminator="\n")
     w.writeheader()
     for c in cells:
         w.writerow({k: ("" if v is None else v) for k, v in csv_row(c).items()})
@@ -347,9 +516,10 @@ def write_report(out: str | Path, cells: Sequence[Mapping[str, Any]], meta: Mapp
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     agg = aggregate_cells(cells)
-    tables = build_tables(agg)
+    tables = build_tables(agg) + paper_tables(agg)
     figures = plots.make_figures(agg, out / "figures", root=out)
     found = findings_mod.compute_findings(agg)
+    claims = claims_mod.check_claims(agg)
     previews: dict[str, str] = {}
     for r in agg:
         rel = r.get("preview")
@@ -360,11 +530,13 @@ def write_report(out: str | Path, cells: Sequence[Mapping[str, Any]], meta: Mapp
     paths["cells_json"] = atomic_write_json(out / "cells.json", list(cells))
     paths["cells_csv"] = write_cells_csv(out / "cells.csv", cells)
     paths["tables_json"] = atomic_write_json(out / "tables.json", {
-        "tables": [asdict(t) for t in tables], "findings": found,
+        "tables": [asdict(t) for t in tables], "findings": found, "claims": [c.to_dict() for c in claims],
+        "paper_source": paper.SOURCE,
         "figures": {k: v.get("path") for k, v in figures.items()}, "previews": previews})
-    paths["report_md"] = atomic_write_text(out / "report.md", render_markdown(meta, tables, figures, previews, found))
+    paths["report_md"] = atomic_write_text(out / "report.md",
+                                           render_markdown(meta, tables, figures, previews, found, claims))
     paths["report_html"] = atomic_write_text(out / "report.html",
-                                             render_html(meta, tables, figures, previews, found, out))
+                                             render_html(meta, tables, figures, previews, found, out, claims))
     for name, fig in figures.items():
         if fig.get("path"):
             paths[name] = out / fig["path"]
