@@ -74,12 +74,14 @@ def test_every_output_exists(study_out):
     out, _, _ = study_out
     for name in ("report.md", "report.html", "cells.json", "cells.csv", "tables.json", "study.json", "run.json"):
         assert (out / name).is_file(), name
-    for fig in ("fig1_attack", "fig2_ac", "fig3_fp_threshold", "fig4_defences"):
+    figures = ("fig1_attack", "fig2_ac", "fig3_fp_threshold", "fig4_defences",  # Figs. 7/8 from the attack
+               "fig7_channels_last_conv", "fig8_channels_second_last_conv")  # cells' channel activity
+    for fig in figures:
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG", fig
     previews = list((out / "previews").glob("*.png"))
     assert len(previews) == 1
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5  # four figures and the preview
+    assert html.count("data:image/png;base64,") == len(figures) + 1  # the figures and the preview
     md = (out / "report.md").read_text()
     assert "figures/fig1_attack.png" in md and "previews/" in md
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.partial.pt"))

@@ -38,7 +38,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 
 # Optional fields that cells of older runs lack; cells.csv has them after CSV_COLUMNS (empty when absent).
-EXTRA_CSV_COLUMNS: tuple[str, ...] = ("paper_row", "ac_analysis")
+EXTRA_CSV_COLUMNS: tuple[str, ...] = ("paper_row", "ac_analysis", "poison_count", "share_achieved")
 
 # Required fields and their types (None allowed where a field may not apply).
 REQUIRED: dict[str, tuple[type, ...]] = {
