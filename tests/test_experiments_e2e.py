@@ -192,6 +192,8 @@ def test_rerun_through_the_cli_uses_the_cache(study_out, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["n_computed"] == 0 and run["n_cached"] == len(before)
     assert _cells(out) == before
+    md = (out / "report.md").read_text()  # the report names the command that wrote it
+    assert f"- Command of this report: `backdoorlab reproduce --config {cfg} --out {out} --no-progress`" in md
 
 
 def test_a_failing_cell_is_reported_and_the_study_goes_on(study_out, tmp_path):

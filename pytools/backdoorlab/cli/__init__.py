@@ -129,7 +129,9 @@ def error_line(exc: BaseException, args: argparse.Namespace | None = None) -> st
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args._argv = argv  # what was typed, for outputs that record the command that made them
     debug = args.debug or os.environ.get("BACKDOORLAB_DEBUG", "") not in ("", "0")
     try:
         return int(args._run(args) or 0)

@@ -9,6 +9,7 @@ real GTSRB / YTAF / LFW folders. Re-running with the same ``--out`` skips finish
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         study = replace(study, device=args.device)
     report = run_study(study, args.out, quick=args.quick, progress=not args.no_progress, seed=args.seed,
                        settings=_patterns("--settings", args.settings), defences=_patterns("--defences", args.defences),
-                       report_only=args.report_only)
+                       report_only=args.report_only, command=shlex.join(["backdoorlab", *getattr(args, "_argv", ["reproduce"])]))
     import json
 
     if args.report_only:

@@ -409,6 +409,10 @@ def _meta_lines(meta: Mapping[str, Any]) -> list[str]:
     lines = []
     if meta.get("description"):
         lines += [str(meta["description"]), ""]
+    if meta.get("command"):
+        lines.append(f"- Command of this report: `{meta['command']}`")
+    for cmd in meta.get("cell_commands") or []:
+        lines.append(f"- Cells computed by: `{cmd}`")
     mode = "quick (reduced data, epochs and settings)" if meta.get("quick") else "full"
     lines.append(f"- Mode: {mode}; seeds: {meta.get('seeds')}; device: {meta.get('device')}")
     lines.append(f"- Cells: {meta.get('n_cells')} ({meta.get('n_computed', 0)} computed in this run, "

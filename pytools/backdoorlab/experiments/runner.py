@@ -513,7 +513,7 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
               quick: bool = False, progress: bool = True, *, seed: int | None = None,
               report: bool = True, on_cell: Callable[[dict], None] | None = None,
               settings: Sequence[str] | None = None, defences: Sequence[str] | None = None,
-              report_only: bool = False) -> Path:
+              report_only: bool = False, command: str | None = None) -> Path:
     """Run (or resume) a study and write its report; returns the path of ``report.md``.
 
     Parameters
@@ -541,6 +541,9 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
     report_only : bool
         Compute nothing: write the report from the cells already in ``out`` (the missing ones are
         listed as not run yet), e.g. while a long study is still running elsewhere.
+    command : str, optional
+        The command line of this run (the CLI passes it): shown at the top of the report and
+        recorded in every cell it computes, so a report names the commands behind its numbers.
 
     Raises
     ------
@@ -580,6 +583,8 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
                 bar.set_description(f"{p.setting.id} | {p.defence.id} | seed {p.seed}")
                 try:
                     cell = _run_cell(p, ws, progress)
+                    if command:
+                        cell["command"] = command
                 except (KeyboardInterrupt, SystemExit, MemoryError):
                     raise
                 except Exception as exc:  # one bad cell must not lose the study; it is reported and retried
@@ -606,6 +611,7 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
         raise RuntimeError(f"every cell failed; first error: {failures[0]['error']} (see {out / 'failures.json'})")
     wall = time.perf_counter() - started
     meta = {"name": study.name, "description": study.description, "quick": study.quick, "seeds": list(study.seeds),
+            "command": command, "cell_commands": sorted({c["command"] for c in cells if c.get("command")}),
             "device": study.device, "versions": versions(), "wall_time_s": wall,
             "n_computed": len(cells) - n_cached, "n_cached": n_cached, "failures": failures, "pending": pending,
             "notes": [n for n in (d.note for d in study.datasets.values()) if n]}
