@@ -14,7 +14,6 @@ pipeline, and writes the defended checkpoint and a JSON report atomically.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from backdoorlab.devices import resolve_device
+from datasets_gen.atomic import atomic_write_json, json_safe
 
 from .base import DefenceContext, DefenceResult
 
@@ -236,31 +236,6 @@ class Pipeline:
 # --------------------------------------------------------------------------- the CLI's function
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj
-
-
 def load_context(data: str | os.PathLike, model: str | os.PathLike, *, train_config: Any = None,
                  device: str = "auto", seed: int = 0, verify: bool = True,
                  progress: bool = False) -> tuple[DefenceContext, dict]:
@@ -348,19 +323,19 @@ def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out
     summary = result.to_dict()
     summary.update({
         "data": str(data), "model": str(model), "out": None if out is None else str(out), "seed": int(seed),
-        "device": str(device), "train_config": _json_ready(_config_dict(ctx.train_config)),
+        "device": str(device), "train_config": json_safe(_config_dict(ctx.train_config)),
         "data_check": ctx.train.verification,
         "seconds": time.perf_counter() - started,
     })
-    summary = _json_ready(summary)
+    summary = json_safe(summary)
     if out is not None:
         checkpoint.save(out, result.context.model, {
             "defended_from": str(model), "pipeline": pipeline, "seed": int(seed),
-            "final": summary["final"], "source_meta": _json_ready(meta),
+            "final": summary["final"], "source_meta": json_safe(meta),
             "train_config": summary["train_config"],
         })
     if report is not None:
-        _atomic_write_text(Path(report), json.dumps(summary, indent=2))
+        atomic_write_json(report, summary)
     return summary
 
 
