@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from datasets_gen.atomic import atomic_write_bytes, atomic_write_text
+from datasets_gen.build import resolve_source
 from datasets_gen.eyes import EYE_METHODS, eye_location_info, locate_eyes
 from datasets_gen.publish import _tile
 from datasets_gen.triggers import parse_trigger
@@ -112,8 +113,6 @@ def check_eye_location(source: Any, sheet: str | os.PathLike | None = None, *, e
         Bad ``every``/``limit``/``workers``/``n_tiles``/``tile``, a trigger that is not placed on
         the eyes, an unknown detector, a source with no images.
     """
-    from datasets_gen.build import resolve_source  # build imports this package's siblings; keep import light
-
     every = _positive_int(every, "every")
     limit = _positive_int(limit, "limit", allow_none=True)
     n_tiles = _positive_int(n_tiles, "n_tiles")

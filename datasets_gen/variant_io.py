@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
 from datasets_gen import __version__ as GENERATOR_VERSION
 from datasets_gen.atomic import atomic_write_json, atomic_write_text
@@ -657,8 +658,6 @@ def split_counts(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20, *, progress: bool = False) -> str:
     """Hex SHA-256 of a file, read in blocks (a tqdm bar over the bytes with ``progress``)."""
-    from tqdm.auto import tqdm
-
     h = hashlib.sha256()
     size = os.path.getsize(path)
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}",
