@@ -113,7 +113,7 @@ def bench_layer(model, clean, layer: str, threshold: float, *, repeats: int, bat
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from backdoorlab.defences.base import check_fraction
+    from backdoorlab.defences.params import check_fraction
 
     check_fraction("threshold", args.threshold)
     if args.repeats < 1:

@@ -49,16 +49,9 @@ from backdoorlab.activations import extract
 from backdoorlab.devices import native_device
 from backdoorlab.evaluate import predict
 
-from .base import (
-    DefenceContext,
-    FilteringDefence,
-    DefenceResult,
-    check_choice,
-    check_fraction,
-    check_positive_int,
-    removal_report,
-    retrain,
-)
+from .base import DefenceContext, DefenceResult, FilteringDefence, removal_report
+from .params import check_choice, check_fraction, check_positive_int
+from .retrain import retrain
 
 __all__ = ["ActivationClustering", "ANALYSES", "REDUCTIONS", "cluster_classes", "analyse_clusters"]
 

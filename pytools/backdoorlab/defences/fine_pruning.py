@@ -41,14 +41,8 @@ from backdoorlab.devices import resolve_device
 from backdoorlab.evaluate import predict
 from backdoorlab.train import fine_tune
 
-from .base import (
-    Defence,
-    DefenceContext,
-    DefenceResult,
-    check_choice,
-    check_fraction,
-    check_positive_int,
-)
+from .base import Defence, DefenceContext, DefenceResult
+from .params import check_choice, check_fraction, check_positive_int
 
 __all__ = [
     "FinePruning",

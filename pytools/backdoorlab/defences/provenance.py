@@ -45,14 +45,9 @@ from backdoorlab.devices import resolve_device
 from backdoorlab.evaluate import predict
 from backdoorlab.train import epoch_order, make_optimizer, train_model
 
-from .base import (
-    DefenceContext,
-    FilteringDefence,
-    check_choice,
-    check_fraction,
-    check_positive_int,
-    reinitialised_copy,
-)
+from .base import DefenceContext, FilteringDefence
+from .params import check_choice, check_fraction, check_positive_int
+from .retrain import reinitialised_copy
 
 __all__ = ["DataProvenance", "group_rows"]
 

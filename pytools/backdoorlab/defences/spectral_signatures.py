@@ -27,13 +27,8 @@ from backdoorlab import native
 from backdoorlab.activations import extract
 from backdoorlab.devices import native_device
 
-from .base import (
-    DefenceContext,
-    FilteringDefence,
-    check_choice,
-    check_fraction,
-    check_positive_int,
-)
+from .base import DefenceContext, FilteringDefence
+from .params import check_choice, check_fraction, check_positive_int
 
 __all__ = ["SpectralSignatures", "SCORINGS", "spectral_flags"]
 
