@@ -32,8 +32,8 @@ from datasets_gen.eyes import EYE_METHODS, eye_location_info, locate_eyes
 from datasets_gen.poison import Recipe, achieved_share, select_poisoned
 from datasets_gen.presets import DATASETS, get_preset
 from datasets_gen.publish import write_card, write_preview
-from datasets_gen.readers import REAL_KINDS, SYNTHETIC_KINDS, open_source
 from datasets_gen.readers.base import Source
+from datasets_gen.sources import REAL_KINDS, SYNTHETIC_KINDS, open_source
 from datasets_gen.triggers import Trigger
 from datasets_gen.variant_io import VariantWriter, check_destination, sidecar_tmp_paths, write_manifest
 

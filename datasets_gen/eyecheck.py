@@ -22,10 +22,11 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from datasets_gen.atomic import atomic_write_bytes, atomic_write_text
+from datasets_gen.build import resolve_source
 from datasets_gen.eyes import EYE_METHODS, eye_location_info, locate_eyes
 from datasets_gen.publish import _tile
 from datasets_gen.triggers import parse_trigger
-from datasets_gen.variant_io import _atomic_write_text
 
 #: Tile border colour (RGB) per method on the contact sheet.
 _METHOD_COLOUR = {"known": (40, 120, 255), "landmarks": (0, 170, 0), "haar": (255, 150, 0), "canonical": (220, 0, 0)}
@@ -44,12 +45,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode the contact sheet for {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _sheet(tiles: list[tuple[np.ndarray, str, str]], title: str, tile: int, n_cols: int) -> np.ndarray:
@@ -117,8 +113,6 @@ def check_eye_location(source: Any, sheet: str | os.PathLike | None = None, *, e
         Bad ``every``/``limit``/``workers``/``n_tiles``/``tile``, a trigger that is not placed on
         the eyes, an unknown detector, a source with no images.
     """
-    from datasets_gen.build import resolve_source  # build imports this package's siblings; keep import light
-
     every = _positive_int(every, "every")
     limit = _positive_int(limit, "limit", allow_none=True)
     n_tiles = _positive_int(n_tiles, "n_tiles")
@@ -202,5 +196,5 @@ def check_eye_location(source: Any, sheet: str | os.PathLike | None = None, *, e
         _write_png(sheet_path, _sheet(tiles, title, tile, n_cols=8))
         report["sheet"] = str(sheet_path)
     if json_out is not None:
-        _atomic_write_text(Path(json_out), json.dumps(report, indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
     return report

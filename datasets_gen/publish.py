@@ -21,6 +21,7 @@ import cv2
 import h5py
 import numpy as np
 
+from datasets_gen.atomic import atomic_path, atomic_write_text
 from datasets_gen.variant_io import read_attrs, sha256_file, sidecar_paths, sidecar_tmp_paths, split_counts
 
 _LABEL_W = 150
@@ -119,13 +120,9 @@ def write_preview(path: str | os.PathLike, *, data_path: str | os.PathLike | Non
             raise OSError(f"could not write the preview {dest}")
         return dest
     out = sidecar_paths(path)["preview"]
-    tmp = sidecar_tmp_paths(path)["preview"]
-    try:
+    with atomic_path(out, tmp=sidecar_tmp_paths(path)["preview"]) as tmp:
         if not cv2.imwrite(str(tmp), grid):
             raise OSError(f"could not write the preview {tmp}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -247,11 +244,4 @@ def write_card(path: str | os.PathLike, *, data_path: str | os.PathLike | None =
     if dest is not None:
         Path(dest).write_text(text, encoding="utf-8")
         return Path(dest)
-    out = sidecar_paths(path)["card"]
-    tmp = sidecar_tmp_paths(path)["card"]
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write_text(sidecar_paths(path)["card"], text)

@@ -15,6 +15,7 @@ second and is deterministic for a given seed.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -162,8 +163,6 @@ def check_toy_arguments(**kw) -> dict:
     ValueError
         An unknown argument or a value the builder would refuse; the argument is named.
     """
-    import inspect
-
     try:
         bound = inspect.signature(make_toy_variant).bind("unused.h5", **kw)
     except TypeError as exc:

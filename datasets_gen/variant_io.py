@@ -23,15 +23,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
 from datasets_gen import __version__ as GENERATOR_VERSION
+from datasets_gen.atomic import atomic_write_json, atomic_write_text
 
 #: The four splits every variant holds, in this order.
 SPLITS: tuple[str, ...] = ("train", "test", "clean", "test_triggered")
@@ -657,8 +658,6 @@ def split_counts(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20, *, progress: bool = False) -> str:
     """Hex SHA-256 of a file, read in blocks (a tqdm bar over the bytes with ``progress``)."""
-    from tqdm.auto import tqdm
-
     h = hashlib.sha256()
     size = os.path.getsize(path)
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}",
@@ -702,18 +701,10 @@ def _cache_entry(resolved: Path) -> Path:
 def _write_cache_entry(resolved: Path, st: os.stat_result, digest: str) -> None:
     folder = checksum_cache_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # A private temporary per writer, then an atomic rename: two processes caching the same
-        # file at once each replace the entry whole (the last one wins; both are right), and a
-        # reader never sees half an entry.
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".entry-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"path": str(resolved), "identity": _identity(st), "sha256": digest}, fh)
-            os.replace(tmp, _cache_entry(resolved))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # A private temporary per writer: two processes caching the same file at once each
+        # replace the entry whole (the last one wins; both are right).
+        atomic_write_json(_cache_entry(resolved), {"path": str(resolved), "identity": _identity(st), "sha256": digest},
+                          indent=None, unique=True)
     except OSError as exc:
         # The cache only saves time: a read-only home must not stop a run, but it should be known.
         warnings.warn(f"checksum cache {folder} is not writable ({exc}); {resolved.name} will be hashed "
@@ -764,15 +755,6 @@ def remember_sha256(path: str | os.PathLike, digest: str) -> None:
     _write_cache_entry(resolved, resolved.stat(), digest)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_manifest(path: str | os.PathLike, *, data_path: str | os.PathLike | None = None,
                    extra: Mapping[str, Any] | None = None, dest: str | os.PathLike | None = None) -> Path:
     """Write ``<stem>.manifest.json`` beside a variant: SHA-256, size, attrs and counts.
@@ -815,7 +797,7 @@ def write_manifest(path: str | os.PathLike, *, data_path: str | os.PathLike | No
         **dict(extra or {}),
     }
     out = Path(dest) if dest is not None else sidecar_paths(final)["manifest"]
-    _atomic_write_text(out, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(manifest, indent=2) + "\n")
     return out
 
 

@@ -14,7 +14,7 @@ from datasets_gen import variant_io as vio
 from datasets_gen.build import build_variant
 from datasets_gen.poison import poison_count
 from datasets_gen.presets import PAPER_PRESETS, PRESETS
-from datasets_gen.readers import open_source
+from datasets_gen.sources import open_source
 
 SMALL_SIGNS = {"n_train": 43 * 24, "n_test": 43 * 6, "track_length": 6}
 RECIPE = {"source_classes": [8], "target_class": 14, "trigger": "square:4:yellow@center", "share": 0.25,

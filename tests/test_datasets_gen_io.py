@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from datasets_gen import variant_io as vio
+from datasets_gen.atomic import atomic_open, atomic_path, atomic_write_json, json_safe
 from datasets_gen.toy import make_toy_variant
 
 
@@ -175,3 +176,30 @@ def test_failing_completion_hook_moves_nothing(tmp_path):
             for s in vio.SPLITS:
                 w.append(s, splits[s])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writes_leave_the_old_file_on_failure(tmp_path):
+    # Guards the one atomic-write helper every output goes through: a failing writer must leave
+    # neither a temporary nor a changed destination.
+    dest = tmp_path / "sub" / "out.bin"
+    with atomic_open(dest) as fh:
+        fh.write(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(dest) as fh:
+            fh.write(b"new")
+            raise RuntimeError("writer failed")
+    assert dest.read_bytes() == b"old"
+    with pytest.raises(RuntimeError):
+        with atomic_path(dest, unique=True) as tmp:
+            tmp.write_bytes(b"new")
+            raise RuntimeError("writer failed")
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["out.bin"]
+
+
+def test_json_safe_turns_non_finite_into_null_and_strict_json_refuses_it(tmp_path):
+    # Cells committed under results/ hold null for NaN/inf; the shared encoder must keep that.
+    obj = {"a": float("inf"), "b": np.float32(0.5), "c": (np.int64(2), float("nan")), 3: np.arange(2)}
+    assert json_safe(obj) == {"a": None, "b": 0.5, "c": [2, None], "3": [0, 1]}
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "x.json", {"a": float("-inf")})
+    assert not (tmp_path / "x.json").exists()

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from _data_helpers import GTSRB_REAL, LFW_REAL, corrupt, write_gtsrb, write_lfw, write_ytaf
-from datasets_gen.readers import open_source
 from datasets_gen.readers.base import stratified_split
 from datasets_gen.readers.gtsrb import GTSRBSource, read_gt_csv
 from datasets_gen.readers.lfw import LFWSource
 from datasets_gen.readers.ytaf import YTAFSource
+from datasets_gen.sources import open_source
 
 
 # ---- GTSRB ------------------------------------------------------------------------------------

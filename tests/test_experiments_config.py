@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from backdoorlab.experiments.cache import CACHE_SCHEMA, CellCache, atomic_write_json, canonical_json, config_key
+from backdoorlab.experiments.cache import CACHE_SCHEMA, CellCache, canonical_json, config_key
 from backdoorlab.experiments.config import load_config, study_from_dict
 from backdoorlab.experiments.runner import plan_cells
+from datasets_gen.atomic import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from backdoorlab.data import H5Split, row_batches
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
 from backdoorlab.models.compat import check_compatible
+from datasets_gen.atomic import atomic_path
 
 REDUCTIONS = ("flatten", "channel_mean")
 
@@ -116,15 +117,24 @@ def layer_width(model: BackdoorModel, layer: str, reduce: str = "flatten") -> in
     return int(shape[0]) if reduce == "channel_mean" else int(np.prod(shape))
 
 
-def _open_output(n: int, d: int, out: str | os.PathLike | None):
+def _collect(n: int, d: int, out: str | os.PathLike | None, fill: Callable[[np.ndarray], None]) -> np.ndarray:
+    """Run ``fill`` on a fresh ``(n, d)`` float32 array: in memory, or with ``out`` a memory-mapped
+    ``<out>.tmp.npy`` moved onto ``out`` only once filled (a failed extraction leaves no file)."""
     if out is None:
-        return np.empty((n, d), dtype=np.float32), None
+        arr = np.empty((n, d), dtype=np.float32)
+        fill(arr)
+        return arr
     path = Path(out)
     if path.suffix != ".npy":
         raise ValueError(f"out must be a .npy path (a NumPy memory-mapped file), got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d)), (tmp, path)
+    with atomic_path(path, suffix=".tmp.npy") as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+        try:
+            fill(arr)
+            arr.flush()
+        finally:
+            del arr  # unmap before the rename (or the removal on failure)
+    return np.load(path, mmap_mode="r")
 
 
 def _finite(acts: torch.Tensor, layer: str, start: int) -> torch.Tensor:
@@ -133,16 +143,6 @@ def _finite(acts: torch.Tensor, layer: str, start: int) -> torch.Tensor:
     if not torch.isfinite(acts).all():
         raise ValueError(f"activations of layer {layer!r} contain NaN or inf (batch at row {start}); is the model diverged?")
     return acts
-
-
-def _finish_output(arr: np.ndarray, paths) -> np.ndarray:
-    if paths is None:
-        return arr
-    tmp, path = paths
-    arr.flush()
-    del arr
-    os.replace(tmp, path)
-    return np.load(path, mmap_mode="r")
 
 
 def extract(model: BackdoorModel, dataset: H5Split, layer: str, *, reduce: str = "flatten", batch_size: int = 256,
@@ -171,16 +171,12 @@ def extract(model: BackdoorModel, dataset: H5Split, layer: str, *, reduce: str =
     model.layer(layer)
     model.to(resolve_device(device))
     d = layer_width(model, layer, reduce)
-    arr, paths = _open_output(len(dataset), d, out)
-    try:
+
+    def fill(arr: np.ndarray) -> None:
         for start, acts, _ in iter_activations(model, dataset, layer, batch_size=batch_size, device=device, progress=progress):
             arr[start : start + acts.shape[0]] = _reduce(_finite(acts, layer, start), reduce).numpy()
-    except BaseException:
-        if paths is not None:
-            del arr
-            paths[0].unlink(missing_ok=True)
-        raise
-    return _finish_output(arr, paths)
+
+    return _collect(len(dataset), d, out, fill)
 
 
 def extract_by_class(model: BackdoorModel, dataset: H5Split, layer: str, *, reduce: str = "flatten",
@@ -210,16 +206,12 @@ def extract_by_class(model: BackdoorModel, dataset: H5Split, layer: str, *, redu
     model.layer(layer)
     model.to(resolve_device(device))
     d = layer_width(model, layer, reduce)
-    arr, paths = _open_output(len(dataset), d, out)
-    try:
+
+    def fill(arr: np.ndarray) -> None:
         for start, acts, _ in iter_activations(model, dataset, layer, batch_size=batch_size, device=device, progress=progress):
             arr[position[start : start + acts.shape[0]]] = _reduce(_finite(acts, layer, start), reduce).numpy()
-    except BaseException:
-        if paths is not None:
-            del arr
-            paths[0].unlink(missing_ok=True)
-        raise
-    return _finish_output(arr, paths), offsets, order
+
+    return _collect(len(dataset), d, out, fill), offsets, order
 
 
 def channel_stats(model: BackdoorModel, dataset: H5Split, layer: str, *, by_class: bool = False,

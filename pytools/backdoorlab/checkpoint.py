@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from backdoorlab.models import MODELS, BackdoorModel, build_model
+from datasets_gen.atomic import atomic_open
 
 FORMAT = "backdoorlab-checkpoint"
 # The digest is an added key, not a new version: older readers still load these files.
@@ -106,20 +107,6 @@ def _check_finite(path: Path, state_dict: dict) -> None:
                          f"the model it would give cannot predict anything")
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save(path: str | os.PathLike, model: BackdoorModel, meta: dict | None = None, *, train_state: dict | None = None) -> Path:
     """Write ``model`` (weights, buffers, constructor spec) and ``meta`` to ``path`` atomically.
 
@@ -151,7 +138,8 @@ def save(path: str | os.PathLike, model: BackdoorModel, meta: dict | None = None
     }
     payload["sha256"] = payload_sha256(payload)
     path = Path(path)
-    _atomic_torch_save(payload, path)
+    with atomic_open(path) as fh:
+        torch.save(payload, fh)
     return path
 
 

@@ -9,9 +9,7 @@ repaired the backdoor at the expense of one class.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +18,7 @@ from backdoorlab.data import BatchSource, H5Split
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
 from backdoorlab.models.compat import check_compatible
+from datasets_gen.atomic import atomic_write_json
 
 
 @torch.no_grad()
@@ -126,9 +125,5 @@ def evaluate_variant(data: str | os.PathLike, model_path: str | os.PathLike, *, 
                    "train_seed": meta.get("seed"), "data_seed": test.attrs.get("seed"),
                    "data_check": test.verification})
     if json_out is not None:
-        path = Path(json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(json_out, result)
     return result

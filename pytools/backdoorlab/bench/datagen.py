@@ -55,7 +55,7 @@ def _all_rows(src) -> list[tuple[str, np.ndarray]]:
 def run(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a table; returns 0 (1 on bad arguments)."""
     from datasets_gen.build import build_variant
-    from datasets_gen.readers import open_source
+    from datasets_gen.sources import open_source
     from datasets_gen.synthetic.templates import N_SIGN_CLASSES, template
     from datasets_gen.variant_io import SPLITS, VariantWriter
 

@@ -972,7 +972,7 @@ def run(argv: list[str]) -> int:
                        log=lambda m: print(m, flush=True))
     print(format_summary(summary), flush=True)
     if args.json:
-        from backdoorlab.experiments.cache import atomic_write_json
+        from datasets_gen.atomic import atomic_write_json
 
         atomic_write_json(args.json, summary)
         print(f"wrote {args.json}")

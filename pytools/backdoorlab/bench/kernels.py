@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from backdoorlab import native, reference
+from datasets_gen.atomic import atomic_write_text
 
 SHAPES: dict[str, tuple[int, int, int]] = {
     "ytaf": (1283, 412, 160),
@@ -327,8 +328,6 @@ def run(argv: list[str]) -> int:
     if args.json is not None:
         payload = {"build_info": {k: v for k, v in info.items() if k != "cuda_info"}, "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "results": results}
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=float))
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(payload, indent=2, default=float))
         log(f"wrote {args.json}")
     return 0

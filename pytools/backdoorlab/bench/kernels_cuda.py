@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from datasets_gen.atomic import atomic_write_text
+
 SHAPES: dict[str, tuple[int, int, int]] = {
     "ytaf": (1283, 412, 160),
     "gtsrb": (43, 820, 512),
@@ -280,9 +282,7 @@ def run(argv: list[str] | None = None) -> int:
         results["goal"] = {"ac_core_ytaf_s": t, "goal_s": GOAL_AC_YTAF_S, "met": t <= GOAL_AC_YTAF_S, "device": device}
     print(_format(results))
     if args.out is not None:
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=str))
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, json.dumps(results, indent=2, default=str))
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from datasets_gen.atomic import atomic_write_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,7 +113,7 @@ def bench_layer(model, clean, layer: str, threshold: float, *, repeats: int, bat
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from backdoorlab.defences.base import check_fraction
+    from backdoorlab.defences.params import check_fraction
 
     check_fraction("threshold", args.threshold)
     if args.repeats < 1:
@@ -151,8 +152,5 @@ def run(argv: list[str]) -> int:
            "device": args.device, "seed": args.seed, "torch": torch.__version__, "machine": platform.machine(),
            "results": results}
     if args.json:
-        path = Path(args.json)
-        tmp_path = path.with_name(path.name + ".tmp")
-        tmp_path.write_text(json.dumps(out, indent=2))
-        os.replace(tmp_path, path)
+        atomic_write_text(args.json, json.dumps(out, indent=2))
     return 0

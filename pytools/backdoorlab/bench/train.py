@@ -26,7 +26,6 @@ Without ``--data`` it builds a toy variant (10 classes of coloured shapes, 32x32
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from datasets_gen.atomic import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,9 +168,5 @@ def run(argv: list[str]) -> int:
     for k, v in ips.items():
         print(f"  {k:22s} {v:8.0f} img/s   ratio to bare/memory {v / ref:.3f}")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.with_name(path.name + ".tmp")
-        tmp_path.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp_path, path)
+        atomic_write_json(args.json, result)
     return 0

@@ -15,59 +15,10 @@ from __future__ import annotations
 from .activation_clustering import ActivationClustering
 from .base import Defence, DefenceContext, DefenceResult, FilteringDefence, removal_report
 from .fine_pruning import FinePruning
+from .pipeline import Pipeline, PipelineReport, defend
 from .provenance import DataProvenance
+from .registry import ALIASES, DEFENCES, canonical_name, make_defence
 from .spectral_signatures import SpectralSignatures
-
-#: registry name -> defence class
-DEFENCES: dict[str, type[Defence]] = {
-    "ac": ActivationClustering,
-    "ss": SpectralSignatures,
-    "dp": DataProvenance,
-    "fp": FinePruning,
-}
-
-#: alias -> (registry name, preset parameters)
-ALIASES: dict[str, tuple[str, dict]] = {
-    "fp-last": ("fp", {"layer": "last_conv"}),
-    "fp-second": ("fp", {"layer": "second_last_conv"}),
-    "ac-paper": ("ac", {"analysis": "smaller"}),
-    "ac-exclusionary": ("ac", {"analysis": "smaller", "exclusionary": True}),
-    "ss-art": ("ss", {"scoring": "art-compatible", "expected_poison_share": 0.33}),
-}
-
-
-def canonical_name(token: str) -> str:
-    """Registry name of a spec token (``"fp-second"`` -> ``"fp"``)."""
-    if token in DEFENCES:
-        return token
-    if token in ALIASES:
-        return ALIASES[token][0]
-    known = sorted(DEFENCES) + sorted(ALIASES)
-    raise ValueError(f"unknown defence {token!r}; known: {', '.join(known)}")
-
-
-def make_defence(token: str, configs: dict | None = None) -> Defence:
-    """Build the defence for a spec token.
-
-    Parameters are merged from the least to the most specific: ``configs[name]`` (every step of
-    that defence), then the alias's presets (``fp-second`` always prunes the second-last conv),
-    then ``configs[token]`` (that alias only).
-    """
-    name = canonical_name(token)
-    configs = configs or {}
-    params = dict(configs.get(name, {}))
-    if token in ALIASES:
-        params.update(ALIASES[token][1])
-        params.update(configs.get(token, {}))
-    try:
-        return DEFENCES[name](**params)
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise ValueError(f"defence {token!r}: {exc}") from exc
-        raise
-
-
-from .pipeline import Pipeline, PipelineReport, defend  # noqa: E402  (needs the registry above)
 
 __all__ = [
     "ActivationClustering", "SpectralSignatures", "DataProvenance", "FinePruning",

@@ -44,20 +44,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from backdoorlab import native
 from backdoorlab.activations import extract
 from backdoorlab.devices import native_device
 from backdoorlab.evaluate import predict
 
-from .base import (
-    DefenceContext,
-    FilteringDefence,
-    DefenceResult,
-    check_choice,
-    check_fraction,
-    check_positive_int,
-    removal_report,
-    retrain,
-)
+from .base import DefenceContext, DefenceResult, FilteringDefence, removal_report
+from .params import check_choice, check_fraction, check_positive_int
+from .retrain import retrain
 
 __all__ = ["ActivationClustering", "ANALYSES", "REDUCTIONS", "cluster_classes", "analyse_clusters"]
 
@@ -67,8 +61,6 @@ REDUCTIONS = ("fastica", "pca")
 
 def _group(acts: np.ndarray, labels: np.ndarray, min_class_size: int, class_names: list[str] | None):
     """Group rows by label with only the present classes; error on a class too small to cluster."""
-    from backdoorlab import native
-
     present, dense = np.unique(labels, return_inverse=True)
     counts = np.bincount(dense, minlength=present.size)
     small = [(int(c), int(n)) for c, n in zip(present, counts) if n < min_class_size]
@@ -89,8 +81,6 @@ def cluster_classes(
     n_init: int = 50,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reduce each class and split it in two. Returns ``(reduced (n, n_components), clusters (n,))``."""
-    from backdoorlab import native
-
     try:
         if reduce == "fastica":
             reduced = native.fastica(x_sorted, offsets, n_components=n_components, seed=seed, device=device)
@@ -130,8 +120,6 @@ def analyse_clusters(
     ``silhouette_space`` (rows grouped like ``reduced``) is where silhouettes are measured;
     default ``reduced``.
     """
-    from backdoorlab import native
-
     n_classes = offsets.size - 1
     n = x_sorted.shape[0]
     space = reduced if silhouette_space is None else silhouette_space
@@ -307,8 +295,6 @@ class ActivationClustering(FilteringDefence):
             )
         sil_space = None
         if self.silhouette_space == "pca" and self.reduce != "pca":
-            from backdoorlab import native
-
             sil_space = np.ascontiguousarray(
                 native.pca(x_sorted, offsets, n_components=self.n_components, device=dev), dtype=np.float32
             )
@@ -362,8 +348,6 @@ class ActivationClustering(FilteringDefence):
         avoids the rank-deficient ``width x width`` covariance of a class with fewer rows than
         units. The share of variance kept is reported.
         """
-        from backdoorlab import native
-
         n = acts.shape[0]
         # A PCA of n rows has at most n components: small training sets get fewer dimensions.
         dims = min(self.prereduce_dims, n)

@@ -9,34 +9,28 @@ returns a repaired model on the same training set.
 
 The removal columns of the paper (Milakovic & Mayer, DBSec 2022, Tables 4 and 7: poisoned
 samples present, removed poisoned, removed clean, with percentages) are computed here once, by
-:func:`removal_report`, so every defence reports them the same way. The module also holds the
-small pieces shared by the defences: re-initialising a model for retraining, and validating
-parameters with messages that name the bad value. Activations come from
-:mod:`backdoorlab.activations`, predictions from :mod:`backdoorlab.evaluate`, devices from
-:mod:`backdoorlab.devices`.
+:func:`removal_report`, so every defence reports them the same way. Parameter checks live in
+:mod:`.params`, retraining in :mod:`.retrain`, activations in :mod:`backdoorlab.activations`,
+predictions in :mod:`backdoorlab.evaluate`, devices in :mod:`backdoorlab.devices`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
+
+from .retrain import retrain
 
 __all__ = [
     "DefenceContext",
     "DefenceResult",
     "Defence",
+    "FilteringDefence",
     "removal_report",
-    "check_fraction",
-    "check_positive_int",
-    "check_choice",
-    "reinitialised_copy",
-    "retrain",
 ]
 
 
@@ -188,85 +182,3 @@ def removal_report(flags: np.ndarray, is_poisoned: np.ndarray) -> dict:
         "removed_total": removed_poisoned + removed_clean,
         "kept_total": n - removed_poisoned - removed_clean,
     }
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def check_fraction(name: str, value: float) -> float:
-    """``value`` as a float strictly inside (0, 1), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number in (0, 1), got {value!r}")
-    value = float(value)
-    if not (0.0 < value < 1.0):  # also rejects NaN
-        raise ValueError(f"{name} must be inside (0, 1), got {value!r}")
-    return value
-
-
-def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
-    """``value`` as an int ``>= minimum``, else an error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> str:
-    """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
-    return value
-
-
-# --------------------------------------------------------------------------- retraining
-
-
-def reinitialised_copy(model: nn.Module, seed: int) -> nn.Module:
-    """A deep copy of ``model`` with fresh parameters, drawn from ``seed``.
-
-    ``reset_parameters`` of every submodule, then the model's own initialisation if it has one
-    (``keras_init`` of the victim models), so "retrain from scratch" starts like the original.
-
-    Buffers that are not parameters' statistics — in particular a Fine-Pruning channel mask — are
-    kept, so a pruned architecture stays pruned when it is retrained.
-    """
-    fresh = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for module in fresh.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
-        reset_stats = getattr(module, "reset_running_stats", None)
-        if callable(reset_stats):
-            reset_stats()
-    # a victim model's own initialisation (Keras's Glorot-uniform for the paper's models) wins
-    own_init = getattr(fresh, "keras_init", None)
-    if callable(own_init):
-        own_init()
-    return fresh
-
-
-def retrain(ctx: DefenceContext, keep: np.ndarray, *, mode: str = "scratch", progress: bool = True) -> tuple[nn.Module, Any]:
-    """Train on the kept rows of ``ctx.train``; returns ``(model, kept training set)``.
-
-    ``mode``: ``"scratch"`` (fresh weights, ``ctx.train_config`` — what the paper does),
-    ``"fine-tune"`` (continue from ``ctx.model`` with the same recipe) or ``"none"`` (keep the
-    model; only the training set shrinks).
-    """
-    check_choice("retrain mode", mode, ("scratch", "fine-tune", "none"))
-    keep = np.asarray(keep, dtype=bool)
-    if keep.shape != (len(ctx.train),):
-        raise ValueError(f"keep mask has shape {keep.shape}, expected ({len(ctx.train)},)")
-    if not keep.any():
-        raise ValueError("the defence removed every training sample; nothing left to retrain on")
-    kept = ctx.train.subset(np.flatnonzero(keep))
-    if mode == "none":
-        return ctx.model, kept
-    from backdoorlab.train import train_model
-
-    model = reinitialised_copy(ctx.model, ctx.seed) if mode == "scratch" else copy.deepcopy(ctx.model)
-    model = train_model(model, kept, ctx.train_config, seed=ctx.seed, device=ctx.device, progress=progress)
-    return model, kept
-
-

@@ -32,20 +32,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from backdoorlab import native
 from backdoorlab.activations import channel_means
 from backdoorlab.data import row_batches
 from backdoorlab.devices import resolve_device
 from backdoorlab.evaluate import predict
+from backdoorlab.train import fine_tune
 
-from .base import (
-    Defence,
-    DefenceContext,
-    DefenceResult,
-    check_choice,
-    check_fraction,
-    check_positive_int,
-)
+from .base import Defence, DefenceContext, DefenceResult
+from .params import check_choice, check_fraction, check_positive_int
 
 __all__ = [
     "FinePruning",
@@ -206,8 +203,6 @@ class TailEvaluator:
 
     def __init__(self, model: nn.Module, dataset: Any, layer: str, *, batch_size: int = 256,
                  device: str = "auto", progress: bool = False) -> None:
-        from tqdm.auto import tqdm
-
         self.device = resolve_device(device)
         name, _ = resolve_layer(model, layer)
         model.eval().to(self.device)
@@ -292,8 +287,6 @@ class PruningSearch:
         self.curve: dict[int, float] = {}
 
     def _acc(self, n: int) -> float:
-        from backdoorlab import native
-
         if n not in self.curve:
             self.curve[n] = float(self.accuracy_fn(native.pruning_mask(self.order, n)))
         return self.curve[n]
@@ -384,8 +377,6 @@ class FinePruning(Defence):
 
     def prune(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[nn.Module, np.ndarray, dict]:
         """The pruning search alone: ``(pruned copy of ctx.model, pruned channel indices, report)``."""
-        from backdoorlab import native
-
         layer_name, _ = resolve_layer(ctx.model, self.layer)  # unknown layer -> clear error before any work
         if len(ctx.clean) == 0:
             raise ValueError("Fine-Pruning needs a non-empty clean (tuning) set")
@@ -432,8 +423,6 @@ class FinePruning(Defence):
             preds = predict(model, ctx.test_triggered, device=ctx.device)
             report["attack_success_after_pruning"] = float((preds == ctx.target_class).mean())
         if self.finetune_epochs > 0:
-            from backdoorlab.train import fine_tune
-
             lr = self.finetune_lr if self.finetune_lr is not None else float(ctx.train_config.lr)
             model = fine_tune(model, ctx.clean, self.finetune_epochs, lr, batch_size=ctx.train_config.batch_size,
                               optimizer=ctx.train_config.optimizer, seed=ctx.seed, device=ctx.device,

@@ -14,7 +14,7 @@ pipeline, and writes the defended checkpoint and a JSON report atomically.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,9 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from backdoorlab import checkpoint
+from backdoorlab.data import open_variant
 from backdoorlab.devices import resolve_device
+from backdoorlab.evaluate import evaluate
+from backdoorlab.train import PRESETS, TrainConfig
+from datasets_gen.atomic import atomic_write_json, json_safe
 
 from .base import DefenceContext, DefenceResult
+from .registry import canonical_name, make_defence
 
 __all__ = ["Pipeline", "PipelineReport", "parse_spec", "evaluate_context", "defend", "TABLE_COLUMNS"]
 
@@ -38,8 +44,6 @@ TABLE_COLUMNS = (
 
 def parse_spec(spec: str) -> list[str]:
     """``"ac>fp"`` -> ``["ac", "fp"]``; every name checked against the registry (``"none"`` -> ``[]``)."""
-    from . import canonical_name
-
     if not isinstance(spec, str):
         raise TypeError(f"pipeline spec must be a string like 'ac>fp', got {spec!r}")
     if spec.strip().lower() in ("", "none"):
@@ -55,8 +59,6 @@ def parse_spec(spec: str) -> list[str]:
 
 def evaluate_context(ctx: DefenceContext) -> dict:
     """Clean accuracy and attack success of ``ctx.model`` on ``ctx.test`` / ``ctx.test_triggered``."""
-    from backdoorlab.evaluate import evaluate
-
     metrics = evaluate(ctx.model, ctx.test, ctx.test_triggered, target_class=ctx.target_class, device=ctx.device)
     return {k: metrics[k] for k in ("clean_accuracy", "attack_success_rate") if k in metrics}
 
@@ -143,8 +145,6 @@ class Pipeline:
     """
 
     def __init__(self, spec: str = "ac>fp", configs: dict | None = None) -> None:
-        from . import canonical_name, make_defence
-
         self.spec = spec
         self.tokens = parse_spec(spec)
         configs = dict(configs or {})
@@ -236,31 +236,6 @@ class Pipeline:
 # --------------------------------------------------------------------------- the CLI's function
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj
-
-
 def load_context(data: str | os.PathLike, model: str | os.PathLike, *, train_config: Any = None,
                  device: str = "auto", seed: int = 0, verify: bool = True,
                  progress: bool = False) -> tuple[DefenceContext, dict]:
@@ -273,10 +248,6 @@ def load_context(data: str | os.PathLike, model: str | os.PathLike, *, train_con
     ``TrainConfig`` fields, or None (the checkpoint's recorded recipe, else the preset named after
     the variant's source).
     """
-    from backdoorlab import checkpoint
-    from backdoorlab.data import open_variant
-    from backdoorlab.train import PRESETS, TrainConfig
-
     data = Path(data)
     needed = ("train", "clean", "test", "test_triggered")
     splits = open_variant(data, needed, verify=verify, progress=progress)
@@ -337,8 +308,6 @@ def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out
     dict
         The JSON report (also written to ``report``).
     """
-    from backdoorlab import checkpoint
-
     pipe = Pipeline(pipeline, configs)  # validate the spec before opening anything heavy
     resolve_device(device)
     ctx, meta = load_context(data, model, train_config=train_config, device=device, seed=seed, verify=verify,
@@ -348,25 +317,23 @@ def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out
     summary = result.to_dict()
     summary.update({
         "data": str(data), "model": str(model), "out": None if out is None else str(out), "seed": int(seed),
-        "device": str(device), "train_config": _json_ready(_config_dict(ctx.train_config)),
+        "device": str(device), "train_config": json_safe(_config_dict(ctx.train_config)),
         "data_check": ctx.train.verification,
         "seconds": time.perf_counter() - started,
     })
-    summary = _json_ready(summary)
+    summary = json_safe(summary)
     if out is not None:
         checkpoint.save(out, result.context.model, {
             "defended_from": str(model), "pipeline": pipeline, "seed": int(seed),
-            "final": summary["final"], "source_meta": _json_ready(meta),
+            "final": summary["final"], "source_meta": json_safe(meta),
             "train_config": summary["train_config"],
         })
     if report is not None:
-        _atomic_write_text(Path(report), json.dumps(summary, indent=2))
+        atomic_write_json(report, summary)
     return summary
 
 
 def _config_dict(config: Any) -> dict:
-    import dataclasses
-
     if dataclasses.is_dataclass(config):
         return dataclasses.asdict(config)
     return dict(vars(config)) if hasattr(config, "__dict__") else {"repr": repr(config)}

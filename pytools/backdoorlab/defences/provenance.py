@@ -38,18 +38,16 @@ import copy
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from backdoorlab.data import to_float_chw
 from backdoorlab.devices import resolve_device
 from backdoorlab.evaluate import predict
+from backdoorlab.train import epoch_order, make_optimizer, train_model
 
-from .base import (
-    DefenceContext,
-    FilteringDefence,
-    check_choice,
-    check_fraction,
-    check_positive_int,
-    reinitialised_copy,
-)
+from .base import DefenceContext, FilteringDefence
+from .params import check_choice, check_fraction, check_positive_int
+from .retrain import reinitialised_copy
 
 __all__ = ["DataProvenance", "group_rows"]
 
@@ -139,9 +137,6 @@ class DataProvenance(FilteringDefence):
         so a plain loop over index tensors does it. Shuffling follows ``train.epoch_order`` (seeded),
         dropout the seeded torch RNG: the arms differ only by their data.
         """
-        from backdoorlab.data import to_float_chw
-        from backdoorlab.train import epoch_order, make_optimizer
-
         dev = resolve_device(ctx.device)
         config = ctx.train_config.replace(lr=self.lr) if self.lr is not None else ctx.train_config
         model.to(dev).train()
@@ -163,8 +158,6 @@ class DataProvenance(FilteringDefence):
 
     def detect(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[np.ndarray, dict]:
         """Flag rows of ``ctx.train`` (whole groups) without retraining. Returns ``(flags, report)``."""
-        from tqdm.auto import tqdm
-
         train, clean = ctx.train, ctx.clean
         if len(train) == 0:
             raise ValueError("Data Provenance got an empty training set")
@@ -176,8 +169,6 @@ class DataProvenance(FilteringDefence):
         tune, holdout = clean.subset(np.sort(perm[:n_tune])), clean.subset(np.sort(perm[n_tune:]))
 
         if self.base == "scratch":
-            from backdoorlab.train import train_model
-
             # The tuning set is small: a recipe made for the full training set gives it only a few
             # dozen optimizer steps, which leaves the base undertrained and every arm's accuracy
             # swinging. Train it for at least ``base_steps`` steps.

@@ -23,16 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from backdoorlab import native
 from backdoorlab.activations import extract
 from backdoorlab.devices import native_device
 
-from .base import (
-    DefenceContext,
-    FilteringDefence,
-    check_choice,
-    check_fraction,
-    check_positive_int,
-)
+from .base import DefenceContext, FilteringDefence
+from .params import check_choice, check_fraction, check_positive_int
 
 __all__ = ["SpectralSignatures", "SCORINGS", "spectral_flags"]
 
@@ -102,8 +98,6 @@ class SpectralSignatures(FilteringDefence):
 
     def scores(self, ctx: DefenceContext, *, progress: bool = True) -> np.ndarray:
         """Outlier score of every row of ``ctx.train`` (in its order): float32, shape (n_train,)."""
-        from backdoorlab import native
-
         if len(ctx.train) == 0:
             raise ValueError("Spectral Signatures got an empty training set")
         acts = extract(ctx.model, ctx.train, self.layer, batch_size=self.batch_size, device=ctx.device,

@@ -7,8 +7,8 @@ and skips them, an interrupted run resumes with the cells not yet written, and c
 parameter gives a new key rather than a stale hit. Labels (setting ids, trigger names) are not
 part of the key: renaming a setting does not recompute it.
 
-Every file is written to ``<name>.tmp`` and moved into place with :func:`os.replace`, so an
-interrupted run never leaves a half-written cell that a later run would trust.
+Every file is written atomically (:mod:`datasets_gen.atomic`), so an interrupted run never leaves a
+half-written cell that a later run would trust.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+from datasets_gen.atomic import atomic_write_json, json_default
 
 # Bump when the meaning of a cached cell changes, so old caches are recomputed, not misread.
 CACHE_SCHEMA = "backdoorlab.cell/1"
@@ -35,19 +36,9 @@ def canonical_json(obj: Any) -> str:
         cannot represent (the message names it).
     """
     try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_no_default)
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=json_default)
     except ValueError as exc:
         raise ValueError(f"cell configuration cannot be hashed: {exc}") from exc
-
-
-def _no_default(o: Any) -> Any:
-    if isinstance(o, os.PathLike):
-        return os.fspath(o)
-    if hasattr(o, "item") and callable(o.item):  # numpy scalars
-        return o.item()
-    if isinstance(o, (set, frozenset)):
-        return sorted(o)
-    raise ValueError(f"value of type {type(o).__name__} is not JSON-serialisable: {o!r}")
 
 
 def config_key(config: Mapping[str, Any]) -> str:
@@ -59,34 +50,6 @@ def config_key(config: Mapping[str, Any]) -> str:
         raise TypeError(f"config must be a mapping, got {type(config).__name__}")
     payload = canonical_json({"schema": CACHE_SCHEMA, "config": config})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:KEY_LENGTH]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via ``path + '.tmp'`` and :func:`os.replace` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON atomically; NaN/inf are refused (they are not JSON)."""
-    text = json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False, default=_no_default)
-    return atomic_write_text(path, text + "\n")
 
 
 class CellCache:

@@ -34,7 +34,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .cache import atomic_write_bytes
+from datasets_gen.atomic import atomic_write_bytes
+
 from .claims import DORMANT_FRACTION, dormant_share
 
 FIGURES: dict[str, dict[str, str]] = {

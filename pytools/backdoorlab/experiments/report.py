@@ -35,10 +35,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from datasets_gen.atomic import atomic_write_json, atomic_write_text
+
 from . import claims as claims_mod
 from . import findings as findings_mod
 from . import paper, plots
-from .cache import atomic_write_json, atomic_write_text
 from .records import (CSV_COLUMNS, EXTRA_CSV_COLUMNS, aggregate_cells, csv_row, index_by, mean_sd, pct, signed_points,
                       validate_cell)
 

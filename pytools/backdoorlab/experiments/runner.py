@@ -38,7 +38,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .cache import CellCache, atomic_write_json, config_key
+from datasets_gen.atomic import atomic_write_bytes, atomic_write_json, json_safe
+
+from .cache import CellCache, config_key
 from .config import DatasetSpec, DefenceSpec, SettingSpec, StudyConfig, load_config, study_from_dict
 from .variants import build_setting_variant
 
@@ -174,25 +176,6 @@ def versions() -> dict[str, str]:
     return v
 
 
-def _json_safe(obj: Any) -> Any:
-    """Numpy scalars/arrays to Python, NaN/inf to None, tuples to lists, unknown objects to str."""
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return str(obj)
-
-
 class _Workspace:
     """Builds (or finds) the variants and trained models of one results folder."""
 
@@ -217,8 +200,6 @@ class _Workspace:
     def preview(self, s: SettingSpec, seed: int, variant: Path) -> str | None:
         """Copy (or draw) the variant's preview grid to ``previews/`` and return its relative path."""
         from datasets_gen.variant_io import sidecar_paths
-
-        from .cache import atomic_write_bytes
 
         target = self.out / "previews" / f"{_slug(s.id)}.png"
         if not target.is_file():
@@ -280,9 +261,9 @@ class _Workspace:
                             resume=True, progress=self.progress,
                             meta={"study_key": config_key(cfg), "clean": clean, "setting": anchor.id})
         seconds = time.perf_counter() - started
-        checkpoint.save(path, model, {"config": _json_safe(cfg), "seed": seed, "clean": clean,
+        checkpoint.save(path, model, {"config": json_safe(cfg), "seed": seed, "clean": clean,
                                       "train_seconds": seconds})
-        atomic_write_json(info_path, {"config": _json_safe(cfg), "seconds": seconds, "n_train": len(train)})
+        atomic_write_json(info_path, {"config": json_safe(cfg), "seconds": seconds, "n_train": len(train)})
         if partial.exists():
             partial.unlink()
         return path, seconds
@@ -328,15 +309,13 @@ class _StepCache:
     def save(self, n_steps: int, ctx, alive: np.ndarray, steps: list) -> None:
         from backdoorlab import checkpoint
 
-        from .cache import atomic_write_bytes
-
         base = self._base(n_steps)
         base.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save(base.with_suffix(".pt"), ctx.model, {"steps": "->".join(self.pipeline.tokens[:n_steps])})
         buf = io.BytesIO()
         np.save(buf, np.asarray(alive, dtype=np.int64), allow_pickle=False)
         atomic_write_bytes(base.with_suffix(".npy"), buf.getvalue())
-        atomic_write_json(base.with_suffix(".json"), {"steps": _json_safe(steps[:n_steps])})
+        atomic_write_json(base.with_suffix(".json"), {"steps": json_safe(steps[:n_steps])})
 
 
 def _model_kw(d: DatasetSpec) -> dict:
@@ -448,9 +427,9 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
     cell["timings"] = {**timings, **{k.split(":")[0] + "_build_s": v for k, v in ws.timings.items()},
                        "total_s": time.perf_counter() - t_start}
     cell["versions"] = versions()
-    cell["config"] = _json_safe(plan.config)
+    cell["config"] = json_safe(plan.config)
     cell["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return _json_safe(cell)
+    return json_safe(cell)
 
 
 def _channel_activity(model, splits: Mapping[str, Any], sources: Sequence[int], study: StudyConfig) -> dict:
