@@ -245,3 +245,20 @@ def test_full_synthetic_study_covers_the_paper_grid(tmp_path, monkeypatch):
     assert per_setting[quick.settings[0].id] == {"clean", "none", "ac-size"}  # Figs. 1 and 2 need every share
     assert per_setting[main] >= {"ac-silhouette", "ss", "dp", "fp-last", "fp-second-last", "ac>fp", "fp>ac",
                                  "fp-last@2%", "fp-last@6%"}
+
+
+def test_ss_grid_expands_to_one_column_per_share_and_multiplier():
+    """The paper ran Spectral Signatures over expected share × multiplier, the true share included."""
+    grid_spec = {"expected_poison_share": [0.05, "true"], "eps_multiplier": [1.0, 1.5], "retrain": "none"}
+    study = study_from_dict(_minimal(ss_grid=grid_spec))
+    grid = [d for d in study.defences if d.id.startswith("ss@")]
+    assert [d.id for d in grid] == ["ss@5%x1", "ss@5%x1.5", "ss@truex1", "ss@truex1.5"]
+    assert grid[-1].display_label() == "SS (true share, ×1.5)"
+    plans = [p for p in plan_cells(study) if p.defence.id == "ss@truex1.5"]
+    assert len(plans) == 1 and plans[0].defence.configs["ss"] == {
+        "expected_poison_share": 0.07, "eps_multiplier": 1.5, "retrain": "none"}
+    for bad, match in (({"expected_poison_share": [2.0]}, "fraction"), ({"eps_multiplier": [1.5]}, "non-empty list"),
+                       ({"expected_poison_share": [0.1], "eps_multiplier": [0]}, "positive"),
+                       ({"expected_poison_share": [0.1], "k": 1}, "unknown key")):
+        with pytest.raises(ValueError, match=match):
+            study_from_dict(_minimal(ss_grid=bad))

@@ -366,3 +366,17 @@ def test_the_quick_study_runs_every_role_the_claims_need():
         roles.add(paper.role_of({"defence": d.id, "sweep": d.sweep, "ac_analysis": analysis}))
     assert set(paper.ROLES) <= roles
     assert len(study.seeds) >= 3  # issue #13: spread over at least three seeds
+
+
+def test_ss_claim_judges_each_setting_by_its_best_grid_point():
+    """Over the paper's SS grid the claim 'SS does not work' fails as soon as one grid point works."""
+    from backdoorlab.experiments.records import aggregate_cells
+
+    cells = fabricate_cells(settings=[("gtsrb", "yellow square", 0.07)], defences=["clean", "none", "ss"], seeds=(0, 1))
+    for c in [c for c in cells if c["defence"] == "ss"]:
+        c.update(attack_success=c["before_attack_success"], delta_attack_success=0.0)  # ss@5%x1.5: no effect
+        worked = dict(c, defence="ss@truex2", defence_label="SS (true share, ×2)", key=c["key"] + "g",
+                      attack_success=0.05, delta_attack_success=0.05 - c["before_attack_success"])
+        cells.append(worked)
+    claim = next(c for c in claims_mod.check_claims(aggregate_cells(cells)) if c.id == "ss-fails")
+    assert claim.verdict == "disagree", claim

@@ -369,8 +369,19 @@ def _fails(agg, roles) -> list[Claim]:
         "dp": "the text: no setting worked — the data sets carry no provenance, and random source groups never "
               "helped; no table",
     }
+    # Spectral Signatures may run over the paper's grid (ss@<share>x<multiplier> columns): the
+    # claim is that no grid point works, so each setting is judged by its best (lowest) one.
+    best_ss: dict[str, Mapping[str, Any]] = {}
+    for r in agg:
+        if r.get("pipeline") == "ss" and not r.get("sweep") and r.get("attack_success") is not None:
+            cur = best_ss.get(r["setting"])
+            if cur is None or r["attack_success"] < cur["attack_success"]:
+                best_ss[r["setting"]] = r
     for role, name in (("ss", "Spectral Signatures"), ("dp", "Data Provenance")):
-        items = [(s, rr[role], "delta_attack_success") for s, rr in roles.items() if role in rr]
+        if role == "ss":
+            items = [(s, r, "delta_attack_success") for s, r in best_ss.items()]
+        else:
+            items = [(s, rr[role], "delta_attack_success") for s, rr in roles.items() if role in rr]
         out.append(_predicate_claim(
             f"{role}-fails", f"{name} does not work: it does not lower attack success (by {WORKED_POINTS:g} "
             "points or more) in any setting", what_paper_tried[role], items,

@@ -107,7 +107,9 @@ QUICK_DEFAULTS: dict[str, Any] = {
 }
 
 _TOP_KEYS = {"name", "seeds", "seed", "device", "datasets", "settings", "defences", "fp_thresholds",
-             "threshold_sweep", "quick", "description", "eval_batch_size"}
+             "threshold_sweep", "quick", "description", "eval_batch_size", "ss_grid"}
+#: The value of an ``ss_grid`` share that stands for each setting's own poison share.
+TRUE_SHARE = "true"
 _DATASET_KEYS = {"source", "model", "model_kw", "train", "limit_per_class", "max_clean_per_class", "classes",
                  "weights", "toy", "note", "fp_layer"}
 _SETTING_KEYS = {"id", "dataset", "preset", "recipe", "trigger", "share", "shares", "share_key", "note", "count",
@@ -436,6 +438,11 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
                                         settings=restrict, label=f"FP ({short.replace('-', ' ')} conv, {_pct(t)})",
                                         sweep=True))
             present.add(did)
+    if "ss_grid" in raw:
+        for d in _ss_grid(raw["ss_grid"]):
+            if d.id not in present:
+                defences.append(d)
+                present.add(d.id)
     ids = [d.id for d in defences]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -657,6 +664,38 @@ def _parse_defence(d: Any) -> DefenceSpec:
         settings = tuple(str(x) for x in settings)
     return DefenceSpec(id=did, pipeline=pipeline, kind=kind, configs=copy.deepcopy(dict(configs)),
                        settings=settings, label=str(d.get("label", "")))
+
+
+def _ss_grid(grid: Any) -> list[DefenceSpec]:
+    """Spectral Signatures over the paper's grid: every expected poison share (``"true"`` = each
+    setting's own share, resolved when the cell is planned) × every multiplier of the removal."""
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"'ss_grid' must be a table of expected_poison_share = [...], eps_multiplier = [...], "
+                         f"got {grid!r}")
+    bad = set(grid) - {"expected_poison_share", "eps_multiplier", "retrain"}
+    if bad:
+        raise ValueError(f"unknown key(s) in ss_grid: {sorted(bad)}; allowed: expected_poison_share, eps_multiplier, "
+                         "retrain")
+    shares, mults = grid.get("expected_poison_share"), grid.get("eps_multiplier", [1.5])
+    for name, values in (("expected_poison_share", shares), ("eps_multiplier", mults)):
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"ss_grid.{name} must be a non-empty list, got {values!r}")
+    shares = [x if x == TRUE_SHARE else _check_fraction("ss_grid.expected_poison_share[]", x) for x in shares]
+    for m in mults:
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m <= 0:
+            raise ValueError(f"ss_grid.eps_multiplier[] must be positive numbers, got {m!r}")
+    extra = {}
+    if "retrain" in grid:
+        extra["retrain"] = grid["retrain"]
+    out = []
+    for share in shares:
+        for m in mults:
+            shown = "true share" if share == TRUE_SHARE else f"expected {_pct(share)}"
+            did = f"ss@{'true' if share == TRUE_SHARE else _pct(share)}x{m:g}"
+            out.append(DefenceSpec(id=did, pipeline="ss", kind="filter",
+                                   configs={"ss": {"expected_poison_share": share, "eps_multiplier": float(m), **extra}},
+                                   label=f"SS ({shown}, ×{m:g})"))
+    return out
 
 
 def _check_pipeline(spec: Any, *, where: str) -> list[str]:

@@ -41,7 +41,7 @@ import numpy as np
 from datasets_gen.atomic import atomic_write_bytes, atomic_write_json, json_safe
 
 from .cache import CellCache, config_key
-from .config import DatasetSpec, DefenceSpec, SettingSpec, StudyConfig, load_config, study_from_dict
+from .config import TRUE_SHARE, DatasetSpec, DefenceSpec, SettingSpec, StudyConfig, load_config, study_from_dict
 from .variants import build_setting_variant
 
 __all__ = ["run_study", "plan_cells", "CellPlan", "resolve_study"]
@@ -102,12 +102,16 @@ def _clean_anchor(study: StudyConfig, dataset: str) -> SettingSpec:
     return next(s for s in study.settings if s.dataset == dataset)
 
 
-def resolved_configs(df: DefenceSpec, d: DatasetSpec) -> dict:
-    """The defence's step parameters for data set ``d``: an FP step without a layer prunes ``d.fp_layer``."""
+def resolved_configs(df: DefenceSpec, d: DatasetSpec, s: SettingSpec) -> dict:
+    """The defence's step parameters for setting ``s`` of data set ``d``: an FP step without a
+    layer prunes ``d.fp_layer``; an SS expected share of ``"true"`` is the setting's own share."""
     configs = copy.deepcopy(df.configs)
     if "fp" in df.pipeline.split(">"):
         fp = configs.setdefault("fp", {})
         fp.setdefault("layer", d.fp_layer)
+    ss = configs.get("ss", {})
+    if ss.get("expected_poison_share") == TRUE_SHARE:
+        ss["expected_poison_share"] = s.poison_share
     return configs
 
 
@@ -134,7 +138,7 @@ def plan_cells(study: StudyConfig, settings: Sequence[str] | None = None,
             for df in columns:
                 if not df.applies_to(s.id):
                     continue
-                configs = resolved_configs(df, d)
+                configs = resolved_configs(df, d, s)
                 cfg = {"variant": variant, "model": model, "kind": df.kind, "pipeline": df.pipeline,
                        "configs": configs, "seed": seed, "device_independent": True}
                 if df.kind == "clean":
