@@ -2,7 +2,8 @@
 
 Data filtering (find poisoned training samples, remove them, retrain):
 :class:`ActivationClustering` (``"ac"``), :class:`SpectralSignatures` (``"ss"``),
-:class:`DataProvenance` (``"dp"``). Model repair: :class:`FinePruning` (``"fp"``).
+:class:`DataProvenance` (``"dp"``), :class:`Strip` (``"strip"``). Model repair: :class:`FinePruning`
+(``"fp"``), :class:`NeuralCleanse` (``"nc"``, trigger reverse-engineering, then unlearning or pruning).
 :class:`Pipeline` chains them from a spec such as ``"ac>fp"``; :func:`defend` is the CLI's entry.
 
 ``DEFENCES`` maps registry names to classes; ``ALIASES`` maps convenience tokens to a name plus
@@ -15,8 +16,10 @@ from __future__ import annotations
 from .activation_clustering import ActivationClustering
 from .base import Defence, DefenceContext, DefenceResult, FilteringDefence, removal_report
 from .fine_pruning import FinePruning
+from .neural_cleanse import NeuralCleanse
 from .provenance import DataProvenance
 from .spectral_signatures import SpectralSignatures
+from .strip import Strip
 
 #: registry name -> defence class
 DEFENCES: dict[str, type[Defence]] = {
@@ -24,6 +27,8 @@ DEFENCES: dict[str, type[Defence]] = {
     "ss": SpectralSignatures,
     "dp": DataProvenance,
     "fp": FinePruning,
+    "nc": NeuralCleanse,
+    "strip": Strip,
 }
 
 #: alias -> (registry name, preset parameters)
@@ -33,6 +38,7 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "ac-paper": ("ac", {"analysis": "smaller"}),
     "ac-exclusionary": ("ac", {"analysis": "smaller", "exclusionary": True}),
     "ss-art": ("ss", {"scoring": "art-compatible", "expected_poison_share": 0.33}),
+    "nc-prune": ("nc", {"repair": "prune"}),
 }
 
 
@@ -70,7 +76,7 @@ def make_defence(token: str, configs: dict | None = None) -> Defence:
 from .pipeline import Pipeline, PipelineReport, defend  # noqa: E402  (needs the registry above)
 
 __all__ = [
-    "ActivationClustering", "SpectralSignatures", "DataProvenance", "FinePruning",
+    "ActivationClustering", "SpectralSignatures", "DataProvenance", "FinePruning", "NeuralCleanse", "Strip",
     "Defence", "DefenceContext", "DefenceResult", "FilteringDefence", "removal_report",
     "DEFENCES", "ALIASES", "canonical_name", "make_defence", "Pipeline", "PipelineReport", "defend",
 ]
