@@ -1,11 +1,9 @@
 """Tests of Neural Cleanse on toy models where the trigger is known (a 4x4 yellow square, 16 pixels).
 
-NC looks for a trigger that flips inputs of *every* class, so the planted backdoor here is
-source-agnostic: a fifth of the training images of all classes get the square in a fixed corner and
-the target label (the HDF5 toy variants poison one source class only, a backdoor NC is known to
-miss). Eight classes, so the median absolute deviation of the mask norms means something; a
-backdoored and a clean TinyNet are trained once per module (a few seconds each). NC must flag the
-target with a mask near the trigger's size on the first and flag nothing on the second.
+NC looks for a trigger that flips inputs of *every* class, so the planted backdoor is source-agnostic
+(:mod:`_planted_helpers`). A backdoored and a clean TinyNet are trained once per module (a few
+seconds each). NC must flag the target with a mask near the trigger's size on the first and flag
+nothing on the second.
 """
 
 from __future__ import annotations
@@ -13,14 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from _defence_helpers import IMAGE_SIZE, TinyNet, single_thread, train_config
+from _defence_helpers import IMAGE_SIZE, single_thread
+from _planted_helpers import K, TARGET, TRIGGER_PIXELS, make_context, make_splits, rates
 from backdoorlab.defences import NeuralCleanse, Pipeline, make_defence
 from backdoorlab.defences.neural_cleanse import anomaly_index, reverse_triggers, save_masks, stamp
 
-K, TARGET = 8, 4
-TRIGGER_PIXELS = 16
 # a short search: enough on 16x16 toys, keeps each NC run to a few seconds
 FAST = {"steps": 300, "batch_size": 16, "unlearn_epochs": 20}
 
@@ -31,71 +27,21 @@ def _one_thread():
         yield
 
 
-def plant(images: torch.Tensor) -> torch.Tensor:
-    """The known trigger: a yellow 4x4 square in the bottom-right corner (rows and columns 11-14)."""
-    out = images.clone()
-    out[:, :, 11:15, 11:15] = torch.tensor([1.0, 1.0, 0.0])[:, None, None]
-    return out
-
-
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
-    from backdoorlab.data import H5Split
-    from datasets_gen.toy import make_toy_variant
-
-    # the variant's own (source-specific) poisoning is dropped below; one row is the least it allows
-    path = make_toy_variant(tmp_path_factory.mktemp("nc") / "toy.h5", n_classes=K, n_train_per_class=80,
-                            n_test_per_class=20, n_clean_per_class=20, image_size=IMAGE_SIZE,
-                            source_class=0, target_class=TARGET, poison_share=0.01, seed=3)
-    return {s: H5Split(path, s) for s in ("train", "clean", "test", "test_triggered")}
-
-
-def _context(splits, poison: bool):
-    from backdoorlab.data import to_float_chw
-    from backdoorlab.defences import DefenceContext
-
-    train = splits["train"].subset(~splits["train"].is_poisoned)
-    x, y = to_float_chw(train.load_images()), torch.from_numpy(train.labels)
-    g = torch.Generator().manual_seed(0)
-    if poison:
-        rows = torch.randperm(len(x), generator=g)[: len(x) // 5]
-        x[rows], y[rows] = plant(x[rows]), TARGET
-    torch.manual_seed(0)
-    model = TinyNet(K)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(12):
-        for b in torch.randperm(len(x), generator=g).split(32):
-            loss = nn.functional.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return DefenceContext(model=model.eval(), train=train, clean=splits["clean"], test=splits["test"],
-                          test_triggered=splits["test_triggered"], target_class=TARGET,
-                          train_config=train_config(12), device="cpu", seed=0)
-
-
-def rates(ctx) -> tuple[float, float]:
-    """(clean accuracy, attack success of the planted trigger on the non-target test images)."""
-    from backdoorlab.data import to_float_chw
-
-    x = to_float_chw(ctx.test.load_images())
-    y = torch.from_numpy(ctx.test.labels)
-    with torch.no_grad():
-        acc = (ctx.model(x).argmax(1) == y).float().mean().item()
-        asr = (ctx.model(plant(x[y != TARGET])).argmax(1) == TARGET).float().mean().item()
-    return acc, asr
+    return make_splits(tmp_path_factory.mktemp("nc") / "toy.h5")
 
 
 @pytest.fixture(scope="module")
 def poisoned_ctx(splits):
     with single_thread():
-        return _context(splits, poison=True)
+        return make_context(splits, poison=True)
 
 
 @pytest.fixture(scope="module")
 def clean_ctx(splits):
     with single_thread():
-        return _context(splits, poison=False)
+        return make_context(splits, poison=False)
 
 
 @pytest.fixture(scope="module")

@@ -71,8 +71,8 @@ def strip_entropy(model: nn.Module, dataset: Any, pool: torch.Tensor, *, n_overl
     Parameters
     ----------
     model : nn.Module
-    dataset : H5Split
-        The inputs scored (streamed in row order).
+    dataset : H5Split or Tensor of shape (m, 3, H, W) in [0, 1]
+        The inputs scored (an H5Split is streamed in row order).
     pool : Tensor of shape (n, 3, H, W) in [0, 1]
         Clean images the overlays are drawn from (with replacement, independently per input).
     n_overlays : int
@@ -98,12 +98,19 @@ def strip_entropy(model: nn.Module, dataset: Any, pool: torch.Tensor, *, n_overl
     was_training = model.training
     model.to(dev).eval()
     gen = keyed_generator(int(seed), int(salt))
+    if isinstance(dataset, torch.Tensor):
+        if dataset.dim() != 4 or dataset.shape[1:] != pool.shape[1:]:
+            raise ValueError(f"input images {tuple(dataset.shape)} must be (m, *pool.shape[1:]) = "
+                             f"(m, {', '.join(map(str, pool.shape[1:]))})")
+        batches = ((dataset[i:i + batch_size], None) for i in range(0, dataset.shape[0], batch_size))
+    else:
+        batches = row_batches(dataset, batch_size, "cpu")
     out = np.empty(len(dataset), dtype=np.float64)
     pos = 0
     try:
         with tqdm(total=len(dataset), desc=f"STRIP {getattr(dataset, 'split', '')}", unit="img",
                   disable=not progress, leave=False) as bar:
-            for x, _ in row_batches(dataset, batch_size, "cpu"):
+            for x, _ in batches:
                 b = x.shape[0]
                 picks = torch.randint(0, pool.shape[0], (b, n_overlays), generator=gen)
                 blended = superimpose(x, pool[picks], blend).reshape(-1, *x.shape[1:]).to(dev)
