@@ -102,3 +102,25 @@ def test_superimpose_blends():
 def test_bad_parameters_fail_before_any_work(params, match):
     with pytest.raises((ValueError, TypeError), match=match):
         Pipeline("strip>fp", {"strip": params})
+
+
+def test_quick_study_shows_nc_and_strip_columns(tmp_path):
+    """A study config can name the new steps; the report's main table gets a column for each."""
+    from _experiments_helpers import md_tables, tiny_study
+    from backdoorlab.experiments.runner import run_study
+
+    study = tiny_study()
+    study["defences"] = [
+        "none",
+        {"id": "nc", "pipeline": "nc", "configs": {"nc": {"steps": 10, "batch_size": 4, "unlearn_epochs": 1}}},
+        {"id": "strip", "pipeline": "strip", "configs": {"strip": {"n_overlays": 4}}},
+    ]
+    study.pop("fp_thresholds", None)
+    study.pop("threshold_sweep", None)
+    run_study(study, tmp_path, progress=False)
+    tables = md_tables((tmp_path / "report.md").read_text())
+    main = next(rows for title, rows in tables.items() if title.startswith("Main"))
+    cols = {name: [i for i, h in enumerate(main[0]) if h.startswith(name)] for name in ("NC", "STRIP")}
+    assert all(len(c) == 1 for c in cols.values()), main[0]
+    for (col,) in cols.values():
+        assert all(row[col] not in ("", "–") for row in main[1:])
