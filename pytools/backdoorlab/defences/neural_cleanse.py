@@ -4,10 +4,12 @@ A backdoored class is one that a *small* patch flips every input to. For every c
 for the smallest mask ``m`` (H x W, in [0, 1]) and pattern ``p`` (3 x H x W, in [0, 1]) such that
 ``(1 - m) * x + m * p`` is classified as ``k`` for clean ``x``: minimise
 ``CE(f(x'), k) + cost_k * |m|_1`` with Adam, the mask and pattern kept in range through
-``(tanh(w) + 1) / 2``. The cost follows the paper's schedule: it starts at ``init_cost``, is raised
+``(tanh(w) + 1) / 2``. The cost follows the paper's schedule: 0 until the trigger first flips
+``attack_threshold`` of a batch, then ``init_cost``; it is raised
 (x ``cost_up``) after ``patience`` steps in a row that reach the attack-success threshold, lowered
 (/ ``cost_down``) after ``patience`` steps in a row that miss it; a class stops early once its best
-mask norm has not improved by 1 % for ``early_stop_patience`` steps (while the cost is active).
+mask norm has not improved by 1 % for ``early_stop_patience`` steps (while the cost is active). The
+schedule counts optimisation steps, not epochs as the paper does (ours: one step is one mini-batch).
 
 All classes are optimised *at once*: the masks live in one ``(K, H, W)`` tensor and each step runs one
 clean mini-batch stamped with every still-active class's trigger (``K x B`` images) through the model,
