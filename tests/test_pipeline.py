@@ -37,7 +37,7 @@ def test_parse_spec_and_registry():
     assert parse_spec("ac>fp") == ["ac", "fp"]
     assert parse_spec(" AC > ss > fp ") == ["ac", "ss", "fp"]
     assert parse_spec("none") == [] and parse_spec("") == []
-    assert set(DEFENCES) == {"ac", "ss", "dp", "fp"}
+    assert set(DEFENCES) == {"ac", "ss", "dp", "fp", "nc", "strip"}
     assert make_defence("fp-second").layer == "second_last_conv"
     assert make_defence("fp-last", {"fp": {"threshold": 0.02}}).threshold == 0.02
     # the alias's own table wins over the name's

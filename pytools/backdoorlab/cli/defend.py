@@ -68,7 +68,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="HDF5 variant (splits train, clean, test, test_triggered)")
     parser.add_argument("--model", required=True, help="checkpoint of the model to defend")
     parser.add_argument("--pipeline", default="ac>fp",
-                        help="defences in order, e.g. 'ac', 'fp-second', 'ac>fp', 'fp>ac', 'ac>ss>fp' (default: ac>fp)")
+                        help="defences in order, from ac, ss, dp, strip (data filters), fp, nc (model repairs) and "
+                             "their aliases, e.g. 'ac', 'fp-second', 'ac>fp', 'nc>fp', 'strip>fp' (default: ac>fp)")
     parser.add_argument("--out", help="where to write the defended checkpoint (atomic)")
     parser.add_argument("--report", help="where to write the JSON report (atomic)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.PARAM=VALUE",

@@ -9,8 +9,10 @@ from __future__ import annotations
 from .activation_clustering import ActivationClustering
 from .base import Defence
 from .fine_pruning import FinePruning
+from .neural_cleanse import NeuralCleanse
 from .provenance import DataProvenance
 from .spectral_signatures import SpectralSignatures
+from .strip import Strip
 
 __all__ = ["DEFENCES", "ALIASES", "canonical_name", "make_defence"]
 
@@ -20,6 +22,8 @@ DEFENCES: dict[str, type[Defence]] = {
     "ss": SpectralSignatures,
     "dp": DataProvenance,
     "fp": FinePruning,
+    "nc": NeuralCleanse,
+    "strip": Strip,
 }
 
 #: alias -> (registry name, preset parameters)
@@ -29,6 +33,7 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "ac-paper": ("ac", {"analysis": "smaller"}),
     "ac-exclusionary": ("ac", {"analysis": "smaller", "exclusionary": True}),
     "ss-art": ("ss", {"scoring": "art-compatible", "expected_poison_share": 0.33}),
+    "nc-prune": ("nc", {"repair": "prune"}),
 }
 
 

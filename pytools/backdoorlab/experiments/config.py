@@ -78,6 +78,12 @@ DEFENCE_CATALOG: dict[str, dict[str, Any]] = {
                          "kind": "combination"},
     "ss>fp": {"pipeline": "ss>fp", "configs": {"fp": {"threshold": 0.04}}, "kind": "combination"},
     "fp>ss": {"pipeline": "fp>ss", "configs": {"fp": {"threshold": 0.04}}, "kind": "combination"},
+    "nc": {"pipeline": "nc", "configs": {}, "kind": "repair"},  # Neural Cleanse, unlearning repair
+    "nc-prune": {"pipeline": "nc", "configs": {"nc": {"repair": "prune"}}, "kind": "repair"},
+    "strip": {"pipeline": "strip", "configs": {}, "kind": "filter"},
+    "nc>fp": {"pipeline": "nc>fp", "configs": {"fp": {"threshold": 0.04}}, "kind": "combination"},
+    "ac>nc": {"pipeline": "ac>nc", "configs": {"ac": _AC_SIZE}, "kind": "combination"},
+    "strip>fp": {"pipeline": "strip>fp", "configs": {"fp": {"threshold": 0.04}}, "kind": "combination"},
 }
 #: Labels of the AC analyses in tables (the paper's is said to be the paper's).
 AC_ANALYSIS_LABELS = {"smaller": "size metric, paper", "silhouette-scores": "silhouette, ours",
@@ -86,7 +92,9 @@ AC_DEFAULT_ANALYSIS = "silhouette-scores"
 #: The layer Fine-Pruning prunes when a step does not say, per data-set family (paper, Table 5/6).
 FAMILY_FP_LAYER = {"gtsrb": "last_conv", "ytaf": "second_last_conv", "lfw": "second_last_conv"}
 DEFENCE_KINDS = ("clean", "attack", "filter", "repair", "combination")
-KNOWN_STEPS = ("ac", "ss", "dp", "fp")
+KNOWN_STEPS = ("ac", "ss", "dp", "fp", "nc", "strip")
+#: Steps that repair the model rather than filter the data (a bare one-step spec's kind).
+REPAIR_STEPS = ("fp", "nc")
 DEFAULT_FP_THRESHOLD = 0.04
 
 # Model and training preset per data-set family, as in the paper.
@@ -634,7 +642,7 @@ def _parse_defence(d: Any) -> DefenceSpec:
             return DefenceSpec(id=d, pipeline=e["pipeline"], kind=e["kind"], configs=copy.deepcopy(e["configs"]))
         # a bare pipeline spec such as "ac>ss>fp"
         steps = _check_pipeline(d, where=f"defence {d!r}")
-        kind = "combination" if len(steps) > 1 else ("repair" if steps[0] == "fp" else "filter")
+        kind = "combination" if len(steps) > 1 else ("repair" if steps[0] in REPAIR_STEPS else "filter")
         configs = {"fp": {"layer": "last_conv", "threshold": DEFAULT_FP_THRESHOLD}} if "fp" in steps else {}
         return DefenceSpec(id=d, pipeline=d, kind=kind, configs=configs)
     if not isinstance(d, Mapping):
@@ -648,7 +656,7 @@ def _parse_defence(d: Any) -> DefenceSpec:
     pipeline = d.get("pipeline", did)
     steps = _check_pipeline(pipeline, where=f"defence {did!r}") if pipeline else []
     kind = d.get("kind") or ("attack" if not steps else "combination" if len(steps) > 1
-                             else "repair" if steps[0] == "fp" else "filter")
+                             else "repair" if steps[0] in REPAIR_STEPS else "filter")
     if kind not in DEFENCE_KINDS:
         raise ValueError(f"defence {did!r}: kind must be one of {DEFENCE_KINDS}, got {kind!r}")
     configs = d.get("configs", {})
