@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from backdoorlab.cli import add_device_args
+from backdoorlab.evaluate import evaluate_variant
+
 # The command's input files: an h5py error is reported with the file it was reading.
 INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}
 
@@ -14,17 +17,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint .pt written by 'backdoorlab train'")
     parser.add_argument("--json", default=None, help="write the metrics here (atomically)")
     parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip the SHA-256 check of --data against its manifest (for huge files; the first "
-                             "check of a file is cached, later ones cost nothing). The checkpoint's own checksum "
-                             "and finite-weights check always run")
+    add_device_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from backdoorlab.evaluate import evaluate_variant
-
     res = evaluate_variant(args.data, args.model, json_out=args.json, device=args.device,
                            batch_size=args.batch_size, progress=not args.no_progress,
                            verify=not args.no_verify)
