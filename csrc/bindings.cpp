@@ -4,9 +4,11 @@
 //
 // ---- The _core API (mirror it in _core_cuda: same names, same argument order, same results) ---
 //
-//   build_info() -> dict        version, openmp, max_threads, thread_ceiling, num_threads, simd,
+//   build_info() -> dict        version, openmp, max_threads, thread_ceiling, num_threads, simd
+//                               (levels compiled), simd_supported, simd_best, simd_selected,
 //                               compiler (_core_cuda adds "cuda_devices": int — native.py reads it)
 //   set_num_threads(n: int) -> None (ValueError outside [1, thread_ceiling]) ; get_num_threads() -> int
+//   set_simd_level(level: str) -> None (ValueError: unknown, or not on this CPU) — _core only
 //   stats_update(acts: f32[N, C, S], group: i64[N], count: i64[G], values: i64[G],
 //                mean: f64[G, C], m2: f64[G, C], maxv: f64[G, C], npos: i64[G, C]) -> None
 //       in place (Chan merge of the batch into the running float64 moments); S = H*W (1 for
@@ -66,10 +68,15 @@ py::dict build_info() {
   info["max_threads"] = backdoorlab::max_threads();
   info["thread_ceiling"] = backdoorlab::thread_ceiling();
   info["num_threads"] = backdoorlab::num_threads();
-  py::list clones;
-  for (const auto& c : backdoorlab::simd_clones()) clones.append(c);
-  info["simd"] = clones;
-  info["simd_selected"] = backdoorlab::simd_selected();
+  py::list levels, supported;
+  for (const auto& l : backdoorlab::simd_levels_compiled()) {
+    levels.append(l);
+    if (backdoorlab::simd_level_supported(l)) supported.append(l);
+  }
+  info["simd"] = levels;
+  info["simd_supported"] = supported;
+  info["simd_best"] = backdoorlab::simd_level_best();
+  info["simd_selected"] = backdoorlab::simd().name;
 #if defined(__clang__)
   info["compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)
@@ -210,7 +217,7 @@ py::tuple polar_factor_batch(const carray<double>& W) {
   std::vector<double*> mats(n);
   for (i64 l = 0; l < n; ++l) mats[l] = out.mutable_data() + l * k * k;
   const std::uint32_t failed =
-      backdoorlab::polar_factor_batch(mats.data(), static_cast<int>(n), static_cast<int>(k));
+      backdoorlab::polar_factor_batch(backdoorlab::simd(), mats.data(), static_cast<int>(n), static_cast<int>(k));
   py::array_t<bool> bad(n);
   for (i64 l = 0; l < n; ++l) bad.mutable_data()[l] = (failed >> l) & 1u;
   return py::make_tuple(out, bad);
@@ -239,6 +246,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info, "What was compiled (see backdoorlab.native.build_info).");
   m.def("set_num_threads", &backdoorlab::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &backdoorlab::num_threads);
+  m.def("set_simd_level", &backdoorlab::set_simd_level, py::arg("level"),
+        "Use this SIMD level's kernels from now on (see backdoorlab.native.set_simd_level).");
   m.def("stats_update", &stats_update, py::arg("acts").noconvert(), py::arg("group").noconvert(),
         py::arg("count").noconvert(), py::arg("values").noconvert(), py::arg("mean").noconvert(),
         py::arg("m2").noconvert(), py::arg("maxv").noconvert(), py::arg("npos").noconvert());
