@@ -2,8 +2,10 @@
 //
 // Layout: every matrix entry is an array over the lanes, X[i][j][l], and every loop over l is the
 // innermost one, so the compiler turns each scalar operation of the single-matrix algorithm into
-// one vector operation for all lanes (AVX-512: 8 doubles; AVX2: 2 x 4; SSE2: 4 x 2). Lanes never
-// mix, and a lane that has converged or failed keeps its value (masked update), which is what
+// one vector operation for all lanes of a group: as many classes as one vector register holds
+// doubles (AVX-512: 8, AVX2: 4, SSE2: 2), the POLAR_LANES classes of a batch taking 1, 2 or 4
+// groups. (One 8-lane group for every level, as before, was lowered to element-by-element code
+// for masks and selects on AVX2 and SSE2: ten times slower.) Lanes never mix, and a lane that has converged or failed keeps its value (masked update), which is what
 // makes a class's result independent of the classes batched with it and of the thread count.
 //
 // Sizes: compiled for k = 10 (AC's n_components) with every loop bound a constant, and once for
@@ -21,7 +23,8 @@ namespace backdoorlab {
 namespace BDL_LEVEL_NS {
 namespace {
 
-constexpr int L = POLAR_LANES;
+constexpr int L = BDL_F32_LANES / 2;  // doubles per vector register
+static_assert(POLAR_LANES % L == 0, "a batch must split into whole groups");
 constexpr int MAX_STEPS = 60;  // scaled Newton needs ~10 even for condition numbers near 1e7
 // Stop a lane when its last step was below 1e-5 relative: Newton converges quadratically, so the
 // iterate it leaves is orthogonal to ~1e-10 (1e-14 measured on random 10 x 10 matrices), far
@@ -30,8 +33,8 @@ constexpr double STEP_TOL2 = 1e-10;
 // X^T X pivots below this share of its largest diagonal entry: X is singular to about 1e-7.
 constexpr double PIVOT_FLOOR = 1e-14;
 
-// One vector register's worth of lanes (GCC/Clang vector extension: lowered to one zmm, two ymm
-// or four xmm registers by each SIMD clone). Keeping every value of the iteration in this type
+// One vector register's worth of lanes (GCC/Clang vector extension: one zmm, ymm or xmm
+// register at this level). Keeping every value of the iteration in this type
 // lets the compiler hold the running sums in registers; arrays indexed by lane did not.
 using vd = double __attribute__((vector_size(sizeof(double) * L)));
 using vm = std::int64_t __attribute__((vector_size(sizeof(double) * L)));  // lane masks: 0 or -1
@@ -153,7 +156,12 @@ __attribute__((always_inline)) inline std::uint32_t polar_k(double* const* W, in
 }  // namespace
 
 std::uint32_t polar_batch(double* const* W, int n, int k) {
-  return k == 10 ? polar_k<10>(W, n, k) : polar_k<0>(W, n, k);
+  std::uint32_t failed = 0;
+  for (int g = 0; g < n; g += L) {
+    const int len = n - g < L ? n - g : L;
+    failed |= (k == 10 ? polar_k<10>(W + g, len, k) : polar_k<0>(W + g, len, k)) << g;
+  }
+  return failed;
 }
 
 }  // namespace BDL_LEVEL_NS
