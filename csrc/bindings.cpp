@@ -37,6 +37,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -45,6 +46,7 @@
 #include "common/ica_math.hpp"
 #include "cpu/cluster.hpp"
 #include "cpu/decompose.hpp"
+#include "cpu/linalg.hpp"
 #include "cpu/parallel.hpp"
 #include "cpu/polar.hpp"
 #include "cpu/pruning.hpp"
@@ -217,6 +219,36 @@ py::tuple polar_factor_batch(const carray<double>& W) {
   return py::make_tuple(out, bad);
 }
 
+// Test hook: the top-k eigenpairs of a symmetric matrix A (d, d) float64 as whitening (PCA,
+// FastICA) and spectral signatures get them (block Krylov, dense fallback), at the SIMD level in
+// use, so tests can compare them with numpy.linalg.eigh. Returns (evals (k,) descending,
+// evecs (k, d): row i the unit eigenvector of evals[i]).
+py::tuple sym_eig_top(const carray<double>& A, i64 k) {
+  expect_ndim(A, "A", 2);
+  const i64 d = A.shape(0);
+  expect_shape(A, "A", {d, d});
+  if (d < 1 || k < 1 || k > d)
+    throw py::value_error("k must be in [1, d] for A of shape (" + std::to_string(d) + ", " + std::to_string(d) +
+                          "), got k=" + std::to_string(k));
+  for (i64 i = 0; i < d * d; ++i)
+    if (!std::isfinite(A.data()[i]))
+      throw py::value_error("A must be finite, got a NaN or Inf at flat index " + std::to_string(i));
+  for (i64 i = 0; i < d; ++i)
+    for (i64 j = 0; j < i; ++j)
+      if (A.data()[i * d + j] != A.data()[j * d + i])
+        throw py::value_error("A must be symmetric, got A[" + std::to_string(i) + ", " + std::to_string(j) +
+                              "] != A[" + std::to_string(j) + ", " + std::to_string(i) + "]");
+  std::vector<double> work(A.data(), A.data() + d * d);
+  carray<double> evals(k), evecs({k, d});
+  double* ev = evals.mutable_data();
+  double* V = evecs.mutable_data();
+  {
+    py::gil_scoped_release release;
+    backdoorlab::sym_eig_top(backdoorlab::simd(), work.data(), d, k, ev, V);
+  }
+  return py::make_tuple(evals, evecs);
+}
+
 carray<i64> pruning_order(const carray<double>& mean) {
   expect_ndim(mean, "mean_activation", 1);
   const i64 C = mean.shape(0);
@@ -257,6 +289,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("_tanh_f", &tanh_f, py::arg("x").noconvert(), "Test hook: the FastICA kernel's tanh, elementwise.");
   m.def("_polar_factor_batch", &polar_factor_batch, py::arg("W").noconvert(),
         "Test hook: FastICA's batched polar factor (W W^T)^{-1/2} W of up to 8 k x k matrices.");
+  m.def("_sym_eig_top", &sym_eig_top, py::arg("A").noconvert(), py::arg("k"),
+        "Test hook: the k largest eigenpairs of a symmetric float64 matrix, as the kernels compute them.");
   m.def("pruning_order", &pruning_order, py::arg("mean").noconvert());
   m.def("pruning_mask", &pruning_mask, py::arg("order").noconvert(), py::arg("n_pruned"));
 }
