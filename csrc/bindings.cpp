@@ -4,9 +4,11 @@
 //
 // ---- The _core API (mirror it in _core_cuda: same names, same argument order, same results) ---
 //
-//   build_info() -> dict        version, openmp, max_threads, thread_ceiling, num_threads, simd,
+//   build_info() -> dict        version, openmp, max_threads, thread_ceiling, num_threads, simd
+//                               (levels compiled), simd_supported, simd_best, simd_selected,
 //                               compiler (_core_cuda adds "cuda_devices": int — native.py reads it)
 //   set_num_threads(n: int) -> None (ValueError outside [1, thread_ceiling]) ; get_num_threads() -> int
+//   set_simd_level(level: str) -> None (ValueError: unknown, or not on this CPU) — _core only
 //   stats_update(acts: f32[N, C, S], group: i64[N], count: i64[G], values: i64[G],
 //                mean: f64[G, C], m2: f64[G, C], maxv: f64[G, C], npos: i64[G, C]) -> None
 //       in place (Chan merge of the batch into the running float64 moments); S = H*W (1 for
@@ -35,6 +37,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -43,6 +46,7 @@
 #include "common/ica_math.hpp"
 #include "cpu/cluster.hpp"
 #include "cpu/decompose.hpp"
+#include "cpu/linalg.hpp"
 #include "cpu/parallel.hpp"
 #include "cpu/polar.hpp"
 #include "cpu/pruning.hpp"
@@ -64,10 +68,15 @@ py::dict build_info() {
   info["max_threads"] = backdoorlab::max_threads();
   info["thread_ceiling"] = backdoorlab::thread_ceiling();
   info["num_threads"] = backdoorlab::num_threads();
-  py::list clones;
-  for (const auto& c : backdoorlab::simd_clones()) clones.append(c);
-  info["simd"] = clones;
-  info["simd_selected"] = backdoorlab::simd_selected();
+  py::list levels, supported;
+  for (const auto& l : backdoorlab::simd_levels_compiled()) {
+    levels.append(l);
+    if (backdoorlab::simd_level_supported(l)) supported.append(l);
+  }
+  info["simd"] = levels;
+  info["simd_supported"] = supported;
+  info["simd_best"] = backdoorlab::simd_level_best();
+  info["simd_selected"] = backdoorlab::simd().name;
 #if defined(__clang__)
   info["compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)
@@ -201,10 +210,40 @@ py::tuple polar_factor_batch(const carray<double>& W) {
   std::vector<double*> mats(n);
   for (i64 l = 0; l < n; ++l) mats[l] = out.mutable_data() + l * k * k;
   const std::uint32_t failed =
-      backdoorlab::polar_factor_batch(mats.data(), static_cast<int>(n), static_cast<int>(k));
+      backdoorlab::polar_factor_batch(backdoorlab::simd(), mats.data(), static_cast<int>(n), static_cast<int>(k));
   py::array_t<bool> bad(n);
   for (i64 l = 0; l < n; ++l) bad.mutable_data()[l] = (failed >> l) & 1u;
   return py::make_tuple(out, bad);
+}
+
+// Test hook: the top-k eigenpairs of a symmetric matrix A (d, d) float64 as whitening (PCA,
+// FastICA) and spectral signatures get them (block Krylov, dense fallback), at the SIMD level in
+// use, so tests can compare them with numpy.linalg.eigh. Returns (evals (k,) descending,
+// evecs (k, d): row i the unit eigenvector of evals[i]).
+py::tuple sym_eig_top(const carray<double>& A, i64 k) {
+  expect_ndim(A, "A", 2);
+  const i64 d = A.shape(0);
+  expect_shape(A, "A", {d, d});
+  if (d < 1 || k < 1 || k > d)
+    throw py::value_error("k must be in [1, d] for A of shape (" + std::to_string(d) + ", " + std::to_string(d) +
+                          "), got k=" + std::to_string(k));
+  for (i64 i = 0; i < d * d; ++i)
+    if (!std::isfinite(A.data()[i]))
+      throw py::value_error("A must be finite, got a NaN or Inf at flat index " + std::to_string(i));
+  for (i64 i = 0; i < d; ++i)
+    for (i64 j = 0; j < i; ++j)
+      if (A.data()[i * d + j] != A.data()[j * d + i])
+        throw py::value_error("A must be symmetric, got A[" + std::to_string(i) + ", " + std::to_string(j) +
+                              "] != A[" + std::to_string(j) + ", " + std::to_string(i) + "]");
+  std::vector<double> work(A.data(), A.data() + d * d);
+  carray<double> evals(k), evecs({k, d});
+  double* ev = evals.mutable_data();
+  double* V = evecs.mutable_data();
+  {
+    py::gil_scoped_release release;
+    backdoorlab::sym_eig_top(backdoorlab::simd(), work.data(), d, k, ev, V);
+  }
+  return py::make_tuple(evals, evecs);
 }
 
 carray<i64> pruning_order(const carray<double>& mean) {
@@ -230,6 +269,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info, "What was compiled (see backdoorlab.native.build_info).");
   m.def("set_num_threads", &backdoorlab::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &backdoorlab::num_threads);
+  m.def("set_simd_level", &backdoorlab::set_simd_level, py::arg("level"),
+        "Use this SIMD level's kernels from now on (see backdoorlab.native.set_simd_level).");
   m.def("stats_update", &stats_update, py::arg("acts").noconvert(), py::arg("group").noconvert(),
         py::arg("count").noconvert(), py::arg("values").noconvert(), py::arg("mean").noconvert(),
         py::arg("m2").noconvert(), py::arg("maxv").noconvert(), py::arg("npos").noconvert());
@@ -245,6 +286,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("_tanh_f", &tanh_f, py::arg("x").noconvert(), "Test hook: the FastICA kernel's tanh, elementwise.");
   m.def("_polar_factor_batch", &polar_factor_batch, py::arg("W").noconvert(),
         "Test hook: FastICA's batched polar factor (W W^T)^{-1/2} W of up to 8 k x k matrices.");
+  m.def("_sym_eig_top", &sym_eig_top, py::arg("A").noconvert(), py::arg("k"),
+        "Test hook: the k largest eigenpairs of a symmetric float64 matrix, as the kernels compute them.");
   m.def("pruning_order", &pruning_order, py::arg("mean").noconvert());
   m.def("pruning_mask", &pruning_mask, py::arg("order").noconvert(), py::arg("n_pruned"));
 }

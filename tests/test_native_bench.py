@@ -69,3 +69,53 @@ def test_kernels_benchmark_runs_end_to_end(monkeypatch, tmp_path, capsys):
     for step in ("AC", "spectral"):
         fig = result["steps"][step]
         assert fig["ratio"] > 0 and fig["cpu_ratio"] > 0 and 0 <= fig["f1_native"] <= 1
+
+
+def test_kernels_benchmark_reports_every_simd_level(monkeypatch, tmp_path, capsys):
+    """--simd all: one native run per level this CPU runs, each against the one reference run,
+    with the arithmetic bound; the level in use is restored afterwards."""
+    from backdoorlab import native
+
+    monkeypatch.setitem(kernels.SHAPES, "gtsrb", (3, 50, 14))
+    before = native.build_info()["simd_selected"]
+    out = tmp_path / "bench.json"
+    assert kernels.run(["--shapes", "gtsrb", "--ref-classes", "0", "--n-init", "1", "--ref-threads", "1",
+                        "--simd", "all", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    result = payload["results"][0]
+    assert list(result["levels"]) == native.simd_levels()
+    for level, lv in result["levels"].items():
+        assert f"-- SIMD {level} --" in text and f"gtsrb at SIMD {level}: AC" in text
+        assert lv["ac_gflop"] > 0 and lv["ac_over_bound"] > 0
+        assert all(fig["ratio"] > 0 for fig in lv["steps"].values())
+    assert payload["gflops_sgemm"] > 0
+    assert native.build_info()["simd_selected"] == before
+
+
+def test_kernels_benchmark_refuses_an_unknown_level(capsys):
+    with pytest.raises(SystemExit) as exc:
+        kernels.run(["--simd", "avx9000"])
+    assert exc.value.code == 2
+    assert "--simd avx9000: not a level" in capsys.readouterr().err
+
+
+def test_art_comparison_says_how_to_install_art(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "art", None)  # import art -> ImportError
+    with pytest.raises(SystemExit, match=r"adversarial-robustness-toolbox.*pip install"):
+        kernels.run(["--art"])
+
+
+def test_art_comparison_times_art_on_the_same_classes(monkeypatch, tmp_path):
+    pytest.importorskip("art", reason="IBM ART is the optional extra .[art]")
+    monkeypatch.setitem(kernels.SHAPES, "ytaf", (4, 60, 16))
+    out = tmp_path / "bench.json"
+    assert kernels.run(["--shapes", "ytaf", "--ref-classes", "2", "--n-init", "1", "--ref-threads", "1", "--art",
+                        "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["results"][0]
+    assert result["art_version"].startswith("1.20")
+    for fig in result["steps"].values():
+        assert fig["art_ratio"] > 0 and fig["art_cpu_ratio"] > 0 and 0 <= fig["f1_art"] <= 1
+        assert fig["art_s"] == pytest.approx(fig["art_measured_s"] * 2)  # extrapolated from 2 of 4 classes

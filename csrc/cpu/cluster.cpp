@@ -44,41 +44,6 @@ struct RunResult {
   int n_iter = 0;
 };
 
-// Nearest centre of every row (ties: lowest index); returns the inertia; dist gets each row's
-// squared distance to its centre. XT is the class transposed (d x m): the rows are the vector
-// lanes, so with few features (AC clusters 10-dim sources) the work is whole vectors instead of
-// short per-row sums. Each row's distance is still summed over the features in order, in float64,
-// exactly as a per-row loop would. dj: m doubles of scratch.
-BDL_SIMD_CLONES
-double assign(const float* XT, i64 m, i64 d, const double* C, int k, std::int32_t* labels, double* dist, double* dj) {
-  for (int j = 0; j < k; ++j) {
-    double* q = j == 0 ? dist : dj;
-    std::fill(q, q + m, 0.0);
-    for (i64 a = 0; a < d; ++a) {
-      const double c = C[j * d + a];
-      const float* x = XT + a * m;
-#pragma omp simd
-      for (i64 s = 0; s < m; ++s) {
-        const double t = x[s] - c;
-        q[s] += t * t;
-      }
-    }
-    if (j == 0) {
-      std::fill(labels, labels + m, 0);
-      continue;
-    }
-#pragma omp simd
-    for (i64 s = 0; s < m; ++s) {
-      const bool closer = dj[s] < dist[s];
-      dist[s] = closer ? dj[s] : dist[s];
-      labels[s] = closer ? j : labels[s];
-    }
-  }
-  double total = 0.0;
-  for (i64 s = 0; s < m; ++s) total += dist[s];
-  return total;
-}
-
 void kmeans_plusplus(const float* X, i64 m, i64 d, int k, Rng& rng, double* C) {
   const int n_trials = 2 + static_cast<int>(std::log(static_cast<double>(k)));
   std::vector<double> closest(m), cand_dist(m), best_dist(m), cumsum(m);
@@ -116,7 +81,7 @@ void kmeans_plusplus(const float* X, i64 m, i64 d, int k, Rng& rng, double* C) {
 }
 
 // One k-means run on a class: X its rows (m x d), XT the same rows transposed (d x m).
-RunResult lloyd(const float* X, const float* XT, i64 m, i64 d, int k, int max_iter, double tol_scaled, Rng rng) {
+RunResult lloyd(const SimdKernels& K, const float* X, const float* XT, i64 m, i64 d, int k, int max_iter, double tol_scaled, Rng rng) {
   RunResult res;
   res.centers.assign(static_cast<i64>(k) * d, 0.0);
   kmeans_plusplus(X, m, d, k, rng, res.centers.data());
@@ -125,7 +90,7 @@ RunResult lloyd(const float* X, const float* XT, i64 m, i64 d, int k, int max_it
   std::vector<std::int32_t> labels(m, -1), old(m, -1);
   int it = 0;
   for (; it < max_iter;) {
-    assign(XT, m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
+    K.assign(XT, m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
     std::fill(newc.begin(), newc.end(), 0.0);
     std::fill(count.begin(), count.end(), 0);
     for (i64 s = 0; s < m; ++s) {
@@ -176,7 +141,7 @@ RunResult lloyd(const float* X, const float* XT, i64 m, i64 d, int k, int max_it
   }
   // final assignment with the final centres (scikit-learn does it when not strictly converged;
   // after strict convergence it changes nothing, and it gives the inertia either way)
-  res.inertia = assign(XT, m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
+  res.inertia = K.assign(XT, m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
   res.labels.swap(labels);
   res.n_iter = it;
   return res;
@@ -203,7 +168,7 @@ void kmeans(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int 
     for (int r = 0; r < n_init; ++r) tasks.push_back(c * n_init + r);
   }
   // per class: finiteness, the scaled tolerance (tol * mean feature variance) and the rows
-  // transposed for assign(), once for all n_init runs (class c's block starts at r0 * d)
+  // transposed for K.assign(), once for all n_init runs (class c's block starts at r0 * d)
   std::vector<double> tol_scaled(G, 0.0);
   std::vector<float> XT(n * d);
   for_each_class(offsets, G, [&](i64 c, bool) {
@@ -220,6 +185,7 @@ void kmeans(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int 
     tol_scaled[c] = tol * var / static_cast<double>(m * d);
   });
   std::vector<RunResult> results(tasks.size());
+  const SimdKernels& K = simd();  // one level for the whole call
   ErrorSlot errors;
   const i64 T = static_cast<i64>(tasks.size());
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(T))
@@ -228,7 +194,7 @@ void kmeans(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int 
     try {
       const i64 c = tasks[t] / n_init, r = tasks[t] % n_init;
       const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
-      results[t] = lloyd(X + r0 * d, XT.data() + r0 * d, m, d, k, max_iter, tol_scaled[c],
+      results[t] = lloyd(K, X + r0 * d, XT.data() + r0 * d, m, d, k, max_iter, tol_scaled[c],
                          Rng(seed, static_cast<std::uint64_t>(c), static_cast<std::uint64_t>(r)));
     } catch (...) {
       errors.capture(t);

@@ -42,7 +42,8 @@ void check_offsets(const i64* offsets, i64 G, i64 n) {
 
 namespace {
 
-constexpr i64 BLOCK = 64;  // samples per block of the FastICA step
+constexpr i64 BLOCK = 64;  // samples per block of the generic FastICA step (k > SMALL_K)
+constexpr int SMALL_K = 16;  // largest k of the small-k step (simd/ica_kernels.cpp)
 
 i64 pad4(i64 d) { return (d + 3) / 4 * 4; }
 
@@ -56,7 +57,7 @@ i64 pad4(i64 d) { return (d + 3) / 4 * 4; }
 // eigenvalues, and e = Xc^T u / sqrt(m lambda) maps G's eigenvector u to the covariance's. That
 // costs m^2 d + m^3 instead of d^2 m + d^3 — minutes become milliseconds for d in the thousands —
 // and never allocates a d x d matrix.
-bool class_eigen(const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool inner, std::vector<double>& mean,
+bool class_eigen(const SimdKernels& K, const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool inner, std::vector<double>& mean,
                  std::vector<float>& XT, double& scale, std::vector<double>& evals, std::vector<double>& evecs) {
   const i64 dp = pad4(d);
   mean.resize(d);
@@ -73,9 +74,9 @@ bool class_eigen(const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool in
     const i64 mp = pad4(m);
     std::vector<float> Xr(mp * d);
     rows_centred(X, m, d, mean.data(), 1.0 / scale, Xr.data(), mp);
-    gram(Xr.data(), m, mp, d, C.data(), inner);
+    gram(K, Xr.data(), m, mp, d, C.data(), inner);
   } else {
-    gram(XT.data(), d, dp, m, C.data(), inner);
+    gram(K, XT.data(), d, dp, m, C.data(), inner);
   }
   const double inv = 1.0 / static_cast<double>(m);
   double trace = 0.0;
@@ -83,11 +84,11 @@ bool class_eigen(const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool in
   for (i64 a = 0; a < p; ++a) trace += C[a * p + a];
   if (!(trace > 0.0)) return false;
   if (!dual) {
-    sym_eig_top(C.data(), d, k, evals.data(), evecs.data());
+    sym_eig_top(K, C.data(), d, k, evals.data(), evecs.data());
     return evals[0] > 0.0;
   }
   std::vector<double> U(static_cast<i64>(k) * m);
-  sym_eig_top(C.data(), m, k, evals.data(), U.data());
+  sym_eig_top(K, C.data(), m, k, evals.data(), U.data());
   if (!(evals[0] > 0.0)) return false;
   const double floor = evals[0] * 1e-12;  // below: a null direction of the class, left at 0
   for (int i = 0; i < k; ++i) {
@@ -106,136 +107,6 @@ bool class_eigen(const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool in
     }
   }
   return true;
-}
-
-// Y[k, m] = A[k, d] XT[d, m] (A float64 row-major, accumulated in float32 over d).
-BDL_SIMD_CLONES
-void project(const double* A, int k, const float* XT, i64 d, i64 m, float* Y) {
-  for (int i = 0; i < k; ++i) {
-    float* y = Y + i * m;
-    std::fill(y, y + m, 0.0f);
-    for (i64 a = 0; a < d; ++a) {
-      const float w = static_cast<float>(A[i * d + a]);
-      const float* x = XT + a * m;
-#pragma omp simd
-      for (i64 s = 0; s < m; ++s) y[s] += w * x[s];
-    }
-  }
-}
-
-// One FastICA evaluation: GX[k, k] = sum_s g(W X1)[:, s] X1[:, s]^T, gp[k] = sum_s g'(W X1)[:, s]
-// (sums, not means). buf: k * BLOCK floats.
-BDL_SIMD_CLONES
-void ica_step(const float* X1, int k, i64 m, const float* W, double* GX, double* gp, float* buf) {
-  std::fill(GX, GX + k * k, 0.0);
-  std::fill(gp, gp + k, 0.0);
-  for (i64 s0 = 0; s0 < m; s0 += BLOCK) {
-    const i64 len = std::min(BLOCK, m - s0);
-    for (int i = 0; i < k; ++i) {
-      float* wx = buf + i * BLOCK;
-      const float* wi = W + i * k;
-      {
-        const float w0 = wi[0];
-        const float* x = X1 + s0;
-#pragma omp simd
-        for (i64 s = 0; s < len; ++s) wx[s] = w0 * x[s];
-      }
-      for (int j = 1; j < k; ++j) {
-        const float w = wi[j];
-        const float* x = X1 + j * m + s0;
-#pragma omp simd
-        for (i64 s = 0; s < len; ++s) wx[s] += w * x[s];
-      }
-      float gsum = 0.0f;
-#pragma omp simd reduction(+ : gsum)
-      for (i64 s = 0; s < len; ++s) {
-        const float t = tanh_f(wx[s]);
-        wx[s] = t;
-        gsum += 1.0f - t * t;
-      }
-      gp[i] += gsum;
-    }
-    for (int i = 0; i < k; ++i) {
-      const float* g = buf + i * BLOCK;
-      for (int j = 0; j < k; ++j) {
-        const float* x = X1 + j * m + s0;
-        float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-        for (i64 s = 0; s < len; ++s) acc += g[s] * x[s];
-        GX[i * k + j] += acc;
-      }
-    }
-  }
-}
-
-// The same evaluation for a compile-time K <= 16 (the common case: AC reduces to 10 dims). X1 is
-// K rows of mp floats (mp = m rounded up to 16, zero-padded). Samples are the vector lanes: 16
-// per step, so W X1 costs K^2/16 FMAs per sample with every W entry a broadcast operand, and
-// tanh runs on full vectors. Pass 2 forms GX[i, :] with K vector accumulators per row i, summed
-// across lanes once per call (no horizontal sums in the loop). Padded samples give tanh(0) = 0,
-// so they add nothing to GX; their g' = 1 is subtracted from gp afterwards. G: K x mp scratch.
-constexpr int LANES = 16;
-
-template <int K>
-__attribute__((always_inline)) inline void ica_step_k(const float* X1, i64 m, i64 mp, const float* W, double* GX,
-                                                      double* gp, float* G) {
-  float gacc[K][LANES] = {};
-  for (i64 s = 0; s < mp; s += LANES) {
-    float x[K][LANES];
-    for (int j = 0; j < K; ++j)
-#pragma omp simd
-      for (int l = 0; l < LANES; ++l) x[j][l] = X1[j * mp + s + l];
-    for (int i = 0; i < K; ++i) {
-      float v[LANES] = {};
-      for (int j = 0; j < K; ++j) {
-        const float w = W[i * K + j];
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) v[l] += w * x[j][l];
-      }
-#pragma omp simd
-      for (int l = 0; l < LANES; ++l) {
-        const float t = tanh_f(v[l]);
-        G[i * mp + s + l] = t;
-        gacc[i][l] += 1.0f - t * t;
-      }
-    }
-  }
-  for (int i = 0; i < K; ++i) {
-    double sum = 0.0;
-    for (int l = 0; l < LANES; ++l) sum += gacc[i][l];
-    gp[i] = sum - static_cast<double>(mp - m);
-  }
-  for (int i = 0; i < K; ++i) {
-    float acc[K][LANES] = {};
-    const float* g = G + i * mp;
-    for (i64 s = 0; s < mp; s += LANES) {
-      for (int j = 0; j < K; ++j) {
-        const float* xj = X1 + j * mp + s;
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) acc[j][l] += g[s + l] * xj[l];
-      }
-    }
-    for (int j = 0; j < K; ++j) {
-      double sum = 0.0;
-      for (int l = 0; l < LANES; ++l) sum += acc[j][l];
-      GX[i * K + j] = sum;
-    }
-  }
-}
-
-BDL_SIMD_CLONES
-void ica_step16(const float* X1, int k, i64 m, i64 mp, const float* W, double* GX, double* gp, float* G) {
-  switch (k) {
-#define BDL_CASE(K) \
-  case K:           \
-    ica_step_k<K>(X1, m, mp, W, GX, gp, G); \
-    break;
-    BDL_CASE(1) BDL_CASE(2) BDL_CASE(3) BDL_CASE(4) BDL_CASE(5) BDL_CASE(6) BDL_CASE(7) BDL_CASE(8)
-    BDL_CASE(9) BDL_CASE(10) BDL_CASE(11) BDL_CASE(12) BDL_CASE(13) BDL_CASE(14) BDL_CASE(15) BDL_CASE(16)
-#undef BDL_CASE
-    default:
-      throw std::logic_error("ica_step16 called with k > 16");
-  }
 }
 
 // W <- (W W^T)^{-1/2} W, in place (k x k, float64), via eigen-decomposition (Jacobi) of W W^T,
@@ -303,109 +174,14 @@ bool invert(double* A, int k, double* Ainv) {
   return true;
 }
 
-// Newton's polar iteration (below) for a compile-time K: fixed-size arrays, unrolled loops, the
-// Gauss-Jordan rows as short vectors. Returns false when W is numerically singular.
-template <int K>
-__attribute__((always_inline)) inline bool polar_newton_k(double* W) {
-  double X[K][K], A[K][2 * K];
-  for (int i = 0; i < K; ++i)
-    for (int j = 0; j < K; ++j) X[i][j] = W[i * K + j];
-  for (int it = 0; it < 100; ++it) {
-    double scale = 0.0;
-    for (int i = 0; i < K; ++i)
-      for (int j = 0; j < K; ++j) {
-        A[i][j] = X[i][j];
-        A[i][K + j] = i == j ? 1.0 : 0.0;
-        scale = std::max(scale, std::abs(X[i][j]));
-      }
-    if (!(scale > 0.0)) return false;
-    for (int col = 0; col < K; ++col) {
-      int piv = col;
-      for (int r = col + 1; r < K; ++r)
-        if (std::abs(A[r][col]) > std::abs(A[piv][col])) piv = r;
-      if (std::abs(A[piv][col]) <= 1e-13 * scale) return false;
-      if (piv != col)
-        for (int j = 0; j < 2 * K; ++j) std::swap(A[piv][j], A[col][j]);
-      const double inv = 1.0 / A[col][col];
-#pragma omp simd
-      for (int j = 0; j < 2 * K; ++j) A[col][j] *= inv;
-      for (int r = 0; r < K; ++r) {
-        if (r == col) continue;
-        const double f = A[r][col];
-#pragma omp simd
-        for (int j = 0; j < 2 * K; ++j) A[r][j] -= f * A[col][j];
-      }
-    }
-    double nx = 0.0, ny = 0.0;
-    for (int i = 0; i < K; ++i)
-      for (int j = 0; j < K; ++j) {
-        nx += X[i][j] * X[i][j];
-        ny += A[i][K + j] * A[i][K + j];
-      }
-    const double g = std::sqrt(std::sqrt(ny / nx)), hg = 0.5 * g, hinv = 0.5 / g;
-    double diff = 0.0, nn = 0.0;
-    for (int i = 0; i < K; ++i)
-      for (int j = 0; j < K; ++j) {
-        const double v = hg * X[i][j] + hinv * A[j][K + i];  // (g X + X^-T / g) / 2
-        diff += (v - X[i][j]) * (v - X[i][j]);
-        nn += v * v;
-        X[i][j] = v;
-      }
-    // Close to orthogonal (step < 1e-3 relative): finish with Newton-Schulz steps
-    // X <- X (3I - X^T X) / 2, also quadratically convergent there but made of two small matrix
-    // products instead of an inversion.
-    if (diff <= 1e-6 * nn) {
-      for (int ns = 0; ns < 8; ++ns) {
-        double P[K][K], Y[K][K];
-        double err = 0.0;
-        for (int i = 0; i < K; ++i)
-          for (int j = 0; j < K; ++j) {
-            double acc = 0.0;
-            for (int t = 0; t < K; ++t) acc += X[t][i] * X[t][j];
-            const double e = acc - (i == j ? 1.0 : 0.0);
-            err = std::max(err, std::abs(e));
-            P[i][j] = (i == j ? 1.5 : 0.0) - 0.5 * acc;
-          }
-        if (err <= 1e-14) break;  // X^T X = I to round-off: X is the polar factor
-        for (int i = 0; i < K; ++i)
-          for (int j = 0; j < K; ++j) {
-            double acc = 0.0;
-            for (int t = 0; t < K; ++t) acc += X[i][t] * P[t][j];
-            Y[i][j] = acc;
-          }
-        for (int i = 0; i < K; ++i)
-          for (int j = 0; j < K; ++j) X[i][j] = Y[i][j];
-      }
-      for (int i = 0; i < K; ++i)
-        for (int j = 0; j < K; ++j) W[i * K + j] = X[i][j];
-      return true;
-    }
-  }
-  return false;
-}
-
-BDL_SIMD_CLONES
-bool polar_newton_small(double* W, int k) {
-  switch (k) {
-#define BDL_CASE(K) \
-  case K:           \
-    return polar_newton_k<K>(W);
-    BDL_CASE(1) BDL_CASE(2) BDL_CASE(3) BDL_CASE(4) BDL_CASE(5) BDL_CASE(6) BDL_CASE(7) BDL_CASE(8)
-    BDL_CASE(9) BDL_CASE(10) BDL_CASE(11) BDL_CASE(12) BDL_CASE(13) BDL_CASE(14) BDL_CASE(15) BDL_CASE(16)
-#undef BDL_CASE
-    default:
-      return false;
-  }
-}
-
 // W <- (W W^T)^{-1/2} W, in place: the orthogonal polar factor of W, found by Newton's
 // iteration X <- (g X + X^-T / g) / 2 with Higham's Frobenius-norm scaling g. Same result as
 // the eigen-decomposition form (the polar factor of a non-singular matrix is unique) at a
 // fraction of the cost for k ~ 10: ~6 inversions instead of ~300 Jacobi rotations, and this runs
-// every FastICA iteration. Singular W falls back to the eigen-decomposition form.
-// scratch: 4 k^2 + k doubles.
+// every FastICA iteration (for k > POLAR_MAX_K; smaller k take the batched polar_factor_batch,
+// and this only for its singular lanes and each class's random start). Singular W falls back to
+// the eigen-decomposition form. scratch: 4 k^2 + k doubles.
 void sym_decorrelation(double* W, int k, double* scratch) {
-  if (k <= 16 && polar_newton_small(W, k)) return;
   double *X = scratch, *A = X + k * k, *Y = A + k * k;
   std::copy(W, W + k * k, X);
   bool ok = true;
@@ -454,7 +230,7 @@ struct IcaClass {
 };
 
 // Whitening and the random orthogonal start of class c.
-void ica_prepare(IcaClass& st, const float* X, i64 d, const i64* offsets, i64 c, int k, std::uint64_t seed,
+void ica_prepare(const SimdKernels& K, IcaClass& st, const float* X, i64 d, const i64* offsets, i64 c, int k, std::uint64_t seed,
                  bool inner, double* scratch) {
   st.c = c;
   st.r0 = offsets[c];
@@ -462,7 +238,7 @@ void ica_prepare(IcaClass& st, const float* X, i64 d, const i64* offsets, i64 c,
   std::vector<double> mean, evals, evecs;
   std::vector<float> XT;
   double scale = 1.0;  // not needed: whitening is scale-free (XT and evals are scaled alike)
-  if (!class_eigen(X + st.r0 * d, st.m, d, st.r0, c, k, inner, mean, XT, scale, evals, evecs)) return;  // constant rows
+  if (!class_eigen(K, X + st.r0 * d, st.m, d, st.r0, c, k, inner, mean, XT, scale, evals, evecs)) return;  // constant rows
   st.whitened = true;
   // whitening matrix K = diag(lambda^-1/2) E^T; eigenvalues at round-off level are clipped so a
   // rank-deficient class (dead ReLU channels) does not blow up
@@ -472,9 +248,9 @@ void ica_prepare(IcaClass& st, const float* X, i64 d, const i64* offsets, i64 c,
     for (i64 a = 0; a < d; ++a) evecs[i * d + a] *= s;
   }
   st.X1.resize(static_cast<i64>(k) * st.m);
-  project(evecs.data(), k, XT.data(), d, st.m, st.X1.data());
-  if (k <= LANES) {  // the compile-time-K kernel
-    st.mp = (st.m + LANES - 1) / LANES * LANES;
+  K.project(evecs.data(), k, XT.data(), d, st.m, st.X1.data());
+  if (k <= SMALL_K) {  // the small-k kernel
+    st.mp = (st.m + 15) / 16 * 16;  // a multiple of every level's vector width
     st.X1p.assign(static_cast<i64>(k) * st.mp, 0.0f);
     for (int i = 0; i < k; ++i)
       std::copy(st.X1.begin() + i * st.m, st.X1.begin() + (i + 1) * st.m, st.X1p.begin() + i * st.mp);
@@ -492,12 +268,12 @@ void ica_prepare(IcaClass& st, const float* X, i64 d, const i64* offsets, i64 c,
 }
 
 // W1 = E[g(W X1) X1^T] - diag(E[g'(W X1)]) W, not yet decorrelated.
-void ica_update(IcaClass& st, int k, float* buf) {
+void ica_update(const SimdKernels& K, IcaClass& st, int k, float* buf) {
   for (int i = 0; i < k * k; ++i) st.Wf[i] = static_cast<float>(st.W[i]);
-  if (k <= LANES) {
-    ica_step16(st.X1p.data(), k, st.m, st.mp, st.Wf.data(), st.GX.data(), st.gp.data(), st.G.data());
+  if (k <= SMALL_K) {
+    K.ica_step_small(st.X1p.data(), k, st.m, st.mp, st.Wf.data(), st.GX.data(), st.gp.data(), st.G.data());
   } else {
-    ica_step(st.X1.data(), k, st.m, st.Wf.data(), st.GX.data(), st.gp.data(), buf);
+    K.ica_step(st.X1.data(), k, st.m, st.Wf.data(), st.GX.data(), st.gp.data(), buf);
   }
   const double inv_m = 1.0 / static_cast<double>(st.m);
   for (int i = 0; i < k; ++i)
@@ -518,12 +294,12 @@ void ica_accept(IcaClass& st, int k, int max_iter, double tol) {
 }
 
 // Sources S = W X1 scaled to unit variance (scikit-learn's whiten="unit-variance"), into out.
-void ica_finish(const IcaClass& st, int k, float* out) {
+void ica_finish(const SimdKernels& K, const IcaClass& st, int k, float* out) {
   if (!st.whitened) return;
   const i64 m = st.m;
   const double inv_m = 1.0 / static_cast<double>(m);
   std::vector<float> S(static_cast<i64>(k) * m);
-  project(st.W.data(), k, st.X1.data(), k, m, S.data());
+  K.project(st.W.data(), k, st.X1.data(), k, m, S.data());
   for (int i = 0; i < k; ++i) {
     const float* si = S.data() + i * m;
     double mu = 0.0, q = 0.0;
@@ -555,12 +331,13 @@ void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int
                                   " rows, fewer than n_components=" + std::to_string(k) + " (and at least 2)");
   }
   std::fill(out, out + n * k, 0.0f);
+  const SimdKernels& K = simd();  // one level for the whole call
   const bool batched_polar = k <= POLAR_MAX_K;
   for_each_class_batch(offsets, G, POLAR_LANES, [&](const i64* classes, int count, bool inner) {
     std::vector<IcaClass> batch(count);
     std::vector<double> scratch(4 * k * k + k);
     std::vector<float> buf(static_cast<i64>(k) * BLOCK);
-    for (int b = 0; b < count; ++b) ica_prepare(batch[b], X, d, offsets, classes[b], k, seed, inner, scratch.data());
+    for (int b = 0; b < count; ++b) ica_prepare(K, batch[b], X, d, offsets, classes[b], k, seed, inner, scratch.data());
     std::vector<IcaClass*> running;
     std::vector<double*> mats;  // the running classes' W1, one polar lane each (count <= POLAR_LANES)
     for (;;) {
@@ -572,10 +349,10 @@ void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int
           mats.push_back(st.W1.data());
         }
       if (running.empty()) break;
-      for (IcaClass* st : running) ica_update(*st, k, buf.data());
+      for (IcaClass* st : running) ica_update(K, *st, k, buf.data());
       if (batched_polar) {
         const int lanes = static_cast<int>(mats.size());
-        const std::uint32_t failed = polar_factor_batch(mats.data(), lanes, k);
+        const std::uint32_t failed = polar_factor_batch(K, mats.data(), lanes, k);
         for (int l = 0; l < lanes; ++l)  // singular W1: the single-matrix forms cope
           if (failed & (1u << l)) sym_decorrelation(mats[l], k, scratch.data());
       } else {
@@ -585,7 +362,7 @@ void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int
     }
     for (auto& st : batch) {
       n_iter[st.c] = st.it;
-      ica_finish(st, k, out);
+      ica_finish(K, st, k, out);
     }
   });
 }
@@ -601,12 +378,13 @@ void pca(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, float* 
                                   " rows, fewer than n_components=" + std::to_string(k));
   }
   std::fill(out, out + n * k, 0.0f);
+  const SimdKernels& K = simd();  // one level for the whole call
   for_each_class(offsets, G, [&](i64 c, bool inner) {
     const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
     std::vector<double> mean, evals, evecs;
     std::vector<float> XT;
     double scale = 1.0;
-    if (!class_eigen(X + r0 * d, m, d, r0, c, k, inner, mean, XT, scale, evals, evecs)) return;
+    if (!class_eigen(K, X + r0 * d, m, d, r0, c, k, inner, mean, XT, scale, evals, evecs)) return;
     for (int i = 0; i < k; ++i) {  // svd_flip: the largest |entry| of every component positive
       double* v = evecs.data() + i * d;
       i64 best = 0;
@@ -616,7 +394,7 @@ void pca(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, float* 
         for (i64 a = 0; a < d; ++a) v[a] = -v[a];
     }
     std::vector<float> Y(static_cast<i64>(k) * m);
-    project(evecs.data(), k, XT.data(), d, m, Y.data());
+    K.project(evecs.data(), k, XT.data(), d, m, Y.data());
     for (int i = 0; i < k; ++i)  // projections of the scaled rows, scaled back
       for (i64 s = 0; s < m; ++s) out[(r0 + s) * k + i] = to_float_output(Y[i * m + s] * scale, "pca", r0 + s, c);
   });

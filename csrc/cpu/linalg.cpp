@@ -86,66 +86,14 @@ float to_float_output(double value, const char* kernel, i64 row, i64 cls) {
                               ", beyond the float32 range of the output (|x| <= 3.4e38); scale X down");
 }
 
-namespace {
-
-// Four rows a..a+3 of the Gram matrix against the rows b..b+3 for every b in [a, d_pad) (step
-// 4): out gets the 16 entries of each 4 x 4 block (row-major), block after block. Samples are the
-// vector lanes (16 per step): 8 loads feed 16 multiply-adds. Each product keeps one float32
-// partial sum per lane over a chunk of 512 samples (32 per lane), chunk sums go into float64
-// lane sums, and lanes are added once at the end, so the loop has no horizontal sums (a
-// per-chunk reduction cost as much as the products at d = 160). One call per row block: the
-// SIMD-clone dispatch is paid once, not per block.
-BDL_SIMD_CLONES
-void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out) {
-  constexpr int LN = 16;
-  constexpr i64 CHUNK = 512;  // 32 samples per lane in float32, then float64
-  const float* x[4] = {XT + a * n, XT + (a + 1) * n, XT + (a + 2) * n, XT + (a + 3) * n};
-  const i64 n_vec = n / LN * LN;
-  for (i64 b = a; b < d_pad; b += 4) {
-    const float* y[4] = {XT + b * n, XT + (b + 1) * n, XT + (b + 2) * n, XT + (b + 3) * n};
-    double dsum[16][LN] = {};
-    for (i64 s0 = 0; s0 < n_vec; s0 += CHUNK) {
-      const i64 s1 = std::min(n_vec, s0 + CHUNK);
-      float acc[16][LN] = {};
-      for (i64 s = s0; s < s1; s += LN) {
-#pragma omp simd
-        for (int l = 0; l < LN; ++l) {
-          const float u0 = y[0][s + l], u1 = y[1][s + l], u2 = y[2][s + l], u3 = y[3][s + l];
-          for (int i = 0; i < 4; ++i) {
-            const float v = x[i][s + l];
-            acc[4 * i + 0][l] += v * u0;
-            acc[4 * i + 1][l] += v * u1;
-            acc[4 * i + 2][l] += v * u2;
-            acc[4 * i + 3][l] += v * u3;
-          }
-        }
-      }
-      for (int q = 0; q < 16; ++q)
-#pragma omp simd
-        for (int l = 0; l < LN; ++l) dsum[q][l] += acc[q][l];
-    }
-    for (i64 s = n_vec; s < n; ++s)  // the last n % 16 samples
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) dsum[4 * i + j][0] += static_cast<double>(x[i][s]) * y[j][s];
-    double* o = out + (b - a) * 4;  // 16 entries per block of 4 rows b
-    for (int q = 0; q < 16; ++q) {
-      double t = 0.0;
-      for (int l = 0; l < LN; ++l) t += dsum[q][l];
-      o[q] = t;
-    }
-  }
-}
-
-}  // namespace
-
-void gram(const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel) {
+void gram(const SimdKernels& K, const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel) {
   const i64 n_blocks = d_pad / 4;
   // Blocks of four rows a against blocks of four rows b >= a (up to d_pad; padded rows are zero).
 #pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(threads_for(n_blocks))
   for (i64 ib = 0; ib < n_blocks; ++ib) {
     const i64 a = ib * 4;
     std::vector<double> out((d_pad - a) * 4);
-    gram_rows(XT, n, a, d_pad, out.data());
+    K.gram_rows(XT, n, a, d_pad, out.data());
     for (i64 b = a; b < d_pad; b += 4) {
       const double* o = out.data() + (b - a) * 4;
       for (int i = 0; i < 4; ++i)
@@ -161,126 +109,6 @@ void gram(const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel) {
 }
 
 namespace {
-
-// Householder reduction of symmetric A (full storage; only its upper triangle is read) to
-// tridiagonal T = Q^T A Q.
-// diag (d,), off (d-1,): T's diagonals. The Householder vector of step k is left in
-// A[k, k+1:], its scale in beta[k]; Q = H_0 H_1 ... H_{d-3}.
-BDL_SIMD_CLONES
-void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, double* p) {
-  for (i64 k = 0; k + 2 < d; ++k) {
-    double* v = A + k * d + k + 1;  // x = A[k, k+1:], becomes v
-    const i64 m = d - k - 1;
-    double xnorm2 = 0.0;
-    for (i64 j = 0; j < m; ++j) xnorm2 += v[j] * v[j];
-    diag[k] = A[k * d + k];
-    const double tail2 = xnorm2 - v[0] * v[0];
-    if (tail2 <= 0.0) {  // already tridiagonal in this column
-      off[k] = v[0];
-      beta[k] = 0.0;
-      continue;
-    }
-    const double x0 = v[0];
-    const double alpha = x0 >= 0 ? -std::sqrt(xnorm2) : std::sqrt(xnorm2);
-    v[0] = x0 - alpha;
-    const double vnorm2 = tail2 + v[0] * v[0];
-    const double bk = 2.0 / vnorm2;
-    off[k] = alpha;
-    beta[k] = bk;
-    double* A22 = A + (k + 1) * d + (k + 1);
-    // p = beta A22 v ; K = beta (p.v) / 2 ; w = p - K v ; A22 -= v w^T + w v^T. Only the upper
-    // triangle of A22 is read and kept (it is symmetric): each stored row serves both its dot
-    // product and, transposed, an axpy into p, and the rank-2 update touches half the matrix.
-    std::fill(p, p + m, 0.0);
-    for (i64 i = 0; i < m; ++i) {
-      const double* row = A22 + i * d;
-      const double vi = v[i];
-      double s = row[i] * vi;
-#pragma omp simd reduction(+ : s)
-      for (i64 j = i + 1; j < m; ++j) {
-        s += row[j] * v[j];
-        p[j] += vi * row[j];
-      }
-      p[i] += s;
-    }
-    double pv = 0.0;
-    for (i64 i = 0; i < m; ++i) {
-      p[i] *= bk;
-      pv += p[i] * v[i];
-    }
-    const double K = 0.5 * bk * pv;
-    for (i64 i = 0; i < m; ++i) p[i] -= K * v[i];  // p now holds w
-    for (i64 i = 0; i < m; ++i) {
-      double* row = A22 + i * d;
-      const double vi = v[i], wi = p[i];
-#pragma omp simd
-      for (i64 j = i; j < m; ++j) row[j] -= vi * p[j] + wi * v[j];
-    }
-  }
-  if (d >= 2) {
-    diag[d - 2] = A[(d - 2) * d + d - 2];
-    off[d - 2] = A[(d - 2) * d + d - 1];
-  }
-  diag[d - 1] = A[(d - 1) * d + d - 1];
-}
-
-// The k largest eigenvalues of the symmetric tridiagonal (diag, off), descending, by bisection on
-// Sturm counts (LAPACK dstebz's method). Why not QL for all d: whitening wants 10 of 160+, and
-// each QL step is a dependent chain of a square root and two divisions. Here the k bisections run
-// side by side, one per vector lane, so the dependent chain of a Sturm count is paid once for 16
-// eigenvalues. Each lane narrows its interval until it is a few ulps wide: a bracket that
-// cannot shrink further stays put, so the result does not depend on how long other lanes run.
-using vd16 = double __attribute__((vector_size(16 * sizeof(double))));
-using vm16 = std::int64_t __attribute__((vector_size(16 * sizeof(double))));
-
-BDL_SIMD_CLONES
-void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i64 k, double* out) {
-  std::vector<double> off2(d > 1 ? d - 1 : 1);
-  double lo0 = diag[0], hi0 = diag[0], max_off2 = 1.0;
-  for (i64 i = 0; i < d; ++i) {  // Gershgorin bounds of the spectrum
-    const double r = (i > 0 ? std::abs(off[i - 1]) : 0.0) + (i + 1 < d ? std::abs(off[i]) : 0.0);
-    lo0 = std::min(lo0, diag[i] - r);
-    hi0 = std::max(hi0, diag[i] + r);
-    if (i + 1 < d) {
-      off2[i] = off[i] * off[i];
-      max_off2 = std::max(max_off2, off2[i]);
-    }
-  }
-  const double span = std::max(std::abs(lo0), std::abs(hi0));
-  const double pivmin = DBL_MIN * max_off2;  // |pivot| floor of the Sturm recurrence (dstebz)
-  lo0 -= 2.0 * DBL_EPSILON * span + pivmin;
-  hi0 += 2.0 * DBL_EPSILON * span + pivmin;
-  constexpr int W = 16;
-  for (i64 j0 = 0; j0 < k; j0 += W) {
-    // lane l looks for eigenvalue number t = d - 1 - (j0 + l) in ascending order; spare lanes
-    // repeat the last wanted one
-    vm16 t;
-    for (int l = 0; l < W; ++l) t[l] = d - 1 - std::min(j0 + l, k - 1);
-    vd16 lo = vd16{} + lo0, hi = vd16{} + hi0;
-    for (int step = 0; step < 128; ++step) {
-      const vd16 abs_lo = lo < 0 ? -lo : lo, abs_hi = hi < 0 ? -hi : hi;
-      const vd16 scale = abs_lo > abs_hi ? abs_lo : abs_hi;
-      const vm16 open = hi - lo > 4.0 * DBL_EPSILON * scale + 2.0 * pivmin;
-      bool any = false;
-      for (int l = 0; l < W; ++l) any = any || open[l] != 0;
-      if (!any) break;
-      const vd16 x = 0.5 * (lo + hi);
-      // Sturm count: the number of negative pivots of T - x I = eigenvalues below x
-      vd16 q = diag[0] - x;
-      q = (q < 0 ? -q : q) < pivmin ? vd16{} - pivmin : q;
-      vm16 below = vm16{} - (q < 0);
-      for (i64 i = 1; i < d; ++i) {
-        q = (diag[i] - x) - off2[i - 1] / q;
-        q = (q < 0 ? -q : q) < pivmin ? vd16{} - pivmin : q;
-        below -= (q < 0);
-      }
-      const vm16 go_down = below > t;  // eigenvalue t lies below x
-      hi = open & go_down ? x : hi;
-      lo = open & ~go_down ? x : lo;
-    }
-    for (int l = 0; l < W && j0 + l < k; ++l) out[j0 + l] = 0.5 * (lo[l] + hi[l]);
-  }
-}
 
 // Solve (T - sigma I) x = b in place for the tridiagonal T (diag, off), by Gaussian elimination
 // with partial pivoting; zero pivots are replaced by `tiny` (inverse iteration wants the huge
@@ -345,18 +173,16 @@ void normalize(double* x, i64 n) {
     for (i64 i = 0; i < n; ++i) x[i] /= s;
 }
 
-}  // namespace
-
-void sym_eig_top(double* A, i64 d, i64 k, double* evals, double* evecs) {
-  if (k < 1 || k > d) throw std::invalid_argument("sym_eig_top: k out of range");
+// The dense path: Householder, bisection, inverse iteration (see the top of this file).
+void sym_eig_top_dense(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, double* evecs) {
   if (d == 1) {
     evals[0] = A[0];
     evecs[0] = 1.0;
     return;
   }
   std::vector<double> diag(d), off(d), beta(d, 0.0), work(d), lam(k);
-  tridiagonalize(A, d, diag.data(), off.data(), beta.data(), work.data());
-  tridiagonal_top_eigenvalues(diag.data(), off.data(), d, k, lam.data());
+  K.tridiagonalize(A, d, diag.data(), off.data(), beta.data(), work.data());
+  K.tridiagonal_top_eigenvalues(diag.data(), off.data(), d, k, lam.data());
 
   double tnorm = 0.0;  // infinity norm of T
   for (i64 i = 0; i < d; ++i) {
@@ -407,6 +233,130 @@ void sym_eig_top(double* A, i64 d, i64 k, double* evals, double* evecs) {
       for (i64 i = 0; i < d - s - 1; ++i) x[s + 1 + i] -= t * v[i];
     }
     normalize(x, d);
+  }
+}
+
+// w minus its components along the nv orthonormal rows of V, twice (classical Gram-Schmidt with
+// one re-orthogonalisation, enough in float64), then normalised. Returns |w after| / |w before|
+// (0 for w == 0): near 0 when w lay in the span of V. coef: nv doubles of scratch.
+double orthonormalize(const SimdKernels& K, const double* V, i64 nv, i64 d, double* w, double* coef) {
+  double n0 = 0.0;
+  for (i64 i = 0; i < d; ++i) n0 += w[i] * w[i];
+  if (!(n0 > 0.0)) return 0.0;
+  for (int pass = 0; pass < 2 && nv > 0; ++pass) {
+    K.dot_rows(V, nv, d, w, coef);
+    K.axpy_rows(V, nv, d, coef, w);
+  }
+  double n1 = 0.0;
+  for (i64 i = 0; i < d; ++i) n1 += w[i] * w[i];
+  n1 = std::sqrt(n1);
+  if (n1 > 0.0)
+    for (i64 i = 0; i < d; ++i) w[i] /= n1;
+  return n1 / std::sqrt(n0);
+}
+
+// Block Krylov (block Lanczos with full re-orthogonalisation) for the top k eigenpairs of the
+// symmetric A: the basis V grows by blocks of KRYLOV_BLOCK vectors, each block A times the
+// previous one, orthonormalised against all of V; the Rayleigh-Ritz pairs of T = V A V^T are
+// accepted when every one of the k wanted residuals |A y - theta y| is below 1e-10 |theta_1|.
+// Why a block of 4 and not single-vector Lanczos: a single start vector sees only one direction
+// of a repeated eigenvalue and would report the next eigenvalue in its place; a block of 4
+// resolves multiplicities up to 4. On activation covariances (d = 160 ... 512, k = 10) it
+// converges with 50-70 basis vectors: the cost is those block products (level-3 work, the
+// rows of A read once per block) instead of the O(d^3) reduction of the dense path. Returns false
+// (nothing written) when the basis reaches max_basis first; the caller then takes the dense path.
+constexpr int KRYLOV_BLOCK = 4;
+constexpr double KRYLOV_TOL = 1e-10;
+
+bool sym_eig_top_krylov(const SimdKernels& K, const double* A, i64 d, i64 k, i64 max_basis, double* evals,
+                        double* evecs) {
+  const int b = KRYLOV_BLOCK;
+  std::vector<double> V(max_basis * d), AV(max_basis * d), T(max_basis * max_basis), coef(max_basis);
+  std::vector<double> Tc, S(k * max_basis), theta(k), y(d), r(d);
+  Rng rng(0x5eed, 1);
+  std::uint64_t restarts = 0;
+  i64 nb = 0;           // basis vectors so far
+  i64 next_check = 0;   // basis size of the next Rayleigh-Ritz test
+  std::vector<double> blk(b * d);
+  for (int j = 0; j < b * d; ++j) blk[j] = rng.uniform() - 0.5;
+  while (nb + b <= max_basis) {
+    // orthonormalise the new block into V (a vector already in the span: a fresh random one)
+    const i64 nb0 = nb;
+    for (int q = 0; q < b; ++q) {
+      double* w = V.data() + nb * d;
+      std::copy(blk.begin() + q * d, blk.begin() + (q + 1) * d, w);
+      double kept = orthonormalize(K, V.data(), nb, d, w, coef.data());
+      for (int retry = 0; kept < 1e-8 && retry < 3; ++retry) {
+        Rng fresh(0x5eed, 2, restarts++);
+        for (i64 i = 0; i < d; ++i) w[i] = fresh.uniform() - 0.5;
+        kept = orthonormalize(K, V.data(), nb, d, w, coef.data());
+      }
+      if (kept < 1e-8) return false;  // cannot extend the basis: let the dense path answer
+      ++nb;
+    }
+    const i64 nnew = nb - nb0;
+    K.symm_rows(A, d, V.data() + nb0 * d, static_cast<int>(nnew), AV.data() + nb0 * d);
+    // T[i, j] = <V_i, A V_j>: the new rows and columns
+    for (i64 i = nb0; i < nb; ++i) {
+      K.dot_rows(AV.data(), nb, d, V.data() + i * d, coef.data());
+      for (i64 j = 0; j < nb; ++j) T[i * max_basis + j] = T[j * max_basis + i] = coef[j];
+    }
+    std::copy(AV.begin() + nb0 * d, AV.begin() + nb * d, blk.begin());  // the next block, before orthogonalisation
+    if (nb < k + b || nb < next_check) continue;
+    next_check = nb + 2 * b;  // a Rayleigh-Ritz test every second block: it costs about a block product
+    Tc.resize(nb * nb);
+    for (i64 i = 0; i < nb; ++i)
+      for (i64 j = 0; j < nb; ++j) Tc[i * nb + j] = T[i * max_basis + j];
+    sym_eig_top_dense(K, Tc.data(), nb, k, theta.data(), S.data());
+    const double bound = KRYLOV_TOL * std::max(std::abs(theta[0]), DBL_MIN);
+    bool converged = true;
+    for (i64 i = 0; i < k && converged; ++i) {
+      const double* s = S.data() + i * nb;
+      std::fill(r.begin(), r.end(), 0.0);
+      std::fill(y.begin(), y.end(), 0.0);
+      for (i64 j = 0; j < nb; ++j) {
+        const double* v = V.data() + j * d;
+        const double* av = AV.data() + j * d;
+        for (i64 a = 0; a < d; ++a) {
+          y[a] += s[j] * v[a];
+          r[a] += s[j] * av[a];
+        }
+      }
+      double res = 0.0;
+      for (i64 a = 0; a < d; ++a) res += (r[a] - theta[i] * y[a]) * (r[a] - theta[i] * y[a]);
+      converged = std::sqrt(res) <= bound;
+    }
+    if (!converged) continue;
+    for (i64 i = 0; i < k; ++i) {
+      const double* s = S.data() + i * nb;
+      double* x = evecs + i * d;
+      std::fill(x, x + d, 0.0);
+      for (i64 j = 0; j < nb; ++j)
+        for (i64 a = 0; a < d; ++a) x[a] += s[j] * V[j * d + a];
+      normalize(x, d);
+      evals[i] = theta[i];
+    }
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, double* evecs) {
+  if (k < 1 || k > d) throw std::invalid_argument("sym_eig_top: k out of range");
+  // Krylov when its basis stays well below d (else the dense reduction is as cheap and sure)
+  const i64 max_basis = std::min<i64>(d / 2, 8 * k + 64) / KRYLOV_BLOCK * KRYLOV_BLOCK;
+  if (d < 64 || max_basis < k + 2 * KRYLOV_BLOCK || !sym_eig_top_krylov(K, A, d, k, max_basis, evals, evecs))
+    sym_eig_top_dense(K, A, d, k, evals, evecs);
+  // a fixed sign whichever path answered: the largest |entry| of every vector positive
+  for (i64 i = 0; i < k; ++i) {
+    double* x = evecs + i * d;
+    i64 best = 0;
+    for (i64 a = 1; a < d; ++a)
+      if (std::abs(x[a]) > std::abs(x[best])) best = a;
+    if (x[best] < 0)
+      for (i64 a = 0; a < d; ++a) x[a] = -x[a];
   }
 }
 

@@ -9,9 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "cpu/simd.hpp"
+
 namespace backdoorlab {
 
-using i64 = std::int64_t;
 
 // Column means of rows X[n, d] in float64. Throws std::invalid_argument naming the row
 // (row0 + r) and class when a value is NaN or Inf.
@@ -40,14 +41,16 @@ void rows_centred(const float* X, i64 m, i64 d, const double* mean, double inv_s
 float to_float_output(double value, const char* kernel, i64 row, i64 cls);
 
 // C[d, d] = XT XT^T (full symmetric, float64). Products are summed in float32 over at most 32
-// samples (a vector lane's share of a 512-sample chunk) and those sums in float64. parallel:
+// samples (a vector lane's share of a chunk) and those sums in float64. parallel:
 // split the rows of C over the OpenMP threads (deterministic: every entry is summed by one
 // thread in a fixed order).
-void gram(const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel);
+void gram(const SimdKernels& K, const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel);
 
-// The k largest eigenpairs of the symmetric matrix A[d, d] (overwritten). evals: (k,)
-// descending; evecs: (k, d), row i the unit eigenvector of evals[i].
-void sym_eig_top(double* A, i64 d, i64 k, double* evals, double* evecs);
+// The k largest eigenpairs of the symmetric matrix A[d, d] (may be overwritten). evals: (k,)
+// descending; evecs: (k, d), row i the unit eigenvector of evals[i], signed so that its largest
+// |entry| is positive. Block Krylov iteration when k is small next to d, else (or when it does
+// not converge within d / 2 basis vectors) the dense Householder path.
+void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, double* evecs);
 
 // All eigenpairs of a small symmetric matrix A[m, m] (overwritten) by cyclic Jacobi.
 // evals: (m,) unsorted; V[m, m]: column j is the eigenvector of evals[j].

@@ -1,172 +1,22 @@
-// Batched orthogonal polar factors (see polar.hpp).
-//
-// Layout: every matrix entry is an array over the lanes, X[i][j][l], and every loop over l is the
-// innermost one, so the compiler turns each scalar operation of the single-matrix algorithm into
-// one vector operation for all lanes (AVX-512: 8 doubles; AVX2: 2 x 4; SSE2: 4 x 2). Lanes never
-// mix, and a lane that has converged or failed keeps its value (masked update), which is what
-// makes a class's result independent of the classes batched with it and of the thread count.
+// Batched orthogonal polar factors (see polar.hpp): argument checks, then the SIMD level's kernel
+// (csrc/cpu/simd/polar_kernels.cpp).
 #include "cpu/polar.hpp"
 
-#include <cmath>
-#include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "cpu/simd.hpp"
 
 namespace backdoorlab {
-namespace {
 
-constexpr int L = POLAR_LANES;
-constexpr int MAX_STEPS = 60;  // scaled Newton needs ~10 even for condition numbers near 1e7
-// Stop a lane when its last step was below 1e-5 relative: Newton converges quadratically, so the
-// iterate it leaves is orthogonal to ~1e-10 (1e-14 measured on random 10 x 10 matrices), far
-// below the float32 precision of the data pass that uses it; one step fewer than going to 1e-16.
-constexpr double STEP_TOL2 = 1e-10;
-// X^T X pivots below this share of its largest diagonal entry: X is singular to about 1e-7.
-constexpr double PIVOT_FLOOR = 1e-14;
-
-// One vector register's worth of lanes (GCC/Clang vector extension: lowered to one zmm, two ymm
-// or four xmm registers by each SIMD clone). Keeping every value of the iteration in this type
-// lets the compiler hold the running sums in registers; arrays indexed by lane did not.
-using vd = double __attribute__((vector_size(sizeof(double) * L)));
-using vm = std::int64_t __attribute__((vector_size(sizeof(double) * L)));  // lane masks: 0 or -1
-
-__attribute__((always_inline)) inline vd splat(double v) { return vd{} + v; }
-
-__attribute__((always_inline)) inline vd sqrt_lanes(vd x) {
-  vd r;
-  for (int l = 0; l < L; ++l) r[l] = std::sqrt(x[l]);
-  return r;
-}
-
-template <int K>
-__attribute__((always_inline)) inline std::uint32_t polar_k(double* const* W, int n) {
-  vd X[K][K];  // the iterates
-  vd Z[K][K];  // X^{-T}, then the next iterate
-  vd R[K][K];  // X^T X (lower triangle), then its Cholesky factor
-  vd inv_diag[K];
-  vm active, bad = vm{};
-  for (int l = 0; l < L; ++l) active[l] = l < n ? -1 : 0;
-  for (int i = 0; i < K; ++i)
-    for (int j = 0; j < K; ++j)
-      for (int l = 0; l < L; ++l) X[i][j][l] = l < n ? W[l][i * K + j] : (i == j ? 1.0 : 0.0);
-
-  for (int step = 0; step < MAX_STEPS; ++step) {
-    bool any = false;
-    for (int l = 0; l < L; ++l) any = any || active[l] != 0;
-    if (!any) break;
-
-    // R = X^T X, lower triangle, and the pivot floor
-    vd floor = vd{};
-    for (int i = 0; i < K; ++i)
-      for (int j = 0; j <= i; ++j) {
-        vd c = vd{};
-        for (int t = 0; t < K; ++t) c += X[t][i] * X[t][j];
-        R[i][j] = c;
-      }
-    for (int i = 0; i < K; ++i) floor = R[i][i] > floor ? R[i][i] : floor;
-    floor *= PIVOT_FLOOR;
-
-    // Cholesky X^T X = R R^T in place (R lower); a pivot under the floor marks the lane bad and
-    // is replaced by 1 so the arithmetic stays finite
-    for (int j = 0; j < K; ++j) {
-      vd p = R[j][j];
-      for (int t = 0; t < j; ++t) p -= R[j][t] * R[j][t];
-      const vm ok = p > floor;
-      bad |= active & ~ok;
-      const vd r = sqrt_lanes(ok ? p : splat(1.0));
-      R[j][j] = r;
-      inv_diag[j] = 1.0 / r;
-      for (int i = j + 1; i < K; ++i) {
-        vd s = R[i][j];
-        for (int t = 0; t < j; ++t) s -= R[i][t] * R[j][t];
-        R[i][j] = s * inv_diag[j];
-      }
-    }
-
-    // Z = X (X^T X)^{-1} = X^{-T}: row r of Z solves (R R^T) z = x_r. The rows are solved side
-    // by side (r innermost): each substitution is a chain of dependent multiply-adds, and K
-    // independent chains keep the FMA units busy where one would wait on its own latency.
-    for (int i = 0; i < K; ++i)  // R y_r = x_r, y_r kept in Z[r]
-      for (int r = 0; r < K; ++r) {
-        vd s = X[r][i];
-        for (int t = 0; t < i; ++t) s -= R[i][t] * Z[r][t];
-        Z[r][i] = s * inv_diag[i];
-      }
-    for (int i = K - 1; i >= 0; --i)  // R^T z_r = y_r
-      for (int r = 0; r < K; ++r) {
-        vd s = Z[r][i];
-        for (int t = i + 1; t < K; ++t) s -= R[t][i] * Z[r][t];
-        Z[r][i] = s * inv_diag[i];
-      }
-
-    // X <- (g X + Z / g) / 2 on the lanes still running (sums per row first: shorter chains)
-    vd nx = vd{}, nz = vd{};
-    for (int i = 0; i < K; ++i) {
-      vd rx = vd{}, rz = vd{};
-      for (int j = 0; j < K; ++j) {
-        rx += X[i][j] * X[i][j];
-        rz += Z[i][j] * Z[i][j];
-      }
-      nx += rx;
-      nz += rz;
-    }
-    const vd g = sqrt_lanes(sqrt_lanes(nz / nx));
-    const vd half_g = 0.5 * g, half_inv_g = 0.5 / g;
-    const vm update = active & ~bad;
-    vd diff = vd{}, norm = vd{};
-    for (int i = 0; i < K; ++i) {
-      vd rd = vd{}, rn = vd{};
-      for (int j = 0; j < K; ++j) {
-        const vd v = half_g * X[i][j] + half_inv_g * Z[i][j];
-        const vd dv = v - X[i][j];
-        rd += dv * dv;
-        rn += v * v;
-        X[i][j] = update ? v : X[i][j];
-      }
-      diff += rd;
-      norm += rn;
-    }
-    active = update & ~(diff <= STEP_TOL2 * norm);
-  }
-
-  std::uint32_t failed = 0;
-  for (int l = 0; l < n; ++l) {
-    if (bad[l] || active[l]) {  // singular, or still moving after MAX_STEPS
-      failed |= 1u << l;
-      continue;
-    }
-    for (int i = 0; i < K; ++i)
-      for (int j = 0; j < K; ++j) W[l][i * K + j] = X[i][j][l];
-  }
-  return failed;
-}
-
-BDL_SIMD_CLONES
-std::uint32_t polar_dispatch(double* const* W, int n, int k) {
-  switch (k) {
-#define BDL_CASE(K) \
-  case K:           \
-    return polar_k<K>(W, n);
-    BDL_CASE(1) BDL_CASE(2) BDL_CASE(3) BDL_CASE(4) BDL_CASE(5) BDL_CASE(6) BDL_CASE(7) BDL_CASE(8)
-    BDL_CASE(9) BDL_CASE(10) BDL_CASE(11) BDL_CASE(12) BDL_CASE(13) BDL_CASE(14) BDL_CASE(15) BDL_CASE(16)
-#undef BDL_CASE
-    default:
-      return 0;  // unreachable: checked by the caller
-  }
-}
-
-}  // namespace
-
-std::uint32_t polar_factor_batch(double* const* W, int n, int k) {
+std::uint32_t polar_factor_batch(const SimdKernels& K, double* const* W, int n, int k) {
   if (n < 1 || n > POLAR_LANES)
     throw std::invalid_argument("polar_factor_batch: n must be in [1, " + std::to_string(POLAR_LANES) + "], got " +
                                 std::to_string(n));
   if (k < 1 || k > POLAR_MAX_K)
     throw std::invalid_argument("polar_factor_batch: k must be in [1, " + std::to_string(POLAR_MAX_K) + "], got " +
                                 std::to_string(k));
-  return polar_dispatch(W, n, k);
+  return K.polar_batch(W, n, k);
 }
 
 }  // namespace backdoorlab

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "cpu/simd.hpp"
+
 namespace backdoorlab {
 
 constexpr int POLAR_LANES = 8;       // classes per batch (one AVX-512 vector of doubles)
@@ -26,6 +28,6 @@ constexpr int POLAR_MAX_K = 16;      // largest k with a batched kernel
 // Returns a bit mask of the lanes that were not solved (X^T X not numerically positive definite,
 // i.e. W singular or nearly so, or no convergence): those matrices are left unchanged and the
 // caller decorrelates them another way.
-std::uint32_t polar_factor_batch(double* const* W, int n, int k);
+std::uint32_t polar_factor_batch(const SimdKernels& K, double* const* W, int n, int k);
 
 }  // namespace backdoorlab

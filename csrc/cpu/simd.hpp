@@ -1,28 +1,62 @@
-// Run-time SIMD dispatch for the hot loops, without -march=native.
+// Run-time choice of the instruction-set level of the hot loops, without -march=native.
 //
-// BDL_SIMD_CLONES makes GCC/Clang compile a function several times (AVX-512, AVX2+FMA, and the
-// baseline x86-64 build) and pick the best clone for the running CPU when the library loads, so
-// one wheel is fast on new CPUs and still runs on old ones. Elsewhere it expands to nothing.
-// Loops inside such functions are written for the vectoriser (`#pragma omp simd`, no branches);
-// each clone is deterministic on its own, so results depend on the CPU family, never on thread
-// count.
+// The loops that decide the speed (csrc/cpu/simd/*.cpp) are compiled once per x86-64 level —
+// sse2 (the x86-64 baseline), avx2 (x86-64-v3: AVX2 + FMA) and avx512 (x86-64-v4) — each copy in
+// its own namespace, and each copy fills one table of function pointers. The rest of the core
+// calls the loops through the table of the level in use: the best one this CPU supports, unless
+// set_simd_level() chose another (backdoorlab.native does so for BACKDOORLAB_SIMD=...). One
+// machine can so test and benchmark every level it can run. Each level is deterministic on its
+// own; results may differ between levels in the last bits (other vector widths sum in another
+// order), never with the thread count.
+//
+// Why not GCC's target_clones (used before): a clone is picked by the loader, once, with no way
+// to force another, and each clone was the same code whatever the register file (16-wide float
+// blocks and 8-wide double "vectors" that fit AVX-512's 32 zmm registers spilled on AVX2's 16
+// ymm). A translation unit per level can size its blocks for that level.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
-#define BDL_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define BDL_HAVE_SIMD_CLONES 1
-#else
-#define BDL_SIMD_CLONES
-#define BDL_HAVE_SIMD_CLONES 0
-#endif
-
 namespace backdoorlab {
 
-// The clones compiled in, and the one this CPU runs.
-std::vector<std::string> simd_clones();
-std::string simd_selected();
+using i64 = std::int64_t;
+
+// The hot loops, one implementation per level (documented where they are used).
+struct SimdKernels {
+  const char* name;  // "sse2", "avx2", "avx512" (or "generic" off x86-64)
+  // linalg.cpp
+  void (*gram_rows)(const float* XT, i64 n, i64 a, i64 d_pad, double* out);
+  void (*tridiagonalize)(double* A, i64 d, double* diag, double* off, double* beta, double* p);
+  void (*tridiagonal_top_eigenvalues)(const double* diag, const double* off, i64 d, i64 k, double* out);
+  // Y[i, :] = C Q[i, :] for the nq rows of Q (C symmetric d x d; Q, Y nq x d, row-major)
+  void (*symm_rows)(const double* C, i64 d, const double* Q, int nq, double* Y);
+  // out[i] = <A[i, :], x> for the rows of A (rows x d); x -= sum_i coef[i] A[i, :]
+  void (*dot_rows)(const double* A, i64 rows, i64 d, const double* x, double* out);
+  void (*axpy_rows)(const double* A, i64 rows, i64 d, const double* coef, double* x);
+  // decompose.cpp
+  void (*project)(const double* A, int k, const float* XT, i64 d, i64 m, float* Y);
+  void (*ica_step)(const float* X1, int k, i64 m, const float* W, double* GX, double* gp, float* buf);
+  void (*ica_step_small)(const float* X1, int k, i64 m, i64 mp, const float* W, double* GX, double* gp, float* G);
+  std::uint32_t (*polar_batch)(double* const* W, int n, int k);
+  // cluster.cpp
+  double (*assign)(const float* XT, i64 m, i64 d, const double* C, int k, std::int32_t* labels, double* dist,
+                   double* dj);
+};
+
+// The level in use (set once per kernel call: read it at the entry and pass it down).
+const SimdKernels& simd();
+
+// Levels compiled into this build, best last.
+std::vector<std::string> simd_levels_compiled();
+// Whether this CPU (and OS) can run `level` (false for unknown names).
+bool simd_level_supported(const std::string& level);
+// The best compiled level this CPU supports (what the core uses unless told otherwise).
+std::string simd_level_best();
+// Use `level` from now on. std::invalid_argument naming the level and the choices when it is
+// unknown, not compiled in, or not supported by this CPU. Not to be called while kernels run in
+// other threads (a kernel already running keeps the level it started with).
+void set_simd_level(const std::string& level);
 
 }  // namespace backdoorlab

@@ -1,9 +1,11 @@
 // Spectral-signature scores: the top right singular vector of the class matrix is the top
 // eigenvector of its d x d Gram matrix (of the m x m one when the class has fewer rows m than
-// features d), found by power iteration in float64 (cheap: d^2 per step
-// after the one n d^2 Gram product). Power iteration stops when the unit vector moves less than
-// 1e-10; if the top eigenvalue is so weakly separated that 3000 steps do not get there, the full
-// tridiagonal eigen-solver of linalg.hpp answers instead, so a result is always the top vector.
+// features d). Only that one vector is needed, so it comes from sym_eig_top's block Krylov
+// iteration (linalg.hpp: an accelerated power iteration, a few dozen d^2 block products after the
+// one m d^2 Gram product, stopped on the residual |C v - lambda v| <= 1e-10 lambda), not from a
+// full eigen-decomposition; when that does not converge the dense solver answers, so a result
+// is always the top vector. Plain power iteration, used before, needed up to thousands of
+// products when the top eigenvalue is weakly separated.
 #include "cpu/spectral.hpp"
 
 #include <algorithm>
@@ -18,52 +20,9 @@
 
 namespace backdoorlab {
 
-namespace {
-
-BDL_SIMD_CLONES
-void matvec(const double* C, i64 d, const double* v, double* y) {
-  for (i64 i = 0; i < d; ++i) {
-    const double* row = C + i * d;
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (i64 j = 0; j < d; ++j) s += row[j] * v[j];
-    y[i] = s;
-  }
-}
-
-// Top eigenvector of the PSD matrix C[d, d] into v (unit norm).
-void top_eigenvector(const double* C, i64 d, double* v) {
-  constexpr int kMaxIter = 3000;
-  constexpr double kTol = 1e-10;
-  Rng rng(0x5eed, 0);
-  for (i64 i = 0; i < d; ++i) v[i] = 1.0 + 0.1 * rng.uniform();  // activations: mostly positive direction
-  std::vector<double> y(d);
-  double norm = 0.0;
-  for (i64 i = 0; i < d; ++i) norm += v[i] * v[i];
-  norm = std::sqrt(norm);
-  for (i64 i = 0; i < d; ++i) v[i] /= norm;
-  for (int it = 0; it < kMaxIter; ++it) {
-    matvec(C, d, v, y.data());
-    double ny = 0.0;
-    for (i64 i = 0; i < d; ++i) ny += y[i] * y[i];
-    ny = std::sqrt(ny);
-    if (ny == 0.0) return;  // C == 0: every direction is a top eigenvector; keep v
-    double change = 0.0;
-    for (i64 i = 0; i < d; ++i) {
-      const double t = y[i] / ny;
-      change = std::max(change, std::abs(t - v[i]));
-      v[i] = t;
-    }
-    if (change < kTol) return;
-  }
-  std::vector<double> A(C, C + d * d), lam(1);
-  sym_eig_top(A.data(), d, 1, lam.data(), v);
-}
-
-}  // namespace
-
 void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bool center, float* out) {
   check_offsets(offsets, G, n);
+  const SimdKernels& K = simd();  // one level for the whole call
   for_each_class(offsets, G, [&](i64 c, bool inner) {
     const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
     const i64 dp = (d + 3) / 4 * 4;
@@ -82,22 +41,18 @@ void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bo
       std::vector<float> Xr(mp * d);
       rows_centred(X + r0 * d, m, d, mu, 1.0 / scale, Xr.data(), mp);
       std::vector<double> gm(m * m), u(m);
-      gram(Xr.data(), m, mp, d, gm.data(), inner);
-      top_eigenvector(gm.data(), m, u.data());
+      gram(K, Xr.data(), m, mp, d, gm.data(), inner);
       double lambda = 0.0;
-      for (i64 i = 0; i < m; ++i) {
-        double acc = 0.0;
-        for (i64 j = 0; j < m; ++j) acc += gm[i * m + j] * u[j];
-        lambda += u[i] * acc;
-      }
+      sym_eig_top(K, gm.data(), m, 1, &lambda, u.data());
       const double root = std::sqrt(std::max(lambda, 0.0));
       for (i64 s = 0; s < m; ++s) proj[s] = root * u[s];
     } else {
       std::vector<double> C(d * d), v(d);
       std::vector<float> XT(dp * m);
       transpose_centred(X + r0 * d, m, d, mu, 1.0 / scale, XT.data(), dp);
-      gram(XT.data(), d, dp, m, C.data(), inner);
-      top_eigenvector(C.data(), d, v.data());
+      gram(K, XT.data(), d, dp, m, C.data(), inner);
+      double lambda = 0.0;
+      sym_eig_top(K, C.data(), d, 1, &lambda, v.data());
       for (i64 a = 0; a < d; ++a) {
         const float* x = XT.data() + a * m;
         const double w = v[a];

@@ -33,6 +33,13 @@ e.g. ``cudaErrorInsufficientDriver``) or lacks that kernel;
 the CPU. Nothing ever falls back to :mod:`backdoorlab.reference` silently: :func:`build_info`
 reports which implementation serves each kernel.
 
+SIMD level: the CPU core's hot loops are compiled for ``sse2`` (any x86-64), ``avx2`` (AVX2 + FMA)
+and ``avx512``; the best level this CPU runs is used unless ``BACKDOORLAB_SIMD`` (read once,
+when this module is imported) or :func:`set_simd_level` names another. An unknown level, or one
+this CPU cannot run, is an error (``ValueError`` at import for the variable): a benchmark or test
+must never silently run another level than the one it names. :func:`build_info` reports the
+level in use (``simd_selected``).
+
 Threads: the CPU core spreads classes over OpenMP threads (``OMP_NUM_THREADS`` or
 :func:`set_num_threads`, at most ``build_info()["thread_ceiling"]``); results do not depend on
 the thread count. Long kernels release the GIL, so other Python threads keep running.
@@ -69,7 +76,8 @@ from backdoorlab.errors import DeviceUnavailableError
 from backdoorlab.reference import KMeansResult, group_by_class
 
 # The reference's API (every kernel has its twin there), plus what only the compiled core has.
-__all__ = [*_ref.__all__, "build_info", "set_num_threads", "get_num_threads"]
+__all__ = [*_ref.__all__, "build_info", "set_num_threads", "get_num_threads",
+           "SIMD_ENV", "simd_levels", "set_simd_level"]
 
 #: Kernel names every backend module must expose (same names, same argument order).
 KERNELS = ("stats_update", "fastica", "pca", "kmeans", "silhouette_samples", "spectral_scores",
@@ -304,8 +312,8 @@ def build_info() -> dict:
     dict
         ``version``, ``openmp`` (bool), ``max_threads`` (what OpenMP offers), ``thread_ceiling``
         (the most threads the core starts, see :func:`set_num_threads`), ``num_threads``,
-        ``simd`` (list of instruction sets the
-        CPU core can dispatch to at run time, and the one this CPU uses), ``compiler``,
+        ``simd`` (SIMD levels compiled in), ``simd_supported`` (those this CPU runs),
+        ``simd_best``, ``simd_selected`` (the level in use, see :func:`set_simd_level`), ``compiler``,
         ``cuda`` (bool: ``_core_cuda`` built and a GPU visible), ``cuda_built`` (bool),
         ``cuda_devices`` (int), ``cuda_error`` (why not, or None: the import error, or
         ``_core_cuda``'s own reason such as ``cudaGetDeviceCount failed:
@@ -360,6 +368,62 @@ def get_num_threads() -> int:
     """OpenMP threads the CPU core uses: the :func:`set_num_threads` count, else OpenMP's default
     (``OMP_NUM_THREADS``), clipped to ``build_info()["thread_ceiling"]``."""
     return int(_backend("cpu", "get_num_threads").get_num_threads())
+
+
+#: Environment variable that picks the CPU core's SIMD level at import (see :func:`set_simd_level`).
+SIMD_ENV = "BACKDOORLAB_SIMD"
+
+
+def simd_levels() -> list[str]:
+    """SIMD levels of the CPU core that this CPU can run, worst first (e.g. ``["sse2", "avx2",
+    "avx512"]``); ``build_info()["simd"]`` lists every level compiled in."""
+    return [str(x) for x in _backend("cpu", "build_info").build_info()["simd_supported"]]
+
+
+def set_simd_level(level: str) -> None:
+    """Run the CPU core's hot loops with this SIMD level from now on (for tests and benchmarks).
+
+    Parameters
+    ----------
+    level : {"sse2", "avx2", "avx512", "auto"}
+        A level compiled in and supported by this CPU (:func:`simd_levels`), or ``"auto"`` for
+        the best one. Results are deterministic per level; they may differ between levels in
+        the last bits (other vector widths sum in another order).
+
+    Raises
+    ------
+    TypeError
+        ``level`` is not a str.
+    ValueError
+        Unknown level, or one this CPU cannot run (the message lists the choices).
+
+    Notes
+    -----
+    Call it while no kernel runs in another thread: a kernel reads the level when it starts.
+    """
+    if not isinstance(level, str):
+        raise TypeError(f"level must be a str (one of {simd_levels()} or 'auto'), got {type(level).__name__}")
+    core = _backend("cpu", "set_simd_level")
+    name = level.strip().lower()
+    if name == "auto":
+        name = str(core.build_info()["simd_best"])
+    core.set_simd_level(name)  # ValueError naming the level and the choices
+
+
+def _simd_from_env() -> None:
+    """Honour BACKDOORLAB_SIMD once, at import: unset or empty = the best level."""
+    import os
+
+    value = os.environ.get(SIMD_ENV, "").strip()
+    if not value or _core is None:
+        return
+    try:
+        set_simd_level(value)
+    except ValueError as exc:
+        raise ValueError(f"{SIMD_ENV}={value!r}: {exc}; unset it to use the best level") from None
+
+
+_simd_from_env()
 
 
 # ---- 1. activation statistics ----------------------------------------------------------------

@@ -24,8 +24,19 @@ and extrapolates linearly to all classes (every class has the same size); the ou
 so on every extrapolated line and also prints the ratio measured on the subset alone. F1 is
 computed on the same subset rows for both sides.
 
-Usage: ``python -m backdoorlab.bench kernels [--shapes ytaf gtsrb] [--ref-classes 64] [--json out.json]``
-or ``backdoorlab bench kernels ...``. Run it under ``nice``: it keeps both cores busy.
+With ``--art`` it also times IBM ART 1.20 itself (``cluster_activations`` with FastICA 10 / 2-means,
+and ``SpectralSignatureDefense.spectral_signature_scores``; the optional extra ``.[art]``) on the
+same classes as the reference, in the same process. ``--simd LEVEL ...`` (or ``all``) runs the
+native core at each SIMD level this CPU supports and reports each against the reference (and
+ART) timed once in the same run. The AC line also gives the native time as a multiple of an
+arithmetic bound: the FLOPs of whitening (Gram matrix, projection) and of the FastICA iterations
+the native run made (``4 m k^2`` multiply-adds and ``m k`` tanh per iteration, a tanh counted as
+``TANH_FLOPS``), divided by NumPy's float32 matmul rate measured in the same run (k-means is not
+counted: a few % of the AC time).
+
+Usage: ``python -m backdoorlab.bench kernels [--shapes ytaf gtsrb] [--ref-classes 64] [--art]
+[--simd all] [--json out.json]`` or ``backdoorlab bench kernels ...``. Run it under ``nice``: it
+keeps both cores busy.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import argparse
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +62,11 @@ AC_COMPONENTS, AC_MAX_ITER, AC_TOL = 10, 1000, 0.005
 AC_SIZE_THRESHOLD = 0.35  # ART ClusteringAnalyzer "size" analysis default
 SS_FACTOR = 1.5           # Tran et al.: remove 1.5 x eps of every class
 GOAL_AC_YTAF = 50.0       # issue 2: AC on the YTAF shape >= 50x the reference
+# issue 19: against IBM ART 1.20 itself, per shape and step; and AC within 3x its arithmetic bound
+GOAL_ART = {("ytaf", "AC"): 100.0, ("gtsrb", "AC"): 50.0, ("ytaf", "spectral"): 50.0, ("gtsrb", "spectral"): 50.0}
+GOAL_BOUND = 3.0
+TANH_FLOPS = 20           # one float32 tanh of the FastICA step: ~20 vector operations (polynomial exp)
+ART_INSTALL = "pip install 'adversarial-robustness-toolbox==1.20.*'  (or the project's extra: pip install '.[art]')"
 F1_SEEDS = 5              # seeds for the poisoned-class F1 comparison
 
 
@@ -191,8 +208,65 @@ def run_reference(data: Synthetic, n_init: int, seed: int, threads: int | None =
         return _run(reference, data, n_init, seed)
 
 
+def _art_api():
+    """ART's AC clustering function and spectral-signature scores, or SystemExit saying how to
+    install it (an optional extra: the benchmark runs without it)."""
+    try:
+        import art
+        from art.defences.detector.poison.activation_defence import cluster_activations
+        from art.defences.detector.poison.spectral_signature_defense import SpectralSignatureDefense
+    except ImportError as exc:
+        raise SystemExit(f"--art needs IBM's adversarial-robustness-toolbox ({exc}); {ART_INSTALL}") from None
+    return art.__version__, cluster_activations, SpectralSignatureDefense.spectral_signature_scores
+
+
+def run_art(data: Synthetic, seed: int, threads: int | None = None) -> dict:
+    """IBM ART's own AC clustering (FastICA to 10 dims with max_iter 1000 / tol 0.005, then 2-means:
+    ``cluster_activations``, as ``ActivationDefence`` calls it) and spectral-signature scores on
+    the classes of ``data``. ART passes no seed to scikit-learn, so NumPy's global state is seeded
+    first (the run is then repeatable)."""
+    version, cluster_activations, ss_scores = _art_api()
+    per_class = [data.X[a:b] for a, b in zip(data.offsets[:-1], data.offsets[1:])]
+    import sklearn.cluster  # noqa: F401  (load the pools first: threadpoolctl limits loaded ones)
+    import sklearn.decomposition  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    ac, ss = _Clock(), _Clock()
+    np.random.seed(seed % 2**32)
+    with threadpool_limits(limits=threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FastICA's ConvergenceWarning, as ART users see it
+        clusters, _ = ac(cluster_activations, per_class, nb_clusters=2, nb_dims=AC_COMPONENTS, reduce="FastICA",
+                         clustering_method="KMeans")
+        scores = [ss(ss_scores, x)[:, 0] for x in per_class]
+    return {"version": version, "t_ac": ac.wall, "cpu_ac": ac.cpu, "t_ss": ss.wall, "cpu_ss": ss.cpu,
+            "labels": np.concatenate(clusters).astype(np.int32), "scores": np.concatenate(scores).astype(np.float32)}
+
+
+def sgemm_gflops(n: int = 1024, reps: int = 5) -> float:
+    """NumPy's float32 matmul rate on this machine now (best of ``reps``; 2 n^3 FLOPs each)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b  # warm-up: thread pool start, page faults
+    best = np.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+def ac_flops(data: Synthetic, n_iter: np.ndarray) -> float:
+    """FLOPs of the AC core's arithmetic (see the module docstring): per class, the d x d Gram
+    matrix (2 m d^2), the projection to k dims (2 m d k) and, per FastICA iteration it made, W X
+    and g(WX) X^T (4 m k^2) plus m k tanh."""
+    m = np.diff(data.offsets).astype(np.float64)
+    d, k = data.X.shape[1], AC_COMPONENTS
+    return float(np.sum(2 * m * d * d + 2 * m * d * k + n_iter * (4 * m * k * k + TANH_FLOPS * m * k)))
+
+
 def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, rate: float, log,
-                ref_threads: int | None = None) -> dict:
+                ref_threads: int | None = None, art: bool = False, levels: list[str] | None = None,
+                gflops: float | None = None) -> dict:
     n_classes, per_class, dim = SHAPES[name]
     log(f"\n== {name}: {n_classes} classes x {per_class} rows x {dim} features, "
         f"poison rate {rate:.0%} in class 0 ==")
@@ -211,47 +285,86 @@ def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, r
     scale = n_classes / classes.size
     extrapolated = classes.size < n_classes
 
-    nat = run_native(data, n_init, seed)
-    log(f"native, all {n_classes} classes: AC {nat['t_ac']:.2f} s (FastICA {nat['t_ica']:.2f} s, "
-        f"k-means {nat['t_kmeans']:.2f} s), spectral {nat['t_ss']:.2f} s; FastICA iterations mean "
-        f"{nat['n_iter'].mean():.0f}, {np.mean(nat['n_iter'] >= AC_MAX_ITER):.0%} of classes at max_iter")
-    nat_sub = run_native(sub, n_init, seed) if extrapolated else nat
     log(f"reference (scikit-learn FastICA/KMeans, NumPy SVD) on {classes.size} classes"
         + (f" of {n_classes} (poisoned class + {classes.size - 1} drawn at random) ..." if extrapolated else " ..."))
     ref = run_reference(sub, n_init, seed, ref_threads)
     log(f"reference, {classes.size} classes: AC {ref['t_ac']:.2f} s (FastICA {ref['t_ica']:.2f} s, "
         f"k-means {ref['t_kmeans']:.2f} s), spectral {ref['t_ss']:.2f} s; FastICA iterations mean "
         f"{ref['n_iter'].mean():.0f}, {np.mean(ref['n_iter'] >= AC_MAX_ITER):.0%} at max_iter")
-
-    # F1 on the same rows for both sides: the subset (the native core's full-run labels restricted to it)
-    rows = np.concatenate([np.arange(data.offsets[c], data.offsets[c + 1]) for c in classes])
-    f1_ac_nat = f1(ac_flags(nat["labels"], data.offsets)[rows], sub.poisoned)
-    f1_ac_ref = f1(ac_flags(ref["labels"], sub.offsets), sub.poisoned)
-    f1_ss_nat = f1(ss_flags(nat["scores"], data.offsets, data.rate)[rows], sub.poisoned)
-    f1_ss_ref = f1(ss_flags(ref["scores"], sub.offsets, data.rate), sub.poisoned)
-    f1_ac_nat_all = f1(ac_flags(nat["labels"], data.offsets), data.poisoned)
-    f1_ss_nat_all = f1(ss_flags(nat["scores"], data.offsets, data.rate), data.poisoned)
-    f1_ac_target = (f1(ac_flags(nat["labels"], data.offsets)[:per_class], data.poisoned[:per_class]),
-                    f1(ac_flags(ref["labels"], sub.offsets)[:per_class], sub.poisoned[:per_class]))
+    art_res = None
+    if art:
+        art_res = run_art(sub, seed, ref_threads)
+        log(f"IBM ART {art_res['version']}, same {classes.size} classes: AC (cluster_activations) "
+            f"{art_res['t_ac']:.2f} s, spectral (spectral_signature_scores) {art_res['t_ss']:.2f} s")
 
     res: dict = {"shape": name, "n_classes": n_classes, "per_class": per_class, "dim": dim, "rate": data.rate,
-                 "ref_classes": int(classes.size), "extrapolated": extrapolated, "steps": {}}
+                 "ref_classes": int(classes.size), "extrapolated": extrapolated, "levels": {}}
+    rows = np.concatenate([np.arange(data.offsets[c], data.offsets[c + 1]) for c in classes])
     tag = f" (reference extrapolated x{scale:.2f} from {classes.size} classes)" if extrapolated else ""
-    log(f"{'step':<10} {'native s':>9} {'reference s':>12} {'ratio':>8} {'subset ratio':>13} "
-        f"{'CPU-time ratio':>15} {'F1 native':>10} {'F1 ref':>8}")
-    for step, key, ckey, f_nat, f_ref in (("AC", "t_ac", "cpu_ac", f1_ac_nat, f1_ac_ref),
-                                          ("spectral", "t_ss", "cpu_ss", f1_ss_nat, f1_ss_ref)):
-        t_ref_all = ref[key] * scale
-        ratio = t_ref_all / nat[key]
-        sub_ratio = ref[key] / nat_sub[key]
-        # process CPU seconds (all threads) on the same subset: robust to other load on the machine
-        cpu_ratio = ref[ckey] / nat_sub[ckey]
-        res["steps"][step] = {"native_s": nat[key], "reference_s": t_ref_all, "reference_measured_s": ref[key],
-                              "native_subset_s": nat_sub[key], "ratio": ratio, "subset_ratio": sub_ratio,
-                              "native_subset_cpu_s": nat_sub[ckey], "reference_cpu_s": ref[ckey],
-                              "cpu_ratio": cpu_ratio, "f1_native": f_nat, "f1_reference": f_ref}
-        log(f"{step:<10} {nat[key]:>9.2f} {t_ref_all:>12.2f} {ratio:>7.1f}x {sub_ratio:>12.1f}x {cpu_ratio:>14.1f}x "
-            f"{f_nat:>10.3f} {f_ref:>8.3f}{tag}")
+    before = native.build_info()["simd_selected"]
+    levels = levels or [before]
+    try:
+        for level in levels:
+            native.set_simd_level(level)
+            nat = run_native(data, n_init, seed)
+            nat_sub = run_native(sub, n_init, seed) if extrapolated else nat
+            flops = ac_flops(data, nat["n_iter"])
+            bound_s = flops / (gflops * 1e9) if gflops else float("nan")
+            log(f"\n-- SIMD {level} -- native, all {n_classes} classes: AC {nat['t_ac']:.2f} s (FastICA "
+                f"{nat['t_ica']:.2f} s, k-means {nat['t_kmeans']:.2f} s), spectral {nat['t_ss']:.2f} s; FastICA "
+                f"iterations mean {nat['n_iter'].mean():.0f}, {np.mean(nat['n_iter'] >= AC_MAX_ITER):.0%} of classes "
+                f"at max_iter; arithmetic bound {flops / 1e9:.1f} GFLOP / {gflops or float('nan'):.0f} GFLOP/s = "
+                f"{bound_s:.2f} s, AC at {nat['t_ac'] / bound_s:.1f}x the bound")
+            # F1 on the same rows for both sides: the subset (the native full-run labels restricted to it)
+            f1_ac_nat = f1(ac_flags(nat["labels"], data.offsets)[rows], sub.poisoned)
+            f1_ac_ref = f1(ac_flags(ref["labels"], sub.offsets), sub.poisoned)
+            f1_ss_nat = f1(ss_flags(nat["scores"], data.offsets, data.rate)[rows], sub.poisoned)
+            f1_ss_ref = f1(ss_flags(ref["scores"], sub.offsets, data.rate), sub.poisoned)
+            lv: dict = {"steps": {}, "ac_gflop": flops / 1e9, "ac_bound_s": bound_s,
+                        "ac_over_bound": nat["t_ac"] / bound_s,
+                        "f1_ac_native_all": f1(ac_flags(nat["labels"], data.offsets), data.poisoned),
+                        "f1_ss_native_all": f1(ss_flags(nat["scores"], data.offsets, data.rate), data.poisoned),
+                        "f1_ac_target_native": f1(ac_flags(nat["labels"], data.offsets)[:per_class],
+                                                  data.poisoned[:per_class]),
+                        "native_ica_iter_mean": float(nat["n_iter"].mean())}
+            log(f"{'step':<10} {'native s':>9} {'reference s':>12} {'ratio':>8} {'subset ratio':>13} "
+                f"{'CPU-time ratio':>15} {'F1 native':>10} {'F1 ref':>8}"
+                + (f" {'ART s':>9} {'vs ART':>8} {'CPU vs ART':>11} {'F1 ART':>7}" if art_res else ""))
+            for step, key, ckey, f_nat, f_ref, flag in (
+                    ("AC", "t_ac", "cpu_ac", f1_ac_nat, f1_ac_ref, lambda r, o: ac_flags(r["labels"], o)),
+                    ("spectral", "t_ss", "cpu_ss", f1_ss_nat, f1_ss_ref,
+                     lambda r, o: ss_flags(r["scores"], o, data.rate))):
+                t_ref_all = ref[key] * scale
+                ratio = t_ref_all / nat[key]
+                sub_ratio = ref[key] / nat_sub[key]
+                # process CPU seconds (all threads) on the same subset: robust to other load on the machine
+                cpu_ratio = ref[ckey] / nat_sub[ckey]
+                fig = {"native_s": nat[key], "reference_s": t_ref_all, "reference_measured_s": ref[key],
+                       "native_subset_s": nat_sub[key], "ratio": ratio, "subset_ratio": sub_ratio,
+                       "native_subset_cpu_s": nat_sub[ckey], "reference_cpu_s": ref[ckey],
+                       "cpu_ratio": cpu_ratio, "f1_native": f_nat, "f1_reference": f_ref}
+                line = (f"{step:<10} {nat[key]:>9.2f} {t_ref_all:>12.2f} {ratio:>7.1f}x {sub_ratio:>12.1f}x "
+                        f"{cpu_ratio:>14.1f}x {f_nat:>10.3f} {f_ref:>8.3f}")
+                if art_res:
+                    t_art_all = art_res[key] * scale
+                    f_art = f1(flag(art_res, sub.offsets), sub.poisoned)
+                    fig.update(art_s=t_art_all, art_measured_s=art_res[key], art_cpu_s=art_res[ckey],
+                               art_ratio=t_art_all / nat[key], art_subset_ratio=art_res[key] / nat_sub[key],
+                               art_cpu_ratio=art_res[ckey] / nat_sub[ckey], f1_art=f_art)
+                    line += (f" {t_art_all:>9.2f} {fig['art_ratio']:>7.1f}x {fig['art_cpu_ratio']:>10.1f}x "
+                             f"{f_art:>7.3f}")
+                lv["steps"][step] = fig
+                log(line + tag)
+            res["levels"][level] = lv
+    finally:
+        native.set_simd_level(before)
+    first = res["levels"][levels[0]]
+    res["steps"] = first["steps"]  # the first level's figures (the level in use unless --simd says)
+    if art_res:
+        res["art_version"] = art_res["version"]
+    f1_ac_nat_all, f1_ss_nat_all = first["f1_ac_native_all"], first["f1_ss_native_all"]
+    f1_ac_target = (first["f1_ac_target_native"],
+                    f1(ac_flags(ref["labels"], sub.offsets)[:per_class], sub.poisoned[:per_class]))
     log(f"F1 of the native core over all {n_classes} classes: AC {f1_ac_nat_all:.3f}, spectral {f1_ss_nat_all:.3f}; "
         f"AC F1 inside the poisoned class: native {f1_ac_target[0]:.3f}, reference {f1_ac_target[1]:.3f}")
     # One seed decides a lot for either side (which non-Gaussian directions FastICA keeps), so the
@@ -269,7 +382,7 @@ def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, r
     res.update(f1_ac_target_seeds=f1_seeds)
     res.update(f1_ac_native_all=f1_ac_nat_all, f1_ss_native_all=f1_ss_nat_all,
                f1_ac_target_native=f1_ac_target[0], f1_ac_target_reference=f1_ac_target[1],
-               native_ica_iter_mean=float(nat["n_iter"].mean()), reference_ica_iter_mean=float(ref["n_iter"].mean()))
+               native_ica_iter_mean=first["native_ica_iter_mean"], reference_ica_iter_mean=float(ref["n_iter"].mean()))
     return res
 
 
@@ -278,6 +391,17 @@ def _load() -> str:
         return " ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="native OpenMP threads (default: all)")
     p.add_argument("--ref-threads", type=int, default=None,
                    help="limit the reference's BLAS/OpenMP threads (threadpoolctl; default: the libraries' own)")
+    p.add_argument("--art", action="store_true",
+                   help="also time IBM ART 1.20's cluster_activations and spectral_signature_scores on the reference's "
+                        "classes (needs the optional extra: " + ART_INSTALL + ")")
+    p.add_argument("--simd", nargs="+", default=None, metavar="LEVEL",
+                   help="run the native core at each of these SIMD levels ('all': every level this CPU runs), "
+                        "each against the same reference/ART timings (default: the level in use)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return p
@@ -309,8 +439,21 @@ def run(argv: list[str]) -> int:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; reference threads "
           f"{args.ref_threads or 'library default'}; load average {_load()}", flush=True)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
+    levels = None
+    if args.simd is not None:
+        levels = native.simd_levels() if args.simd == ["all"] else list(args.simd)
+        for level in levels:  # refuse an unknown or unsupported level before any timing
+            if level not in native.simd_levels():
+                build_parser().error(f"--simd {level}: not a level this build and CPU run "
+                                     f"(they run: {', '.join(native.simd_levels())}; 'all' for every one)")
+    if args.art:
+        _art_api()  # before the long runs: say how to install it if missing
+    gflops = sgemm_gflops()
+    log(f"CPU: {_cpu_model()}; NumPy float32 matmul (1024^3, best of 5): {gflops:.0f} GFLOP/s; "
+        f"SIMD levels run: {', '.join(levels or [info.get('simd_selected')])}")
     results = [bench_shape(s, ref_classes=args.ref_classes or None, n_init=args.n_init, seed=args.seed,
-                           rate=args.rate, log=log, ref_threads=args.ref_threads) for s in args.shapes]
+                           rate=args.rate, log=log, ref_threads=args.ref_threads, art=args.art, levels=levels,
+                           gflops=gflops) for s in args.shapes]
     log(f"load average at the end: {_load()} (other processes share these {os.cpu_count()} CPUs)")
     for r in results:
         if r["shape"] == "ytaf":
@@ -324,8 +467,17 @@ def run(argv: list[str]) -> int:
                 + f", {ac['cpu_ratio']:.1f}x CPU time on the subset; F1 {ac['f1_native']:.3f} vs "
                 f"{ac['f1_reference']:.3f} (seed {args.seed}), poisoned-class mean over {F1_SEEDS} seeds "
                 f"{f1_nat_mean:.3f} vs {f1_ref_mean:.3f}")
+    for r in results:
+        for level, lv in r["levels"].items():
+            checks = [f"AC {lv['ac_over_bound']:.1f}x its arithmetic bound (goal <= {GOAL_BOUND:.0f}x)"]
+            for step, fig in lv["steps"].items():
+                if "art_ratio" in fig:
+                    goal = GOAL_ART[(r["shape"], step)]
+                    checks.append(f"{step} {fig['art_ratio']:.1f}x ART wall, {fig['art_cpu_ratio']:.1f}x CPU time "
+                                  f"(goal >= {goal:.0f}x: {'met' if fig['art_ratio'] >= goal else 'NOT met'})")
+            log(f"{r['shape']} at SIMD {level}: " + "; ".join(checks))
     if args.json is not None:
-        payload = {"build_info": {k: v for k, v in info.items() if k != "cuda_info"}, "args": {
+        payload = {"gflops_sgemm": gflops, "cpu_model": _cpu_model(), "build_info": {k: v for k, v in info.items() if k != "cuda_info"}, "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "results": results}
         atomic_write_json(args.json, json_safe(payload))
         log(f"wrote {args.json}")

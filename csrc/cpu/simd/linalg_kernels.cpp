@@ -1,0 +1,216 @@
+// The hot loops of linalg.cpp, compiled once per SIMD level (see cpu/simd.hpp, simd/level.hpp).
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/simd/level.hpp"
+#include "cpu/simd/kernels.hpp"
+
+namespace backdoorlab {
+namespace BDL_LEVEL_NS {
+
+// Four rows a..a+3 of the Gram matrix against the rows b..b+3 for every b in [a, d_pad) (step
+// 4): out gets the 16 entries of each 4 x 4 block (row-major), block after block. Samples are the
+// vector lanes (LN per step): 8 loads feed 16 multiply-adds. Each product keeps one float32
+// partial sum per lane over a chunk of 32 LN samples (32 per lane), chunk sums go into float64
+// lane sums, and lanes are added once at the end, so the loop has no horizontal sums (a
+// per-chunk reduction cost as much as the products at d = 160). One call per row block. Lanes:
+// one vector register of floats at this level (16 accumulators x 1 register each: AVX2's 16 ymm
+// registers would spill with AVX-512's 16-float rows).
+void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out) {
+  constexpr int LN = BDL_F32_LANES;
+  constexpr i64 CHUNK = 32 * LN;  // 32 samples per lane in float32, then float64
+  const float* x[4] = {XT + a * n, XT + (a + 1) * n, XT + (a + 2) * n, XT + (a + 3) * n};
+  const i64 n_vec = n / LN * LN;
+  for (i64 b = a; b < d_pad; b += 4) {
+    const float* y[4] = {XT + b * n, XT + (b + 1) * n, XT + (b + 2) * n, XT + (b + 3) * n};
+    double dsum[16][LN] = {};
+    for (i64 s0 = 0; s0 < n_vec; s0 += CHUNK) {
+      const i64 s1 = std::min(n_vec, s0 + CHUNK);
+      float acc[16][LN] = {};
+      for (i64 s = s0; s < s1; s += LN) {
+#pragma omp simd
+        for (int l = 0; l < LN; ++l) {
+          const float u0 = y[0][s + l], u1 = y[1][s + l], u2 = y[2][s + l], u3 = y[3][s + l];
+          for (int i = 0; i < 4; ++i) {
+            const float v = x[i][s + l];
+            acc[4 * i + 0][l] += v * u0;
+            acc[4 * i + 1][l] += v * u1;
+            acc[4 * i + 2][l] += v * u2;
+            acc[4 * i + 3][l] += v * u3;
+          }
+        }
+      }
+      for (int q = 0; q < 16; ++q)
+#pragma omp simd
+        for (int l = 0; l < LN; ++l) dsum[q][l] += acc[q][l];
+    }
+    for (i64 s = n_vec; s < n; ++s)  // the last n % LN samples
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) dsum[4 * i + j][0] += static_cast<double>(x[i][s]) * y[j][s];
+    double* o = out + (b - a) * 4;  // 16 entries per block of 4 rows b
+    for (int q = 0; q < 16; ++q) {
+      double t = 0.0;
+      for (int l = 0; l < LN; ++l) t += dsum[q][l];
+      o[q] = t;
+    }
+  }
+}
+
+// Householder reduction of symmetric A (full storage; only its upper triangle is read) to
+// tridiagonal T = Q^T A Q.
+// diag (d,), off (d-1,): T's diagonals. The Householder vector of step k is left in
+// A[k, k+1:], its scale in beta[k]; Q = H_0 H_1 ... H_{d-3}.
+void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, double* p) {
+  for (i64 k = 0; k + 2 < d; ++k) {
+    double* v = A + k * d + k + 1;  // x = A[k, k+1:], becomes v
+    const i64 m = d - k - 1;
+    double xnorm2 = 0.0;
+    for (i64 j = 0; j < m; ++j) xnorm2 += v[j] * v[j];
+    diag[k] = A[k * d + k];
+    const double tail2 = xnorm2 - v[0] * v[0];
+    if (tail2 <= 0.0) {  // already tridiagonal in this column
+      off[k] = v[0];
+      beta[k] = 0.0;
+      continue;
+    }
+    const double x0 = v[0];
+    const double alpha = x0 >= 0 ? -std::sqrt(xnorm2) : std::sqrt(xnorm2);
+    v[0] = x0 - alpha;
+    const double vnorm2 = tail2 + v[0] * v[0];
+    const double bk = 2.0 / vnorm2;
+    off[k] = alpha;
+    beta[k] = bk;
+    double* A22 = A + (k + 1) * d + (k + 1);
+    // p = beta A22 v ; K = beta (p.v) / 2 ; w = p - K v ; A22 -= v w^T + w v^T. Only the upper
+    // triangle of A22 is read and kept (it is symmetric): each stored row serves both its dot
+    // product and, transposed, an axpy into p, and the rank-2 update touches half the matrix.
+    std::fill(p, p + m, 0.0);
+    for (i64 i = 0; i < m; ++i) {
+      const double* row = A22 + i * d;
+      const double vi = v[i];
+      double s = row[i] * vi;
+#pragma omp simd reduction(+ : s)
+      for (i64 j = i + 1; j < m; ++j) {
+        s += row[j] * v[j];
+        p[j] += vi * row[j];
+      }
+      p[i] += s;
+    }
+    double pv = 0.0;
+    for (i64 i = 0; i < m; ++i) {
+      p[i] *= bk;
+      pv += p[i] * v[i];
+    }
+    const double K = 0.5 * bk * pv;
+    for (i64 i = 0; i < m; ++i) p[i] -= K * v[i];  // p now holds w
+    for (i64 i = 0; i < m; ++i) {
+      double* row = A22 + i * d;
+      const double vi = v[i], wi = p[i];
+#pragma omp simd
+      for (i64 j = i; j < m; ++j) row[j] -= vi * p[j] + wi * v[j];
+    }
+  }
+  if (d >= 2) {
+    diag[d - 2] = A[(d - 2) * d + d - 2];
+    off[d - 2] = A[(d - 2) * d + d - 1];
+  }
+  diag[d - 1] = A[(d - 1) * d + d - 1];
+}
+
+// The k largest eigenvalues of the symmetric tridiagonal (diag, off), descending, by bisection on
+// Sturm counts (LAPACK dstebz's method). Why not QL for all d: whitening wants 10 of 160+, and
+// each QL step is a dependent chain of a square root and two divisions. Here the k bisections run
+// side by side, one per vector lane, so the dependent chain of a Sturm count is paid once for W
+// eigenvalues (W doubles: two vector registers at this level). Each lane narrows its interval until it is a few ulps wide: a bracket that
+// cannot shrink further stays put, so the result does not depend on how long other lanes run.
+constexpr int W = BDL_F32_LANES;  // doubles in two vector registers
+using vd16 = double __attribute__((vector_size(W * sizeof(double))));
+using vm16 = std::int64_t __attribute__((vector_size(W * sizeof(double))));
+
+void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i64 k, double* out) {
+  std::vector<double> off2(d > 1 ? d - 1 : 1);
+  double lo0 = diag[0], hi0 = diag[0], max_off2 = 1.0;
+  for (i64 i = 0; i < d; ++i) {  // Gershgorin bounds of the spectrum
+    const double r = (i > 0 ? std::abs(off[i - 1]) : 0.0) + (i + 1 < d ? std::abs(off[i]) : 0.0);
+    lo0 = std::min(lo0, diag[i] - r);
+    hi0 = std::max(hi0, diag[i] + r);
+    if (i + 1 < d) {
+      off2[i] = off[i] * off[i];
+      max_off2 = std::max(max_off2, off2[i]);
+    }
+  }
+  const double span = std::max(std::abs(lo0), std::abs(hi0));
+  const double pivmin = DBL_MIN * max_off2;  // |pivot| floor of the Sturm recurrence (dstebz)
+  lo0 -= 2.0 * DBL_EPSILON * span + pivmin;
+  hi0 += 2.0 * DBL_EPSILON * span + pivmin;
+  for (i64 j0 = 0; j0 < k; j0 += W) {
+    // lane l looks for eigenvalue number t = d - 1 - (j0 + l) in ascending order; spare lanes
+    // repeat the last wanted one
+    vm16 t;
+    for (int l = 0; l < W; ++l) t[l] = d - 1 - std::min(j0 + l, k - 1);
+    vd16 lo = vd16{} + lo0, hi = vd16{} + hi0;
+    for (int step = 0; step < 128; ++step) {
+      const vd16 abs_lo = lo < 0 ? -lo : lo, abs_hi = hi < 0 ? -hi : hi;
+      const vd16 scale = abs_lo > abs_hi ? abs_lo : abs_hi;
+      const vm16 open = hi - lo > 4.0 * DBL_EPSILON * scale + 2.0 * pivmin;
+      bool any = false;
+      for (int l = 0; l < W; ++l) any = any || open[l] != 0;
+      if (!any) break;
+      const vd16 x = 0.5 * (lo + hi);
+      // Sturm count: the number of negative pivots of T - x I = eigenvalues below x
+      vd16 q = diag[0] - x;
+      q = (q < 0 ? -q : q) < pivmin ? vd16{} - pivmin : q;
+      vm16 below = vm16{} - (q < 0);
+      for (i64 i = 1; i < d; ++i) {
+        q = (diag[i] - x) - off2[i - 1] / q;
+        q = (q < 0 ? -q : q) < pivmin ? vd16{} - pivmin : q;
+        below -= (q < 0);
+      }
+      const vm16 go_down = below > t;  // eigenvalue t lies below x
+      hi = open & go_down ? x : hi;
+      lo = open & ~go_down ? x : lo;
+    }
+    for (int l = 0; l < W && j0 + l < k; ++l) out[j0 + l] = 0.5 * (lo[l] + hi[l]);
+  }
+}
+
+// Y[i, :] = C Q[i, :] for the nq (<= 16) rows of Q: one pass over the rows of C serves all nq
+// vectors (the block products of the Lanczos eigen-solver, linalg.cpp). Each output is one dot
+// product summed in a fixed order, so the result does not depend on nq.
+void symm_rows(const double* C, i64 d, const double* Q, int nq, double* Y) {
+  for (i64 i = 0; i < d; ++i) {
+    const double* row = C + i * d;
+    for (int q = 0; q < nq; ++q) {
+      const double* v = Q + q * d;
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (i64 j = 0; j < d; ++j) s += row[j] * v[j];
+      Y[q * d + i] = s;
+    }
+  }
+}
+
+void dot_rows(const double* A, i64 rows, i64 d, const double* x, double* out) {
+  for (i64 i = 0; i < rows; ++i) {
+    const double* a = A + i * d;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (i64 j = 0; j < d; ++j) s += a[j] * x[j];
+    out[i] = s;
+  }
+}
+
+void axpy_rows(const double* A, i64 rows, i64 d, const double* coef, double* x) {
+  for (i64 i = 0; i < rows; ++i) {
+    const double* a = A + i * d;
+    const double c = coef[i];
+#pragma omp simd
+    for (i64 j = 0; j < d; ++j) x[j] -= c * a[j];
+  }
+}
+
+}  // namespace BDL_LEVEL_NS
+}  // namespace backdoorlab
