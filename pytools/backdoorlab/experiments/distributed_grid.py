@@ -28,6 +28,7 @@ scheduler. Dask is optional (``pip install "backdoorlab[dask]"``); :func:`requir
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import traceback
@@ -398,7 +399,17 @@ class _connect:
                 self.client.close()
         finally:
             if self.cluster is not None:
-                self.cluster.close()
+                # A worker that has imported torch can spend longer than the nanny's 4 s in the
+                # interpreter's final garbage collection on a loaded machine (seen on 2 shared
+                # cores); the nanny then kills it with a WARNING. Every file was written before
+                # (atomically), so nothing is lost: keep that warning out of the user's terminal.
+                nanny = logging.getLogger("distributed.nanny")
+                level = nanny.level
+                nanny.setLevel(logging.ERROR)
+                try:
+                    self.cluster.close()
+                finally:
+                    nanny.setLevel(level)
 
 
 def _worker_view(out: str) -> dict:
