@@ -5,7 +5,7 @@ the embedded synthetic data (``--quick``: the reduced grid that fits in about te
 CPU cores); with ``--config file.toml|yaml`` it runs the study the file describes, e.g. on the
 real GTSRB / YTAF / LFW folders. Re-running with the same ``--out`` skips finished cells.
 ``--dask local:N`` computes the cells on a local Dask cluster of N worker processes,
-``--dask tcp://HOST:PORT`` on a running scheduler's workers (see docs/scaling.md).
+``--dask tcp://HOST:PORT`` on a running scheduler's workers (see docs/reproduce.md).
 """
 
 from __future__ import annotations
