@@ -28,6 +28,7 @@ scheduler. Dask is optional (``pip install "backdoorlab[dask]"``); :func:`requir
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -304,9 +305,13 @@ def run_cells(study, out: Path, plans: Sequence, pending: Sequence[int], *, targ
     from distributed import as_completed
 
     where = parse_target(target)
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     tasks = build_graph(study, plans, pending)
+    # Dask shares a key's result between the clients of one scheduler: two studies with the same
+    # cells but different --out folders must not take each other's results (the files would be in
+    # the other folder), so the folder is part of every key.
+    folder = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:8]
     with _connect(where, threads, len(pending), Path(out)) as (client, task_threads, description):
         if on_start is not None:
             on_start(description)
@@ -317,10 +322,10 @@ def run_cells(study, out: Path, plans: Sequence, pending: Sequence[int], *, targ
                 deps = [futures[d] for d in t.deps]
                 if t.kind == "cell":
                     fut = client.submit(compute_cell, plans[t.index], study, str(out), task_threads, command, *deps,
-                                        key=t.key, retries=0)
+                                        key=f"{t.key}@{folder}", retries=0)
                     cells[fut] = t.index
                 else:
-                    fut = client.submit(build_artefact, t, study, str(out), task_threads, *deps, key=t.key)
+                    fut = client.submit(build_artefact, t, study, str(out), task_threads, *deps, key=f"{t.key}@{folder}")
                 futures[t.key] = fut
             for fut in as_completed(list(cells)):
                 i = cells.pop(fut)
