@@ -20,6 +20,7 @@ root = Path(sys.argv[1])
 runs = {p.name: json.loads((p / "cells.json").read_text()) for p in sorted(root.iterdir())
         if p.is_dir() and (p / "cells.json").is_file()}
 names = list(runs)
+print("`python3 results/dask-grid/compare.py /tmp/dask/bench` over the runs of `results/dask-grid/bench.sh 1` (see README.md)\n")
 print("| setting | defence | " + " | ".join(f"{n} acc / ASR" for n in names) + " |")
 print("|---|---|" + "---|" * len(names))
 first = runs[names[0]]
