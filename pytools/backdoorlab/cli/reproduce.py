@@ -4,6 +4,8 @@ Calls :func:`backdoorlab.experiments.run_study`. Without ``--config`` it runs th
 the embedded synthetic data (``--quick``: the reduced grid that fits in about ten minutes on two
 CPU cores); with ``--config file.toml|yaml`` it runs the study the file describes, e.g. on the
 real GTSRB / YTAF / LFW folders. Re-running with the same ``--out`` skips finished cells.
+``--dask local:N`` computes the cells on a local Dask cluster of N worker processes,
+``--dask tcp://HOST:PORT`` on a running scheduler's workers (see docs/reproduce.md).
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                         help="override the config's device")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's own choice)")
+                        help="torch CPU threads (default: torch's own choice); with --dask: per worker "
+                             "(default: a local cluster splits the cores between its workers)")
+    parser.add_argument("--dask", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                        help="compute the cells as Dask tasks: 'local:N' starts N worker processes here "
+                             "(default N: one per core), 'tcp://HOST:PORT' uses a running scheduler whose "
+                             "workers see --out at the same path; needs pip install 'backdoorlab[dask]'")
     parser.add_argument("--settings", default=None, metavar="PATTERN[,PATTERN...]",
                         help="run only the settings whose ids match these shell patterns (e.g. 'gtsrb-paper-white*'); "
                              "several processes may share one --out, each with its own settings")
@@ -44,9 +51,20 @@ def run(args: argparse.Namespace) -> int:
 
     from backdoorlab.experiments.runner import resolve_study, run_study
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.dask is not None:
+        from backdoorlab.experiments.distributed_grid import parse_target, require_dask
+
+        try:
+            parse_target(args.dask)
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
+        try:
+            require_dask()
+        except ModuleNotFoundError as exc:  # the user's to fix: one line, not a traceback
+            raise ValueError(f"--dask {args.dask}: {exc}") from None
+    elif args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -61,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         study = replace(study, device=args.device)
     report = run_study(study, args.out, quick=args.quick, progress=not args.no_progress, seed=args.seed,
                        settings=_patterns("--settings", args.settings), defences=_patterns("--defences", args.defences),
-                       report_only=args.report_only, command=shlex.join(["backdoorlab", *getattr(args, "_argv", ["reproduce"])]))
+                       report_only=args.report_only, command=shlex.join(["backdoorlab", *getattr(args, "_argv", ["reproduce"])]),
+                       dask=args.dask, dask_threads=args.threads if args.dask is not None else None)
     import json
 
     if args.report_only:

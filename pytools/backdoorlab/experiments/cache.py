@@ -8,7 +8,9 @@ parameter gives a new key rather than a stale hit. Labels (setting ids, trigger 
 part of the key: renaming a setting does not recompute it.
 
 Every file is written atomically (:mod:`datasets_gen.atomic`), so an interrupted run never leaves a
-half-written cell that a later run would trust.
+half-written cell that a later run would trust, and through a temporary of its own, so two
+processes writing the same cell at once (Dask workers, runs sharing a results folder) leave one
+whole cell, never a mix of both.
 """
 
 from __future__ import annotations
@@ -99,7 +101,10 @@ class CellCache:
         record["key"] = key
         record["schema"] = CACHE_SCHEMA
         _check_finite(record, "cell")
-        return atomic_write_json(self.path(key), record)
+        # A private temporary per writer: two workers (or two runs sharing --out) that finish the
+        # same cell at once would otherwise write into one <key>.json.tmp and could move a mix of
+        # both onto the cell. With its own temporary each rename is of a whole cell; the last wins.
+        return atomic_write_json(self.path(key), record, unique=True)
 
     def keys(self) -> Iterator[str]:
         if not self.dir.is_dir():

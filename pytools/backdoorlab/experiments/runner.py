@@ -18,6 +18,11 @@ Models are trained through a resumable checkpoint (``models/<key>.partial.pt``),
 run loses at most one epoch; a finished cell is never recomputed. A cell that raises is recorded
 in ``failures.json`` and the report (and retried by the next run); the study goes on. tqdm shows
 which cell runs and how many are done.
+
+With ``dask=`` the same cells run as Dask tasks (:mod:`.distributed_grid`): variants, models and
+cells are tasks with their dependencies, and every file that two processes may write at once is
+either written under a lock (variants, previews, models, shared pipeline steps: ``_exclusive``) or
+through a private temporary (cells: the last writer wins whole).
 """
 
 from __future__ import annotations
@@ -200,11 +205,15 @@ class _Workspace:
         if path.is_file():
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        build_setting_variant(path, s, self.study.datasets[s.dataset], seed, progress=self.progress)
-        self.timings[f"variant:{path.name}"] = time.perf_counter() - started
-        atomic_write_json(path.with_suffix(".json"), {"config": cfg, "setting": s.id,
-                                                       "seconds": time.perf_counter() - started})
+        with _exclusive(path.with_suffix(".lock")):
+            # the writer streams into a fixed <name>.tmp: a second process must wait, then reuse it
+            if path.is_file():
+                return path
+            started = time.perf_counter()
+            build_setting_variant(path, s, self.study.datasets[s.dataset], seed, progress=self.progress)
+            self.timings[f"variant:{path.name}"] = time.perf_counter() - started
+            atomic_write_json(path.with_suffix(".json"), {"config": cfg, "setting": s.id,
+                                                           "seconds": time.perf_counter() - started})
         return path
 
     def preview(self, s: SettingSpec, seed: int, variant: Path) -> str | None:
@@ -213,13 +222,15 @@ class _Workspace:
 
         target = self.out / "previews" / f"{_slug(s.id)}.png"
         if not target.is_file():
-            src = sidecar_paths(variant)["preview"]
-            if src.is_file():
-                atomic_write_bytes(target, src.read_bytes())
-            else:  # the toy generator writes no preview: draw clean/triggered test pairs ourselves
-                from .plots import preview_from_variant
+            with _exclusive(variant.with_suffix(".lock")):  # cells of one setting may run at once
+                if not target.is_file():
+                    src = sidecar_paths(variant)["preview"]
+                    if src.is_file():
+                        atomic_write_bytes(target, src.read_bytes())
+                    else:  # the toy generator writes no preview: draw clean/triggered test pairs ourselves
+                        from .plots import preview_from_variant
 
-                preview_from_variant(variant, target, title=s.id)
+                        preview_from_variant(variant, target, title=s.id)
         return target.relative_to(self.out).as_posix()
 
     # -- models
@@ -301,8 +312,7 @@ class _StepCache:
         self.root, self.model_key, self.seed, self.pipeline, self.train = root, model_key, seed, pipeline, train
 
     def _base(self, n_steps: int) -> Path:
-        key = config_key({"model": self.model_key, "seed": self.seed, **self.pipeline.prefix_config(n_steps)})
-        return self.root / key
+        return self.root / _step_key(self.model_key, self.seed, self.pipeline, n_steps)
 
     def load(self, n_steps: int, ctx):
         from backdoorlab import checkpoint
@@ -323,11 +333,22 @@ class _StepCache:
 
         base = self._base(n_steps)
         base.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.save(base.with_suffix(".pt"), ctx.model, {"steps": "->".join(self.pipeline.tokens[:n_steps])})
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(alive, dtype=np.int64), allow_pickle=False)
-        atomic_write_bytes(base.with_suffix(".npy"), buf.getvalue())
-        atomic_write_json(base.with_suffix(".json"), {"steps": json_safe([st.to_dict() for st in steps[:n_steps]])})
+        # Two cells that run at once may both finish the same prefix (same seed: same result);
+        # the files go through fixed temporaries, so they take turns and the second keeps the first's.
+        with _exclusive(base.with_suffix(".lock")):
+            if base.with_suffix(".json").is_file():
+                return
+            checkpoint.save(base.with_suffix(".pt"), ctx.model, {"steps": "->".join(self.pipeline.tokens[:n_steps])})
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(alive, dtype=np.int64), allow_pickle=False)
+            atomic_write_bytes(base.with_suffix(".npy"), buf.getvalue())
+            atomic_write_json(base.with_suffix(".json"), {"steps": json_safe([st.to_dict() for st in steps[:n_steps]])})
+
+
+def _step_key(model_key: str, seed: int, pipeline, n_steps: int) -> str:
+    """Step-cache key of the first ``n_steps`` steps of ``pipeline`` on one model and seed (what
+    the Dask graph also uses to tell which cell reuses whose steps)."""
+    return config_key({"model": model_key, "seed": seed, **pipeline.prefix_config(n_steps)})
 
 
 def _model_kw(d: DatasetSpec) -> dict:
@@ -370,6 +391,25 @@ def _metrics(model, test, test_triggered, target: int, device: str, batch_size: 
 
     m = evaluate(model, test, test_triggered, target_class=target, device=device, batch_size=batch_size)
     return {"accuracy": float(m["clean_accuracy"]), "attack_success": float(m["attack_success_rate"])}
+
+
+def compute_cell(plan: CellPlan, ws: _Workspace, progress: bool, *,
+                 command: str | None = None) -> tuple[dict | None, dict | None]:
+    """Compute one cell and store it in the cache: ``(cell as stored, None)``, or ``(None, failure)``
+    when the cell raised (one bad cell must not lose the study: it is reported and retried by the
+    next run). The serial loop and the Dask workers both come through here."""
+    try:
+        cell = _run_cell(plan, ws, progress)
+        if command:
+            cell["command"] = command
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        return None, {"setting": plan.setting.id, "defence": plan.defence.id, "seed": plan.seed, "key": plan.key,
+                      "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
+    cache = CellCache(ws.out)
+    cache.put(plan.key, cell)
+    return cache.get(plan.key), None
 
 
 def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
@@ -500,7 +540,8 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
               quick: bool = False, progress: bool = True, *, seed: int | None = None,
               report: bool = True, on_cell: Callable[[dict], None] | None = None,
               settings: Sequence[str] | None = None, defences: Sequence[str] | None = None,
-              report_only: bool = False, command: str | None = None) -> Path:
+              report_only: bool = False, command: str | None = None, dask: str | None = None,
+              dask_threads: int | None = None) -> Path:
     """Run (or resume) a study and write its report; returns the path of ``report.md``.
 
     Parameters
@@ -531,13 +572,32 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
     command : str, optional
         The command line of this run (the CLI passes it): shown at the top of the report and
         recorded in every cell it computes, so a report names the commands behind its numbers.
+    dask : str, optional
+        Compute the cells as Dask tasks (:mod:`.distributed_grid`): ``"local"`` / ``"local:N"``
+        starts a local cluster of N worker processes, ``"tcp://HOST:PORT"`` uses a running
+        scheduler whose workers see ``out`` at the same path. Same cells as a serial run; they
+        arrive in the order they finish (``on_cell``), ``cells.json`` keeps the run order.
+    dask_threads : int, optional
+        Torch threads per Dask task (default: a local cluster splits the cores between its
+        workers; remote workers keep their own).
 
     Raises
     ------
     RuntimeError
         When every cell failed (the report would be empty); single failures are reported instead.
+    ModuleNotFoundError
+        ``dask`` given without Dask installed (the message says what to install).
     """
     from tqdm.auto import tqdm
+
+    if dask is not None:  # refuse a bad target or a missing extra before anything is written
+        from .distributed_grid import parse_target, require_dask
+
+        parse_target(dask)
+        require_dask()
+    if dask_threads is not None and (isinstance(dask_threads, bool) or not isinstance(dask_threads, int)
+                                     or dask_threads < 1):
+        raise ValueError(f"dask_threads must be an integer >= 1, got {dask_threads!r}")
 
     study = resolve_study(config, quick=quick)
     if seed is not None:
@@ -557,41 +617,58 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
     ws = _Workspace(study, out, progress)
     failures: list[dict] = []
     pending: list[dict] = []
-    cells: list[dict] = []
     bar = tqdm(total=len(plans), initial=0, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
-    try:
-        for p in plans:
-            cell = cached[p.key]
-            if cell is None and report_only:
-                pending.append({"setting": p.setting.id, "defence": p.defence.id, "seed": p.seed})
-                bar.update(1)
-                continue
-            if cell is None:
-                bar.set_description(f"{p.setting.id} | {p.defence.id} | seed {p.seed}")
-                try:
-                    cell = _run_cell(p, ws, progress)
-                    if command:
-                        cell["command"] = command
-                except (KeyboardInterrupt, SystemExit, MemoryError):
-                    raise
-                except Exception as exc:  # one bad cell must not lose the study; it is reported and retried
-                    failures.append({"setting": p.setting.id, "defence": p.defence.id, "seed": p.seed, "key": p.key,
-                                     "error": f"{type(exc).__name__}: {exc}",
-                                     "traceback": traceback.format_exc(limit=8)})
-                    if progress:
-                        tqdm.write(f"cell {p.setting.id} / {p.defence.id} (seed {p.seed}) failed: {exc}")
-                    bar.update(1)
-                    continue
-                cache.put(p.key, cell)
-                cell = cache.get(p.key)
-            cells.append(cell)
+    done: dict[int, dict] = {}  # plan position -> finished cell (cells.json keeps the run order)
+
+    def finish(i: int, cell: dict | None, failure: dict | None) -> None:
+        p = plans[i]
+        if failure is not None:
+            failures.append(failure)
+            if progress:
+                tqdm.write(f"cell {p.setting.id} / {p.defence.id} (seed {p.seed}) failed: {failure['error']}")
+        else:
+            done[i] = cell
             if on_cell is not None:
                 on_cell(cell)
-            bar.update(1)
+        bar.update(1)
+
+    todo = [i for i, p in enumerate(plans) if cached[p.key] is None]
+    try:
+        if dask is not None and todo and not report_only:
+            from contextlib import closing
+
+            from .distributed_grid import run_cells
+
+            for i, p in enumerate(plans):
+                if cached[p.key] is not None:
+                    finish(i, cached[p.key], None)
+            bar.set_description("cells (Dask)")
+            on_start = tqdm.write if progress else None
+            with closing(run_cells(study, out, plans, todo, target=dask, threads=dask_threads, command=command,
+                                   on_start=on_start)) as finished:
+                for i, cell, failure in finished:
+                    if progress:
+                        bar.set_description(f"{plans[i].setting.id} | {plans[i].defence.id} | seed {plans[i].seed} done")
+                    finish(i, cell, failure)
+        else:
+            for i, p in enumerate(plans):
+                cell = cached[p.key]
+                if cell is None and report_only:
+                    pending.append({"setting": p.setting.id, "defence": p.defence.id, "seed": p.seed})
+                    bar.update(1)
+                    continue
+                if cell is None:
+                    bar.set_description(f"{p.setting.id} | {p.defence.id} | seed {p.seed}")
+                    finish(i, *compute_cell(p, ws, progress, command=command))
+                else:
+                    finish(i, cell, None)
     finally:
         bar.close()
         if not report_only:
+            order = {p.key: i for i, p in enumerate(plans)}
+            failures.sort(key=lambda f: order[f["key"]])
             atomic_write_json(out / "failures.json", failures)
+    cells = [done[i] for i in sorted(done)]
     if not cells and report_only:
         raise RuntimeError(f"no finished cell in {out} yet: nothing to report")
     if not cells:
