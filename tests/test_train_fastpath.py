@@ -8,6 +8,8 @@ masks, the layout handed back, seeding and exact resume -- is checked exactly.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,22 @@ def test_fast_options_and_their_checks():
     assert not make_optimizer(model.parameters(), cfg).param_groups[0]["fused"]  # no device: PyTorch's default
     with pytest.raises(TypeError, match="TrainConfig"):
         make_optimizer(model.parameters(), {"optimizer": "adam"})
+
+
+def test_bench_train_reports_the_fast_path_ratio_and_sgemm_share(tmp_path, capsys):
+    from backdoorlab.bench.train import run
+
+    out = tmp_path / "bench.json"
+    assert run(["--n-train", "20", "--rounds", "1", "--skip-stream", "--plain", "--threads", "1",
+                "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["images_per_s"]) == {"bare/memory", "trainer/memory", "trainer/plain"}
+    # forward + backward of the GTSRB CNN at 32x32, counted: ~147 MFLOP per image
+    assert 0.1 < result["train_gflop_per_image"] < 0.2
+    assert result["sgemm_gflops"] > 0
+    for key, ips in result["images_per_s"].items():
+        share = result["share_of_sgemm"][key]
+        assert share == pytest.approx(ips * result["train_gflop_per_image"] / result["sgemm_gflops"], rel=0.01, abs=1e-3)
+    assert "fast path: trainer/memory / trainer/plain" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--rounds"):
+        run(["--rounds", "0"])
