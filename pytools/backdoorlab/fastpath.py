@@ -78,6 +78,17 @@ def optimizer_options(name: str, device: torch.device, fast: bool) -> dict:
 
 
 def apply_optimizer_options(optimizer: torch.optim.Optimizer, options: dict) -> None:
-    """Write ``options`` over every param group (after ``load_state_dict``, which restores the saved ones)."""
+    """Write ``options`` over every param group (after ``load_state_dict``, which restores the saved ones).
+
+    A fused kernel wants each parameter's ``step`` counter on the parameter's device (float32);
+    a state saved by the single-tensor path keeps it on the CPU, so it is moved (a no-op on CPU).
+    """
     for group in optimizer.param_groups:
         group.update(options)
+        if not options.get("fused"):
+            continue
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            step = state.get("step")
+            if torch.is_tensor(step):
+                state["step"] = step.to(device=p.device, dtype=torch.float32)
