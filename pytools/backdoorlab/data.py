@@ -137,11 +137,16 @@ def verify_variant(path: str | os.PathLike, *, verify: bool = True, progress: bo
     return {"sha256": sha, "verified": True, "check": "manifest"}
 
 
-def to_float_chw(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` in [0, 1] (contiguous)."""
+def to_float_chw(images: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` in [0, 1] (contiguous).
+
+    ``channels_last=True`` returns the same values in the channels-last layout, which is the
+    uint8 input's own memory order: one pass, no transposing copy.
+    """
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"expected uint8 (N, H, W, C) images, got {images.dtype} {tuple(images.shape)}")
-    return images.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # .float() keeps the NHWC strides
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
 class H5Split(Dataset):
@@ -454,8 +459,11 @@ class BatchSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None):
-        """Yield ``(x float32 (B, 3, H, W) on device, y int64 (B,) on device)`` in ``order`` (default 0..n-1)."""
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, *, channels_last: bool = False):
+        """Yield ``(x float32 (B, 3, H, W) on device, y int64 (B,) on device)`` in ``order`` (default 0..n-1).
+
+        ``channels_last=True``: ``x`` in the channels-last layout (same values; the training fast path).
+        """
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = len(self.dataset)
@@ -465,7 +473,7 @@ class BatchSource:
         if self.mode == "memory":
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                x = to_float_chw(self._images[idx.to(self._images.device)])
+                x = to_float_chw(self._images[idx.to(self._images.device)], channels_last=channels_last)
                 yield x, self.labels[idx].to(self.device, non_blocking=non_blocking)
             return
         loader = torch.utils.data.DataLoader(
@@ -476,5 +484,7 @@ class BatchSource:
             # differently from the in-memory path.
             generator=torch.Generator().manual_seed(0),
         )
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         for x, y in loader:
-            yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
+            yield (x.to(self.device, non_blocking=non_blocking).contiguous(memory_format=fmt),
+                   y.to(self.device, non_blocking=non_blocking))

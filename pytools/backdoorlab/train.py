@@ -27,7 +27,9 @@ The running mean is part of every checkpoint, so a resumed run ends with the sam
 
 Speed: batches come from :class:`backdoorlab.data.BatchSource`, which holds small splits in
 memory as uint8 and cuts batches with index tensors (``backdoorlab bench train`` measures it
-against a bare PyTorch loop).
+against a bare PyTorch loop). On CPU the step runs in the channels-last layout with the fused
+(Adam, SGD) or foreach (Adadelta) optimizer (:mod:`backdoorlab.fastpath`); the results differ
+from the plain eager path by float rounding only (``TrainConfig(fast=False)`` is that path).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import torch
 from torch import nn
 
 from backdoorlab import checkpoint as ckpt
+from backdoorlab import fastpath
 from backdoorlab.augment import Augmentation
 from backdoorlab.augment import apply as apply_augmentation
 from backdoorlab.augment import epoch_params as augmentation_params
@@ -93,6 +96,10 @@ class TrainConfig:
         weights after each of the last ``k`` epochs (trainable and frozen parameters; buffers such
         as pruning masks are the last epoch's). ``epochs`` then fixes the window and must agree
         for a resume. Our models have no batch normalisation, so the mean needs no statistics pass.
+    fast : bool
+        True (default): the speed choices of :mod:`backdoorlab.fastpath` (channels-last on CPU,
+        fused/foreach optimizer), which change results by float rounding only. False: the plain
+        eager path. Not part of the resume identity (like the feeding options).
     """
 
     epochs: int
@@ -108,6 +115,7 @@ class TrainConfig:
     augment: Augmentation | None = None
     lr_schedule: str = "constant"
     average_last: int = 0
+    fast: bool = True
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "max_memory_mb"):
@@ -132,6 +140,8 @@ class TrainConfig:
                 or not 0 <= self.average_last <= self.epochs):
             raise ValueError(f"TrainConfig.average_last must be an integer in [0, epochs={self.epochs}], "
                              f"got {self.average_last!r}")
+        if not isinstance(self.fast, bool):
+            raise ValueError(f"TrainConfig.fast must be True or False, got {self.fast!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         try:
@@ -192,7 +202,7 @@ class TrainConfig:
     def _identity(self) -> dict:
         """Fields that must agree for a resume (how batches are fed and how long we train may differ)."""
         d = self.to_dict()
-        for k in ("in_memory", "max_memory_mb", "num_workers"):
+        for k in ("in_memory", "max_memory_mb", "num_workers", "fast"):
             d.pop(k)
         # A decaying rate and an averaging window depend on the run's length.
         if self.lr_schedule == "constant" and self.average_last == 0:
@@ -256,13 +266,21 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer of ``config`` over ``params`` (Keras constants for Adam and Adadelta)."""
+def make_optimizer(params, config: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over ``params`` (Keras constants for Adam and Adadelta).
+
+    With ``device`` (the parameters' device) and ``config.fast``, the fused (Adam, SGD) or foreach
+    (Adadelta) implementation (:func:`backdoorlab.fastpath.optimizer_options`); without ``device``
+    PyTorch's default one.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    kw = fastpath.optimizer_options(config.optimizer, device, config.fast) if device is not None else {}
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, eps=1e-7, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, eps=1e-7, weight_decay=config.weight_decay, **kw)
     if config.optimizer == "adadelta":
-        return torch.optim.Adadelta(params, lr=config.lr, rho=0.95, eps=1e-7, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.Adadelta(params, lr=config.lr, rho=0.95, eps=1e-7, weight_decay=config.weight_decay, **kw)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **kw)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -354,7 +372,8 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
     saved_flags = [(p, p.requires_grad) for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable_ids)
-    optimizer = make_optimizer(params, config)
+    optimizer = make_optimizer(params, config, dev)
+    channels_last = fastpath.use_channels_last(model, dev, config.fast)
     loss_fn = nn.CrossEntropyLoss()
 
     start_epoch = 0
@@ -373,6 +392,8 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                 f"{prev_cfg._identity()}, now seed {seed} and {config._identity()}"
             )
         optimizer.load_state_dict(state["optimizer"])
+        # the saved groups carry the saving run's fused/foreach choice; this run's applies
+        fastpath.apply_optimizer_options(optimizer, fastpath.optimizer_options(config.optimizer, dev, config.fast))
         start_epoch = int(state["epoch"])
         history = list(prev.get("history", []))
         resumed_state = state["rng"]
@@ -389,6 +410,7 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
     }
     fork_devices = [dev] if dev.type == "cuda" else []
     try:
+        fastpath.set_layout(model, optimizer, channels_last)
         with torch.random.fork_rng(devices=fork_devices):
             if resumed_state is not None:
                 _set_rng_state(resumed_state, dev)
@@ -410,10 +432,13 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                 t0 = time.perf_counter()
                 with tqdm(total=n, desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
                           disable=not progress, leave=False, mininterval=0.5) as bar:
-                    for x, y in source.batches(config.batch_size, order):
+                    # Augmentation sees the default layout (its per-image mean would otherwise be
+                    # summed in another order); the batch is put in the run's layout after it.
+                    for x, y in source.batches(config.batch_size, order, channels_last=channels_last and aug is None):
                         if aug_params is not None:
                             x = apply_augmentation(aug, x, aug_params[done : done + y.shape[0]])
                             done += y.shape[0]
+                            x = fastpath.to_layout(x, channels_last)
                         logits = model(x)
                         loss = loss_fn(logits, y)
                         optimizer.zero_grad(set_to_none=True)
@@ -451,6 +476,7 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
     finally:
         for p, flag in saved_flags:
             p.requires_grad_(flag)
+        fastpath.set_layout(model, None, False)  # the caller gets the default layout back
     model.eval()
     model.train_history = history
     return model

@@ -12,7 +12,15 @@ step -- no progress bar, no checkpoint, no bookkeeping. Against it we time, on t
 - ``bare/dataloader``: the bare loop fed by a ``DataLoader`` over the HDF5 split, i.e. what a
   per-item ``Dataset`` costs without our fast path;
 - ``trainer/memory+augment`` (only with ``--augment NAME``): the in-memory trainer with that
-  training-time augmentation (:mod:`backdoorlab.augment`) switched on, i.e. what augmentation costs.
+  training-time augmentation (:mod:`backdoorlab.augment`) switched on, i.e. what augmentation costs;
+- ``trainer/plain`` (only with ``--plain``): the in-memory trainer with ``TrainConfig(fast=False)``,
+  i.e. without the channels-last layout and fused optimizer of :mod:`backdoorlab.fastpath`, so
+  the fast path's gain is a ratio measured in one run.
+
+Each variant's images/s is also given as a share of the machine's arithmetic rate measured in
+the same run: the training FLOPs per image (forward and backward, counted by
+``torch.utils.flop_counter``) times images/s, over the best float32 matrix-product rate
+(``torch.mm`` of 1024x1024 on the same threads).
 
 Runs are interleaved one epoch at a time (A B C D, A B C D, ...) so that load from other
 processes hits all of them alike; the median images/s per variant and the ratio to the bare
@@ -55,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", default=None,
                    help="also time the in-memory trainer with this augmentation (e.g. gtsrb)")
     p.add_argument("--skip-stream", action="store_true", help="time only the in-memory variants")
+    p.add_argument("--plain", action="store_true",
+                   help="also time the trainer without its fast path (TrainConfig(fast=False))")
     return add_run_args(p, batch_size=32, threads=2)
 
 
@@ -69,6 +79,29 @@ def _bare_epoch(model, optimizer, batches) -> int:
         optimizer.step()
         n += y.shape[0]
     return n
+
+
+def _sgemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Best float32 matrix-product rate (GFLOP/s) of ``n x n`` products on torch's current threads."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+def _train_flops_per_image(model, x, y) -> float:
+    """FLOPs of one training step's forward and backward pass, per image (the optimizer step is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / x.shape[0]
 
 
 def run(argv: list[str]) -> int:
@@ -93,13 +126,16 @@ def run(argv: list[str]) -> int:
                              num_workers=args.workers)
         init = build_model(args.model, ds.n_classes, seed=args.seed)
         models = {}
-        for key in ("bare/memory", "trainer/memory", "trainer/stream", "bare/dataloader", "trainer/memory+augment"):
+        for key in ("bare/memory", "trainer/memory", "trainer/stream", "bare/dataloader", "trainer/memory+augment",
+                    "trainer/plain"):
             m = build_model(args.model, ds.n_classes, seed=args.seed)
             m.load_state_dict(init.state_dict())
             models[key] = m.to(dev)
         variants = ["bare/memory", "trainer/memory"] + ([] if args.skip_stream else ["trainer/stream", "bare/dataloader"])
         if augmentation is not None:
             variants.append("trainer/memory+augment")
+        if args.plain:
+            variants.append("trainer/plain")
         optimizers = {k: make_optimizer(models[k].parameters(), config) for k in ("bare/memory", "bare/dataloader")}
 
         # The reference's data: float32 CHW in memory, converted once, outside the timing.
@@ -119,9 +155,9 @@ def run(argv: list[str]) -> int:
             batches = ((x.to(dev), y.to(dev)) for x, y in loader)
             return _bare_epoch(models["bare/dataloader"], optimizers["bare/dataloader"], batches)
 
-        def trainer(key, in_memory, augment=None):
+        def trainer(key, in_memory, augment=None, fast=True):
             def go(epoch):
-                train_model(models[key], ds, config.replace(in_memory=in_memory, augment=augment),
+                train_model(models[key], ds, config.replace(in_memory=in_memory, augment=augment, fast=fast),
                             seed=args.seed + epoch, device=dev, checkpoint=tmp / f"{key.replace('/', '_')}.pt",
                             progress=False)
                 return n
@@ -129,7 +165,9 @@ def run(argv: list[str]) -> int:
 
         fns = {"bare/memory": bare_memory, "trainer/memory": trainer("trainer/memory", True),
                "trainer/stream": trainer("trainer/stream", False), "bare/dataloader": bare_dataloader,
-               "trainer/memory+augment": trainer("trainer/memory+augment", True, augmentation)}
+               "trainer/memory+augment": trainer("trainer/memory+augment", True, augmentation),
+               "trainer/plain": trainer("trainer/plain", True, fast=False)}
+        flops = _train_flops_per_image(init.to(dev), x_all[: args.batch_size], y_all[: args.batch_size])
         times: dict[str, list[float]] = {k: [] for k in variants}
         for epoch in range(args.rounds):
             for key in variants:
@@ -144,6 +182,7 @@ def run(argv: list[str]) -> int:
 
     ips = {k: n / statistics.median(v) for k, v in times.items()}
     ref = ips["bare/memory"]
+    gflops = _sgemm_gflops() if dev.type == "cpu" else None
     result = {
         "benchmark": "train", "model": args.model, "data": str(args.data or "toy"), "n_train": n,
         "image_shape": list(ds.image_shape), "batch_size": args.batch_size, "rounds": args.rounds,
@@ -154,12 +193,20 @@ def run(argv: list[str]) -> int:
         "reference_preload_s": round(preload_s, 3),
         "images_per_s": {k: round(v, 1) for k, v in ips.items()},
         "ratio_to_bare_memory": {k: round(v / ref, 3) for k, v in ips.items()},
+        "train_gflop_per_image": round(flops / 1e9, 4),
+        "sgemm_gflops": round(gflops, 1) if gflops else None,
+        "share_of_sgemm": {k: round(v * flops / 1e9 / gflops, 3) for k, v in ips.items()} if gflops else None,
         "epoch_seconds": {k: [round(t, 3) for t in v] for k, v in times.items()},
     }
     print(f"\n{args.model} on {n} images {tuple(ds.image_shape)}, batch {args.batch_size}, {args.threads} threads, "
           f"{args.rounds} interleaved rounds (median):")
     for k, v in ips.items():
-        print(f"  {k:22s} {v:8.0f} img/s   ratio to bare/memory {v / ref:.3f}")
+        share = f"   {v * flops / 1e9 / gflops:.1%} of sgemm" if gflops else ""
+        print(f"  {k:22s} {v:8.0f} img/s   ratio to bare/memory {v / ref:.3f}{share}")
+    if gflops:
+        print(f"  ({flops / 1e6:.0f} MFLOP per training image; sgemm {gflops:.1f} GFLOP/s on {args.threads} threads)")
+    if args.plain:
+        print(f"  fast path: trainer/memory / trainer/plain = {ips['trainer/memory'] / ips['trainer/plain']:.3f}")
     if args.json:
         atomic_write_json(args.json, result)
     return 0

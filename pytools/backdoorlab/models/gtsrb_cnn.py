@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from backdoorlab.models.base import BackdoorModel, ConvReLU, LinearReLU
+from backdoorlab.models.base import BackdoorModel, ConvReLU, Dropout, LinearReLU
 
 
 class GTSRBCNN(BackdoorModel):
@@ -44,7 +44,8 @@ class GTSRBCNN(BackdoorModel):
         # One module per use (no shared pooling/dropout), so every module name is one place in
         # the graph and a hook on e.g. "pool2" sees exactly one output per forward pass.
         self.pool1, self.pool2, self.pool3 = nn.MaxPool2d(2), nn.MaxPool2d(2), nn.MaxPool2d(2)
-        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout_conv), nn.Dropout(dropout_conv), nn.Dropout(dropout_conv)
+        # Layout-independent dropout: the same mask for a channels-last batch (see Dropout).
+        self.drop1, self.drop2, self.drop3 = Dropout(dropout_conv), Dropout(dropout_conv), Dropout(dropout_conv)
         self.fc1 = LinearReLU(128 * 2 * 2, 512)
         self.drop_fc = nn.Dropout(dropout_fc)
         self.fc2 = nn.Linear(512, self.n_classes)

@@ -1,0 +1,94 @@
+"""How a training step runs fast without changing what it computes (used by :mod:`backdoorlab.train`).
+
+The training loop asks this module for two things, measured on the GTSRB CNN at the paper's
+batch of 32 (figures and commands in ``docs/models.md``, "Training throughput"):
+
+- **Memory layout.** On CPU, oneDNN convolutions run on channels-last ``(N, H, W, C)`` tensors
+  without the layout reorders they need around every call on the default ``(N, C, H, W)``
+  layout, so the model's 4-D weights and every input batch are put in channels-last for the run
+  and the model is given back in the default layout. Only the strides change, not the shapes or
+  what a layer means; the float results differ by rounding only (another summation order inside
+  the convolution). Dropout is the one layer whose *values* would change: PyTorch draws CPU
+  dropout noise in memory order, so our models use :class:`backdoorlab.models.base.Dropout`,
+  which draws it in logical order (same mask, same RNG use, whatever the layout).
+- **Optimizer.** PyTorch's default single-tensor Adam/SGD on CPU issue a dozen small kernels per
+  parameter tensor, each a parallel region; the ``fused`` kernels (Adam, SGD) do the same
+  arithmetic in one pass, and ``foreach`` (Adadelta, which has no fused kernel) groups them.
+
+``TrainConfig(fast=False)`` switches both off: the plain eager path that the tests compare
+against (bit for bit with a hand-written loop) and against which the fast path is checked
+within float tolerance. ``fast`` is not part of a run's resume identity: either path may resume
+the other's checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def use_channels_last(model: nn.Module, device: torch.device, fast: bool) -> bool:
+    """Whether the run uses the channels-last layout: the fast path, on CPU, for a model with 2-D convolutions.
+
+    On CUDA the layout is left alone: cuDNN picks its own, and CUDA dropout draws its noise with a
+    fused kernel whose order we do not control (so a seed would train differently).
+    """
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be a torch.device, got {type(device).__name__}")
+    return bool(fast) and device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def set_layout(model: nn.Module, optimizer: torch.optim.Optimizer | None, channels_last: bool) -> None:
+    """Put ``model``'s 4-D parameters and buffers (and the matching optimizer state) in one layout.
+
+    Parameters keep their identity (``Module.to`` swaps ``.data``), so an optimizer built on them
+    stays valid; its per-parameter state (e.g. Adam's moments, possibly loaded from a checkpoint
+    in the other layout) is given the same strides, which the fused kernels expect. Values are
+    not changed, only strides.
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    if optimizer is None:
+        return
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() == 4:
+                state[key] = value.contiguous(memory_format=fmt)
+
+
+def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The input batch in the run's layout (a copy only when it is not in it already)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def optimizer_options(name: str, device: torch.device, fast: bool) -> dict:
+    """Keyword arguments for ``torch.optim.<name>`` on ``device``: ``fused`` or ``foreach`` on the fast path.
+
+    Every key is always present (``None`` = PyTorch's default), so the options can also be
+    written over the ``param_groups`` of a state dict loaded from a checkpoint of the other path.
+    """
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be a torch.device, got {type(device).__name__}")
+    on = bool(fast) and device.type in ("cpu", "cuda")
+    if name in ("adam", "sgd"):
+        return {"fused": True if on else None, "foreach": None}
+    if name == "adadelta":
+        return {"foreach": True if on else None}
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def apply_optimizer_options(optimizer: torch.optim.Optimizer, options: dict) -> None:
+    """Write ``options`` over every param group (after ``load_state_dict``, which restores the saved ones).
+
+    A fused kernel wants each parameter's ``step`` counter on the parameter's device (float32);
+    a state saved by the single-tensor path keeps it on the CPU, so it is moved (a no-op on CPU).
+    """
+    for group in optimizer.param_groups:
+        group.update(options)
+        if not options.get("fused"):
+            continue
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            step = state.get("step")
+            if torch.is_tensor(step):
+                state["step"] = step.to(device=p.device, dtype=torch.float32)

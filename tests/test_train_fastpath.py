@@ -1,0 +1,186 @@
+"""The training fast path (backdoorlab.fastpath): same computation as the plain eager path.
+
+Channels-last convolutions and the fused/foreach optimizers change the float summation order,
+so the fast path is compared with the plain one (``TrainConfig(fast=False)``) within a stated
+tolerance; what must not change at all -- the dropout masks and the RNG stream, the pruning
+masks, the layout handed back, seeding and exact resume -- is checked exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _model_helpers import one_thread, state_equal, toy_variant
+from backdoorlab import fastpath
+from backdoorlab.data import BatchSource, H5Split
+from backdoorlab.models import build_model
+from backdoorlab.models.base import Dropout
+from backdoorlab.train import PRESETS, TrainConfig, make_optimizer, train_model
+
+_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def variant(tmp_path_factory):
+    return toy_variant(tmp_path_factory.mktemp("fastpath") / "toy.h5", seed=0)
+
+
+def _subset(variant, n=96):
+    return H5Split(variant, "train", indices=np.arange(0, 240, 240 // n)[:n])
+
+
+def _train(ds, cfg, seed=5, **kw):
+    model = build_model("gtsrb_cnn", 4, seed=0)
+    train_model(model, ds, cfg, seed=seed, device="cpu", progress=False, **kw)
+    return model
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adadelta", "sgd"])
+def test_fast_path_matches_plain_path_within_float_tolerance(variant, optimizer):
+    """Two epochs of the paper's GTSRB setting (batch 16 here): losses, accuracies and weights agree.
+
+    Tolerances: relative 2e-4 on each epoch's mean loss, at most one image's difference in training
+    accuracy, and the fast run's weights within 2 % of the distance to a run with another seed
+    (``|w_fast - w_plain| <= 0.02 |w_seed6 - w_plain|``, over all weights). Measured: loss 2.3e-5
+    (Adam), weights 0.15 % (Adam), 0.013 % (SGD), 0.003 % (Adadelta): Adam divides each gradient by
+    its own running scale, so rounding noise on a near-zero gradient becomes a full-size step.
+    A change of what is computed (another dropout mask or optimizer rule) is a different run, as
+    another seed is.
+    """
+    ds = _subset(variant)
+    cfg = PRESETS["gtsrb"].replace(epochs=2, batch_size=16, optimizer=optimizer,
+                                   lr={"adam": 1e-3, "adadelta": 0.1, "sgd": 0.01}[optimizer])
+    fast, plain, other = _train(ds, cfg), _train(ds, cfg.replace(fast=False)), _train(ds, cfg, seed=6)
+    hf, hp = fast.train_history, plain.train_history
+    np.testing.assert_allclose([h["loss"] for h in hf], [h["loss"] for h in hp], rtol=2e-4)
+    for a, b in zip(hf, hp):
+        assert abs(a["accuracy"] - b["accuracy"]) <= 1 / len(ds) + 1e-12
+    assert _distance(fast, plain) <= 0.02 * _distance(other, plain)
+
+
+def _distance(a, b) -> float:
+    return float(torch.cat([(x.double() - y.double()).flatten()
+                            for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)]).norm())
+
+
+def test_fast_path_is_seeded_and_hands_back_the_default_layout(variant):
+    ds = _subset(variant, 64)
+    cfg = PRESETS["gtsrb"].replace(epochs=1, batch_size=16)
+    a, b = _train(ds, cfg), _train(ds, cfg)
+    assert state_equal(a, b)
+    assert all(p.is_contiguous() for p in a.parameters())
+    assert a.conv1_1.conv.weight.is_contiguous() and not a.conv1_1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_resume_across_paths_continues_the_same_run(variant, tmp_path):
+    """A checkpoint of either path resumes on the other (``fast`` is not part of the identity)."""
+    ds = _subset(variant, 64)
+    cfg = PRESETS["gtsrb"].replace(epochs=2, batch_size=16)
+    full = _train(ds, cfg)
+    path = tmp_path / "run.pt"
+    _train(ds, cfg.replace(epochs=1, fast=False), checkpoint=path)
+    resumed = _train(ds, cfg, checkpoint=path, resume=True)  # epoch 2 on the fast path
+    assert [h["epoch"] for h in resumed.train_history] == [1, 2]
+    assert _distance(full, resumed) <= 0.02 * _distance(_train(ds, cfg, seed=6), full)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_mask_does_not_depend_on_the_layout(p):
+    x = torch.rand(4, 8, 6, 5) + 0.5  # no zeros: a dropped unit is exactly the zeros of the output
+    drop = Dropout(p).train()
+    ref = torch.nn.Dropout(p).train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        want = ref(x)
+        after_ref = torch.rand(3)
+        torch.manual_seed(0)
+        got = drop(x.contiguous(memory_format=torch.channels_last))
+        after = torch.rand(3)
+        torch.manual_seed(0)
+        got_plain = drop(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want) and torch.equal(got_plain, want)
+    assert torch.equal(after, after_ref)  # the same amount of the RNG stream consumed
+    assert 0 < int((want == 0).sum()) < want.numel()
+    # evaluation mode: the identity, any layout
+    drop.eval()
+    xc = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(drop(xc), xc)
+
+
+def test_unpruned_mask_skip_sees_later_pruning_and_loaded_masks():
+    """An all-ones mask is skipped (exact); pruning after a forward, or a loaded mask, is applied."""
+    model = build_model("gtsrb_cnn", 4, seed=0).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        acts = {}
+        hook = model.layer("last_conv").register_forward_hook(lambda m, i, o: acts.__setitem__("o", o))
+        model(x)
+        assert acts["o"][:, 3].abs().sum() > 0
+        model.prune("last_conv", [3])
+        model(x)
+        assert torch.count_nonzero(acts["o"][:, 3]) == 0
+        fresh = build_model("gtsrb_cnn", 4, seed=0).eval()
+        fresh.layer("last_conv").register_forward_hook(lambda m, i, o: acts.__setitem__("o", o))
+        fresh(x)  # caches "identity" for the fresh mask
+        fresh.load_state_dict(model.state_dict())
+        fresh(x)
+        assert torch.count_nonzero(acts["o"][:, 3]) == 0
+        hook.remove()
+    with torch.inference_mode():
+        model(x)
+
+
+def test_batches_in_channels_last_have_the_same_values(variant):
+    ds = _subset(variant, 40)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1))
+    for in_memory in (True, False):
+        src = BatchSource(ds, CPU, in_memory=in_memory)
+        for (xa, ya), (xb, yb) in zip(src.batches(16, order), src.batches(16, order, channels_last=True), strict=True):
+            assert xb.is_contiguous(memory_format=torch.channels_last) and xa.is_contiguous()
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_fast_options_and_their_checks():
+    assert fastpath.optimizer_options("adam", CPU, True) == {"fused": True, "foreach": None}
+    assert fastpath.optimizer_options("adadelta", CPU, True) == {"foreach": True}
+    assert fastpath.optimizer_options("sgd", CPU, False) == {"fused": None, "foreach": None}
+    assert not fastpath.use_channels_last(build_model("gtsrb_cnn", 4), CPU, False)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        fastpath.optimizer_options("rmsprop", CPU, True)
+    with pytest.raises(TypeError, match="torch.device"):
+        fastpath.optimizer_options("adam", "cpu", True)
+    with pytest.raises(ValueError, match="fast must be True or False, got 1"):
+        TrainConfig(epochs=1, batch_size=1, optimizer="adam", lr=1e-3, fast=1)
+    cfg = TrainConfig(epochs=1, batch_size=1, optimizer="adam", lr=1e-3)
+    assert cfg._identity() == cfg.replace(fast=False)._identity()
+    model = torch.nn.Linear(2, 2)
+    assert make_optimizer(model.parameters(), cfg, CPU).param_groups[0]["fused"] is True
+    assert not make_optimizer(model.parameters(), cfg).param_groups[0]["fused"]  # no device: PyTorch's default
+    with pytest.raises(TypeError, match="TrainConfig"):
+        make_optimizer(model.parameters(), {"optimizer": "adam"})
+
+
+def test_bench_train_reports_the_fast_path_ratio_and_sgemm_share(tmp_path, capsys):
+    from backdoorlab.bench.train import run
+
+    out = tmp_path / "bench.json"
+    assert run(["--n-train", "20", "--rounds", "1", "--skip-stream", "--plain", "--threads", "1",
+                "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["images_per_s"]) == {"bare/memory", "trainer/memory", "trainer/plain"}
+    # forward + backward of the GTSRB CNN at 32x32, counted: ~147 MFLOP per image
+    assert 0.1 < result["train_gflop_per_image"] < 0.2
+    assert result["sgemm_gflops"] > 0
+    for key, ips in result["images_per_s"].items():
+        share = result["share_of_sgemm"][key]
+        assert share == pytest.approx(ips * result["train_gflop_per_image"] / result["sgemm_gflops"], rel=0.01, abs=1e-3)
+    assert "fast path: trainer/memory / trainer/plain" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--rounds"):
+        run(["--rounds", "0"])
