@@ -273,11 +273,18 @@ class SynthFacesSource(Source):
         return _session_params(rng, self._session_len[s]), rng
 
     def _rows_by_session(self, split: str, rows: np.ndarray):
+        """(session, positions in ``rows``, frames, identity) per session, sessions ascending.
+
+        One stable sort groups the rows (a mask per session cost sessions x rows: quadratic in a
+        large load)."""
         t = self.tables[split]
         sess = t.extra["session"][rows]
-        for s in np.unique(sess):
-            sel = np.flatnonzero(sess == s)
-            yield int(s), sel, t.extra["frame"][rows[sel]], int(t.labels[rows[sel[0]]])
+        order = np.argsort(sess, kind="stable")
+        bounds = [*np.flatnonzero(np.r_[True, sess[order][1:] != sess[order][:-1]]).tolist(), rows.size] \
+            if rows.size else [0]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            sel = order[a:b]
+            yield int(sess[sel[0]]), sel, t.extra["frame"][rows[sel]], int(t.labels[rows[sel[0]]])
 
     def _frame_noise(self, s: int, frames: np.ndarray) -> np.ndarray:
         """Sensor noise of each frame: its own stream, so a frame costs the same whichever rows are asked for."""
@@ -298,6 +305,9 @@ class SynthFacesSource(Source):
             sess, _ = self._session(s)
             out[sel] = render_frames((h, w), self._identity(c), sess, frames, self._frame_noise(s, frames))
 
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self.tables[split])):
+            raise IndexError(f"rows of split {split!r} must be in [0, {len(self.tables[split])}), "
+                             f"got {int(rows.min())}..{int(rows.max())}")
         jobs = list(self._rows_by_session(split, rows))
         for c in {job[3] for job in jobs}:
             self._identity(c)  # fill the cache before the threads read it
