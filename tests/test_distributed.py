@@ -9,7 +9,9 @@ single-process training (same shuffling order, same seed).
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,13 +61,22 @@ def test_one_process_hooks_are_the_single_process_training():
     assert ddp.rank_device(torch.device("cuda"), ddp.DistContext(1, 2, 1)) == torch.device("cuda", 1)
 
 
-def _torchrun(tmp_path: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(tmp_path: Path, *args: str, nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "pytools"), str(REPO)]),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "backdoorlab", "train", "--model", "gtsrb_cnn", "--batch-size", "16", "--threads", "1",
            "--no-progress", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    # Its own session, so a hung run (ranks waiting for each other) is killed whole: torchrun and its workers.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_two_gloo_processes_train_a_checkpoint_that_loads_and_resumes(tmp_path):
@@ -81,6 +92,17 @@ def test_two_gloo_processes_train_a_checkpoint_that_loads_and_resumes(tmp_path):
     assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])
     # every row of the split counted once in the epoch (240 rows, even shards: no padding)
     assert payload["history"][0]["images_per_s"] > 0
+
+    # the checkpoint of 2 processes is an ordinary one: single-process `evaluate` reads it
+    eval_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "pytools"), str(REPO)])}
+    eval_env.pop("WORLD_SIZE", None)
+    evaluated = subprocess.run([sys.executable, "-m", "backdoorlab", "evaluate", "--data", data, "--model", "resumed.pt",
+                                "--json", "metrics.json", "--device", "cpu", "--no-progress"],
+                               capture_output=True, text=True, env=eval_env, cwd=tmp_path, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_test"] == 80 and 0.0 <= metrics["clean_accuracy"] <= 1.0
+    assert metrics["attack_success_rate"] is not None
 
     again = _torchrun(tmp_path, "--data", data, "--out", "resumed.pt", "--epochs", "2", "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -102,3 +124,17 @@ def test_two_gloo_processes_train_a_checkpoint_that_loads_and_resumes(tmp_path):
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert single.returncode != 0
     assert "trained by 2 process(es), this run has 1" in single.stderr
+
+
+def test_uneven_shards_run_the_same_number_of_steps(tmp_path):
+    """141 rows on 2 processes: shards of 70 and 71. The shorter one is padded to 71, and both ranks
+    must run ceil(71 / 10) = 8 steps -- with 7 on one rank, the other waits in an all-reduce that
+    never comes (the in-memory feed once stopped at the shard's own length, not the padded order's)."""
+    data = str(toy_variant(tmp_path / "odd.h5", n_classes=3, n_train_per_class=47))
+    run = _torchrun(tmp_path, "--data", data, "--out", "odd.pt", "--epochs", "1", "--batch-size", "10",
+                    "--max-memory-mb", "64", timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _, payload = ckpt.load(tmp_path / "odd.pt")
+    assert payload["feed"] == "memory"
+    record = payload["history"][0]
+    assert np.isfinite(record["loss"]) and 0.0 <= record["accuracy"] <= 1.0
