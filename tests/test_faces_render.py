@@ -120,3 +120,14 @@ def test_a_frame_renders_the_same_whichever_rows_are_asked_for():
     whole, _ = src.load("train", rows)
     one, _ = src.load("train", rows[7:8])
     np.testing.assert_array_equal(one[0], whole[7])
+
+
+def test_rows_outside_the_split_are_refused_by_name():
+    src = SynthFacesSource(n_identities=2, images_per_identity=20, session_length=5, seed=2)
+    n = len(src.tables["test"])
+    with pytest.raises(IndexError, match=rf"split 'test' must be in \[0, {n}\)"):
+        src.load("test", [0, n])
+    with pytest.raises(IndexError, match="split 'test'"):
+        src.load("test", [-1])
+    images, ok = src.load("test", [])
+    assert images.shape == (0, 55, 47, 3) and ok.shape == (0,)
