@@ -111,7 +111,7 @@ def run(argv: list[str] | None = None) -> int:
         t_render, cpu_render = time.perf_counter() - t0, time.process_time() - c0
         n_rows = sum(len(v) for v in rendered.values())
         attrs = {"recipe": {}, "trigger": {}, "class_names": src.class_names, "n_classes": src.n_classes, "seed": 0,
-                 "generator_version": "bench", "source": args.source, "target_class": 14, "source_classes": [8],
+                 "generator_version": "bench", "source": args.source, "target_class": 1, "source_classes": [0],
                  "image_shape": (*size, 3)}
 
         def rows_of(split: str, imgs: np.ndarray) -> dict[str, np.ndarray]:
