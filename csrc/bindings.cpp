@@ -53,10 +53,7 @@
 namespace py = pybind11;
 using i64 = std::int64_t;
 
-using backdoorlab::binding::carray;
-using backdoorlab::binding::expect_ndim;
-using backdoorlab::binding::expect_shape;
-using backdoorlab::binding::expect_stats_state;
+using namespace backdoorlab::binding;  // carray and the argument checks shared by both binding files
 
 namespace {
 

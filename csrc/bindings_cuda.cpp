@@ -31,10 +31,7 @@ namespace bc = backdoorlab::cuda;
 namespace dl = backdoorlab::dlpack;
 using i64 = std::int64_t;
 
-using backdoorlab::binding::carray;
-using backdoorlab::binding::expect_ndim;
-using backdoorlab::binding::expect_shape;
-using backdoorlab::binding::expect_stats_state;
+using namespace backdoorlab::binding;  // carray and the argument checks shared by both binding files
 
 namespace {
 

@@ -11,7 +11,6 @@ command line of this function.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from datasets_gen.atomic import atomic_write_bytes, atomic_write_text
+from datasets_gen.atomic import atomic_write_bytes, atomic_write_json, json_safe
 from datasets_gen.build import resolve_source
 from datasets_gen.eyes import EYE_METHODS, eye_location_info, locate_eyes
 from datasets_gen.publish import _tile
@@ -196,5 +195,5 @@ def check_eye_location(source: Any, sheet: str | os.PathLike | None = None, *, e
         _write_png(sheet_path, _sheet(tiles, title, tile, n_cols=8))
         report["sheet"] = str(sheet_path)
     if json_out is not None:
-        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+        atomic_write_json(json_out, json_safe(report))
     return report

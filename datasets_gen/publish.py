@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from datasets_gen.atomic import atomic_path, atomic_write_text
+from datasets_gen.schema import SPLITS
 from datasets_gen.variant_io import read_attrs, sha256_file, sidecar_paths, sidecar_tmp_paths, split_counts
 
 _LABEL_W = 150
@@ -193,7 +194,7 @@ def card_markdown(path: str | os.PathLike, *, data_path: str | os.PathLike | Non
     if r.get("notes"):
         lines += [f"- Notes: {r['notes']}"]
     lines += ["", "## Splits", "", "| split | rows | poisoned | provenance groups |", "|---|---:|---:|---:|"]
-    for s in ("train", "test", "clean", "test_triggered"):
+    for s in SPLITS:
         c = counts[s]
         lines.append(f"| `{s}` | {c['n']} | {c['n_poisoned']} | {c['n_provenance']} |")
     lines += [

@@ -411,13 +411,7 @@ def blend_image(image: np.ndarray | str | Path, alpha: float = 0.2, placement: P
         raise ValueError(f"blend alpha must be in (0, 1], got {alpha}")
     src = str(image) if isinstance(image, (str, Path)) else "array"
     if isinstance(image, (str, Path)):
-        p = Path(image)
-        if not p.is_file():
-            raise FileNotFoundError(f"blend trigger image {p} not found")
-        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"blend trigger image {p} is not a readable image")
-        arr = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        arr = cv2.cvtColor(_read_image(image, cv2.IMREAD_COLOR, "blend trigger image"), cv2.COLOR_BGR2RGB)
     else:
         arr = np.asarray(image)
         if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
@@ -528,14 +522,20 @@ def _glasses_on_eyes(t: Trigger, image: np.ndarray, eyes) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 
 
-def _load_mask(path: str) -> np.ndarray:
+def _read_image(path: str | Path, flags: int, what: str) -> np.ndarray:
+    """``cv2.imread(path, flags)``, refusing a missing or unreadable file by ``what`` it is and its path
+    (OpenCV itself returns None without saying why)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"trigger mask {p} not found")
-    m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise ValueError(f"trigger mask {p} is not a readable image")
-    return m > 127
+        raise FileNotFoundError(f"{what} {p} not found")
+    img = cv2.imread(str(p), flags)
+    if img is None:
+        raise ValueError(f"{what} {p} is not a readable image")
+    return img
+
+
+def _load_mask(path: str) -> np.ndarray:
+    return _read_image(path, cv2.IMREAD_GRAYSCALE, "trigger mask") > 127
 
 
 def _int_arg(text: str, what: str) -> int:

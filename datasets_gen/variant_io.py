@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from datasets_gen import __version__ as GENERATOR_VERSION
-from datasets_gen.atomic import atomic_write_json, atomic_write_text
+from datasets_gen.atomic import atomic_write_json
 from datasets_gen.schema import (  # noqa: F401  (FIELDS, ROW_FIELDS, ...: re-exported)
     FIELDS,
     JSON_ATTRS,
@@ -557,7 +557,7 @@ def write_manifest(path: str | os.PathLike, *, data_path: str | os.PathLike | No
         **dict(extra or {}),
     }
     out = Path(dest) if dest is not None else sidecar_paths(final)["manifest"]
-    atomic_write_text(out, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(out, manifest)
     return out
 
 

@@ -64,7 +64,8 @@ def train_config(epochs: int = 10):
 
 
 def make_context(path: Path, model: nn.Module | None = None, *, epochs: int = 10, seed: int = 1):
-    """A DefenceContext on the variant with a (freshly trained, backdoored) TinyNet."""
+    """A DefenceContext on the variant with a (freshly trained, backdoored) TinyNet, trained on one
+    thread (:class:`single_thread`)."""
     from backdoorlab.data import H5Split
     from backdoorlab.defences import DefenceContext
     from backdoorlab.train import train_model
@@ -73,7 +74,8 @@ def make_context(path: Path, model: nn.Module | None = None, *, epochs: int = 10
     cfg = train_config(epochs)
     if model is None:
         torch.manual_seed(seed)
-        model = train_model(TinyNet(), splits["train"], cfg, seed=seed, device="cpu", progress=False)
+        with single_thread():
+            model = train_model(TinyNet(), splits["train"], cfg, seed=seed, device="cpu", progress=False)
     return DefenceContext(model=model, train=splits["train"], clean=splits["clean"], test=splits["test"],
                           test_triggered=splits["test_triggered"], target_class=TARGET, train_config=cfg,
                           device="cpu", seed=seed)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from _defence_helpers import IMAGE_SIZE, TinyNet, train_config
+from _defence_helpers import IMAGE_SIZE, TinyNet, single_thread, train_config
 
 K, TARGET = 8, 4
 TRIGGER_PIXELS = 16
@@ -37,7 +37,8 @@ def make_splits(path):
 
 
 def make_context(splits, poison: bool):
-    """A DefenceContext with a TinyNet trained on the variant's clean rows (+ planted rows if ``poison``)."""
+    """A DefenceContext with a TinyNet trained (on one thread) on the variant's clean rows (+ planted
+    rows if ``poison``)."""
     from backdoorlab.data import to_float_chw
     from backdoorlab.defences import DefenceContext
 
@@ -50,12 +51,13 @@ def make_context(splits, poison: bool):
     torch.manual_seed(0)
     model = TinyNet(K)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(12):
-        for b in torch.randperm(len(x), generator=g).split(32):
-            loss = nn.functional.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    with single_thread():
+        for _ in range(12):
+            for b in torch.randperm(len(x), generator=g).split(32):
+                loss = nn.functional.cross_entropy(model(x[b]), y[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
     return DefenceContext(model=model.eval(), train=train, clean=splits["clean"], test=splits["test"],
                           test_triggered=splits["test_triggered"], target_class=TARGET,
                           train_config=train_config(12), device="cpu", seed=0)

@@ -56,8 +56,6 @@ def planted_splits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def planted_ctx(planted_splits):
     """A context whose model learned the planted backdoor (Neural Cleanse and STRIP tests)."""
-    from _defence_helpers import single_thread
     from _planted_helpers import make_context
 
-    with single_thread():
-        return make_context(planted_splits, poison=True)
+    return make_context(planted_splits, poison=True)

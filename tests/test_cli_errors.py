@@ -97,16 +97,19 @@ def test_variant_given_as_model(files, capsys):
     assert str(files["data"]) in err and "is an HDF5 file (a data-set variant?), not a checkpoint" in err
 
 
+def _read_argv(command, data, files, out_name):
+    """``evaluate`` or one-epoch ``train`` arguments that read the variant ``data``."""
+    if command == "evaluate":
+        return ["evaluate", "--data", str(data), "--model", str(files["model"]), "--no-progress"]
+    return ["train", "--data", str(data), "--model", "gtsrb_cnn", "--epochs", "1",
+            "--out", str(files["dir"] / out_name), "--overwrite", "--no-progress", "--device", "cpu"]
+
+
 @pytest.mark.parametrize("command", ["evaluate", "train"])
 def test_corrupt_image_chunk_names_the_file(files, capsys, command):
     bad = _copy(files, f"chunk-{command}.h5")
     _corrupt_first_chunk(bad, "test" if command == "evaluate" else "train")
-    if command == "evaluate":
-        argv = ["evaluate", "--data", str(bad), "--model", str(files["model"]), "--no-progress"]
-    else:
-        argv = ["train", "--data", str(bad), "--model", "gtsrb_cnn", "--epochs", "1",
-                "--out", str(files["dir"] / "chunk.pt"), "--overwrite", "--no-progress", "--device", "cpu"]
-    err = _one_line_error(capsys, main(argv), command)
+    err = _one_line_error(capsys, main(_read_argv(command, bad, files, "chunk.pt")), command)
     assert str(bad) in err and "read data" in err and "the file is corrupt" in err
 
 
@@ -115,12 +118,7 @@ def test_corrupt_attribute_is_one_line(files, capsys, command):
     bad = _copy(files, f"attr-{command}.h5")
     with h5py.File(bad, "r+") as f:
         f.attrs["n_classes"] = "many"
-    if command == "evaluate":
-        argv = ["evaluate", "--data", str(bad), "--model", str(files["model"]), "--no-progress"]
-    else:
-        argv = ["train", "--data", str(bad), "--model", "gtsrb_cnn", "--epochs", "1",
-                "--out", str(files["dir"] / "attr.pt"), "--overwrite", "--no-progress", "--device", "cpu"]
-    err = _one_line_error(capsys, main(argv), command)
+    err = _one_line_error(capsys, main(_read_argv(command, bad, files, "attr.pt")), command)
     assert "many" in err
 
 

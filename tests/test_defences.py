@@ -34,24 +34,16 @@ def variant(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ctx(variant):
-    with single_thread():
-        c = make_context(variant)
-    return c
+    return make_context(variant)
 
 
 @pytest.fixture(scope="module")
 def fp_ctx(tmp_path_factory):
     """Fine-Pruning tunes on the clean set: give it 30 clean images per class instead of 15."""
-    path = make_variant(tmp_path_factory.mktemp("toy_fp") / "toy.h5", n_clean_per_class=30)
-    with single_thread():
-        c = make_context(path)
-    return c
+    return make_context(make_variant(tmp_path_factory.mktemp("toy_fp") / "toy.h5", n_clean_per_class=30))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_fixture_model_is_backdoored(ctx):
@@ -207,17 +199,28 @@ def test_ac_class_with_too_few_samples_is_a_clear_error(ctx):
         ActivationClustering().detect(small, progress=False)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"size_threshold": 1.5}, "size_threshold must be inside"),
-    ({"size_threshold": 0.0}, "size_threshold must be inside"),
-    ({"silhouette_threshold": float("nan")}, "silhouette_threshold must be inside"),
-    ({"analysis": "biggest"}, "unknown analysis 'biggest'"),
-    ({"reduce": "tsne"}, "unknown reduction 'tsne'"),
-    ({"n_components": 0}, "n_components must be >= 1"),
+@pytest.mark.parametrize("defence, kwargs, match", [
+    (ActivationClustering, {"size_threshold": 1.5}, "size_threshold must be inside"),
+    (ActivationClustering, {"size_threshold": 0.0}, "size_threshold must be inside"),
+    (ActivationClustering, {"silhouette_threshold": float("nan")}, "silhouette_threshold must be inside"),
+    (ActivationClustering, {"analysis": "biggest"}, "unknown analysis 'biggest'"),
+    (ActivationClustering, {"reduce": "tsne"}, "unknown reduction 'tsne'"),
+    (ActivationClustering, {"n_components": 0}, "n_components must be >= 1"),
+    (DataProvenance, {"threshold": 1.0}, "threshold must be inside"),
+    (DataProvenance, {"threshold": -0.1}, "threshold must be inside"),
+    (DataProvenance, {"base": "pretrained"}, "unknown base"),
+    (DataProvenance, {"epochs": 0}, "epochs must be >= 1"),
+    (DataProvenance, {"rule": "relative"}, "unknown rule"),
+    (DataProvenance, {"z": 0}, "z must be a positive"),
+    (FinePruning, {"threshold": 0.0}, "threshold must be inside"),
+    (FinePruning, {"threshold": 4}, "threshold must be inside"),
+    (FinePruning, {"search": "random"}, "unknown search 'random'"),
+    (FinePruning, {"max_prune_share": 1.5}, "max_prune_share must be in"),
 ])
-def test_ac_bad_parameters(kwargs, match):
+def test_bad_parameters(defence, kwargs, match):
+    """Every defence refuses a bad parameter in its constructor, naming it."""
     with pytest.raises(ValueError, match=match):
-        ActivationClustering(**kwargs)
+        defence(**kwargs)
 
 
 def test_unknown_layer_is_a_clear_error(ctx):
@@ -307,19 +310,6 @@ def test_dp_robust_rule_ignores_the_common_cost_of_one_class_groups():
     assert DataProvenance(threshold=0.05)._cutoff(np.array([0.0, 0.0, 0.0, 0.03])) > 0.03
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"threshold": 1.0}, "threshold must be inside"),
-    ({"threshold": -0.1}, "threshold must be inside"),
-    ({"base": "pretrained"}, "unknown base"),
-    ({"epochs": 0}, "epochs must be >= 1"),
-    ({"rule": "relative"}, "unknown rule"),
-    ({"z": 0}, "z must be a positive"),
-])
-def test_dp_bad_parameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        DataProvenance(**kwargs)
-
-
 # ----------------------------------------------------------------------------- Fine-Pruning
 
 
@@ -391,17 +381,6 @@ def test_fp_pruning_persists_through_fine_tuning_and_checkpoints(ctx, tmp_path, 
 def test_fp_on_the_second_last_conv(ctx):
     _, pruned, r = FinePruning(layer="second_last_conv", finetune_epochs=0).prune(fresh(ctx), progress=False)
     assert r["layer_name"] == "conv1" and r["n_channels"] == 8 and r["search_path"] == "cached-tail"
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    ({"threshold": 0.0}, "threshold must be inside"),
-    ({"threshold": 4}, "threshold must be inside"),
-    ({"search": "random"}, "unknown search 'random'"),
-    ({"max_prune_share": 1.5}, "max_prune_share must be in"),
-])
-def test_fp_bad_parameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        FinePruning(**kwargs)
 
 
 def test_bench_prune_times_the_three_searches(fp_ctx):

@@ -23,14 +23,10 @@ def variant(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ctx(variant):
-    with single_thread():
-        return make_context(variant)
+    return make_context(variant)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_parse_spec_and_registry():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import re
@@ -126,26 +125,25 @@ def _set(cells, defence, values, field="attack_success"):
             c[field] = values[c["seed"]]
 
 
-def test_order_finding_states_a_direction_only_when_every_seed_shows_it():
-    cells = fabricate_cells(settings=[("gtsrb", "yellow square", 0.07)], seeds=(0, 1, 2), rng_seed=3)
-    _set(cells, "ac>fp", {0: 0.05, 1: 0.10, 2: 0.00})
-    _set(cells, "fp>ac", {0: 0.40, 1: 0.45, 2: 0.35})
-    (sentence,) = findings.order_findings(aggregate_cells(cells))
-    assert "AC(size)→FP lowered attack success more on all 3 seeds, by 35.0 points on average" in sentence
-    flipped = copy.deepcopy(cells)
-    _set(flipped, "ac>fp", {0: 0.60, 1: 0.70, 2: 0.50})
-    (sentence,) = findings.order_findings(aggregate_cells(flipped))
-    assert "FP→AC(size) lowered attack success more on all 3 seeds, by 20.0 points on average" in sentence
-    tied = copy.deepcopy(cells)
-    _set(tied, "ac>fp", {0: 0.405, 1: 0.445, 2: 0.352})
-    (sentence,) = findings.order_findings(aggregate_cells(tied))
-    assert "about equally" in sentence
+@pytest.mark.parametrize("ac_fp, says, not_says", [
+    ({0: 0.05, 1: 0.10, 2: 0.00},
+     "AC(size)→FP lowered attack success more on all 3 seeds, by 35.0 points on average", None),
+    ({0: 0.60, 1: 0.70, 2: 0.50},
+     "FP→AC(size) lowered attack success more on all 3 seeds, by 20.0 points on average", None),
+    ({0: 0.405, 1: 0.445, 2: 0.352}, "about equally", None),
     # one seed the other way: the means still favour AC→FP, but no direction is stated
-    mixed = copy.deepcopy(cells)
-    _set(mixed, "ac>fp", {0: 0.05, 1: 0.10, 2: 0.60})
-    (sentence,) = findings.order_findings(aggregate_cells(mixed))
-    assert "not distinguishable across seeds (per-seed differences -35.0, -35.0, +25.0 points)" in sentence
-    assert "lowered attack success more" not in sentence
+    ({0: 0.05, 1: 0.10, 2: 0.60},
+     "not distinguishable across seeds (per-seed differences -35.0, -35.0, +25.0 points)",
+     "lowered attack success more"),
+], ids=["ac-fp-better", "fp-ac-better", "tied", "mixed"])
+def test_order_finding_states_a_direction_only_when_every_seed_shows_it(ac_fp, says, not_says):
+    cells = fabricate_cells(settings=[("gtsrb", "yellow square", 0.07)], seeds=(0, 1, 2), rng_seed=3)
+    _set(cells, "fp>ac", {0: 0.40, 1: 0.45, 2: 0.35})
+    _set(cells, "ac>fp", ac_fp)
+    (sentence,) = findings.order_findings(aggregate_cells(cells))
+    assert says in sentence
+    if not_says is not None:
+        assert not_says not in sentence
 
 
 def test_one_seed_never_gives_a_direction():

@@ -234,6 +234,21 @@ __device__ __forceinline__ double block_max(double v, double* scratch) {
   return scratch[0];
 }
 
+// C = op(A) op(B), all n x n row-major with leading dimension ld, summed over `inner` terms:
+// op(M)[a][e] is M[e * ld + a] when transposed (TA/TB), else M[a * ld + e]. One entry per thread,
+// terms added in index order (no reduction tree, so the same rounding on every launch); the
+// caller synchronises before reading C. The small dense products of FastICA's decorrelation and
+// of the block eigen-solver's Rayleigh-Ritz step.
+template <bool TA, bool TB, typename Index>
+__device__ inline void block_matmul(const double* A, const double* B, double* C, int n, Index inner, int ld) {
+  for (int t = threadIdx.x; t < n * n; t += blockDim.x) {
+    const int a = t / n, b = t % n;
+    double s = 0.0;
+    for (Index e = 0; e < inner; ++e) s += (TA ? A[e * ld + a] : A[a * ld + e]) * (TB ? B[b * ld + e] : B[e * ld + b]);
+    C[t] = s;
+  }
+}
+
 // Shared memory (doubles) block_jacobi_eigh needs beyond A and V: rotation pairs and flags.
 __host__ __device__ constexpr int jacobi_scratch_doubles(int m) { return 4 * ((m + 2) / 2) + 40; }
 

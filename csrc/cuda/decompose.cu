@@ -57,12 +57,7 @@ __device__ bool polar_newton_schulz(double* W, int k, double* X0, double* X1, do
   // Scale: sigma_max(W)^2 = ||W^T W||_2 <= ||W^T W||_inf (max absolute row sum), so
   // X = W / sqrt(||W^T W||_inf) has singular values in (0, 1]; unlike the Frobenius norm the
   // bound is tight for a W with equal singular values, where one step then suffices.
-  for (int t = threadIdx.x; t < k * k; t += blockDim.x) {
-    const int a = t / k, b = t % k;
-    double g = 0.0;
-    for (int e = 0; e < k; ++e) g += W[e * k + a] * W[e * k + b];
-    G[t] = g;
-  }
+  block_matmul<true, false>(W, W, G, k, k, k);  // G = W^T W
   __syncthreads();
   if (threadIdx.x == 0) {  // k*k <= 2304 terms: one thread, fixed order
     double top = 0.0;
@@ -82,12 +77,7 @@ __device__ bool polar_newton_schulz(double* W, int k, double* X0, double* X1, do
   for (int t = threadIdx.x; t < k * k; t += blockDim.x) X[t] = W[t] * inv;
   __syncthreads();
   for (int step = 0; step < 64; ++step) {
-    for (int t = threadIdx.x; t < k * k; t += blockDim.x) {  // G = X^T X
-      const int a = t / k, b = t % k;
-      double g = 0.0;
-      for (int e = 0; e < k; ++e) g += X[e * k + a] * X[e * k + b];
-      G[t] = g;
-    }
+    block_matmul<true, false>(X, X, G, k, k, k);  // G = X^T X
     __syncthreads();
     for (int t = threadIdx.x; t < k * k; t += blockDim.x) {  // Xn = 1.5 X - 0.5 X G
       const int a = t / k, b = t % k;
@@ -129,12 +119,7 @@ __device__ bool polar_newton_schulz(double* W, int k, double* X0, double* X1, do
 __device__ void sym_decorrelate(double* W, int k, double* A, double* V, double* G, double* evs,
                                 double* jac, int* flags, double* scalar) {
   if (polar_newton_schulz(W, k, A, V, G, flags, scalar)) return;
-  for (int t = threadIdx.x; t < k * k; t += blockDim.x) {
-    const int a = t / k, b = t % k;
-    double s = 0.0;
-    for (int e = 0; e < k; ++e) s += W[a * k + e] * W[b * k + e];
-    A[t] = s;
-  }
+  block_matmul<false, true>(W, W, A, k, k, k);  // A = W W^T
   __syncthreads();
   block_jacobi_eigh(A, V, k, jac);
   for (int a = threadIdx.x; a < k; a += blockDim.x) evs[a] = fmax(A[a * k + a], 1e-300);
@@ -147,13 +132,7 @@ __device__ void sym_decorrelate(double* W, int k, double* A, double* V, double* 
     A[t] = s / sqrt(evs[a]);
   }
   __syncthreads();
-  // W <- V A
-  for (int t = threadIdx.x; t < k * k; t += blockDim.x) {
-    const int a = t / k, b = t % k;
-    double s = 0.0;
-    for (int e = 0; e < k; ++e) s += V[a * k + e] * A[e * k + b];
-    W[t] = s;
-  }
+  block_matmul<false, false>(V, A, W, k, k, k);  // W <- V A
   __syncthreads();
 }
 

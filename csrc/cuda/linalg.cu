@@ -184,12 +184,7 @@ __global__ void topk_eigh_kernel(const double* __restrict__ cov, int64_t d, int 
     const bool last = it >= kEigMaxIter;
     if (it % kRayleighRitzEvery == 0 || last) {
       // T = Q^T C Q = Q^T Y (symmetrised), then its eigen-decomposition.
-      for (int t = threadIdx.x; t < p * p; t += blockDim.x) {
-        const int a = t / p, b = t % p;
-        double s = 0.0;
-        for (int64_t i = 0; i < d; ++i) s += Q[i * p + a] * Y[i * p + b];
-        V[t] = s;
-      }
+      block_matmul<true, false>(Q, Y, V, p, d, p);
       __syncthreads();
       for (int t = threadIdx.x; t < p * p; t += blockDim.x) {
         const int a = t / p, b = t % p;

@@ -294,10 +294,19 @@ class Source:
         }
 
 
-def split_pool(keys: list[str], labels: Sequence[int], provenance: Sequence[int], shares: Sequence[float],
-               seed: int) -> dict[str, SplitTable]:
-    """One pool of rows split into the ``train``/``test``/``clean`` tables by ``shares``, stratified
-    by label and seeded (the face readers' split: the paper splits each person's images)."""
+def split_pool(root: Path, people: Sequence[tuple[str, Sequence[tuple[int, str]]]], min_images: int,
+               shares: Sequence[float], seed: int) -> dict[str, SplitTable]:
+    """The people kept by a face reader, one class each, split into the ``train``/``test``/``clean``
+    tables by ``shares``, stratified by label and seeded (the paper splits each person's images).
+
+    ``people`` holds ``(name, [(provenance_group, image_path), ...])`` in class order, each with at
+    least ``min_images`` images; fewer than two people raise ``ValueError`` naming ``root``.
+    """
+    if len(people) < 2:
+        raise ValueError(f"{root}: {len(people)} people with >= {min_images} images; need at least 2 classes")
+    keys = [path for _, files in people for _, path in files]
+    labels = [c for c, (_, files) in enumerate(people) for _ in files]
+    provenance = [group for _, files in people for group, _ in files]
     pool = SplitTable(keys, np.array(labels), np.array(provenance), np.arange(len(keys)))
     train, test, clean = stratified_split(pool.labels, shares, seed)
     return {"train": pool.take(train), "test": pool.take(test), "clean": pool.take(clean)}

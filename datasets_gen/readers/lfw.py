@@ -65,8 +65,9 @@ class LFWSource(ImageFileSource):
         if int(min_images) < 1 or int(provenance_block) < 1:
             raise ValueError(f"min_images and provenance_block must be >= 1, got {min_images}, {provenance_block}")
         self.root = find_root(root)
-        people = []
+        people = []  # (name, [(provenance group, path)]): blocks of image numbers, numbered across people
         n_foreign = 0
+        next_group = 0
         for person in sorted(e.name for e in os.scandir(self.root) if e.is_dir()):
             files = []
             for f in sorted(os.listdir(self.root / person)):
@@ -76,18 +77,9 @@ class LFWSource(ImageFileSource):
                     continue
                 files.append((int(m.group(2)), str(self.root / person / f)))
             if len(files) >= min_images:
-                people.append((person, files))
-        if len(people) < 2:
-            raise ValueError(f"{self.root}: {len(people)} people with >= {min_images} images; need at least 2 classes")
-        keys, labels, prov = [], [], []
-        next_group = 0
-        for c, (_, files) in enumerate(people):
-            for number, path in files:
-                keys.append(path)
-                labels.append(c)
-                prov.append(next_group + (number - 1) // provenance_block)
-            next_group += max(n for n, _ in files) // provenance_block + 1
-        tables = split_pool(keys, labels, prov, shares, seed)
+                people.append((person, [(next_group + (n - 1) // provenance_block, path) for n, path in files]))
+                next_group += max(n for n, _ in files) // provenance_block + 1
+        tables = split_pool(self.root, people, min_images, shares, seed)
         config = {"root": str(self.root), "min_images": int(min_images), "shares": list(shares), "split_seed": seed,
                   "provenance": f"blocks of {provenance_block} consecutive image numbers per person",
                   "files_ignored": n_foreign}

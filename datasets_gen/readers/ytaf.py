@@ -74,15 +74,7 @@ class YTAFSource(ImageFileSource):
                              if f.lower().endswith(IMAGE_SUFFIXES))
             if len(files) >= min_images:
                 people.append((person, files))
-        if len(people) < 2:
-            raise ValueError(f"{self.root}: {len(people)} people with >= {min_images} images; need at least 2 classes")
-        keys, labels, prov = [], [], []
-        for c, (_, files) in enumerate(people):
-            for vid, path in files:
-                keys.append(path)
-                labels.append(c)
-                prov.append(vid)
-        tables = split_pool(keys, labels, prov, shares, seed)
+        tables = split_pool(self.root, people, min_images, shares, seed)
         config = {"root": str(self.root), "min_images": int(min_images), "shares": list(shares), "split_seed": seed,
                   "n_videos": len(video_names), "provenance": "video"}
         super().__init__([p for p, _ in people], validate_size(image_size), tables, strict, config)

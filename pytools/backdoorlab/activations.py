@@ -22,7 +22,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from backdoorlab import reference
 from backdoorlab.data import H5Split, row_batches
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
@@ -54,8 +56,6 @@ def iter_activations(model: BackdoorModel, dataset: H5Split, layer: str, *, batc
         layer's own shape ``(b, C, H, W)`` or ``(b, D)``; ``labels`` int64 ``(b,)`` (the split's
         training labels).
     """
-    from tqdm.auto import tqdm
-
     check_compatible(model, dataset)
     module = model.layer(layer)  # KeyError naming the valid layers
     if int(batch_size) < 1:
@@ -231,7 +231,7 @@ def channel_stats(model: BackdoorModel, dataset: H5Split, layer: str, *, by_clas
                 f"backdoorlab.native is not available ({exc}); build the native core or pass backend='reference'"
             ) from exc
     elif backend == "reference":
-        from backdoorlab.reference import ActivationStats
+        ActivationStats = reference.ActivationStats
     else:
         raise ValueError(f"backend must be 'native' or 'reference', got {backend!r}")
     model.to(resolve_device(device))

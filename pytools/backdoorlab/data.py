@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from datasets_gen.schema import FIELDS, ROW_FIELDS, SPLITS, decode_attrs, validate_attrs
 from datasets_gen.variant_io import sidecar_paths
@@ -352,8 +353,6 @@ class H5Split(Dataset):
         order = np.argsort(self.rows, kind="stable")
         sorted_rows = self.rows[order]
         chunk = max(1, (64 << 20) // (h * w * c))
-        from tqdm.auto import tqdm
-
         with tqdm(total=len(self), desc=f"load {self.split}", unit="img", disable=not progress, leave=False) as bar:
             pos = 0
             while pos < len(sorted_rows):

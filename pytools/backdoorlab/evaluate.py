@@ -13,8 +13,10 @@ import os
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from backdoorlab.data import BatchSource, H5Split
+from backdoorlab import checkpoint as ckpt
+from backdoorlab.data import BatchSource, H5Split, open_variant
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
 from backdoorlab.models.compat import check_compatible
@@ -30,8 +32,6 @@ def predict(model: BackdoorModel, dataset: H5Split, *, batch_size: int = 256, de
     -------
     np.ndarray of int64, shape (len(dataset),)
     """
-    from tqdm.auto import tqdm
-
     check_compatible(model, dataset)
     dev = resolve_device(device)
     was_training = model.training
@@ -108,9 +108,6 @@ def evaluate_variant(data: str | os.PathLike, model_path: str | os.PathLike, *, 
     result records what the data check found (``data_check``). With ``json_out`` the result (plus the
     paths and the checkpoint's seed) is written there atomically.
     """
-    from backdoorlab import checkpoint as ckpt
-    from backdoorlab.data import open_variant
-
     splits = open_variant(data, ("test", "test_triggered"), verify=verify, progress=progress)
     if "test" not in splits:
         raise ValueError(f"{str(data)!r} has no 'test' split")

@@ -8,11 +8,12 @@ measured in the same run, never a bare time.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 import re
 
-__all__ = ["available", "dispatch"]
+__all__ = ["available", "dispatch", "add_run_args"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -47,3 +48,15 @@ def dispatch(name: str, argv: list[str]) -> int:
     if not callable(run):
         raise ValueError(f"backdoorlab.bench.{name} has no run(argv) function")
     return int(run(list(argv)) or 0)
+
+
+def add_run_args(p: argparse.ArgumentParser, *, batch_size: int, threads: int) -> argparse.ArgumentParser:
+    """The arguments every model benchmark (``prune``, ``train``) takes, with its own defaults:
+    ``--batch-size``, ``--threads`` (torch threads), ``--seed``, ``--device`` (default cpu) and
+    ``--json`` (results written atomically)."""
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="write the results here (atomic)")
+    return p

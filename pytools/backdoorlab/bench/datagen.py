@@ -26,7 +26,6 @@ or ``python -m backdoorlab.bench.datagen``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+
+from datasets_gen.atomic import atomic_write_json, json_safe
+from datasets_gen.build import build_variant
+from datasets_gen.sources import open_source
+from datasets_gen.synthetic.templates import N_SIGN_CLASSES, template
+from datasets_gen.variant_io import SPLITS, VariantWriter
 
 GOAL_IMAGES_PER_S = 5000.0
 PRESET = "gtsrb-ours-yellow-square-7"
@@ -62,11 +68,6 @@ def _all_rows(src) -> list[tuple[str, np.ndarray]]:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a table; returns 0 (1 on bad arguments)."""
-    from datasets_gen.build import build_variant
-    from datasets_gen.sources import open_source
-    from datasets_gen.synthetic.templates import N_SIGN_CLASSES, template
-    from datasets_gen.variant_io import SPLITS, VariantWriter
-
     args = _parser().parse_args(argv)
     if args.repeats < 1:
         print("--repeats must be >= 1", file=sys.stderr)
@@ -99,7 +100,6 @@ def run(argv: list[str] | None = None) -> int:
                           source_kwargs={k: v for k, v in kw.items() if k != "seed"})
             best = min(best, time.perf_counter() - t0)
             cpu_e2e = min(cpu_e2e, time.process_time() - c0)
-            import h5py
             with h5py.File(out, "r") as f:
                 n_written = sum(f[s]["images"].shape[0] for s in SPLITS)
             out.unlink()
@@ -170,7 +170,7 @@ def run(argv: list[str] | None = None) -> int:
     print(f"  template warm-up (once per process): {t_templates:.2f} s")
     print(f"  goal >= {GOAL_IMAGES_PER_S:,.0f} images/s: {'met' if res['goal_met'] else 'NOT met'}")
     if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        atomic_write_json(args.json, json_safe(res))
     return 0
 
 

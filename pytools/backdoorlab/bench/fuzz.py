@@ -59,6 +59,7 @@ from typing import Any, Callable
 import numpy as np
 
 from backdoorlab import native, reference
+from datasets_gen.atomic import atomic_write_json
 
 FAILURES = ("crash", "hang", "nan_from_finite", "disagreed", "wrong_error", "refused_where_reference_answers",
             "answered_invalid_call")
@@ -597,7 +598,16 @@ def _agree(case: Case, got: Any, want: Any) -> str | None:
         return None if ok else "group_by_class differs"
     X = np.ascontiguousarray(case.args[0], dtype=np.float32)
     if k == "silhouette_samples":
-        diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
+        want = np.array(want, np.float64)
+        off = np.asarray(case.args[1])
+        for c0, c1 in zip(off[:-1], off[1:]):
+            # Rows all equal: every distance is 0, so the silhouette is 0/0, which scikit-learn
+            # (and the reference) define as 0. scikit-learn's distances are |x|^2 + |y|^2 - 2 x.y,
+            # which for equal rows is rounding noise of the BLAS at hand (1e-8), and the ratio of
+            # two such noises is anything in [-1, 1]: the exact answer is 0, not the reference's.
+            if c1 - c0 > 1 and (X[c0:c1] == X[c0]).all():
+                want[c0:c1] = 0.0
+        diff = np.abs(np.asarray(got, np.float64) - want)
         return None if (diff <= 1e-4).all() else f"silhouette differs by up to {diff.max():.3g}"
     if k in ("pca", "spectral_scores"):
         center = k == "pca" or bool(case.kwargs.get("center", True))
@@ -972,8 +982,6 @@ def run(argv: list[str]) -> int:
                        log=lambda m: print(m, flush=True))
     print(format_summary(summary), flush=True)
     if args.json:
-        from datasets_gen.atomic import atomic_write_json
-
         atomic_write_json(args.json, summary)
         print(f"wrote {args.json}")
     return 1 if summary["failed"] or summary["judged"] != summary["cases"] else 0

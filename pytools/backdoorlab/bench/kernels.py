@@ -31,7 +31,6 @@ or ``backdoorlab bench kernels ...``. Run it under ``nice``: it keeps both cores
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from backdoorlab import native, reference
-from datasets_gen.atomic import atomic_write_text
+from datasets_gen.atomic import atomic_write_json, json_safe
 
 SHAPES: dict[str, tuple[int, int, int]] = {
     "ytaf": (1283, 412, 160),
@@ -328,6 +327,6 @@ def run(argv: list[str]) -> int:
     if args.json is not None:
         payload = {"build_info": {k: v for k, v in info.items() if k != "cuda_info"}, "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "results": results}
-        atomic_write_text(args.json, json.dumps(payload, indent=2, default=float))
+        atomic_write_json(args.json, json_safe(payload))
         log(f"wrote {args.json}")
     return 0

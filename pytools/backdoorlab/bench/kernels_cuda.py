@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -39,7 +38,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from datasets_gen.atomic import atomic_write_text
+from backdoorlab import native, reference
+from datasets_gen.atomic import atomic_write_json, json_safe
 
 SHAPES: dict[str, tuple[int, int, int]] = {
     "ytaf": (1283, 412, 160),
@@ -115,8 +115,6 @@ def _ac_core(mod_call: Callable[..., Any], X, off, seed: int, *, native_api: boo
 
 def _warm_up(kernel: str, X1: np.ndarray, off1: np.ndarray, seed: int) -> None:
     """Run the CPU-native and reference twins once on one class (imports, thread pools)."""
-    from backdoorlab import native, reference
-
     if kernel == "stats_update":
         native.activation_stats(X1, device="cpu")
         reference.activation_stats(X1)
@@ -132,8 +130,6 @@ def _warm_up(kernel: str, X1: np.ndarray, off1: np.ndarray, seed: int) -> None:
 
 def bench_shape(name: str, cuda, repeats: int, seed: int, reference_classes: int | None,
                 with_reference: bool, progress: bool) -> dict:
-    from backdoorlab import native, reference
-
     G, rows, d = SHAPES[name]
     X, off = make_activations(G, rows, d, seed)
     result: dict[str, Any] = {"shape": {"classes": G, "rows_per_class": rows, "features": d,
@@ -282,7 +278,7 @@ def run(argv: list[str] | None = None) -> int:
         results["goal"] = {"ac_core_ytaf_s": t, "goal_s": GOAL_AC_YTAF_S, "met": t <= GOAL_AC_YTAF_S, "device": device}
     print(_format(results))
     if args.out is not None:
-        atomic_write_text(args.out, json.dumps(results, indent=2, default=str))
+        atomic_write_json(args.out, json_safe(results))
     return 0
 
 

@@ -19,7 +19,6 @@ CNN on it for a few epochs (seeded), so it runs anywhere in about a minute.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -28,7 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets_gen.atomic import atomic_write_text
+from backdoorlab import checkpoint, native
+from backdoorlab.activations import channel_means
+from backdoorlab.bench import add_run_args
+from backdoorlab.data import H5Split
+from backdoorlab.defences.fine_pruning import FullEvaluator, PruningSearch, TailEvaluator
+from backdoorlab.defences.params import check_fraction
+from backdoorlab.models import build_model
+from backdoorlab.train import TrainConfig, train_model
+from datasets_gen.atomic import atomic_write_json, json_safe
+from datasets_gen.toy import make_toy_variant
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,21 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="last_conv,second_last_conv", help="comma-separated roles or module names")
     p.add_argument("--threshold", type=float, default=0.04, help="allowed clean-accuracy drop (default 0.04)")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions, best kept (default 3)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="write the results here (atomic)")
-    return p
+    return add_run_args(p, batch_size=256, threads=1)
 
 
 def _toy_setup(workdir: Path, seed: int, device: str):
-    from datasets_gen.toy import make_toy_variant
-
-    from backdoorlab.data import H5Split
-    from backdoorlab.models import build_model
-    from backdoorlab.train import TrainConfig, train_model
-
     path = make_toy_variant(workdir / "toy.h5", n_classes=6, n_train_per_class=150, n_test_per_class=20,
                             n_clean_per_class=120, image_size=(32, 32), poison_share=0.3, seed=seed)
     model = build_model("gtsrb_cnn", 6, seed=seed)
@@ -72,10 +69,6 @@ def _best_of(fn, repeats: int):
 
 def bench_layer(model, clean, layer: str, threshold: float, *, repeats: int, batch_size: int, device: str) -> dict:
     """Time the three searches on one layer; returns a JSON-ready dict."""
-    from backdoorlab import native
-    from backdoorlab.activations import channel_means
-    from backdoorlab.defences.fine_pruning import FullEvaluator, PruningSearch, TailEvaluator
-
     name = model.layer_name(layer)
     means = channel_means(model, clean, layer, batch_size=batch_size, device=device, progress=False)
     order = np.asarray(native.pruning_order(means.astype(np.float32)), dtype=np.int64)
@@ -113,17 +106,12 @@ def bench_layer(model, clean, layer: str, threshold: float, *, repeats: int, bat
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from backdoorlab.defences.params import check_fraction
-
     check_fraction("threshold", args.threshold)
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if (args.data is None) != (args.model is None):
         raise ValueError("give both --data and --model, or neither (toy set-up)")
     torch.set_num_threads(args.threads)
-    from backdoorlab import checkpoint
-    from backdoorlab.data import H5Split
-
     with tempfile.TemporaryDirectory() as tmp:
         if args.data is None:
             print("building a toy variant and training gtsrb_cnn on it (seeded) ...", flush=True)
@@ -152,5 +140,5 @@ def run(argv: list[str]) -> int:
            "device": args.device, "seed": args.seed, "torch": torch.__version__, "machine": platform.machine(),
            "results": results}
     if args.json:
-        atomic_write_text(args.json, json.dumps(out, indent=2))
+        atomic_write_json(args.json, json_safe(out))
     return 0

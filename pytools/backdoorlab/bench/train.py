@@ -35,7 +35,14 @@ from pathlib import Path
 
 import torch
 
+from backdoorlab.augment import Augmentation
+from backdoorlab.bench import add_run_args
+from backdoorlab.data import H5Split
+from backdoorlab.devices import resolve_device
+from backdoorlab.models import build_model
+from backdoorlab.train import TrainConfig, epoch_order, make_optimizer, train_model
 from datasets_gen.atomic import atomic_write_json
+from datasets_gen.toy import make_toy_variant
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,16 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="gtsrb_cnn", help="architecture (default gtsrb_cnn)")
     p.add_argument("--n-train", type=int, default=2000, help="toy training images when --data is not given (default 2000)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of one epoch per variant (default 3)")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the streaming variants (default 0)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--augment", default=None,
                    help="also time the in-memory trainer with this augmentation (e.g. gtsrb)")
     p.add_argument("--skip-stream", action="store_true", help="time only the in-memory variants")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="write the results here (atomic)")
-    return p
+    return add_run_args(p, batch_size=32, threads=2)
 
 
 def _bare_epoch(model, optimizer, batches) -> int:
@@ -74,13 +76,6 @@ def run(argv: list[str]) -> int:
     if args.rounds < 1 or args.batch_size < 1 or args.threads < 1 or args.n_train < 10:
         raise ValueError("--rounds, --batch-size and --threads must be >= 1 and --n-train >= 10")
     torch.set_num_threads(args.threads)
-
-    from backdoorlab.data import H5Split
-    from backdoorlab.devices import resolve_device
-    from backdoorlab.models import build_model
-    from backdoorlab.augment import Augmentation
-    from backdoorlab.train import TrainConfig, epoch_order, make_optimizer, train_model
-
     augmentation = Augmentation.from_spec(args.augment)  # None for no --augment or "none"
 
     dev = resolve_device(args.device)
@@ -89,8 +84,6 @@ def run(argv: list[str]) -> int:
         if args.data:
             data = Path(args.data)
         else:
-            from datasets_gen.toy import make_toy_variant
-
             per_class = max(1, args.n_train // 10)
             data = make_toy_variant(tmp / "toy.h5", n_classes=10, n_train_per_class=per_class, n_test_per_class=2,
                                     n_clean_per_class=0, seed=args.seed)

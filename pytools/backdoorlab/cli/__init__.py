@@ -2,9 +2,9 @@
 
 Each subcommand lives in its own module of this package (so the parts built separately do not
 edit one file) and exposes ``add_parser(subparsers)`` and ``run(args) -> int``; ``run`` calls one
-library function. Modules are imported lazily so ``backdoorlab --help`` stays fast. A module may
-also declare ``INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}``: the files its arguments
-name, so that an h5py error (which never names its file) is reported with the file it was reading.
+library function. The modules are found by name in :data:`COMMANDS` (one not built yet is left
+out of the parser). A module may also declare ``INPUT_FILES = {"data": "hdf5", "model":
+"checkpoint"}``: the files its arguments name, so that an h5py error (which never names its file) is reported with the file it was reading.
 Empty, foreign, truncated or swapped files are refused by their readers (``backdoorlab.data``,
 ``backdoorlab.checkpoint``), which every caller of the library goes through, not only the CLI.
 
@@ -38,6 +38,10 @@ import importlib  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from backdoorlab import __version__  # noqa: E402
+from backdoorlab.errors import DeviceUnavailableError  # noqa: E402
+from backdoorlab.seeding import check_seed  # noqa: E402
+
 # subcommand -> (module in this package, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "poison": ("poison", "build a poisoned HDF5 variant of a data set (with manifest, card, preview)"),
@@ -55,8 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="backdoorlab",
         description="Backdoor attacks on image classifiers and the defences against them, alone and combined.",
     )
-    from backdoorlab import __version__
-
     parser.add_argument("--version", action="version", version=f"backdoorlab {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of every error, not just of bugs (also: BACKDOORLAB_DEBUG=1)")
@@ -88,8 +90,6 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 
 def seed_arg(text: str) -> int:
     """argparse ``type`` of every ``--seed``: an integer in the range :func:`backdoorlab.seeding.check_seed` takes."""
-    from backdoorlab.seeding import check_seed
-
     try:
         value = int(text)
     except ValueError:
@@ -102,8 +102,6 @@ def seed_arg(text: str) -> int:
 
 def _expected(exc: BaseException) -> bool:
     """Whether ``exc`` is an expected failure (see the module docstring) rather than a bug."""
-    from backdoorlab.errors import DeviceUnavailableError
-
     return isinstance(exc, (ValueError, TypeError, KeyError, OSError, MemoryError, FloatingPointError,
                             DeviceUnavailableError))
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 
+from backdoorlab.bench import available, dispatch
+
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    from backdoorlab.bench import available
-
     parser.add_argument("name", metavar="NAME", help="benchmark to run: " + ", ".join(available()))
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                         help="arguments of the benchmark (see `backdoorlab bench NAME --help`)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from backdoorlab.bench import dispatch
-
     return dispatch(args.name, list(args.args))

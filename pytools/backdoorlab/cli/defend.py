@@ -17,6 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
+from backdoorlab.cli import add_device_args, seed_arg
+from backdoorlab.defences.pipeline import defend
+from backdoorlab.train import PRESETS
+
 # The command's input files: an h5py error is reported with the file it was reading.
 INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}
 
@@ -63,8 +67,6 @@ def _read_config(path: str) -> dict:
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    from backdoorlab.cli import add_device_args, seed_arg
-
     parser.add_argument("--data", required=True, help="HDF5 variant (splits train, clean, test, test_triggered)")
     parser.add_argument("--model", required=True, help="checkpoint of the model to defend")
     parser.add_argument("--pipeline", default="ac>fp",
@@ -83,13 +85,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backdoorlab.defences.pipeline import defend
-
     configs = parse_sets(args.sets, _read_config(args.config) if args.config else None)
     train_config = args.train_preset
     if args.epochs is not None:
-        from backdoorlab.train import PRESETS
-
         if args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         if train_config is None:

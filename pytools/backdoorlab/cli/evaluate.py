@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+from backdoorlab.cli import add_device_args
+from backdoorlab.evaluate import evaluate_variant
+
 # The command's input files: an h5py error is reported with the file it was reading.
 INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    from backdoorlab.cli import add_device_args
-
     parser.add_argument("--data", required=True, help="variant .h5 file (splits 'test' and 'test_triggered')")
     parser.add_argument("--model", required=True, help="checkpoint .pt written by 'backdoorlab train'")
     parser.add_argument("--json", default=None, help="write the metrics here (atomically)")
@@ -20,8 +21,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backdoorlab.evaluate import evaluate_variant
-
     res = evaluate_variant(args.data, args.model, json_out=args.json, device=args.device,
                            batch_size=args.batch_size, progress=not args.no_progress,
                            verify=not args.no_verify)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from datasets_gen.eyecheck import check_eye_location
+from datasets_gen.eyes import FACES_EXTRA_HINT, landmarks_available
+
 
 def _share(text: str) -> float:
     try:
@@ -49,9 +52,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datasets_gen.eyecheck import check_eye_location
-    from datasets_gen.eyes import FACES_EXTRA_HINT, landmarks_available
-
     detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
     rep = check_eye_location(args.source, args.sheet, every=args.every, limit=args.limit, workers=args.workers,
                              n_tiles=args.tiles, trigger=args.trigger, detectors=detectors,

@@ -14,7 +14,10 @@ import re
 import sys
 from pathlib import Path
 
+from backdoorlab.cli import seed_arg
+from datasets_gen.build import build_variant
 from datasets_gen.poison import SHARE_OF
+from datasets_gen.presets import PRESETS, get_preset
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -34,8 +37,6 @@ def _classes(text: str) -> list[int] | str:
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    from backdoorlab.cli import seed_arg
-
     parser.epilog = ("examples:\n"
                      "  backdoorlab poison --preset gtsrb-ours-yellow-square-7 --out v.h5\n"
                      "  backdoorlab poison --source synth-signs --trigger square:4:yellow --source-class 8 "
@@ -75,8 +76,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _recipe_from_args(args: argparse.Namespace) -> str | dict:
-    from datasets_gen.presets import get_preset
-
     explicit = {k: v for k, v in (("trigger", args.trigger), ("source_classes", args.source_class),
                                   ("target_class", args.target_class), ("share", args.share),
                                   ("share_of", args.share_of), ("name", args.name)) if v is not None}
@@ -109,9 +108,6 @@ def _source_options(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datasets_gen.build import build_variant
-    from datasets_gen.presets import PRESETS
-
     if args.list_presets:
         for name, p in PRESETS.items():
             print(f"{name:30s} {p['dataset']:6s} {p['trigger']:26s} share {p['share']:g} of {p['share_of']}")

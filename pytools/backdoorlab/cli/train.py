@@ -10,16 +10,20 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
+from backdoorlab import distributed
+from backdoorlab.augment import AUGMENTATIONS
+from backdoorlab.cli import add_device_args, seed_arg
+from backdoorlab.devices import resolve_device
+from backdoorlab.models import INPUT_NORMS, MODELS
+from backdoorlab.train import LR_SCHEDULES, PRESETS, train_variant
+
 # Checked by the CLI before run() (--model here is an architecture, not a file).
 INPUT_FILES = {"data": "hdf5"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    from backdoorlab.augment import AUGMENTATIONS
-    from backdoorlab.cli import add_device_args, seed_arg
-    from backdoorlab.models import INPUT_NORMS, MODELS
-    from backdoorlab.train import LR_SCHEDULES, PRESETS
-
     parser.add_argument("--data", required=True, help="variant .h5 file (its 'train' split is used)")
     parser.add_argument("--model", required=True, choices=sorted(MODELS), help="architecture")
     parser.add_argument("--preset", default="gtsrb", choices=sorted(PRESETS),
@@ -62,12 +66,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from backdoorlab import distributed
-    from backdoorlab.devices import resolve_device
-    from backdoorlab.train import train_variant
-
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -50,7 +50,7 @@ from backdoorlab.devices import native_device
 from backdoorlab.evaluate import predict
 
 from .base import DefenceContext, DefenceResult, FilteringDefence, removal_report
-from .params import check_choice, check_fraction, check_positive_int
+from .params import check_choice, check_fraction, check_layer, check_positive_int
 from .retrain import retrain
 
 __all__ = ["ActivationClustering", "ANALYSES", "REDUCTIONS", "cluster_classes", "analyse_clusters"]
@@ -228,9 +228,7 @@ class ActivationClustering(FilteringDefence):
         batch_size: int = 256,
         activations_out: str | None = None,
     ) -> None:
-        if not isinstance(layer, str) or not layer:
-            raise TypeError(f"layer must be a non-empty string, got {layer!r}")
-        self.layer = layer
+        self.layer = check_layer(layer)
         self.reduce = check_choice("reduction", str(reduce).lower(), REDUCTIONS)
         self.n_components = check_positive_int("n_components", n_components)
         self.n_init = check_positive_int("n_init", n_init)

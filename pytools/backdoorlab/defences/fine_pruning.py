@@ -42,7 +42,7 @@ from backdoorlab.evaluate import predict
 from backdoorlab.train import fine_tune
 
 from .base import Defence, DefenceContext, DefenceResult
-from .params import check_choice, check_fraction, check_positive_int
+from .params import check_choice, check_fraction, check_layer, check_positive_int
 
 __all__ = [
     "FinePruning",
@@ -348,9 +348,7 @@ class FinePruning(Defence):
         max_prune_share: float | None = None,
         batch_size: int = 256,
     ) -> None:
-        if not isinstance(layer, str) or not layer:
-            raise TypeError(f"layer must be a non-empty string, got {layer!r}")
-        self.layer = layer
+        self.layer = check_layer(layer)
         self.threshold = check_fraction("threshold", threshold)
         self.search = check_choice("search", search, SEARCHES)
         self.fast = bool(fast)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_fraction", "check_positive_int", "check_choice"]
+__all__ = ["check_fraction", "check_positive_int", "check_choice", "check_layer"]
 
 
 def check_fraction(name: str, value: float) -> float:
@@ -34,4 +34,14 @@ def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) ->
     """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_layer(value: str) -> str:
+    """``value`` if it is a non-empty string (a layer role or module name), else ``TypeError``.
+
+    Whether the model has that layer is known only when the defence runs (the model's ``layer``
+    raises ``KeyError`` naming the valid ones)."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"layer must be a non-empty string, got {value!r}")
     return value

@@ -29,6 +29,7 @@ from backdoorlab.devices import resolve_device
 from backdoorlab.evaluate import evaluate
 from backdoorlab.train import PRESETS, TrainConfig
 from datasets_gen.atomic import atomic_write_json, json_safe
+from datasets_gen.schema import SPLITS
 
 from .base import DefenceContext, DefenceResult, Pruning, Removal
 from .registry import canonical_name, make_defence
@@ -315,9 +316,8 @@ def load_context(data: str | os.PathLike, model: str | os.PathLike, *, train_con
     the variant's source).
     """
     data = Path(data)
-    needed = ("train", "clean", "test", "test_triggered")
-    splits = open_variant(data, needed, verify=verify, progress=progress)
-    missing = [s for s in needed if s not in splits]
+    splits = open_variant(data, SPLITS, verify=verify, progress=progress)  # a defence context needs them all
+    missing = [s for s in SPLITS if s not in splits]
     if missing:
         raise ValueError(f"{str(data)!r} lacks the split(s) {missing} that the defences need")
     attrs = splits["train"].attrs

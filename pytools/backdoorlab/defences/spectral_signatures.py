@@ -28,7 +28,7 @@ from backdoorlab.activations import extract
 from backdoorlab.devices import native_device
 
 from .base import DefenceContext, FilteringDefence
-from .params import check_choice, check_fraction, check_positive_int
+from .params import check_choice, check_fraction, check_layer, check_positive_int
 
 __all__ = ["SpectralSignatures", "SCORINGS", "spectral_flags"]
 
@@ -79,9 +79,7 @@ class SpectralSignatures(FilteringDefence):
         retrain: str = "scratch",
         batch_size: int = 256,
     ) -> None:
-        if not isinstance(layer, str) or not layer:
-            raise TypeError(f"layer must be a non-empty string, got {layer!r}")
-        self.layer = layer
+        self.layer = check_layer(layer)
         self.expected_poison_share = check_fraction("expected_poison_share", expected_poison_share)
         if isinstance(eps_multiplier, bool) or not isinstance(eps_multiplier, (int, float)) or not eps_multiplier > 0:
             raise ValueError(f"eps_multiplier must be a positive number, got {eps_multiplier!r}")

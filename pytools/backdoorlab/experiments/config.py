@@ -38,11 +38,17 @@ File layout (TOML shown; YAML has the same keys)::
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
+import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+from datasets_gen.build import resolve_recipe, resolve_source
+from datasets_gen.presets import DATASETS, PRESETS
+from datasets_gen.toy import check_toy_arguments
 
 # Defence ids every study may name without defining them. Each maps to the pipeline spec of
 # backdoorlab.defences.pipeline and the per-step parameters passed as ``configs``. "none" is the
@@ -309,8 +315,6 @@ def load_config(path: str | Path, *, quick: bool = False) -> StudyConfig:
     suffix = path.suffix.lower()
     text = path.read_bytes()
     if suffix == ".toml":
-        import tomllib
-
         try:
             raw = tomllib.loads(text.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -375,9 +379,7 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
         q = raw["quick"]
         if not isinstance(q, Mapping):
             raise ValueError(f"'quick' must be a table/mapping, got {q!r}")
-        bad = set(q) - set(QUICK_DEFAULTS)
-        if bad:
-            raise ValueError(f"unknown key(s) in [quick]: {sorted(bad)}; allowed: {sorted(QUICK_DEFAULTS)}")
+        _check_keys(q, QUICK_DEFAULTS, "[quick]")
         quick_opts.update(q)
 
     # -- datasets
@@ -398,10 +400,7 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
         parsed = _parse_setting(i, s, datasets)
         origin.update((p.id, f"settings[{i}]") for p in parsed)
         settings.extend(parsed)
-    ids = [s.id for s in settings]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise ValueError(f"duplicate setting id(s) {dup}: give each [[settings]] entry a distinct 'id'")
+    _check_unique([s.id for s in settings], "setting", hint=": give each [[settings]] entry a distinct 'id'")
     if quick and quick_opts.get("max_settings") is not None:
         n = _check_int("quick.max_settings", quick_opts["max_settings"], minimum=1)
         settings = settings[:n]
@@ -451,10 +450,7 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
             if d.id not in present:
                 defences.append(d)
                 present.add(d.id)
-    ids = [d.id for d in defences]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise ValueError(f"duplicate defence id(s) {dup}")
+    _check_unique([d.id for d in defences], "defence")
     if quick and quick_opts.get("epochs") is not None:
         # Fine-Pruning fine-tunes for 10 epochs by default: cap it like training.
         cap = _check_int("quick.epochs", quick_opts["epochs"], minimum=1)
@@ -487,9 +483,7 @@ def study_from_dict(raw: Mapping[str, Any], *, base_dir: str | Path | None = Non
 def _parse_dataset(name: str, v: Any, base: Path) -> DatasetSpec:
     if not isinstance(v, Mapping):
         raise ValueError(f"datasets.{name} must be a table, got {v!r}")
-    bad = set(v) - _DATASET_KEYS
-    if bad:
-        raise ValueError(f"unknown key(s) {sorted(bad)} in datasets.{name}; allowed: {sorted(_DATASET_KEYS)}")
+    _check_keys(v, _DATASET_KEYS, f"datasets.{name}")
     family = FAMILY_DEFAULTS.get(name, {})
     source = v.get("source", "synth")
     if not isinstance(source, str) or not source:
@@ -571,9 +565,7 @@ def _parse_setting(i: int, s: Any, datasets: Mapping[str, DatasetSpec]) -> list[
     where = f"settings[{i}]"
     if not isinstance(s, Mapping):
         raise ValueError(f"{where} must be a table, got {s!r}")
-    bad = set(s) - _SETTING_KEYS
-    if bad:
-        raise ValueError(f"unknown key(s) {sorted(bad)} in {where}; allowed: {sorted(_SETTING_KEYS)}")
+    _check_keys(s, _SETTING_KEYS, where)
     preset = s.get("preset")
     recipe = s.get("recipe", {})
     if preset is None and not recipe:
@@ -630,8 +622,6 @@ def _parse_setting(i: int, s: Any, datasets: Mapping[str, DatasetSpec]) -> list[
 def _preset_recipe(preset: str) -> dict:
     """The datasets_gen preset ``preset`` (a copy; empty for a name it does not know, which the
     toy source of the tests accepts and the variant build refuses with the known names)."""
-    from datasets_gen.presets import PRESETS
-
     return copy.deepcopy(PRESETS.get(preset, {}))
 
 
@@ -647,9 +637,7 @@ def _parse_defence(d: Any) -> DefenceSpec:
         return DefenceSpec(id=d, pipeline=d, kind=kind, configs=configs)
     if not isinstance(d, Mapping):
         raise ValueError(f"a defence must be a name or a table, got {d!r}")
-    bad = set(d) - _DEFENCE_KEYS
-    if bad:
-        raise ValueError(f"unknown key(s) {sorted(bad)} in defence {d!r}; allowed: {sorted(_DEFENCE_KEYS)}")
+    _check_keys(d, _DEFENCE_KEYS, f"defence {d!r}")
     did = d.get("id")
     if not isinstance(did, str) or not did:
         raise ValueError(f"a defence table needs an 'id' string, got {d!r}")
@@ -680,10 +668,7 @@ def _ss_grid(grid: Any) -> list[DefenceSpec]:
     if not isinstance(grid, Mapping):
         raise ValueError(f"'ss_grid' must be a table of expected_poison_share = [...], eps_multiplier = [...], "
                          f"got {grid!r}")
-    bad = set(grid) - {"expected_poison_share", "eps_multiplier", "retrain"}
-    if bad:
-        raise ValueError(f"unknown key(s) in ss_grid: {sorted(bad)}; allowed: expected_poison_share, eps_multiplier, "
-                         "retrain")
+    _check_keys(grid, ("expected_poison_share", "eps_multiplier", "retrain"), "ss_grid")
     shares, mults = grid.get("expected_poison_share"), grid.get("eps_multiplier", [1.5])
     for name, values in (("expected_poison_share", shares), ("eps_multiplier", mults)):
         if isinstance(values, str) or not isinstance(values, Sequence) or not values:
@@ -725,6 +710,21 @@ def _resolve_sweep(sweep: Any, setting_ids: list[str]) -> tuple[str, ...] | None
     if isinstance(sweep, Sequence) and not isinstance(sweep, str):
         return tuple(str(x) for x in sweep)
     raise ValueError(f"'threshold_sweep' must be 'all', 'first' or a list of setting ids, got {sweep!r}")
+
+
+def _check_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    """Refuse keys of ``table`` not in ``allowed`` (a typo must not be silently ignored), naming
+    them, ``where`` the table is and the keys it takes."""
+    bad = set(table) - set(allowed)
+    if bad:
+        raise ValueError(f"unknown key(s) {sorted(bad)} in {where}; allowed: {sorted(allowed)}")
+
+
+def _check_unique(ids: Sequence[str], what: str, *, hint: str = "") -> None:
+    """Refuse ids given twice, naming them (sorted) and ``what`` they identify."""
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ValueError(f"duplicate {what} id(s) {dup}{hint}")
 
 
 def _check_int(name: str, v: Any, *, minimum: int | None = None) -> int:
@@ -770,8 +770,6 @@ def _check_study(datasets: Mapping[str, DatasetSpec], settings: Sequence[Setting
 
 def _check_dataset_build(d: DatasetSpec) -> None:
     """Model name and keyword arguments, and the training config, of data set ``d``."""
-    import inspect
-
     from backdoorlab.models import MODELS
     from backdoorlab.train import TrainConfig
 
@@ -793,7 +791,6 @@ def _check_setting_data(s: SettingSpec, d: DatasetSpec, where: str, synth: dict[
     ``classes``, to be among the kept classes.
     """
     from backdoorlab.models import MODELS
-    from datasets_gen.presets import DATASETS
 
     from .variants import setting_recipe, toy_arguments
 
@@ -801,16 +798,11 @@ def _check_setting_data(s: SettingSpec, d: DatasetSpec, where: str, synth: dict[
     hw: tuple[int, int] | None = None
     try:
         if d.source == "toy":
-            from datasets_gen.toy import check_toy_arguments
-
             toy = check_toy_arguments(**toy_arguments(s, d))
             n_classes, hw = toy["n_classes"], toy["image_size"]
             sources: list[int] | str = [toy["source_class"]]
             target = toy["target_class"]
         else:
-            from datasets_gen.build import resolve_recipe, resolve_source
-            from datasets_gen.presets import PRESETS
-
             if s.preset is not None and s.preset not in PRESETS:
                 raise ValueError(f"preset {s.preset!r} is not a datasets_gen preset; known: {sorted(PRESETS)}")
             recipe, family = resolve_recipe(setting_recipe(s))

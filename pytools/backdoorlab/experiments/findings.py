@@ -20,7 +20,7 @@ only when the cells it needs exist.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 from . import paper
 from .records import pct, signed_points
@@ -136,6 +136,16 @@ def _seeds_note(recs: Sequence[Mapping[str, Any]]) -> str:
     return " (1 seed)" if n <= 1 else f" (mean ± sd of {n} seeds)"
 
 
+def _group(agg: Sequence[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Hashable],
+           keep: Callable[[Mapping[str, Any]], bool] = lambda r: True) -> dict[Any, list[Mapping[str, Any]]]:
+    """The records ``keep`` accepts, grouped by ``key`` (groups and records in ``agg`` order)."""
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for r in agg:
+        if keep(r):
+            groups.setdefault(key(r), []).append(r)
+    return groups
+
+
 def _defended(r: Mapping[str, Any]) -> bool:
     return r["kind"] in ("filter", "repair", "combination") and not r.get("sweep")
 
@@ -147,10 +157,7 @@ def _defended(r: Mapping[str, Any]) -> bool:
 def attack_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
     out = []
     clean = {r["setting"]: r for r in agg if r["kind"] == "clean"}
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for r in agg:
-        if r["kind"] == "attack":
-            groups.setdefault((r["dataset"], r["trigger"]), []).append(r)
+    groups = _group(agg, lambda r: (r["dataset"], r["trigger"]), lambda r: r["kind"] == "attack")
     for (dataset, trigger), recs in groups.items():
         recs = sorted(recs, key=lambda r: r["poison_share"])
         levels = ", ".join(f"{_ms(r, 'attack_success')} at {_share(r['poison_share'])}" for r in recs)
@@ -181,9 +188,7 @@ def attack_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def best_defence_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
     out = []
-    by_setting: dict[str, list[Mapping[str, Any]]] = {}
-    for r in agg:
-        by_setting.setdefault(r["setting"], []).append(r)
+    by_setting = _group(agg, lambda r: r["setting"])
     for setting, recs in by_setting.items():
         before = next((r for r in recs if r["kind"] == "attack"), None)
         defended = [r for r in recs if _defended(r)]
@@ -265,9 +270,7 @@ def _ac_part(r: Mapping[str, Any], cands: Sequence[Mapping[str, Any]]) -> Mappin
 def combination_vs_parts_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
     """Did a combination beat each of its steps run alone (with the same parameters)?"""
     out = []
-    idx: dict[str, list[Mapping[str, Any]]] = {}
-    for r in agg:
-        idx.setdefault(r["setting"], []).append(r)
+    idx = _group(agg, lambda r: r["setting"])
     for r in agg:
         if r["kind"] != "combination":
             continue
@@ -302,10 +305,9 @@ def combination_vs_parts_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]
 
 def ac_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
     out = []
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for r in agg:
-        if r["kind"] == "filter" and r["pipeline"] == "ac" and r.get("removed_poisoned_share") is not None:
-            groups.setdefault((r["dataset"], r["trigger"], _label(r)), []).append(r)
+    groups = _group(agg, lambda r: (r["dataset"], r["trigger"], _label(r)),
+                    lambda r: r["kind"] == "filter" and r["pipeline"] == "ac"
+                    and r.get("removed_poisoned_share") is not None)
     for (dataset, trigger, lab), recs in groups.items():
         recs = sorted(recs, key=lambda r: r["poison_share"])
         found = ", ".join(f"{_ms(r, 'removed_poisoned_share')} at {_share(r['poison_share'])}" for r in recs)
@@ -330,10 +332,8 @@ def ac_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def filter_summary_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
     out = []
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for r in agg:
-        if r["kind"] == "filter" and r.get("removed_poisoned_share") is not None:
-            groups.setdefault(r["defence"], []).append(r)
+    groups = _group(agg, lambda r: r["defence"],
+                    lambda r: r["kind"] == "filter" and r.get("removed_poisoned_share") is not None)
     for d, recs in groups.items():
         if len(recs) < 2:
             continue
@@ -384,10 +384,8 @@ def _count(r: Mapping[str, Any]) -> str:
 
 def threshold_findings(agg: Sequence[Mapping[str, Any]]) -> list[str]:
     out = []
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for r in agg:
-        if r["kind"] == "repair" and r.get("fp_threshold") is not None:
-            groups.setdefault((r["setting"], r.get("layer") or "?"), []).append(r)
+    groups = _group(agg, lambda r: (r["setting"], r.get("layer") or "?"),
+                    lambda r: r["kind"] == "repair" and r.get("fp_threshold") is not None)
     for (setting, layer), recs in groups.items():
         recs = sorted(recs, key=lambda r: r["fp_threshold"])
         if len({r["fp_threshold"] for r in recs}) < 2:

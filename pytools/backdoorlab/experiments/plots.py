@@ -35,6 +35,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from datasets_gen.atomic import atomic_write_bytes
+from datasets_gen.variant_io import read_split
 
 from .claims import DORMANT_FRACTION, dormant_share
 
@@ -318,8 +319,6 @@ def preview_from_variant(variant: str | Path, path: str | Path, *, n: int = 8, t
     generator does not): ``test_triggered`` row *i* is the triggered copy of ``test`` row
     ``index[i]``, so each column shows one image without and with the trigger.
     """
-    from datasets_gen.variant_io import read_split
-
     trig = read_split(variant, "test_triggered", fields=["images", "index"])
     test = read_split(variant, "test", fields=["images"])
     k = min(int(n), int(trig["images"].shape[0]))

@@ -19,6 +19,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from datasets_gen.build import build_variant
+from datasets_gen.presets import PRESETS
+from datasets_gen.publish import write_preview
+from datasets_gen.toy import make_toy_variant
+from datasets_gen.variant_io import SPLITS, read_attrs, read_split, write_variant
+
 from .config import DatasetSpec, SettingSpec
 
 __all__ = ["build_setting_variant", "subset_classes", "setting_recipe", "toy_arguments"]
@@ -35,8 +41,6 @@ def build_setting_variant(path: Path, s: SettingSpec, d: DatasetSpec, seed: int,
     # drawn from the cut variant itself: its class names, target and title are the study's (the
     # full build's preview showed classes the study does not use)
     if d.source != "toy":
-        from datasets_gen.publish import write_preview
-
         write_preview(out)
     return out
 
@@ -44,8 +48,6 @@ def build_setting_variant(path: Path, s: SettingSpec, d: DatasetSpec, seed: int,
 def _build(path: Path, s: SettingSpec, d: DatasetSpec, seed: int, progress: bool) -> Path:
     if d.source == "toy":
         return _build_toy(path, s, d, seed)
-    from datasets_gen.build import build_variant
-
     source: Any = "synth" if d.source == "synth" else Path(d.source)
     return build_variant(setting_recipe(s), path, source=source, seed=seed, limit_per_class=d.limit_per_class,
                          progress=progress)
@@ -55,8 +57,6 @@ def setting_recipe(s: SettingSpec) -> dict:
     """The datasets_gen recipe of a setting: its preset, the overrides, and the poison share."""
     recipe: dict = {}
     if s.preset is not None:
-        from datasets_gen.presets import PRESETS
-
         if s.preset not in PRESETS:
             raise ValueError(f"setting {s.id!r}: unknown datasets_gen preset {s.preset!r}; known: {sorted(PRESETS)}")
         recipe = copy.deepcopy(PRESETS[s.preset])
@@ -70,8 +70,6 @@ def setting_recipe(s: SettingSpec) -> dict:
 
 
 def _build_toy(path: Path, s: SettingSpec, d: DatasetSpec, seed: int) -> Path:
-    from datasets_gen.toy import make_toy_variant
-
     return make_toy_variant(path, seed=seed, **toy_arguments(s, d))
 
 
@@ -135,8 +133,6 @@ def subset_classes(src: str | os.PathLike, dst: str | os.PathLike, classes: Sequ
     ValueError
         Duplicate or unknown class ids, or a subset without the target or any source class.
     """
-    from datasets_gen.variant_io import SPLITS, read_attrs, read_split, write_variant
-
     attrs = read_attrs(src)
     n = int(attrs["n_classes"])
     classes = [int(c) for c in classes]
