@@ -15,6 +15,7 @@ Every image is a pure function of (seed, identity, session, frame).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import cv2
@@ -96,14 +97,40 @@ def eye_positions(size_hw: tuple[int, int], ident: dict, sess: dict, frames: np.
     return out
 
 
-def render_face(size_hw: tuple[int, int], ident: dict, sess: dict, f: int, noise: np.ndarray) -> np.ndarray:
-    """One RGB uint8 face image of ``size_hw`` (frame ``f`` of a session)."""
-    h, w = size_hw
-    ss = 4 if max(h, w) < 80 else (2 if max(h, w) < 160 else 1)  # supersample small outputs
-    H, W = h * ss, w * ss
-    yy = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
-    canvas = (sess["bg0"] * (1 - yy) + sess["bg1"] * yy).astype(np.float32) * np.ones((1, W, 1), np.float32)
-    img = np.ascontiguousarray(canvas.astype(np.uint8))
+def _supersample(h: int, w: int) -> int:
+    """Supersampling factor: small outputs are drawn larger and area-reduced (smooth edges)."""
+    return 4 if max(h, w) < 80 else (2 if max(h, w) < 160 else 1)
+
+
+class _SessionFrame:
+    """What every frame of one session shares, computed once per session rather than per image:
+    the supersampled background, the light/brightness factor and the identity's colours."""
+
+    def __init__(self, size_hw: tuple[int, int], ident: dict, sess: dict):
+        h, w = size_hw
+        self.h, self.w = h, w
+        self.ss = ss = _supersample(h, w)
+        H, W = h * ss, w * ss
+        # The vertical gradient is the same in every column: round one column, then repeat it
+        # (the same values as building the float canvas and casting it whole).
+        yy = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
+        col = (sess["bg0"] * (1 - yy) + sess["bg1"] * yy).astype(np.float32).astype(np.uint8)
+        self.canvas = np.ascontiguousarray(np.broadcast_to(col, (H, W, 3)))
+        gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+        ramp = np.cos(sess["light_dir"]) * (gx / w - 0.5) + np.sin(sess["light_dir"]) * (gy / h - 0.5)
+        self.light = (sess["bright"] * (1 + sess["light_amp"] * ramp))[..., None]
+        self.blur = float(sess["blur"]) * max(h, w) / 64 if sess["blur"] > 0.3 else 0.0
+        self.skin = tuple(float(v) for v in ident["skin"])
+        self.hair = tuple(float(v) for v in ident["hair"])
+        self.dark_hair = tuple(float(v) * 0.7 for v in ident["hair"])
+        self.shade = tuple(float(v) * 0.75 for v in ident["skin"])
+        self.iris = tuple(float(v) for v in ident["iris"])
+        self.lip = tuple(float(v) for v in ident["lip"])
+
+
+def _draw(img: np.ndarray, sf: _SessionFrame, ident: dict, sess: dict, f: int) -> None:
+    """Draw frame ``f``'s face, unposed, on the supersampled canvas ``img`` (in place)."""
+    H, W = img.shape[:2]
 
     def P(x, y):
         return int(round(x * W)), int(round(y * H))
@@ -111,9 +138,7 @@ def render_face(size_hw: tuple[int, int], ident: dict, sess: dict, f: int, noise
     def A(ax, ay):
         return max(1, int(round(ax * W))), max(1, int(round(ay * H)))
 
-    skin = tuple(float(v) for v in ident["skin"])
-    hair = tuple(float(v) for v in ident["hair"])
-    dark_hair = tuple(float(v) * 0.7 for v in ident["hair"])
+    skin, hair, dark_hair = sf.skin, sf.hair, sf.dark_hair
     fw, fh = ident["face_w"], ident["face_h"]
     cx, cy = 0.5, 0.52
     yaw = sess["yaw"][f] * 0.06
@@ -139,34 +164,52 @@ def render_face(size_hw: tuple[int, int], ident: dict, sess: dict, f: int, noise
         t = max(1, int(round(0.012 * ident["brow_thick"] * H)))
         cv2.line(img, P(x - 0.055, by + sgn * ident["brow_tilt"]), P(x + 0.055, by - sgn * ident["brow_tilt"]), dark_hair, t, cv2.LINE_AA)
         cv2.ellipse(img, P(x, EYE_Y), A(0.05 * es, 0.024 * es), 0, 0, 360, (245, 245, 245), -1, cv2.LINE_AA)
-        cv2.circle(img, P(x + yaw * 0.3, EYE_Y), max(1, int(0.02 * es * H)), tuple(float(v) for v in ident["iris"]), -1, cv2.LINE_AA)
+        cv2.circle(img, P(x + yaw * 0.3, EYE_Y), max(1, int(0.02 * es * H)), sf.iris, -1, cv2.LINE_AA)
         cv2.circle(img, P(x + yaw * 0.3, EYE_Y), max(1, int(0.009 * es * H)), (15, 15, 15), -1, cv2.LINE_AA)
     # nose
     nx = cx + yaw * 1.2
     nt = max(1, int(0.008 * H))
-    shade = tuple(float(v) * 0.75 for v in ident["skin"])
-    cv2.line(img, P(nx, EYE_Y + 0.03), P(nx + 0.01, EYE_Y + 0.03 + ident["nose_len"]), shade, nt, cv2.LINE_AA)
+    cv2.line(img, P(nx, EYE_Y + 0.03), P(nx + 0.01, EYE_Y + 0.03 + ident["nose_len"]), sf.shade, nt, cv2.LINE_AA)
     for sgn in (-1, 1):
-        cv2.circle(img, P(nx + sgn * ident["nose_w"] * 0.6, EYE_Y + 0.04 + ident["nose_len"]), max(1, int(0.01 * H)), shade, -1, cv2.LINE_AA)
+        cv2.circle(img, P(nx + sgn * ident["nose_w"] * 0.6, EYE_Y + 0.04 + ident["nose_len"]), max(1, int(0.01 * H)), sf.shade, -1, cv2.LINE_AA)
     # mouth: lips as an ellipse whose lower half grows with the smile
     my = ident["mouth_y"]
     smile = sess["smile"][f]
-    lip = tuple(float(v) for v in ident["lip"])
-    cv2.ellipse(img, P(cx + yaw, my), A(ident["mouth_w"] / 2, 0.012 + 0.02 * max(smile, 0)), 0, 0, 180, lip, -1, cv2.LINE_AA)
-    cv2.ellipse(img, P(cx + yaw, my), A(ident["mouth_w"] / 2, 0.01), 0, 180, 360, lip, -1, cv2.LINE_AA)
+    cv2.ellipse(img, P(cx + yaw, my), A(ident["mouth_w"] / 2, 0.012 + 0.02 * max(smile, 0)), 0, 0, 180, sf.lip, -1, cv2.LINE_AA)
+    cv2.ellipse(img, P(cx + yaw, my), A(ident["mouth_w"] / 2, 0.01), 0, 180, 360, sf.lip, -1, cv2.LINE_AA)
 
-    m = _pose_matrix(W, H, sess["rot"][f], sess["scale"][f], sess["dx"][f], sess["dy"][f])
-    img = cv2.warpAffine(img, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    if ss > 1:
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-    out = img.astype(np.float32)
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ramp = np.cos(sess["light_dir"]) * (gx / w - 0.5) + np.sin(sess["light_dir"]) * (gy / h - 0.5)
-    out *= (sess["bright"] * (1 + sess["light_amp"] * ramp))[..., None]
-    if sess["blur"] > 0.3:
-        out = cv2.GaussianBlur(out, (0, 0), float(sess["blur"]) * max(h, w) / 64)
+
+def render_frames(size_hw: tuple[int, int], ident: dict, sess: dict, frames: Sequence[int],
+                  noise: np.ndarray) -> np.ndarray:
+    """RGB uint8 faces (n, H, W, 3) for ``frames`` of one session; ``noise`` is (n, H, W, 3) float32.
+
+    Per frame only the drawing, the pose warp and the reduction run; the background, the light
+    and the colours are computed once per session, and the light, noise and clipping run on the
+    whole batch. Every pixel equals the one-frame-at-a-time computation (same operations in the
+    same dtypes, only hoisted or batched).
+    """
+    h, w = size_hw
+    sf = _SessionFrame(size_hw, ident, sess)
+    H, W = sf.canvas.shape[:2]
+    small = np.empty((len(frames), h, w, 3), np.uint8)
+    for k, f in enumerate(frames):
+        img = sf.canvas.copy()
+        _draw(img, sf, ident, sess, int(f))
+        m = _pose_matrix(W, H, sess["rot"][f], sess["scale"][f], sess["dx"][f], sess["dy"][f])
+        img = cv2.warpAffine(img, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        small[k] = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) if sf.ss > 1 else img
+    out = small.astype(np.float32)
+    out *= sf.light
+    if sf.blur:
+        for k in range(out.shape[0]):
+            out[k] = cv2.GaussianBlur(out[k], (0, 0), sf.blur)
     out += noise * sess["noise"]
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def render_face(size_hw: tuple[int, int], ident: dict, sess: dict, f: int, noise: np.ndarray) -> np.ndarray:
+    """One RGB uint8 face image of ``size_hw`` (frame ``f`` of a session)."""
+    return render_frames(size_hw, ident, sess, [f], noise[None])[0]
 
 
 class SynthFacesSource(Source):
@@ -230,24 +273,52 @@ class SynthFacesSource(Source):
         return _session_params(rng, self._session_len[s]), rng
 
     def _rows_by_session(self, split: str, rows: np.ndarray):
+        """(session, positions in ``rows``, frames, identity) per session, sessions ascending.
+
+        One stable sort groups the rows (a mask per session cost sessions x rows: quadratic in a
+        large load)."""
         t = self.tables[split]
         sess = t.extra["session"][rows]
-        for s in np.unique(sess):
-            sel = np.flatnonzero(sess == s)
-            yield int(s), sel, t.extra["frame"][rows[sel]], int(t.labels[rows[sel[0]]])
+        order = np.argsort(sess, kind="stable")
+        bounds = [*np.flatnonzero(np.r_[True, sess[order][1:] != sess[order][:-1]]).tolist(), rows.size] \
+            if rows.size else [0]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            sel = order[a:b]
+            yield int(sess[sel[0]]), sel, t.extra["frame"][rows[sel]], int(t.labels[rows[sel[0]]])
+
+    def _frame_noise(self, s: int, frames: np.ndarray) -> np.ndarray:
+        """Sensor noise of each frame: its own stream, so a frame costs the same whichever rows are asked for."""
+        h, w = self.image_size
+        out = np.empty((len(frames), h, w, 3), np.float32)
+        for k, f in enumerate(frames):
+            out[k] = np.random.default_rng(np.random.SeedSequence([self.seed, 9, s, int(f)])).standard_normal(
+                (h, w, 3), dtype=np.float32)
+        return out
 
     def load(self, split: str, rows: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         rows = np.asarray(rows, np.int64)
         h, w = self.image_size
         out = np.empty((rows.size, h, w, 3), np.uint8)
-        for s, sel, frames, c in self._rows_by_session(split, rows):
+
+        def one(job) -> None:
+            s, sel, frames, c = job
             sess, _ = self._session(s)
-            ident = self._identity(c)
-            for i, f in zip(sel, frames):
-                # per-frame noise stream: a frame costs the same whichever rows are asked for
-                noise = np.random.default_rng(np.random.SeedSequence([self.seed, 9, s, int(f)])).standard_normal(
-                    (h, w, 3), dtype=np.float32)
-                out[i] = render_face((h, w), ident, sess, int(f), noise)
+            out[sel] = render_frames((h, w), self._identity(c), sess, frames, self._frame_noise(s, frames))
+
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self.tables[split])):
+            raise IndexError(f"rows of split {split!r} must be in [0, {len(self.tables[split])}), "
+                             f"got {int(rows.min())}..{int(rows.max())}")
+        jobs = list(self._rows_by_session(split, rows))
+        for c in {job[3] for job in jobs}:
+            self._identity(c)  # fill the cache before the threads read it
+        if self.n_threads > 1 and len(jobs) > 1:
+            # OpenCV's drawing, warping and resizing and NumPy's array arithmetic release the GIL:
+            # sessions render in parallel, each into its own rows of ``out``.
+            with ThreadPoolExecutor(self.n_threads) as ex:
+                list(ex.map(one, jobs))
+        else:
+            for job in jobs:
+                one(job)
         return out, np.ones(rows.size, bool)
 
     def eye_landmarks(self, split: str, rows: np.ndarray) -> np.ndarray:

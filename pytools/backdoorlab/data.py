@@ -466,9 +466,12 @@ class BatchSource:
         """
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        n = len(self.dataset)
         if order is None:
-            order = torch.arange(n)
+            order = torch.arange(len(self.dataset))
+        # The order's length, not the split's: under torchrun a shorter shard's order is padded to
+        # the longest shard's (backdoorlab.distributed.epoch_order), and every rank must run the
+        # same number of steps or the others wait in an all-reduce that never comes.
+        n = len(order)
         non_blocking = self.device.type == "cuda"
         if self.mode == "memory":
             for start in range(0, n, batch_size):

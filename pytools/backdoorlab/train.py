@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from backdoorlab import checkpoint as ckpt
+from backdoorlab import distributed as ddp
 from backdoorlab import fastpath
 from backdoorlab.augment import Augmentation
 from backdoorlab.augment import apply as apply_augmentation
@@ -363,7 +364,9 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
         raise ValueError("resume=True needs a checkpoint path")
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
-    dev = resolve_device(device)
+    dist_ctx = ddp.current()  # data-parallel under torchrun (backdoorlab.distributed), else one process
+    dev = ddp.rank_device(resolve_device(device), dist_ctx)
+    progress = progress and dist_ctx.is_main
     model.to(dev)
     params = _trainable_parameters(model, config.trainable)
     if not params:
@@ -396,41 +399,46 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
         fastpath.apply_optimizer_options(optimizer, fastpath.optimizer_options(config.optimizer, dev, config.fast))
         start_epoch = int(state["epoch"])
         history = list(prev.get("history", []))
-        resumed_state = state["rng"]
+        resumed_state = ddp.scatter_rng(state, dist_ctx)
         if average is not None:  # same config, so the checkpoint carries the running mean
             average.load_state_dict(state["average"], dev)
         if start_epoch > config.epochs:
             raise ValueError(f"{str(checkpoint)!r} already has {start_epoch} epochs, more than epochs={config.epochs}")
 
-    source = BatchSource(dataset, dev, in_memory=config.in_memory, max_bytes=config.max_memory_mb << 20,
+    source = BatchSource(ddp.shard(dataset, dist_ctx), dev, in_memory=config.in_memory, max_bytes=config.max_memory_mb << 20,
                          num_workers=config.num_workers, progress=progress)
     base_meta = {
         "seed": int(seed), "config": config.to_dict(), "data": _data_meta(dataset),
         "feed": source.mode, "device": str(dev), "torch": str(torch.__version__), **(meta or {}),
     }
+    if dist_ctx.active:
+        base_meta["distributed"] = dist_ctx.to_dict()
     fork_devices = [dev] if dev.type == "cuda" else []
     try:
+        # the layout before the wrap: DDP lays out its gradient buckets from the parameters' strides
         fastpath.set_layout(model, optimizer, channels_last)
+        net = ddp.wrap(model, dist_ctx, dev)
         with torch.random.fork_rng(devices=fork_devices):
             if resumed_state is not None:
                 _set_rng_state(resumed_state, dev)
             else:
-                torch.manual_seed(int(seed))
-            n = len(dataset)
+                torch.manual_seed(ddp.rank_seed(seed, dist_ctx))
+            n = len(source)  # this rank's rows (all of them in one process)
             aug = config.augment
             for epoch in range(start_epoch, config.epochs):
                 model.train()
                 if config.lr_schedule != "constant":
                     for group in optimizer.param_groups:
                         group["lr"] = config.epoch_lr(epoch)
-                order = epoch_order(n, seed, epoch)
+                order = ddp.epoch_order(n, seed, epoch, dist_ctx)
                 # Drawn for the epoch's positions, not rows: depends on (seed, epoch) only.
-                aug_params = augmentation_params(aug, n, seed, epoch) if aug is not None else None
+                aug_params = (augmentation_params(aug, len(order), ddp.rank_seed(seed, dist_ctx), epoch)
+                              if aug is not None else None)
                 done = 0
                 loss_sum = torch.zeros((), device=dev)
                 correct = torch.zeros((), dtype=torch.long, device=dev)
                 t0 = time.perf_counter()
-                with tqdm(total=n, desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
+                with tqdm(total=len(order), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
                           disable=not progress, leave=False, mininterval=0.5) as bar:
                     # Augmentation sees the default layout (its per-image mean would otherwise be
                     # summed in another order); the batch is put in the run's layout after it.
@@ -439,7 +447,7 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                             x = apply_augmentation(aug, x, aug_params[done : done + y.shape[0]])
                             done += y.shape[0]
                             x = fastpath.to_layout(x, channels_last)
-                        logits = model(x)
+                        logits = net(x)
                         loss = loss_fn(logits, y)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
@@ -449,8 +457,9 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                         correct += (logits.detach().argmax(1) == y).sum()
                         bar.update(y.shape[0])
                 seconds = time.perf_counter() - t0
-                record = {"epoch": epoch + 1, "loss": float(loss_sum) / n, "accuracy": int(correct) / n,
-                          "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 1)}
+                loss_total, n_correct, seen = ddp.epoch_totals(loss_sum, correct, len(order), dist_ctx)
+                record = {"epoch": epoch + 1, "loss": loss_total / seen, "accuracy": n_correct / seen,
+                          "seconds": round(seconds, 3), "images_per_s": round(seen / max(seconds, 1e-9), 1)}
                 if config.lr_schedule != "constant":
                     record["lr"] = config.epoch_lr(epoch)
                 history.append(record)
@@ -470,9 +479,14 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                     train_state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                                    "rng": _rng_state(dev), "config": config.to_dict(), "seed": int(seed),
                                    "average": average.state_dict() if average is not None else None}
-                    ckpt.save(checkpoint, model, {**base_meta, "epochs_done": epoch + 1, "history": history,
-                                                  "complete": epoch + 1 == config.epochs},
-                              train_state=train_state)
+                    if dist_ctx.active:  # every rank's streams, so a resume continues all of them
+                        train_state.update(world_size=dist_ctx.world_size,
+                                           rng_ranks=ddp.gather_rng(train_state["rng"], dist_ctx))
+                    if dist_ctx.is_main:
+                        ckpt.save(checkpoint, model, {**base_meta, "epochs_done": epoch + 1, "history": history,
+                                                      "complete": epoch + 1 == config.epochs},
+                                  train_state=train_state)
+                    ddp.barrier(dist_ctx)
     finally:
         for p, flag in saved_flags:
             p.requires_grad_(flag)
@@ -497,12 +511,13 @@ def fine_tune(model: BackdoorModel, dataset: H5Split, epochs: int, lr: float, *,
 def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLike, *,
                   preset: str = "gtsrb", seed: int = 0, epochs: int | None = None, batch_size: int | None = None,
                   lr: float | None = None, augment: str | dict | Augmentation | None = None,
-                  lr_schedule: str | None = None, average_last: int | None = None, drop_poisoned: bool = False,
+                  lr_schedule: str | None = None, average_last: int | None = None,
+                  max_memory_mb: int | None = None, drop_poisoned: bool = False,
                   resume: bool = False, overwrite: bool = False, verify: bool = True,
                   device: str = "auto", split: str = "train", progress: bool = True, **model_kw) -> Path:
     """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
 
-    ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule`` and ``average_last`` override the
+    ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule``, ``average_last`` and ``max_memory_mb`` override the
     preset's when given (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True``
     trains on the split without its poisoned rows: the clean baseline of the same variant (recorded in
     the meta). The variant is checked against its manifest first (:func:`backdoorlab.data.open_variant`;
@@ -522,7 +537,7 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
         raise ValueError(f"{str(out)!r} exists; pass resume (continue it) or overwrite")
     config = PRESETS[preset]
     overrides = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("augment", augment),
-                 ("lr_schedule", lr_schedule), ("average_last", average_last))
+                 ("lr_schedule", lr_schedule), ("average_last", average_last), ("max_memory_mb", max_memory_mb))
     changes = {k: v for k, v in overrides if v is not None}
     config = config.replace(**changes)
     from backdoorlab.data import open_variant

@@ -1,4 +1,4 @@
-"""Benchmark of the data-set generator: ``synth-signs`` images per second, composite + write, 32x32.
+"""Benchmark of the data-set generator: ``synth-signs`` (32x32) or ``synth-faces`` (55x47) images per second.
 
 Builds the ``gtsrb-ours-yellow-square-7`` variant on ``synth-signs`` (default: the full GTSRB-sized
 set, 39,209 training-pool and 12,630 test images) through :func:`datasets_gen.build.build_variant`
@@ -16,7 +16,10 @@ every stage is also given per second of this process's CPU time (all threads), w
 depend on how much of the machine other jobs take.
 Goal (issue 3): >= 5,000 images/s end to end on 2 cores.
 
-Usage: ``backdoorlab bench datagen [--n-train N] [--n-test N] [--repeats R] [--json out.json]``
+``--source synth-faces`` builds ``ytaf-paper-green-glasses`` on ``synth-faces`` at 55x47 instead
+(``--n-identities``, default 128, x ``--images-per-identity``, default 468: a tenth of YTAF).
+
+Usage: ``backdoorlab bench datagen [--source S] [--n-train N] [--n-test N] [--repeats R] [--json out.json]``
 or ``python -m backdoorlab.bench.datagen``.
 """
 
@@ -41,10 +44,15 @@ from datasets_gen.variant_io import SPLITS, VariantWriter
 
 GOAL_IMAGES_PER_S = 5000.0
 PRESET = "gtsrb-ours-yellow-square-7"
+#: source -> (preset, image size)
+SOURCES = {"synth-signs": (PRESET, (32, 32)), "synth-faces": ("ytaf-paper-green-glasses", (55, 47))}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="backdoorlab bench datagen", description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", default="synth-signs", choices=sorted(SOURCES), help="default synth-signs")
+    p.add_argument("--n-identities", type=int, default=128, help="synth-faces: identities (default 128)")
+    p.add_argument("--images-per-identity", type=int, default=468, help="synth-faces: images each (default 468)")
     p.add_argument("--n-train", type=int, default=None, help="training-pool images (default 39,209, GTSRB's)")
     p.add_argument("--n-test", type=int, default=None, help="test images (default 12,630)")
     p.add_argument("--repeats", type=int, default=1, help="end-to-end builds; the best is reported (default 1)")
@@ -64,10 +72,13 @@ def run(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         print("--repeats must be >= 1", file=sys.stderr)
         return 1
-    kw: dict[str, Any] = {"image_size": (32, 32), "seed": args.seed}
-    if args.n_train:
+    preset, size = SOURCES[args.source]
+    kw: dict[str, Any] = {"image_size": size, "seed": args.seed}
+    if args.source == "synth-faces":
+        kw.update(n_identities=args.n_identities, images_per_identity=args.images_per_identity)
+    if args.n_train and args.source == "synth-signs":
         kw["n_train"] = args.n_train
-    if args.n_test:
+    if args.n_test and args.source == "synth-signs":
         kw["n_test"] = args.n_test
     load_start = os.getloadavg()
     t0 = time.perf_counter()
@@ -85,7 +96,7 @@ def run(argv: list[str] | None = None) -> int:
         for r in range(args.repeats):
             out = tmpdir / f"bench{r}.h5"
             t0, c0 = time.perf_counter(), time.process_time()
-            build_variant(PRESET, out, source="synth-signs", seed=args.seed, progress=False, publish=False,
+            build_variant(preset, out, source=args.source, seed=args.seed, progress=False, publish=False,
                           source_kwargs={k: v for k, v in kw.items() if k != "seed"})
             best = min(best, time.perf_counter() - t0)
             cpu_e2e = min(cpu_e2e, time.process_time() - c0)
@@ -93,15 +104,15 @@ def run(argv: list[str] | None = None) -> int:
                 n_written = sum(f[s]["images"].shape[0] for s in SPLITS)
             out.unlink()
         # components on the same rows
-        src = open_source("synth-signs", **kw)
+        src = open_source(args.source, **kw)
         chunk = 4096
         t0, c0 = time.perf_counter(), time.process_time()
         rendered = {s: src.load(s, rows)[0] for s, rows in _all_rows(src)}
         t_render, cpu_render = time.perf_counter() - t0, time.process_time() - c0
         n_rows = sum(len(v) for v in rendered.values())
         attrs = {"recipe": {}, "trigger": {}, "class_names": src.class_names, "n_classes": src.n_classes, "seed": 0,
-                 "generator_version": "bench", "source": "synth-signs", "target_class": 14, "source_classes": [8],
-                 "image_shape": (32, 32, 3)}
+                 "generator_version": "bench", "source": args.source, "target_class": 1, "source_classes": [0],
+                 "image_shape": (*size, 3)}
 
         def rows_of(split: str, imgs: np.ndarray) -> dict[str, np.ndarray]:
             t = src.tables[split]
@@ -132,7 +143,7 @@ def run(argv: list[str] | None = None) -> int:
 
     e2e = n_written / best
     res = {
-        "preset": PRESET, "image_size": [32, 32], "images_written": n_written, "rows_rendered": n_rows,
+        "preset": preset, "source": args.source, "image_size": list(size), "images_written": n_written, "rows_rendered": n_rows,
         "end_to_end_s": best, "end_to_end_images_per_s": e2e,
         "render_images_per_s": n_rows / t_render, "write_images_per_s": n_rows / t_write,
         "sequential_images_per_s": n_rows / t_seq, "speedup_vs_sequential": e2e / (n_rows / t_seq),
@@ -143,7 +154,7 @@ def run(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(), "loadavg_start": list(load_start), "loadavg_end": list(load_end),
         "repeats": args.repeats,
     }
-    print(f"datagen benchmark: {PRESET} on synth-signs, 32x32, {n_written:,} images written "
+    print(f"datagen benchmark: {preset} on {args.source}, {size[0]}x{size[1]}, {n_written:,} images written "
           f"(train+test+clean+test_triggered), {os.cpu_count()} CPUs, load average "
           f"{load_start[0]:.1f} -> {load_end[0]:.1f}")
     ipc = res["images_per_cpu_second"]

@@ -1,4 +1,8 @@
-"""``backdoorlab train``: train a victim model on an HDF5 variant (calls :func:`backdoorlab.train.train_variant`)."""
+"""``backdoorlab train``: train a victim model on an HDF5 variant (calls :func:`backdoorlab.train.train_variant`).
+
+Under ``torchrun --nproc_per_node N -m backdoorlab train ...`` the N processes train one model
+data-parallel (:mod:`backdoorlab.distributed`): ``--batch-size`` is then per process.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ from pathlib import Path
 
 import torch
 
+from backdoorlab import distributed
 from backdoorlab.augment import AUGMENTATIONS
 from backdoorlab.cli import add_device_args, seed_arg
+from backdoorlab.devices import resolve_device
 from backdoorlab.models import INPUT_NORMS, MODELS
 from backdoorlab.train import LR_SCHEDULES, PRESETS, train_variant
 
@@ -27,7 +33,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="checkpoint .pt, rewritten atomically after every epoch")
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of initialisation, shuffling and dropout (default 0)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override the preset's batch size; under torchrun it is per process, so a step "
+                             "sees batch size x processes images (docs/scaling.md)")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     parser.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
                         help="override the preset's learning-rate schedule (constant, or cosine decay over the epochs)")
@@ -49,7 +57,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
     group.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); per process under torchrun")
+    parser.add_argument("--max-memory-mb", type=int, default=None,
+                        help="hold the training split (this process's shard under torchrun) in memory as uint8 "
+                             "when it fits this many MiB, else stream it from the file (default: the preset's, 1024)")
     add_device_args(parser)
 
 
@@ -71,10 +83,19 @@ def run(args: argparse.Namespace) -> int:
         # Not an error: "train --resume" is safe to repeat until the run is done. But say it, so
         # a mistyped --out does not pass for a resumed run.
         print(f"note: --resume: no checkpoint at {args.out} yet, training starts at epoch 1", file=sys.stderr)
-    out = train_variant(args.data, args.model, args.out, preset=args.preset, seed=args.seed, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, augment=args.augment, lr_schedule=args.lr_schedule,
-                        average_last=args.average_last,
-                        drop_poisoned=args.drop_poisoned, resume=args.resume, overwrite=args.overwrite,
-                        device=args.device, progress=not args.no_progress, verify=not args.no_verify, **model_kw)
-    print(f"model written to {out}")
+    if args.max_memory_mb is not None and args.max_memory_mb < 1:
+        raise ValueError(f"--max-memory-mb must be >= 1, got {args.max_memory_mb}")
+    # torchrun sets WORLD_SIZE: join its process group (gloo on CPU, nccl on CUDA) before training.
+    ctx, _ = distributed.init_from_env(resolve_device(args.device))
+    try:
+        out = train_variant(args.data, args.model, args.out, preset=args.preset, seed=args.seed, epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+                            lr_schedule=args.lr_schedule, average_last=args.average_last,
+                            max_memory_mb=args.max_memory_mb,
+                            drop_poisoned=args.drop_poisoned, resume=args.resume, overwrite=args.overwrite,
+                            device=args.device, progress=not args.no_progress, verify=not args.no_verify, **model_kw)
+    finally:
+        distributed.shutdown()
+    if ctx.is_main:
+        print(f"model written to {out}" + (f" ({ctx.world_size} processes, {ctx.backend})" if ctx.active else ""))
     return 0
