@@ -112,7 +112,7 @@ def test_quick_study_shows_nc_and_strip_columns(tmp_path):
     study = tiny_study()
     study["defences"] = [
         "none",
-        {"id": "nc", "pipeline": "nc", "configs": {"nc": {"steps": 10, "batch_size": 4, "unlearn_epochs": 1}}},
+        {"id": "nc", "pipeline": "nc", "configs": {"nc": {"epochs": 5, "epoch_steps": 2, "batch_size": 4}}},
         {"id": "strip", "pipeline": "strip", "configs": {"strip": {"n_overlays": 4}}},
     ]
     study.pop("fp_thresholds", None)

@@ -130,7 +130,7 @@ class Strip(FilteringDefence):
     Parameters
     ----------
     n_overlays : int
-        Clean images superimposed on each input (default 20).
+        Clean images superimposed on each input (default 100; the paper's N).
     frr : float in (0, 1)
         Target false-rejection rate on clean inputs; sets the threshold (default 0.05).
     blend : {"add", "mean"}
@@ -148,7 +148,7 @@ class Strip(FilteringDefence):
 
     name = "strip"
 
-    def __init__(self, n_overlays: int = 20, frr: float = 0.05, blend: str = "add", retrain: str = "scratch",
+    def __init__(self, n_overlays: int = 100, frr: float = 0.05, blend: str = "add", retrain: str = "scratch",
                  test_time: bool = True, batch_size: int = 64, test_sample: int = 2000) -> None:
         self.n_overlays = check_positive_int("n_overlays", n_overlays)
         self.frr = check_fraction("frr", frr)
