@@ -56,6 +56,7 @@ using i64 = std::int64_t;
 using backdoorlab::binding::carray;
 using backdoorlab::binding::expect_ndim;
 using backdoorlab::binding::expect_shape;
+using backdoorlab::binding::expect_stats_state;
 
 namespace {
 
@@ -84,14 +85,7 @@ void stats_update(const carray<float>& acts, const carray<i64>& group, carray<i6
                   carray<double> mean, carray<double> m2, carray<double> maxv, carray<i64> npos) {
   expect_ndim(acts, "acts", 3);
   const i64 N = acts.shape(0), C = acts.shape(1), S = acts.shape(2);
-  const i64 G = count.ndim() == 1 ? count.shape(0) : -1;
-  expect_shape(group, "group", {N});
-  expect_shape(count, "count", {G});
-  expect_shape(values, "values", {G});
-  expect_shape(mean, "mean", {G, C});
-  expect_shape(m2, "m2", {G, C});
-  expect_shape(maxv, "maxv", {G, C});
-  expect_shape(npos, "npos", {G, C});
+  const i64 G = expect_stats_state(N, C, group, count, values, mean, m2, maxv, npos);
   const float* a = acts.data();
   const i64* g = group.data();
   i64 *cnt = count.mutable_data(), *val = values.mutable_data(), *pos = npos.mutable_data();

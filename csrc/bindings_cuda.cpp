@@ -34,6 +34,7 @@ using i64 = std::int64_t;
 using backdoorlab::binding::carray;
 using backdoorlab::binding::expect_ndim;
 using backdoorlab::binding::expect_shape;
+using backdoorlab::binding::expect_stats_state;
 
 namespace {
 
@@ -220,16 +221,9 @@ py::dict build_info() {
 void stats_update(py::handle acts, const carray<i64>& group, carray<i64> count, carray<i64> values,
                   carray<double> mean, carray<double> m2, carray<double> maxv, carray<i64> npos) {
   Float32Input a;
-  acquire_float32(a, acts, "acts", {2, 3, 4});
+  acquire_float32(a, acts, "acts", {3});
   const i64 N = a.view.shape[0], C = a.view.shape[1];
-  const i64 G = count.ndim() == 1 ? count.shape(0) : -1;
-  expect_shape(group, "group", {N});
-  expect_shape(count, "count", {G});
-  expect_shape(values, "values", {G});
-  expect_shape(mean, "mean", {G, C});
-  expect_shape(m2, "m2", {G, C});
-  expect_shape(maxv, "maxv", {G, C});
-  expect_shape(npos, "npos", {G, C});
+  const i64 G = expect_stats_state(N, C, group, count, values, mean, m2, maxv, npos);
   const i64* g = group.data();
   i64 *cnt = count.mutable_data(), *val = values.mutable_data(), *pos = npos.mutable_data();
   double *mu = mean.mutable_data(), *q = m2.mutable_data(), *mx = maxv.mutable_data();

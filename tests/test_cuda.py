@@ -129,6 +129,16 @@ def test_dlpack_tensors_are_checked_like_arrays(cu):
         cu.pca(capsule, off, 2)
 
 
+def test_stats_update_takes_the_cpu_core_shapes(cu):
+    """Regression: the CUDA stats_update took (N, C) and (N, C, H, W) where the CPU core takes
+    (N, C, S) only; backdoorlab.native folds every layout into (N, C, S) for both."""
+    core = pytest.importorskip("backdoorlab._core")
+    for shape in [(6, 3), (6, 3, 2, 2)]:
+        for mod in (core, cu):
+            with pytest.raises(ValueError, match=f"acts must be 3-D, got {len(shape)}-D"):
+                mod.stats_update(np.ones(shape, np.float32), np.zeros(6, np.int64), *_stats_state(1, 3))
+
+
 # ---- GPU: every kernel against its reference ----------------------------------------------------
 
 

@@ -135,6 +135,20 @@ def test_cuda_without_build_raises_runtime_error(X):
     np.testing.assert_array_equal(native.spectral_scores(X, OFF, device="auto"), native.spectral_scores(X, OFF))
 
 
+def test_pruning_kernels_dispatch_on_device_like_the_others():
+    """Regression: pruning_order/pruning_mask always ran on the CPU, so their CUDA twins could not
+    be reached and device='cuda' without a GPU went unnoticed."""
+    if native.build_info()["cuda"]:
+        pytest.skip("a CUDA build with a visible GPU is present")
+    mean = np.array([0.3, 0.1, 0.2])
+    with pytest.raises(RuntimeError, match="device='cuda' is not available"):
+        native.pruning_order(mean, device="cuda")
+    with pytest.raises(RuntimeError, match="device='cuda' is not available"):
+        native.pruning_mask(np.array([1, 2, 0]), 1, device="cuda")
+    np.testing.assert_array_equal(native.pruning_order(mean, device="auto"), [1, 2, 0])
+    np.testing.assert_array_equal(native.pruning_mask(np.array([1, 2, 0]), 1, device="auto"), [1, 0, 1])
+
+
 def test_non_contiguous_input_is_copied_not_rejected(rng):
     X, off = relu_classes(rng, [60, 80], 10)
     wide = np.zeros((X.shape[0], 20), np.float32)

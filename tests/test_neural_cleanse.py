@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from _defence_helpers import IMAGE_SIZE, single_thread
-from _planted_helpers import K, TARGET, TRIGGER_PIXELS, make_context, make_splits, rates
+from _planted_helpers import K, TARGET, TRIGGER_PIXELS, make_context, rates
 from backdoorlab.defences import NeuralCleanse, Pipeline, make_defence
 from backdoorlab.defences.neural_cleanse import anomaly_index, reverse_triggers, save_masks, stamp
 
@@ -21,44 +21,30 @@ from backdoorlab.defences.neural_cleanse import anomaly_index, reverse_triggers,
 FAST = {"epochs": 60, "epoch_steps": 5, "batch_size": 16, "unlearn_epochs": 20}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def clean_ctx(planted_splits):
     with single_thread():
-        yield
+        return make_context(planted_splits, poison=False)
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    return make_splits(tmp_path_factory.mktemp("nc") / "toy.h5")
-
-
-@pytest.fixture(scope="module")
-def poisoned_ctx(splits):
-    with single_thread():
-        return make_context(splits, poison=True)
-
-
-@pytest.fixture(scope="module")
-def clean_ctx(splits):
-    with single_thread():
-        return make_context(splits, poison=False)
-
-
-@pytest.fixture(scope="module")
-def poisoned_run(poisoned_ctx, tmp_path_factory):
+def poisoned_run(planted_ctx, tmp_path_factory):
     out = tmp_path_factory.mktemp("masks")
     with single_thread():
-        ctx, result = NeuralCleanse(**FAST, mask_dir=str(out)).run(poisoned_ctx, progress=False)
+        ctx, result = NeuralCleanse(**FAST, mask_dir=str(out)).run(planted_ctx, progress=False)
     return ctx, result, out
 
 
-def test_fixture_models(poisoned_ctx, clean_ctx):
-    (acc_bad, asr_bad), (acc_good, asr_good) = rates(poisoned_ctx), rates(clean_ctx)
+def test_fixture_models(planted_ctx, clean_ctx):
+    (acc_bad, asr_bad), (acc_good, asr_good) = rates(planted_ctx), rates(clean_ctx)
     assert asr_bad > 0.9 and acc_bad > 0.85
     assert asr_good < 0.3 and acc_good > 0.85
 
 
-def test_names_the_target_with_a_mask_near_the_trigger_size(poisoned_run, poisoned_ctx):
+def test_names_the_target_with_a_mask_near_the_trigger_size(poisoned_run, planted_ctx):
     _, result, _ = poisoned_run
     rep = result.report
     # the target is flagged and the most anomalous class (the white cross, bright like the yellow
@@ -71,12 +57,12 @@ def test_names_the_target_with_a_mask_near_the_trigger_size(poisoned_run, poison
     assert TRIGGER_PIXELS / 4 <= l1[TARGET] <= 2 * TRIGGER_PIXELS, l1.tolist()
 
 
-def test_unlearning_removes_the_backdoor(poisoned_run, poisoned_ctx):
+def test_unlearning_removes_the_backdoor(poisoned_run, planted_ctx):
     ctx, _, _ = poisoned_run
-    (acc0, asr0), (acc1, asr1) = rates(poisoned_ctx), rates(ctx)
+    (acc0, asr0), (acc1, asr1) = rates(planted_ctx), rates(ctx)
     assert asr1 < 0.2 < asr0
     assert acc1 >= acc0 - 0.05
-    assert ctx.model is not poisoned_ctx.model  # repaired on a copy, input context untouched
+    assert ctx.model is not planted_ctx.model  # repaired on a copy, input context untouched
 
 
 def test_masks_written_as_pngs(poisoned_run):
@@ -98,8 +84,8 @@ def test_clean_model_is_not_flagged(clean_ctx):
     assert ctx.model is clean_ctx.model  # nothing flagged, nothing repaired
 
 
-def test_prune_repair_prunes_channels_within_budget(poisoned_ctx):
-    ctx, result = make_defence("nc-prune", {"nc": {**FAST, "prune_threshold": 0.1}}).run(poisoned_ctx, progress=False)
+def test_prune_repair_prunes_channels_within_budget(planted_ctx):
+    ctx, result = make_defence("nc-prune", {"nc": {**FAST, "prune_threshold": 0.1}}).run(planted_ctx, progress=False)
     rep = result.report
     assert result.pruned_channels is not None and rep["neurons_pruned"] == result.pruned_channels.size > 0
     curve = {int(k): v for k, v in rep["curve"].items()}
@@ -110,12 +96,12 @@ def test_prune_repair_prunes_channels_within_budget(poisoned_ctx):
     assert excitation[result.pruned_channels].min() >= np.delete(excitation, result.pruned_channels).max()
 
 
-def test_batched_search_is_reproducible(poisoned_ctx):
+def test_batched_search_is_reproducible(planted_ctx):
     from backdoorlab.data import to_float_chw
 
-    images = to_float_chw(poisoned_ctx.clean.load_images())
-    a = reverse_triggers(poisoned_ctx.model, images, epochs=4, epoch_steps=5, batch_size=8, classes=[1, TARGET], seed=5, progress=False)
-    b = reverse_triggers(poisoned_ctx.model, images, epochs=4, epoch_steps=5, batch_size=8, classes=[1, TARGET], seed=5, progress=False)
+    images = to_float_chw(planted_ctx.clean.load_images())
+    a = reverse_triggers(planted_ctx.model, images, epochs=4, epoch_steps=5, batch_size=8, classes=[1, TARGET], seed=5, progress=False)
+    b = reverse_triggers(planted_ctx.model, images, epochs=4, epoch_steps=5, batch_size=8, classes=[1, TARGET], seed=5, progress=False)
     np.testing.assert_array_equal(a["masks"], b["masks"])
     assert a["masks"].shape == (2, *IMAGE_SIZE) and a["patterns"].shape == (2, 3, *IMAGE_SIZE)
     assert ((a["masks"] >= 0) & (a["masks"] <= 1)).all()

@@ -70,19 +70,19 @@ def ac_fp(ctx):
 
 def test_pipeline_runs_steps_in_order_and_reports_each(ctx, ac_fp):
     rep = ac_fp
-    assert [s["defence"] for s in rep.steps] == ["ac", "fp"]
+    assert [s.defence for s in rep.steps] == ["ac", "fp"]
     assert [r.name for r in rep.results] == ["ac", "fp"]
     assert rep.initial["attack_success_rate"] > 0.9
     for s in rep.steps:
-        assert 0.0 <= s["clean_accuracy"] <= 1.0 and 0.0 <= s["attack_success_rate"] <= 1.0
+        assert 0.0 <= s.clean_accuracy <= 1.0 and 0.0 <= s.attack_success_rate <= 1.0
     ac_step, fp_step = rep.steps
-    assert ac_step["removed_poisoned"] is not None and ac_step["neurons_pruned"] is None
-    assert fp_step["removed_poisoned"] is None and fp_step["neurons_pruned"].endswith("/32")
+    assert ac_step.removal is not None and ac_step.pruning is None
+    assert fp_step.removal is None and fp_step.pruning.label.endswith("/32")
     # FP ran on what AC returned: the training set AC kept
-    assert len(rep.context.train) == len(ctx.train) - ac_step["removed_poisoned"] - ac_step["removed_clean"]
-    assert fp_step["cumulative"] == ac_step["cumulative"]
+    assert len(rep.context.train) == len(ctx.train) - ac_step.removal.removed_poisoned - ac_step.removal.removed_clean
+    assert fp_step.cumulative == ac_step.cumulative
     # the backdoor is gone after AC retrained on the filtered set
-    assert ac_step["attack_success_rate"] < 0.3
+    assert ac_step.attack_success_rate < 0.3
     table = rep.table()
     assert [row["step"] for row in table] == [0, 1, 2] and table[0]["defence"] == "none"
     json.dumps(rep.to_dict())  # JSON-ready
@@ -91,23 +91,23 @@ def test_pipeline_runs_steps_in_order_and_reports_each(ctx, ac_fp):
 
 def test_reversed_pipeline_runs_in_the_other_order(ctx, ac_fp):
     rep = _run(ctx, "fp>ac", {"fp": {"finetune_epochs": 3}})
-    assert [s["defence"] for s in rep.steps] == ["fp", "ac"]
+    assert [s.defence for s in rep.steps] == ["fp", "ac"]
     # FP first: the training set is untouched until AC
-    assert rep.steps[0]["cumulative"]["n_train"] == len(ctx.train)
-    assert rep.steps[1]["cumulative"]["n_train"] < len(ctx.train)
+    assert rep.steps[0].cumulative.n_train == len(ctx.train)
+    assert rep.steps[1].cumulative.n_train < len(ctx.train)
     # AC worked on the pruned model, and the pruning survived AC's retraining
     assert rep.context.model.pruned_channels("last_conv").size == rep.results[0].pruned_channels.size
 
 
 def test_three_step_pipeline_cumulates_removals(ctx):
     rep = _run(ctx, "ac>ss>fp", {"fp": {"finetune_epochs": 1}, "ss": {"retrain": "none"}})
-    assert [s["defence"] for s in rep.steps] == ["ac", "ss", "fp"]
-    ac_s, ss_s, _ = rep.steps
-    cum = ss_s["cumulative"]
-    assert cum["removed_poisoned"] == ac_s["removed_poisoned"] + ss_s["removed_poisoned"]
-    assert cum["removed_clean"] == ac_s["removed_clean"] + ss_s["removed_clean"]
+    assert [s.defence for s in rep.steps] == ["ac", "ss", "fp"]
+    ac_s, ss_s = (s.removal for s in rep.steps[:2])
+    cum = rep.steps[1].cumulative
+    assert cum.removed_poisoned == ac_s.removed_poisoned + ss_s.removed_poisoned
+    assert cum.removed_clean == ac_s.removed_clean + ss_s.removed_clean
     # SS's flags refer to the rows AC kept
-    assert rep.results[1].flags.shape == (len(ctx.train) - ac_s["removed_poisoned"] - ac_s["removed_clean"],)
+    assert rep.results[1].flags.shape == (len(ctx.train) - ac_s.removed_poisoned - ac_s.removed_clean,)
 
 
 def test_empty_pipeline_only_measures(ctx):
@@ -156,7 +156,7 @@ def test_defend_cli_errors_are_one_line(variant, tmp_path, capsys):
 
 def test_fp_alias_in_pipeline_prunes_the_second_last_conv(ctx):
     rep = _run(ctx, "fp-second", {"fp-second": {"finetune_epochs": 1}})
-    assert rep.steps[0]["report"]["layer_name"] == "conv1"
+    assert rep.steps[0].report["layer_name"] == "conv1"
     assert isinstance(rep.config["fp-second"], dict) and rep.config["fp-second"]["layer"] == "second_last_conv"
     assert isinstance(FinePruning().config(), dict)
     assert np.all(np.isfinite([rep.final["clean_accuracy"]]))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from _defence_helpers import auroc, single_thread
-from _planted_helpers import TARGET, make_context, make_splits, plant
+from _defence_helpers import auroc
+from _planted_helpers import TARGET, plant
 from backdoorlab.data import to_float_chw
 from backdoorlab.defences import Pipeline, Strip
 from backdoorlab.defences.strip import strip_entropy, superimpose
@@ -21,16 +21,12 @@ from backdoorlab.defences.strip import strip_entropy, superimpose
 FAST = {"n_overlays": 20, "retrain": "none"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    with single_thread():
-        return make_context(make_splits(tmp_path_factory.mktemp("strip") / "toy.h5"), poison=True)
+def ctx(planted_ctx):
+    return planted_ctx
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +61,10 @@ def test_rejection_at_the_calibrated_rate(ctx, test_images):
 def test_pipeline_step_reports_filter_and_test_time_columns(ctx):
     report = Pipeline("strip", {"strip": FAST}).run(ctx, progress=False)
     step = report.steps[0]
-    rep = step["report"]
+    rep = step.report
     flags = report.results[0].flags
-    assert step["name"] == "strip" and flags.shape == (len(ctx.train),)
-    assert step["removed_poisoned"] + step["removed_clean"] == int(flags.sum())
+    assert step.name == "strip" and flags.shape == (len(ctx.train),)
+    assert step.removal.removed_poisoned + step.removal.removed_clean == int(flags.sum())
     assert len(report.context.train) == len(ctx.train) - int(flags.sum())
     for key in ("threshold", "test_triggered_rejected_pct", "test_clean_rejected_pct", "clean_rejected_pct"):
         assert key in rep

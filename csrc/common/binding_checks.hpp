@@ -8,6 +8,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 
@@ -35,6 +36,23 @@ void expect_shape(const carray<T>& a, const char* name, std::initializer_list<py
                             " in dimension " + std::to_string(i) + ", expected " + std::to_string(s));
     ++i;
   }
+}
+
+// The running state stats_update merges a batch of N rows and C channels into: group (N,),
+// count and values (G,), mean, m2, maxv and npos (G, C). Returns G.
+inline py::ssize_t expect_stats_state(py::ssize_t N, py::ssize_t C, const carray<std::int64_t>& group,
+                                      const carray<std::int64_t>& count, const carray<std::int64_t>& values,
+                                      const carray<double>& mean, const carray<double>& m2,
+                                      const carray<double>& maxv, const carray<std::int64_t>& npos) {
+  const py::ssize_t G = count.ndim() == 1 ? count.shape(0) : -1;
+  expect_shape(group, "group", {N});
+  expect_shape(count, "count", {G});
+  expect_shape(values, "values", {G});
+  expect_shape(mean, "mean", {G, C});
+  expect_shape(m2, "m2", {G, C});
+  expect_shape(maxv, "maxv", {G, C});
+  expect_shape(npos, "npos", {G, C});
+  return G;
 }
 
 }  // namespace backdoorlab::binding

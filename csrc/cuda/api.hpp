@@ -53,7 +53,7 @@ struct RuntimeInfo {
 // Never throws: without a driver or GPU it reports 0 devices and the reason.
 RuntimeInfo runtime_info();
 
-// ---- decompositions (decomp.cu) ------------------------------------------------------------
+// ---- decompositions (decompose.cu; the per-class eigen-solver they share: linalg.cu) -------
 // Largest supported number of components on the device path (the small eigen/decorrelation
 // problems live in shared memory).
 constexpr int kMaxComponents = 48;
@@ -70,6 +70,7 @@ void fastica(const ConstView& X, const int64_t* offsets, int64_t n_classes, int 
 void pca(const ConstView& X, const int64_t* offsets, int64_t n_classes, int n_components,
          float* out);
 
+// ---- spectral signatures (spectral.cu) ------------------------------------------------------
 // out: (n,): |<v_c, x - mean_c>| (center) or |<v_c, x>| (not center), v_c the top right singular
 // vector of the (centred) class matrix.
 void spectral_scores(const ConstView& X, const int64_t* offsets, int64_t n_classes, bool center,
@@ -90,9 +91,9 @@ constexpr int kMaxSilhouetteClusters = 64;
 void silhouette_samples(const ConstView& X, const int64_t* offsets, int64_t n_classes,
                         const int32_t* labels, float* out);
 
-// ---- activation statistics and pruning (stats.cu) ---------------------------------------------
+// ---- activation statistics (stats.cu) ---------------------------------------------------------
 // In-place merge of a batch into running per-(group, channel) moments, as _core.stats_update:
-// acts (N, C, S) float32 (S = H*W, 1 for dense layers; host or device); group (N,) host int64 in
+// acts (N, C, S) float32, exactly 3-D as on the CPU (S = H*W, 1 for dense layers; host or device); group (N,) host int64 in
 // [0, G); host state arrays count (G) rows seen, values (G) = rows * S seen, mean/m2/maxv (G, C)
 // float64, npos (G, C) int64. The batch is reduced on the device in two passes (batch means,
 // then squared deviations from them) and merged with Chan et al.'s formula; on any error the
@@ -100,6 +101,7 @@ void silhouette_samples(const ConstView& X, const int64_t* offsets, int64_t n_cl
 void stats_update(const ConstView& acts, const int64_t* group, int64_t G, int64_t* count,
                   int64_t* values, double* mean, double* m2, double* maxv, int64_t* npos);
 
+// ---- pruning (pruning.cu) ------------------------------------------------------------------
 // order (C,) int64: channels by ascending mean, ties by index (a stable argsort). mean is
 // float64 on the host; NaN/Inf rejected.
 void pruning_order(const double* mean, int64_t C, int64_t* order);

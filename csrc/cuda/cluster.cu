@@ -309,14 +309,11 @@ void kmeans(const ConstView& X, const int64_t* offsets, int64_t n_classes, int k
   if (max_iter < 1) throw std::invalid_argument(concat("max_iter must be >= 1, got ", max_iter));
   if (!(tol >= 0.0) || !std::isfinite(tol))
     throw std::invalid_argument(concat("tol must be finite and >= 0, got ", tol));
-  const int64_t n = X.shape[0], d = X.shape[1];
-  check_offsets(offsets, n_classes, n, k, "k");
+  check_offsets(offsets, n_classes, X.shape[0], k, "k");
   if (n_classes > 2147483647) throw std::invalid_argument("too many classes for one launch");
-  DeviceGuard guard(device_for(X));
-  StagedInput x(X, "X (copied to the device)");
-  check_finite(x.get(), n, d, "X");
-  DeviceBuffer<int64_t> off(size_t(n_classes) + 1, "the class offsets");
-  off.upload(offsets, size_t(n_classes) + 1);
+  const StagedBatch b(X, offsets, n_classes);
+  const int64_t n = b.n, d = b.d;
+  const int64_t* off = b.offsets();
   DeviceBuffer<int32_t> labels_ws(size_t(n_init) * n, "the k-means labels of every init");
   DeviceBuffer<double> dist_ws(size_t(n_init) * n, "the k-means distances of every init");
   const size_t n_centers = size_t(n_classes) * n_init * k * d;
@@ -325,7 +322,7 @@ void kmeans(const ConstView& X, const int64_t* offsets, int64_t n_classes, int k
   DeviceBuffer<int32_t> iters_ws(size_t(n_classes) * n_init, "the k-means iteration counts");
   const size_t smem = sizeof(int) * size_t(k);
   set_dynamic_smem(reinterpret_cast<const void*>(kmeans_kernel), smem, "kmeans_kernel");
-  BL_LAUNCH(kmeans_kernel, dim3(static_cast<unsigned>(n_classes), static_cast<unsigned>(n_init)), kKmThreads, smem)(x.get(), off.get(), n, d, k, max_iter, tol, seed, labels_ws.get(),
+  BL_LAUNCH(kmeans_kernel, dim3(static_cast<unsigned>(n_classes), static_cast<unsigned>(n_init)), kKmThreads, smem)(b.x(), off, n, d, k, max_iter, tol, seed, labels_ws.get(),
                           dist_ws.get(), centers_ws.get(), inertia_ws.get(), iters_ws.get());
   BL_LAUNCH_CHECK("kmeans_kernel");
 
@@ -351,7 +348,7 @@ void kmeans(const ConstView& X, const int64_t* offsets, int64_t n_classes, int k
   DeviceBuffer<int32_t> best_dev(best.size(), "the best-init indices");
   best_dev.upload(best.data(), best.size());
   DeviceBuffer<int32_t> out(size_t(n), "the k-means labels");
-  BL_LAUNCH(gather_labels_kernel, blocks_for(n, 256), 256, 0)(labels_ws.get(), off.get(), n_classes, n,
+  BL_LAUNCH(gather_labels_kernel, blocks_for(n, 256), 256, 0)(labels_ws.get(), off, n_classes, n,
                                                     best_dev.get(), out.get());
   BL_LAUNCH_CHECK("gather_labels_kernel");
   out.download(labels, size_t(n));
@@ -375,11 +372,8 @@ void silhouette_samples(const ConstView& X, const int64_t* offsets, int64_t n_cl
       n_clusters[c] = std::max(n_clusters[c], l + 1);
     }
   }
-  DeviceGuard guard(device_for(X));
-  StagedInput x(X, "X (copied to the device)");
-  check_finite(x.get(), n, d, "X");
-  DeviceBuffer<int64_t> off(size_t(n_classes) + 1, "the class offsets");
-  off.upload(offsets, size_t(n_classes) + 1);
+  const StagedBatch b(X, offsets, n_classes);
+  const int64_t* off = b.offsets();
   DeviceBuffer<int32_t> lab(size_t(n), "the cluster labels");
   lab.upload(labels, size_t(n));
   DeviceBuffer<int32_t> ncl(n_clusters.size(), "the cluster counts");
@@ -390,7 +384,7 @@ void silhouette_samples(const ConstView& X, const int64_t* offsets, int64_t n_cl
   if ((n + kSilWarpsPerBlock - 1) / kSilWarpsPerBlock > max_blocks)
     throw std::invalid_argument(concat("too many rows for silhouette_samples on CUDA: ", n));
   BL_LAUNCH(silhouette_kernel, blocks_for(n, kSilWarpsPerBlock, max_blocks), threads, 0)(
-      x.get(), off.get(), n_classes, n, d, lab.get(), ncl.get(), s.get());
+      b.x(), off, n_classes, n, d, lab.get(), ncl.get(), s.get());
   BL_LAUNCH_CHECK("silhouette_kernel");
   s.download(out, size_t(n));
 }

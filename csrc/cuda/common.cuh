@@ -128,6 +128,26 @@ class StagedInput {
 // The device an input asks for: its own when on a device, else the current one.
 int device_for(const ConstView& view);
 
+// The current device, or 0 when it cannot be read (for inputs that live on the host only).
+int current_device();
+
+// What every batched kernel does first, in this order: select X's device (its own, else the
+// current one), put X there (borrowed or copied), check it finite, upload the class offsets.
+// The caller has checked X's shape and the offsets on the host before (no device work yet).
+class StagedBatch {
+ public:
+  StagedBatch(const ConstView& X, const int64_t* offsets, int64_t n_classes);
+  const float* x() const { return x_.get(); }
+  const int64_t* offsets() const { return off_.get(); }
+
+  const int64_t n, d;  // rows and features of X
+
+ private:
+  DeviceGuard guard_;  // declared first: the members below are made on its device
+  StagedInput x_;
+  DeviceBuffer<int64_t> off_;
+};
+
 // ---- validation (host, before any compute launch) -------------------------------------------
 void check_matrix(const ConstView& X, const char* name);  // rank 2, n >= 1, d >= 1
 // offsets: n_classes + 1 values, offsets[0] == 0, non-decreasing, offsets[n_classes] == n and

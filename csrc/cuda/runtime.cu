@@ -106,6 +106,15 @@ DeviceGuard::~DeviceGuard() {
   cudaGetLastError();
 }
 
+int current_device() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    dev = 0;
+  }
+  return dev;
+}
+
 int device_for(const ConstView& view) {
   if (view.on_device) return view.device;
   int count = 0;
@@ -113,12 +122,7 @@ int device_for(const ConstView& view) {
     cudaGetLastError();
     return 0;  // DeviceGuard then raises with the reason
   }
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    dev = 0;
-  }
-  return dev;
+  return current_device();
 }
 
 StagedInput::StagedInput(const ConstView& view, const char* what) {
@@ -130,6 +134,13 @@ StagedInput::StagedInput(const ConstView& view, const char* what) {
   copy_.allocate(count, what);
   copy_.upload(view.data, count);
   ptr_ = copy_.get();
+}
+
+StagedBatch::StagedBatch(const ConstView& X, const int64_t* offsets, int64_t n_classes)
+    : n(X.shape[0]), d(X.shape[1]), guard_(device_for(X)), x_(X, "X (copied to the device)") {
+  check_finite(x_.get(), n, d, "X");
+  off_.allocate(size_t(n_classes) + 1, "the class offsets");
+  off_.upload(offsets, size_t(n_classes) + 1);
 }
 
 namespace {

@@ -1,4 +1,4 @@
-// Activation statistics and the Fine-Pruning helpers on the GPU.
+// Activation statistics on the GPU, the twin of csrc/cpu/stats.cpp.
 //
 // stats_update mirrors the CPU core's two-pass batch reduction: per (group, channel) the batch
 // mean first, then the squared deviations from it, then one Chan et al. merge into the running
@@ -112,38 +112,14 @@ __global__ void merge_kernel(int64_t C, const int64_t* __restrict__ group_chunks
   npos[i] += b_pos[i];
 }
 
-// Stable ascending rank: order[rank(i)] = i, ties broken by index (== std::stable_sort).
-__global__ void rank_kernel(const double* __restrict__ v, int64_t n, int64_t* __restrict__ order) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    const double vi = v[i];
-    int64_t rank = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const double vj = v[j];
-      rank += (vj < vi || (vj == vi && j < i)) ? 1 : 0;
-    }
-    order[rank] = i;
-  }
-}
-
-__global__ void mask_kernel(const int64_t* __restrict__ order, int64_t n, int64_t n_pruned,
-                            float* __restrict__ mask) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-       i += (int64_t)gridDim.x * blockDim.x)
-    mask[order[i]] = i < n_pruned ? 0.0f : 1.0f;
-}
-
 }  // namespace
 
 void stats_update(const ConstView& acts, const int64_t* group, int64_t G, int64_t* count,
                   int64_t* values, double* mean, double* m2, double* maxv, int64_t* npos) {
-  const size_t rank = acts.shape.size();
-  if (rank < 2 || rank > 4)
-    throw std::invalid_argument(concat("acts must be (N, C), (N, C, S) or (N, C, H, W), got ",
-                                       rank, "-D"));
-  const int64_t N = acts.shape[0], C = acts.shape[1];
-  int64_t S = 1;
-  for (size_t i = 2; i < rank; ++i) S *= acts.shape[i];
+  // (N, C, S) as the CPU core takes it: backdoorlab.native folds (N, C) and (N, C, H, W) into it.
+  if (acts.shape.size() != 3)
+    throw std::invalid_argument(concat("acts must be 3-D, got ", acts.shape.size(), "-D"));
+  const int64_t N = acts.shape[0], C = acts.shape[1], S = acts.shape[2];
   if (N <= 0 || C <= 0 || S <= 0 || G <= 0)
     throw std::invalid_argument(concat("stats_update: empty input (N=", N, ", C=", C, ", S=", S, ")"));
   if (G > 65535) throw std::invalid_argument(concat("at most 65535 classes on CUDA, got ", G));
@@ -259,51 +235,6 @@ void stats_update(const ConstView& acts, const int64_t* group, int64_t G, int64_
     values[g] += group_values[g];
     count[g] += rows[g];
   }
-}
-
-void pruning_order(const double* mean, int64_t C, int64_t* order) {
-  if (C <= 0) throw std::invalid_argument("pruning_order: mean_activation is empty");
-  for (int64_t c = 0; c < C; ++c)
-    if (!std::isfinite(mean[c]))
-      throw std::invalid_argument(concat("mean_activation contains NaN or Inf (first at channel ", c, ")"));
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    dev = 0;
-  }
-  DeviceGuard guard(dev);
-  DeviceBuffer<double> v(size_t(C), "mean_activation (copied to the device)");
-  v.upload(mean, size_t(C));
-  DeviceBuffer<int64_t> out(size_t(C), "the pruning order");
-  BL_LAUNCH(rank_kernel, blocks_for(C, kThreads), kThreads, 0)(v.get(), C, out.get());
-  BL_LAUNCH_CHECK("rank_kernel");
-  out.download(order, size_t(C));
-}
-
-void pruning_mask(const int64_t* order, int64_t C, int64_t n_pruned, float* mask) {
-  if (C <= 0) throw std::invalid_argument("pruning_mask: order is empty");
-  if (n_pruned < 0 || n_pruned > C)
-    throw std::invalid_argument(concat("n_pruned=", n_pruned, " is outside [0, ", C, "]"));
-  std::vector<char> seen(size_t(C), 0);
-  for (int64_t i = 0; i < C; ++i) {
-    const int64_t c = order[i];
-    if (c < 0 || c >= C || seen[size_t(c)])
-      throw std::invalid_argument(concat("order must be a permutation of 0..", C - 1, " (bad entry ",
-                                         c, " at position ", i, ")"));
-    seen[size_t(c)] = 1;
-  }
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    dev = 0;
-  }
-  DeviceGuard guard(dev);
-  DeviceBuffer<int64_t> o(size_t(C), "the channel order");
-  o.upload(order, size_t(C));
-  DeviceBuffer<float> m(size_t(C), "the pruning mask");
-  BL_LAUNCH(mask_kernel, blocks_for(C, kThreads), kThreads, 0)(o.get(), C, n_pruned, m.get());
-  BL_LAUNCH_CHECK("mask_kernel");
-  m.download(mask, size_t(C));
 }
 
 }  // namespace cuda

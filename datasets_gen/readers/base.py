@@ -292,3 +292,23 @@ class Source:
             "skipped_unreadable": dict(self.skipped),
             "config": self.config,
         }
+
+
+def split_pool(keys: list[str], labels: Sequence[int], provenance: Sequence[int], shares: Sequence[float],
+               seed: int) -> dict[str, SplitTable]:
+    """One pool of rows split into the ``train``/``test``/``clean`` tables by ``shares``, stratified
+    by label and seeded (the face readers' split: the paper splits each person's images)."""
+    pool = SplitTable(keys, np.array(labels), np.array(provenance), np.arange(len(keys)))
+    train, test, clean = stratified_split(pool.labels, shares, seed)
+    return {"train": pool.take(train), "test": pool.take(test), "clean": pool.take(clean)}
+
+
+class ImageFileSource(Source):
+    """A source whose table keys are image file paths (LFW, YTAF): a row is its file, resized."""
+
+    def load_original(self, split: str, row: int) -> np.ndarray | None:
+        return read_image_rgb(self.tables[split].keys[row])
+
+    def _load_one(self, split: str, row: int) -> np.ndarray | None:
+        img = read_image_rgb(self.tables[split].keys[row])
+        return None if img is None else resize_to(img, self.image_size)

@@ -20,9 +20,7 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
-
-from datasets_gen.readers.base import Source, SplitTable, read_image_rgb, resize_to, stratified_split, validate_size
+from datasets_gen.readers.base import ImageFileSource, split_pool, validate_size
 
 _FILE_RE = re.compile(r"^(.+)_(\d{4})\.(jpg|jpeg|png)$", re.IGNORECASE)
 
@@ -36,7 +34,7 @@ def find_root(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"no LFW layout under {p}: expected {p}/lfw/<Person_Name>/<Person_Name>_NNNN.jpg")
 
 
-class LFWSource(Source):
+class LFWSource(ImageFileSource):
     """Labeled Faces in the Wild (see the module docstring).
 
     Parameters
@@ -89,17 +87,8 @@ class LFWSource(Source):
                 labels.append(c)
                 prov.append(next_group + (number - 1) // provenance_block)
             next_group += max(n for n, _ in files) // provenance_block + 1
-        pool = SplitTable(keys, np.array(labels), np.array(prov), np.arange(len(keys)))
-        train, test, clean = stratified_split(pool.labels, shares, seed)
-        tables = {"train": pool.take(train), "test": pool.take(test), "clean": pool.take(clean)}
+        tables = split_pool(keys, labels, prov, shares, seed)
         config = {"root": str(self.root), "min_images": int(min_images), "shares": list(shares), "split_seed": seed,
                   "provenance": f"blocks of {provenance_block} consecutive image numbers per person",
                   "files_ignored": n_foreign}
         super().__init__([p for p, _ in people], validate_size(image_size), tables, strict, config)
-
-    def load_original(self, split: str, row: int) -> np.ndarray | None:
-        return read_image_rgb(self.tables[split].keys[row])
-
-    def _load_one(self, split: str, row: int) -> np.ndarray | None:
-        img = read_image_rgb(self.tables[split].keys[row])
-        return None if img is None else resize_to(img, self.image_size)

@@ -19,9 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
-from datasets_gen.readers.base import Source, SplitTable, read_image_rgb, resize_to, stratified_split, validate_size
+from datasets_gen.readers.base import ImageFileSource, split_pool, validate_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -36,7 +34,7 @@ def find_root(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"no YouTube Aligned Faces layout under {p}: expected {p}/aligned_images_DB/<person>/<video>/*.jpg")
 
 
-class YTAFSource(Source):
+class YTAFSource(ImageFileSource):
     """YouTube Aligned Faces (see the module docstring).
 
     Parameters
@@ -84,16 +82,7 @@ class YTAFSource(Source):
                 keys.append(path)
                 labels.append(c)
                 prov.append(vid)
-        pool = SplitTable(keys, np.array(labels), np.array(prov), np.arange(len(keys)))
-        train, test, clean = stratified_split(pool.labels, shares, seed)
-        tables = {"train": pool.take(train), "test": pool.take(test), "clean": pool.take(clean)}
+        tables = split_pool(keys, labels, prov, shares, seed)
         config = {"root": str(self.root), "min_images": int(min_images), "shares": list(shares), "split_seed": seed,
                   "n_videos": len(video_names), "provenance": "video"}
         super().__init__([p for p, _ in people], validate_size(image_size), tables, strict, config)
-
-    def load_original(self, split: str, row: int) -> np.ndarray | None:
-        return read_image_rgb(self.tables[split].keys[row])
-
-    def _load_one(self, split: str, row: int) -> np.ndarray | None:
-        img = read_image_rgb(self.tables[split].keys[row])
-        return None if img is None else resize_to(img, self.image_size)

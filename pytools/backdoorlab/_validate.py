@@ -149,3 +149,68 @@ def check_order(order: np.ndarray) -> np.ndarray:
     if not np.array_equal(np.sort(order), np.arange(order.size)):
         raise ValueError(f"order must be a permutation of 0..{order.size - 1}")
     return order
+
+
+# ---- the argument set of each kernel -----------------------------------------------------------
+# Each takes X's shape (n, d) rather than X, so native can check a CUDA tensor by its metadata.
+
+
+def fastica_args(shape: tuple[int, ...], offsets: np.ndarray, n_components: int, max_iter: int,
+                 tol: float) -> tuple[np.ndarray, int, int, float]:
+    """``(offsets, n_components, max_iter, tol)`` of a FastICA call, checked."""
+    offsets = check_offsets(offsets, shape[0])
+    n_components = check_components(n_components, shape[1])
+    check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
+    return offsets, n_components, check_int(max_iter, "max_iter", 1), check_tol(tol)
+
+
+def pca_args(shape: tuple[int, ...], offsets: np.ndarray, n_components: int) -> tuple[np.ndarray, int]:
+    """``(offsets, n_components)`` of a PCA call, checked."""
+    offsets = check_offsets(offsets, shape[0])
+    n_components = check_components(n_components, shape[1])
+    check_min_rows(offsets, n_components, "n_components")
+    return offsets, n_components
+
+
+def kmeans_args(shape: tuple[int, ...], offsets: np.ndarray, k: int, n_init: int, max_iter: int,
+                tol: float) -> tuple[np.ndarray, int, int, int, float]:
+    """``(offsets, k, n_init, max_iter, tol)`` of a k-means call, checked."""
+    offsets = check_offsets(offsets, shape[0])
+    k = check_int(k, "k", 1)
+    check_min_rows(offsets, k, "k")
+    return offsets, k, check_int(n_init, "n_init", 1), check_int(max_iter, "max_iter", 1), check_tol(tol)
+
+
+def check_center(center: bool) -> bool:
+    if not isinstance(center, (bool, np.bool_)):
+        raise TypeError(f"center must be a bool, got {type(center).__name__}")
+    return bool(center)
+
+
+def check_mean_activation(mean_activation: np.ndarray) -> np.ndarray:
+    """The per-channel means Fine-Pruning orders, as a C-contiguous float64 (C,) array."""
+    m = np.asarray(mean_activation)
+    if m.dtype.kind != "f":
+        raise TypeError(f"mean_activation must be floating point, got dtype {m.dtype}")
+    if m.ndim != 1 or m.size == 0:
+        raise ValueError(f"mean_activation must be 1-D and non-empty, got shape {m.shape}")
+    return np.ascontiguousarray(m, dtype=np.float64)
+
+
+def pruning_mask_args(order: np.ndarray, n_pruned: int) -> tuple[np.ndarray, int]:
+    """``(order, n_pruned)`` of a pruning-mask call, checked (``0 <= n_pruned <= C``)."""
+    order = check_order(order)
+    n_pruned = check_int(n_pruned, "n_pruned", 0)
+    if n_pruned > order.size:
+        raise ValueError(f"n_pruned={n_pruned} exceeds the channel count {order.size}")
+    return order, n_pruned
+
+
+def stats_classes(n_rows: int, labels: np.ndarray | None, n_classes: int | None) -> int | None:
+    """The class count of an ``activation_stats`` call: None without labels, else ``n_classes``
+    (``labels.max() + 1`` when not given)."""
+    if labels is None:
+        if n_classes is not None:
+            raise ValueError("n_classes was given without labels")
+        return None
+    return int(check_labels(labels, n_rows).max()) + 1 if n_classes is None else n_classes

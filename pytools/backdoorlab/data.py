@@ -17,7 +17,7 @@ selection as one uint8 tensor, batched with index tensors: :meth:`H5Split.load_i
 Nothing read from a file is trusted: :func:`open_variant` checks a variant against its manifest
 (SHA-256, through a cache keyed by the file's identity) before anything is trained, defended or
 evaluated on it, and :class:`H5Split` refuses, with the file and the problem named, what the schema
-of :mod:`datasets_gen.variant_io` does not allow (non-integer labels, class names that do not match
+of :mod:`datasets_gen.schema` does not allow (non-integer labels, class names that do not match
 the class count, unreadable chunks) instead of computing on it. A variant without a manifest
 (made by a test, by hand, or by an older version) is read with an :class:`UnverifiedDataWarning`.
 """
@@ -34,10 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets_gen.variant_io import FIELDS, SPLITS, decode_attrs, sidecar_paths, validate_attrs
+from datasets_gen.schema import FIELDS, ROW_FIELDS, SPLITS, decode_attrs, validate_attrs
+from datasets_gen.variant_io import sidecar_paths
 from datasets_gen.variant_io import verify as _verify_manifest
-
-ROW_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f != "images")
 
 #: Default bound on :meth:`H5Split.load_images` (bytes of uint8 pixels held in memory).
 DEFAULT_MAX_MEMORY_BYTES = 1 << 30

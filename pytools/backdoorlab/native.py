@@ -50,20 +50,23 @@ from typing import Any
 import numpy as np
 
 from backdoorlab import reference as _ref
+from backdoorlab._moments import RunningMoments
 from backdoorlab._validate import (
     check_acts,
-    check_components,
-    check_groups,
+    check_center,
     check_int,
     check_labels,
     check_matrix,
-    check_min_rows,
+    check_mean_activation,
     check_offsets,
-    check_order,
-    check_tol,
+    fastica_args,
+    kmeans_args,
+    pca_args,
+    pruning_mask_args,
+    stats_classes,
 )
 from backdoorlab.errors import DeviceUnavailableError
-from backdoorlab.reference import KMeansResult, _finish_stats, group_by_class
+from backdoorlab.reference import KMeansResult, group_by_class
 
 __all__ = [
     "KMeansResult",
@@ -270,11 +273,17 @@ def _take_float32(X: Any, name: str, device: str, ndims: tuple[int, ...], shape_
 
 
 def _acts(acts: Any, device: str, name: str = "acts") -> np.ndarray | _DeviceTensor:
-    """(N, C) or (N, C, H, W) float32 activations: (N, C, S) array, or a checked CUDA tensor."""
+    """(N, C) or (N, C, H, W) float32 activations as (N, C, S), the one shape both cores take:
+    an array, or a checked CUDA tensor folded by its own ``reshape`` (a view: it is contiguous)."""
     acts = _take_float32(acts, name, device, (2, 4), "(N, C) or (N, C, H, W)")
-    if isinstance(acts, _DeviceTensor):
-        return acts
-    return check_acts(acts, name)
+    if not isinstance(acts, _DeviceTensor):
+        return check_acts(acts, name)
+    n, c = acts.shape[:2]
+    folded = (n, c, int(np.prod(acts.shape[2:], dtype=np.int64)))
+    if not callable(getattr(acts.obj, "reshape", None)):
+        raise TypeError(f"{name} is a CUDA DLPack object ({type(acts.obj).__name__}) without .reshape: "
+                        f"pass it as (N, C, S) = {folded} yourself")
+    return _DeviceTensor(acts.obj.reshape(folded), folded, acts.where)
 
 
 def _matrix(X: Any, device: str, name: str = "X") -> np.ndarray | _DeviceTensor:
@@ -397,16 +406,12 @@ def activation_stats(acts: np.ndarray, labels: np.ndarray | None = None, n_class
         Wrong dtype/ndim, empty input, NaN/Inf, labels out of range.
     """
     a = _acts(acts, device)
-    if labels is None and n_classes is not None:
-        raise ValueError("n_classes was given without labels")
-    if labels is not None and n_classes is None:
-        n_classes = int(check_labels(labels, a.shape[0]).max()) + 1
-    acc = ActivationStats(a.shape[1], n_classes if labels is not None else None, device=device)
+    acc = ActivationStats(a.shape[1], stats_classes(a.shape[0], labels, n_classes), device=device)
     acc.update(acts, labels)
     return acc.result()
 
 
-class ActivationStats:
+class ActivationStats(RunningMoments):
     """Streaming per-channel statistics: feed batches, read the statistics of everything fed.
 
     The accumulator keeps, per (class, channel), the count, mean and sum of squared deviations
@@ -423,17 +428,9 @@ class ActivationStats:
     """
 
     def __init__(self, n_channels: int, n_classes: int | None = None, device: str = "cpu") -> None:
-        self.n_channels = check_int(n_channels, "n_channels", 1)
-        self.n_classes = None if n_classes is None else check_int(n_classes, "n_classes", 1)
+        super().__init__(n_channels, n_classes)
         self.device = device
         self._mod = _backend(device, "stats_update")
-        g = 1 if self.n_classes is None else self.n_classes
-        self._count = np.zeros(g, dtype=np.int64)
-        self._values = np.zeros(g, dtype=np.int64)
-        self._mean = np.zeros((g, self.n_channels))
-        self._m2 = np.zeros((g, self.n_channels))
-        self._max = np.full((g, self.n_channels), -np.inf)
-        self._npos = np.zeros((g, self.n_channels), dtype=np.int64)
 
     def update(self, batch: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Add a batch.
@@ -449,23 +446,9 @@ class ActivationStats:
             Wrong dtype/shape/channel count, NaN/Inf (the accumulator is left unchanged).
         """
         a = _acts(batch, self.device, "batch")
-        if a.shape[1] != self.n_channels:
-            raise ValueError(f"batch has {a.shape[1]} channels, the accumulator was made for {self.n_channels}")
-        if self.n_classes is None:
-            if labels is not None:
-                raise ValueError("labels given to an accumulator made without n_classes")
-            groups = np.zeros(a.shape[0], dtype=np.int64)
-        else:
-            if labels is None:
-                raise ValueError(f"labels are required: the accumulator is per class (n_classes={self.n_classes})")
-            groups, _ = check_groups(labels, self.n_classes, a.shape[0])
-            groups = np.ascontiguousarray(groups, dtype=np.int64)
-        self._mod.stats_update(_arg(self._mod, a, "batch", self.device), groups, self._count, self._values, self._mean, self._m2, self._max, self._npos)
-
-    def result(self) -> dict:
-        """Statistics so far, same keys and shapes as :func:`activation_stats`."""
-        return _finish_stats(self._count, self._mean, self._m2, self._max, self._npos, self._values,
-                             squeeze=self.n_classes is None)
+        groups = self._groups(a.shape, labels)
+        self._mod.stats_update(_arg(self._mod, a, "batch", self.device), groups, self._count, self._values,
+                               self._mean, self._m2, self._max, self._npos)
 
 
 # ---- 2. FastICA and PCA ----------------------------------------------------------------------
@@ -508,11 +491,7 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
         Only with ``return_n_iter``; ``max_iter`` means not converged.
     """
     X = _matrix(X, device)
-    offsets = check_offsets(offsets, X.shape[0])
-    n_components = check_components(n_components, X.shape[1])
-    check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
-    max_iter = check_int(max_iter, "max_iter", 1)
-    tol = check_tol(tol)
+    offsets, n_components, max_iter, tol = fastica_args(X.shape, offsets, n_components, max_iter, tol)
     seed = check_int(seed, "seed", 0, 2**64 - 1)
     mod = _backend(device, "fastica")
     sources, n_iter = mod.fastica(_arg(mod, X, device=device), offsets, n_components, max_iter, tol, seed)
@@ -538,9 +517,7 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: str 
     ndarray of shape (n, n_components), float32
     """
     X = _matrix(X, device)
-    offsets = check_offsets(offsets, X.shape[0])
-    n_components = check_components(n_components, X.shape[1])
-    check_min_rows(offsets, n_components, "n_components")
+    offsets, n_components = pca_args(X.shape, offsets, n_components)
     mod = _backend(device, "pca")
     return mod.pca(_arg(mod, X, device=device), offsets, n_components)
 
@@ -577,12 +554,7 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
         (n_classes, k, d), ``inertia`` float64 (n_classes,) (NaN for empty classes).
     """
     X = _matrix(X, device)
-    offsets = check_offsets(offsets, X.shape[0])
-    k = check_int(k, "k", 1)
-    check_min_rows(offsets, k, "k")
-    n_init = check_int(n_init, "n_init", 1)
-    max_iter = check_int(max_iter, "max_iter", 1)
-    tol = check_tol(tol)
+    offsets, k, n_init, max_iter, tol = kmeans_args(X.shape, offsets, k, n_init, max_iter, tol)
     seed = check_int(seed, "seed", 0, 2**64 - 1)
     mod = _backend(device, "kmeans")
     labels, centers, inertia, _n_iter = mod.kmeans(_arg(mod, X, device=device), offsets, k, n_init, max_iter, tol, seed)
@@ -639,38 +611,36 @@ def spectral_scores(X: np.ndarray, offsets: np.ndarray, center: bool = True, dev
     -------
     ndarray of shape (n,), float32
     """
-    if not isinstance(center, (bool, np.bool_)):
-        raise TypeError(f"center must be a bool, got {type(center).__name__}")
+    center = check_center(center)
     X = _matrix(X, device)
     offsets = check_offsets(offsets, X.shape[0])
     mod = _backend(device, "spectral_scores")
-    return mod.spectral_scores(_arg(mod, X, device=device), offsets, bool(center))
+    return mod.spectral_scores(_arg(mod, X, device=device), offsets, center)
 
 
 # ---- 5. pruning ------------------------------------------------------------------------------
 
 
-def pruning_order(mean_activation: np.ndarray) -> np.ndarray:
+def pruning_order(mean_activation: np.ndarray, device: str = "cpu") -> np.ndarray:
     """Channels by ascending mean activation, ties in channel order (stable sort).
 
     Parameters
     ----------
     mean_activation : ndarray of shape (C,), floating point (converted to float64)
+    device : {"cpu", "cuda", "auto"}
+        The input is a host array of C values either way; the CUDA twin exists so that every
+        kernel runs on both devices (for C of a few hundred the CPU is as fast).
 
     Returns
     -------
     ndarray of shape (C,), int64
         ``order[0]`` is the channel Fine-Pruning removes first.
     """
-    m = np.asarray(mean_activation)
-    if m.dtype.kind != "f":
-        raise TypeError(f"mean_activation must be floating point, got dtype {m.dtype}")
-    if m.ndim != 1 or m.size == 0:
-        raise ValueError(f"mean_activation must be 1-D and non-empty, got shape {m.shape}")
-    return _backend("cpu", "pruning_order").pruning_order(np.ascontiguousarray(m, dtype=np.float64))
+    m = check_mean_activation(mean_activation)
+    return _backend(device, "pruning_order").pruning_order(m)
 
 
-def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
+def pruning_mask(order: np.ndarray, n_pruned: int, device: str = "cpu") -> np.ndarray:
     """Channel mask pruning the first ``n_pruned`` channels of ``order``.
 
     Parameters
@@ -679,17 +649,15 @@ def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
         A permutation of ``0..C-1`` (e.g. from :func:`pruning_order`).
     n_pruned : int
         ``0 <= n_pruned <= C``.
+    device : {"cpu", "cuda", "auto"}
 
     Returns
     -------
     ndarray of shape (C,), float32
         0.0 for pruned channels, 1.0 for kept ones.
     """
-    order = check_order(order)
-    n_pruned = check_int(n_pruned, "n_pruned", 0)
-    if n_pruned > order.size:
-        raise ValueError(f"n_pruned={n_pruned} exceeds the channel count {order.size}")
-    return _backend("cpu", "pruning_mask").pruning_mask(np.ascontiguousarray(order), n_pruned)
+    order, n_pruned = pruning_mask_args(order, n_pruned)
+    return _backend(device, "pruning_mask").pruning_mask(np.ascontiguousarray(order), n_pruned)
 
 
 # The reference twins, for callers that want to compare (tests, benchmarks).

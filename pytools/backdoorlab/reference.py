@@ -26,17 +26,20 @@ from typing import NamedTuple
 
 import numpy as np
 
+from backdoorlab._moments import RunningMoments
 from backdoorlab._validate import (
     check_acts,
-    check_components,
-    check_groups,
+    check_center,
     check_int,
     check_labels,
     check_matrix,
-    check_min_rows,
+    check_mean_activation,
     check_offsets,
-    check_order,
-    check_tol,
+    fastica_args,
+    kmeans_args,
+    pca_args,
+    pruning_mask_args,
+    stats_classes,
 )
 
 __all__ = [
@@ -132,26 +135,6 @@ def group_by_class(X: np.ndarray, labels: np.ndarray, n_classes: int | None = No
 # ---- 1. activation statistics ----------------------------------------------------------------
 
 
-def _finish_stats(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, maxv: np.ndarray,
-                  npos: np.ndarray, per_value: np.ndarray, squeeze: bool) -> dict:
-    """Turn accumulated moments into the result dict (population std, as numpy's default)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        denom = per_value[:, None].astype(np.float64)
-        std = np.sqrt(np.maximum(m2, 0.0) / denom)
-        frac = npos / denom
-    empty = per_value == 0
-    mean = mean.copy()
-    mean[empty] = np.nan
-    std[empty] = np.nan
-    frac[empty] = np.nan
-    maxv = maxv.copy()
-    maxv[empty] = np.nan
-    out = {"mean": mean, "std": std, "max": maxv, "frac_positive": frac, "count": count.copy()}
-    if squeeze:
-        out = {k: v[0] for k, v in out.items()}
-    return out
-
-
 def activation_stats(acts: np.ndarray, labels: np.ndarray | None = None, n_classes: int | None = None) -> dict:
     """Per-channel mean, std, max and fraction > 0 of activations, optionally per class.
 
@@ -172,16 +155,12 @@ def activation_stats(acts: np.ndarray, labels: np.ndarray | None = None, n_class
         (n_classes,).
     """
     a = check_acts(acts)
-    if labels is None and n_classes is not None:
-        raise ValueError("n_classes was given without labels")
-    if labels is not None and n_classes is None:
-        n_classes = int(check_labels(labels, a.shape[0]).max()) + 1
-    acc = ActivationStats(a.shape[1], n_classes if labels is not None else None)
+    acc = ActivationStats(a.shape[1], stats_classes(a.shape[0], labels, n_classes))
     acc.update(acts, labels)
     return acc.result()
 
 
-class ActivationStats:
+class ActivationStats(RunningMoments):
     """Streaming per-channel statistics (NumPy twin of :class:`backdoorlab.native.ActivationStats`).
 
     Batches are merged with Chan et al.'s parallel update of (count, mean, M2) in float64, so a
@@ -195,37 +174,13 @@ class ActivationStats:
         With it, statistics are per (class, channel) and every ``update`` needs labels.
     """
 
-    def __init__(self, n_channels: int, n_classes: int | None = None) -> None:
-        self.n_channels = check_int(n_channels, "n_channels", 1)
-        self.n_classes = None if n_classes is None else check_int(n_classes, "n_classes", 1)
-        g = 1 if self.n_classes is None else self.n_classes
-        self._count = np.zeros(g, dtype=np.int64)       # rows per group
-        self._values = np.zeros(g, dtype=np.int64)      # values per channel per group (rows * H * W)
-        self._mean = np.zeros((g, self.n_channels))
-        self._m2 = np.zeros((g, self.n_channels))
-        self._max = np.full((g, self.n_channels), -np.inf)
-        self._npos = np.zeros((g, self.n_channels), dtype=np.int64)
-
-    def _check_batch(self, batch: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def update(self, batch: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Add a batch of shape (B, C) or (B, C, H, W), float32 (with (B,) labels if per class)."""
         a = check_acts(batch, "batch")
-        if a.shape[1] != self.n_channels:
-            raise ValueError(f"batch has {a.shape[1]} channels, the accumulator was made for {self.n_channels}")
+        groups = self._groups(a.shape, labels)
         if not np.isfinite(a).all():
             bad = int(np.flatnonzero(~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1))[0])
             raise ValueError(f"batch contains NaN or Inf (first at row {bad})")
-        if self.n_classes is None:
-            if labels is not None:
-                raise ValueError("labels given to an accumulator made without n_classes")
-            groups = np.zeros(a.shape[0], dtype=np.int64)
-        else:
-            if labels is None:
-                raise ValueError(f"labels are required: the accumulator is per class (n_classes={self.n_classes})")
-            groups, _ = check_groups(labels, self.n_classes, a.shape[0])
-        return a, groups
-
-    def update(self, batch: np.ndarray, labels: np.ndarray | None = None) -> None:
-        """Add a batch of shape (B, C) or (B, C, H, W), float32 (with (B,) labels if per class)."""
-        a, groups = self._check_batch(batch, labels)
         s = a.shape[2]
         for g in np.unique(groups):
             rows = a[groups == g].astype(np.float64)          # (b, C, S)
@@ -242,11 +197,6 @@ class ActivationStats:
             self._count[g] += rows.shape[0]
             self._max[g] = np.maximum(self._max[g], vals.max(axis=1))
             self._npos[g] += (vals > 0).sum(axis=1)
-
-    def result(self) -> dict:
-        """Statistics so far, same keys and shapes as :func:`activation_stats`."""
-        return _finish_stats(self._count, self._mean, self._m2, self._max, self._npos, self._values,
-                             squeeze=self.n_classes is None)
 
 
 # ---- 2. FastICA and PCA per class ------------------------------------------------------------
@@ -276,11 +226,7 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
     from sklearn.decomposition import FastICA
 
     X = check_matrix(X)
-    offsets = check_offsets(offsets, X.shape[0])
-    n_components = check_components(n_components, X.shape[1])
-    check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
-    max_iter = check_int(max_iter, "max_iter", 1)
-    tol = check_tol(tol)
+    offsets, n_components, max_iter, tol = fastica_args(X.shape, offsets, n_components, max_iter, tol)
     seed = _sklearn_seed(seed)
     out = np.zeros((X.shape[0], n_components), dtype=np.float32)
     n_iter = np.zeros(offsets.size - 1, dtype=np.int32)
@@ -306,9 +252,7 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.ndarra
     from sklearn.decomposition import PCA
 
     X = check_matrix(X)
-    offsets = check_offsets(offsets, X.shape[0])
-    n_components = check_components(n_components, X.shape[1])
-    check_min_rows(offsets, n_components, "n_components")
+    offsets, n_components = pca_args(X.shape, offsets, n_components)
     out = np.zeros((X.shape[0], n_components), dtype=np.float32)
     for _, start, stop in _classes(offsets):
         rows = X[start:stop].astype(np.float64)
@@ -333,12 +277,7 @@ def kmeans(X: np.ndarray, offsets: np.ndarray, k: int = 2, n_init: int = 10, max
     from sklearn.cluster import KMeans
 
     X = check_matrix(X)
-    offsets = check_offsets(offsets, X.shape[0])
-    k = check_int(k, "k", 1)
-    check_min_rows(offsets, k, "k")
-    n_init = check_int(n_init, "n_init", 1)
-    max_iter = check_int(max_iter, "max_iter", 1)
-    tol = check_tol(tol)
+    offsets, k, n_init, max_iter, tol = kmeans_args(X.shape, offsets, k, n_init, max_iter, tol)
     seed = _sklearn_seed(seed)
     n_classes = offsets.size - 1
     labels = np.zeros(X.shape[0], dtype=np.int32)
@@ -398,8 +337,7 @@ def spectral_scores(X: np.ndarray, offsets: np.ndarray, center: bool = True) -> 
     -------
     ndarray of shape (n,), float32
     """
-    if not isinstance(center, (bool, np.bool_)):
-        raise TypeError(f"center must be a bool, got {type(center).__name__}")
+    center = check_center(center)
     X = check_matrix(X)
     offsets = check_offsets(offsets, X.shape[0])
     out = np.zeros(X.shape[0], dtype=np.float32)
@@ -427,11 +365,7 @@ def pruning_order(mean_activation: np.ndarray) -> np.ndarray:
     ndarray of shape (C,), int64
         ``order[0]`` is the channel to prune first.
     """
-    m = np.asarray(mean_activation)
-    if m.dtype.kind != "f":
-        raise TypeError(f"mean_activation must be floating point, got dtype {m.dtype}")
-    if m.ndim != 1 or m.size == 0:
-        raise ValueError(f"mean_activation must be 1-D and non-empty, got shape {m.shape}")
+    m = check_mean_activation(mean_activation)
     if not np.isfinite(m).all():
         raise ValueError(f"mean_activation contains NaN or Inf (first at channel {int(np.flatnonzero(~np.isfinite(m))[0])})")
     return np.argsort(m, kind="stable").astype(np.int64)
@@ -445,10 +379,7 @@ def pruning_mask(order: np.ndarray, n_pruned: int) -> np.ndarray:
     ndarray of shape (C,), float32
         0.0 for pruned channels, 1.0 for kept ones.
     """
-    order = check_order(order)
-    n_pruned = check_int(n_pruned, "n_pruned", 0)
-    if n_pruned > order.size:
-        raise ValueError(f"n_pruned={n_pruned} exceeds the channel count {order.size}")
+    order, n_pruned = pruning_mask_args(order, n_pruned)
     mask = np.ones(order.size, dtype=np.float32)
     mask[order[:n_pruned]] = 0.0
     return mask

@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--no-progress`` and ``--no-verify``: the options of every command that runs a
+    model on a variant (train, evaluate, defend), written once so they read and behave alike."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the SHA-256 check of --data against its manifest (for huge files; the first "
+                             "check of a file is cached, later ones cost nothing). The checkpoint's own checksum "
+                             "and finite-weights check always run")
+
+
 def seed_arg(text: str) -> int:
     """argparse ``type`` of every ``--seed``: an integer in the range :func:`backdoorlab.seeding.check_seed` takes."""
     from backdoorlab.seeding import check_seed

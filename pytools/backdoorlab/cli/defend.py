@@ -63,7 +63,7 @@ def _read_config(path: str) -> dict:
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    from backdoorlab.cli import seed_arg
+    from backdoorlab.cli import add_device_args, seed_arg
 
     parser.add_argument("--data", required=True, help="HDF5 variant (splits train, clean, test, test_triggered)")
     parser.add_argument("--model", required=True, help="checkpoint of the model to defend")
@@ -79,12 +79,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         "default: the recipe recorded in the checkpoint")
     parser.add_argument("--epochs", type=int, help="override the retraining recipe's epochs")
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of every random choice (default 0)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip the SHA-256 check of --data against its manifest (for huge files; the first "
-                             "check of a file is cached, later ones cost nothing). The checkpoint's own checksum "
-                             "and finite-weights check always run")
+    add_device_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,19 +99,22 @@ def run(args: argparse.Namespace) -> int:
         train_config = PRESETS[train_config].replace(epochs=args.epochs)
     if args.out is None and args.report is None:
         raise ValueError("nothing would be written: give --out and/or --report")
-    summary = defend(args.data, args.model, args.pipeline, args.out, args.report, configs=configs,
-                     train_config=train_config, device=args.device, seed=args.seed, progress=not args.no_progress,
-                     verify=not args.no_verify)
-    rows = summary["table"]
-    print(f"pipeline {summary['spec']!r}:")
-    for r in rows:
+    result = defend(args.data, args.model, args.pipeline, args.out, args.report, configs=configs,
+                    train_config=train_config, device=args.device, seed=args.seed, progress=not args.no_progress,
+                    verify=not args.no_verify)
+    print(f"pipeline {result.spec!r}:")
+    _print_row(0, "none", result.initial.get("clean_accuracy"), result.initial.get("attack_success_rate"), [])
+    for st in result.steps:
         extra = []
-        if r.get("removed_poisoned") is not None:
-            extra.append(f"removed poisoned {r['removed_poisoned']} ({r['removed_poisoned_pct']:.1f} %), "
-                         f"clean {r['removed_clean']} ({r['removed_clean_pct']:.1f} %)")
-        if r.get("neurons_pruned"):
-            extra.append(f"pruned {r['neurons_pruned']}")
-        asr = r.get("attack_success_rate")
-        print(f"  {r['step']} {r['defence']:<10} clean acc {r['clean_accuracy']:.4f}  attack success "
-              f"{'n/a' if asr is None else f'{asr:.4f}'}  {'; '.join(extra)}")
+        if st.removal is not None:
+            extra.append(f"removed poisoned {st.removal.removed_poisoned} ({st.removal.removed_poisoned_pct:.1f} %), "
+                         f"clean {st.removal.removed_clean} ({st.removal.removed_clean_pct:.1f} %)")
+        if st.pruning is not None:
+            extra.append(f"pruned {st.pruning.label}")
+        _print_row(st.step, st.defence, st.clean_accuracy, st.attack_success_rate, extra)
     return 0
+
+
+def _print_row(step: int, defence: str, accuracy: float, asr: float | None, extra: list[str]) -> None:
+    print(f"  {step} {defence:<10} clean acc {accuracy:.4f}  attack success "
+          f"{'n/a' if asr is None else f'{asr:.4f}'}  {'; '.join(extra)}")

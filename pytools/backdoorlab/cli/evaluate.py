@@ -10,16 +10,13 @@ INPUT_FILES = {"data": "hdf5", "model": "checkpoint"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
+    from backdoorlab.cli import add_device_args
+
     parser.add_argument("--data", required=True, help="variant .h5 file (splits 'test' and 'test_triggered')")
     parser.add_argument("--model", required=True, help="checkpoint .pt written by 'backdoorlab train'")
     parser.add_argument("--json", default=None, help="write the metrics here (atomically)")
     parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip the SHA-256 check of --data against its manifest (for huge files; the first "
-                             "check of a file is cached, later ones cost nothing). The checkpoint's own checksum "
-                             "and finite-weights check always run")
+    add_device_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ INPUT_FILES = {"data": "hdf5"}
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     from backdoorlab.augment import AUGMENTATIONS
-    from backdoorlab.cli import seed_arg
+    from backdoorlab.cli import add_device_args, seed_arg
     from backdoorlab.models import INPUT_NORMS, MODELS
     from backdoorlab.train import LR_SCHEDULES, PRESETS
 
@@ -47,13 +47,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
     group.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip the SHA-256 check of --data against its manifest (for huge files; the first "
-                             "check of a file is cached, later ones cost nothing). The checkpoint's own checksum "
-                             "and finite-weights check always run")
+    add_device_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:

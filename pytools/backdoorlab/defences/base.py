@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from torch import nn
@@ -28,6 +28,8 @@ from .retrain import retrain
 __all__ = [
     "DefenceContext",
     "DefenceResult",
+    "Removal",
+    "Pruning",
     "Defence",
     "FilteringDefence",
     "removal_report",
@@ -73,6 +75,58 @@ class DefenceContext:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class Removal:
+    """The paper's removal columns of one data-filtering step (Tables 4 and 7).
+
+    Percentages are of the poisoned (clean) rows present, 0.0 when there are none.
+    """
+
+    n_samples: int
+    poisoned_present: int
+    removed_poisoned: int
+    removed_poisoned_pct: float
+    removed_clean: int
+    removed_clean_pct: float
+    removed_total: int
+    kept_total: int
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any]) -> "Removal | None":
+        """The columns as a report holds them (:func:`removal_report`), or None when it has none."""
+        if report.get("removed_poisoned") is None:
+            return None
+        return cls(**{f.name: report[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What a model-repair step pruned (Fine-Pruning, Neural Cleanse's pruning repair).
+
+    ``threshold`` is the clean-accuracy drop the search allowed (None where the defence has none).
+    """
+
+    layer: str
+    n_channels: int
+    neurons_pruned: int
+    threshold: float | None = None
+
+    @property
+    def label(self) -> str:
+        """``"pruned/channels"``, the paper's "neurons pruned" column."""
+        return f"{self.neurons_pruned}/{self.n_channels}"
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any]) -> "Pruning | None":
+        """The pruning a report records (``layer``, ``n_channels``, ``neurons_pruned``, ``threshold``)."""
+        if report.get("neurons_pruned") is None:
+            return None
+        threshold = report.get("threshold")
+        return cls(layer=str(report.get("layer")), n_channels=int(report["n_channels"]),
+                   neurons_pruned=int(report["neurons_pruned"]),
+                   threshold=None if threshold is None else float(threshold))
+
+
 @dataclass
 class DefenceResult:
     """What one defence step found and did.
@@ -84,16 +138,31 @@ class DefenceResult:
     flags : ndarray of bool, shape (n_train,) or None
         Data filtering: ``True`` for each row of the incoming ``ctx.train`` that was removed.
     pruned_channels : ndarray of int64, shape (n_pruned,) or None
-        Model repair: indices of the channels masked in ``report["layer"]``.
+        Model repair: indices of the channels masked in ``pruning.layer``.
     report : dict
-        The paper's columns (``poisoned_present``, ``removed_poisoned``, ``removed_clean`` and their
-        percentages; ``neurons_pruned``, ``layer`` for FP) and the analysis details. JSON-ready.
+        Everything the step found, JSON-ready (the analysis details and, in the same keys as the
+        typed fields below, the paper's columns): what ``defend --report`` and the cells record.
+    removal : Removal or None
+        The paper's removal columns of a data-filtering step.
+    pruning : Pruning or None
+        The paper's pruning columns of a model-repair step.
+
+    ``removal`` and ``pruning`` are read from ``report`` when the defence does not pass them, so
+    the typed view and the JSON always agree.
     """
 
     name: str
     flags: np.ndarray | None = None
     pruned_channels: np.ndarray | None = None
     report: dict = field(default_factory=dict)
+    removal: Removal | None = None
+    pruning: Pruning | None = None
+
+    def __post_init__(self) -> None:
+        if self.removal is None:
+            self.removal = Removal.from_report(self.report)
+        if self.pruning is None:
+            self.pruning = Pruning.from_report(self.report)
 
 
 class Defence:

@@ -30,10 +30,11 @@ from backdoorlab.evaluate import evaluate
 from backdoorlab.train import PRESETS, TrainConfig
 from datasets_gen.atomic import atomic_write_json, json_safe
 
-from .base import DefenceContext, DefenceResult
+from .base import DefenceContext, DefenceResult, Pruning, Removal
 from .registry import canonical_name, make_defence
 
-__all__ = ["Pipeline", "PipelineReport", "parse_spec", "evaluate_context", "defend", "TABLE_COLUMNS"]
+__all__ = ["Pipeline", "PipelineReport", "PipelineStep", "Cumulative", "parse_spec", "evaluate_context", "defend",
+           "TABLE_COLUMNS"]
 
 #: Columns of the per-step table (the paper's Table 6, plus the step's position and name).
 TABLE_COLUMNS = (
@@ -63,6 +64,75 @@ def evaluate_context(ctx: DefenceContext) -> dict:
     return {k: metrics[k] for k in ("clean_accuracy", "attack_success_rate") if k in metrics}
 
 
+@dataclass(frozen=True)
+class Cumulative:
+    """Removal over the *original* training set after a step (all data-filtering steps so far)."""
+
+    n_train: int
+    removed_poisoned: int
+    removed_clean: int
+
+
+@dataclass
+class PipelineStep:
+    """One step of a pipeline run: the metrics after it and the paper's columns (Table 6).
+
+    Attributes
+    ----------
+    step : int
+        Position in the pipeline, from 1.
+    defence : str
+        The spec token (``"fp-second"``); ``name`` is its registry name (``"fp"``).
+    clean_accuracy, attack_success_rate : float or None
+        Metrics of the model after the step.
+    removal : Removal or None
+        This step's removal columns (data filtering), of its incoming training set.
+    pruning : Pruning or None
+        This step's pruning (model repair).
+    cumulative : Cumulative
+        Removal over the original training set after this step.
+    seconds : float
+    report : dict
+        The defence's JSON report (``DefenceResult.report``).
+    """
+
+    step: int
+    defence: str
+    name: str
+    clean_accuracy: float | None
+    attack_success_rate: float | None
+    removal: Removal | None
+    pruning: Pruning | None
+    cumulative: Cumulative
+    seconds: float
+    report: dict
+
+    def to_dict(self) -> dict:
+        """The step as JSON (the keys ``defend --report``, the step cache and the cells hold)."""
+        rm = self.removal
+        return {
+            "step": self.step, "defence": self.defence, "name": self.name,
+            "clean_accuracy": self.clean_accuracy, "attack_success_rate": self.attack_success_rate,
+            "removed_poisoned": None if rm is None else rm.removed_poisoned,
+            "removed_poisoned_pct": None if rm is None else rm.removed_poisoned_pct,
+            "removed_clean": None if rm is None else rm.removed_clean,
+            "removed_clean_pct": None if rm is None else rm.removed_clean_pct,
+            "neurons_pruned": self.report.get("neurons_pruned_str"),
+            "cumulative": dataclasses.asdict(self.cumulative),
+            "seconds": self.seconds,
+            "report": self.report,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineStep":
+        """A step written by :meth:`to_dict` (the step cache reads its JSON back)."""
+        report = d.get("report") or {}
+        return cls(step=int(d["step"]), defence=d["defence"], name=d["name"],
+                   clean_accuracy=d.get("clean_accuracy"), attack_success_rate=d.get("attack_success_rate"),
+                   removal=Removal.from_report(report), pruning=Pruning.from_report(report),
+                   cumulative=Cumulative(**d["cumulative"]), seconds=float(d["seconds"]), report=report)
+
+
 @dataclass
 class PipelineReport:
     """What a pipeline did: metrics before and after every step, and each step's report.
@@ -73,9 +143,9 @@ class PipelineReport:
     initial : dict
         Metrics of the incoming model (``clean_accuracy``, ``attack_success_rate``) and the size and
         poisoned count of the incoming training set.
-    steps : list of dict
-        Per step: ``step``, ``defence`` (the spec token), ``name``, the metrics after it, the paper's
-        columns, ``cumulative`` removal over the original training set, ``seconds``, ``report``.
+    steps : list of PipelineStep
+        Per step: the metrics after it, the paper's columns and the removal over the original
+        training set so far.
     context : DefenceContext
         The final context (model and kept training set); not serialised.
     results : list of DefenceResult
@@ -84,7 +154,7 @@ class PipelineReport:
 
     spec: str
     initial: dict
-    steps: list[dict] = field(default_factory=list)
+    steps: list[PipelineStep] = field(default_factory=list)
     context: DefenceContext | None = None
     results: list[DefenceResult] = field(default_factory=list)
     config: dict = field(default_factory=dict)
@@ -92,13 +162,17 @@ class PipelineReport:
     @property
     def final(self) -> dict:
         """Metrics after the last step (the initial ones for an empty pipeline)."""
-        return {k: (self.steps[-1] if self.steps else self.initial)[k] for k in ("clean_accuracy", "attack_success_rate")}
+        if not self.steps:
+            return self.final_keys(self.initial)
+        last = self.steps[-1]
+        return {"clean_accuracy": last.clean_accuracy, "attack_success_rate": last.attack_success_rate}
 
     def table(self) -> list[dict]:
         """One row per step (row 0 = before any defence) with :data:`TABLE_COLUMNS`."""
         rows = [{c: None for c in TABLE_COLUMNS} | {"step": 0, "defence": "none", **self.final_keys(self.initial)}]
         for s in self.steps:
-            rows.append({c: s.get(c) for c in TABLE_COLUMNS})
+            as_json = s.to_dict()
+            rows.append({c: as_json.get(c) for c in TABLE_COLUMNS})
         return rows
 
     @staticmethod
@@ -108,7 +182,7 @@ class PipelineReport:
     def to_dict(self) -> dict:
         """JSON-ready summary (no model, no per-sample arrays)."""
         return {"spec": self.spec, "config": self.config, "initial": self.initial, "final": self.final,
-                "steps": self.steps, "table": self.table()}
+                "steps": [s.to_dict() for s in self.steps], "table": self.table()}
 
     def to_markdown(self) -> str:
         """The per-step table as Markdown (percentages for rates)."""
@@ -170,8 +244,8 @@ class Pipeline:
 
         ``step_cache`` (optional) shares finished leading steps between pipelines that start alike
         (``ac`` and ``ac>fp``; ``fp`` and ``fp>ac``): an object with ``load(n_steps, ctx)`` returning
-        ``(ctx, alive, steps)`` after the first ``n_steps`` steps or None, and
-        ``save(n_steps, ctx, alive, steps)``. Steps are seeded by ``ctx.seed`` alone, so a shared
+        ``(ctx, alive, steps)`` after the first ``n_steps`` steps (a list of :class:`PipelineStep`)
+        or None, and ``save(n_steps, ctx, alive, steps)``. Steps are seeded by ``ctx.seed`` alone, so a shared
         prefix gives the same result as running it again.
         """
         is_poisoned = np.asarray(ctx.train.is_poisoned, dtype=bool)
@@ -202,25 +276,17 @@ class Pipeline:
             if result.flags is not None:
                 alive = alive[~result.flags]
             metrics = evaluate_context(ctx)
-            rep = result.report
-            step = {
-                "step": i,
-                "defence": token,
-                "name": result.name,
-                **metrics,
-                "removed_poisoned": rep.get("removed_poisoned"),
-                "removed_poisoned_pct": rep.get("removed_poisoned_pct"),
-                "removed_clean": rep.get("removed_clean"),
-                "removed_clean_pct": rep.get("removed_clean_pct"),
-                "neurons_pruned": rep.get("neurons_pruned_str"),
-                "cumulative": {
-                    "n_train": int(alive.size),
-                    "removed_poisoned": int(is_poisoned.sum() - is_poisoned[alive].sum()),
-                    "removed_clean": int((~is_poisoned).sum() - (~is_poisoned[alive]).sum()),
-                },
-                "seconds": seconds,
-                "report": rep,
-            }
+            step = PipelineStep(
+                step=i, defence=token, name=result.name,
+                clean_accuracy=metrics.get("clean_accuracy"), attack_success_rate=metrics.get("attack_success_rate"),
+                removal=result.removal, pruning=result.pruning,
+                cumulative=Cumulative(
+                    n_train=int(alive.size),
+                    removed_poisoned=int(is_poisoned.sum() - is_poisoned[alive].sum()),
+                    removed_clean=int((~is_poisoned).sum() - (~is_poisoned[alive]).sum()),
+                ),
+                seconds=seconds, report=result.report,
+            )
             report.steps.append(step)
             report.results.append(result)
             if step_cache is not None:
@@ -281,7 +347,7 @@ def load_context(data: str | os.PathLike, model: str | os.PathLike, *, train_con
 
 def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out: str | os.PathLike | None,
            report: str | os.PathLike | None, *, configs: dict | None = None, train_config: Any = None,
-           device: str = "auto", seed: int = 0, progress: bool = True, verify: bool = True) -> dict:
+           device: str = "auto", seed: int = 0, progress: bool = True, verify: bool = True) -> PipelineReport:
     """Run a defence pipeline on a variant and a checkpoint; write the defended model and the report.
 
     Parameters
@@ -305,8 +371,9 @@ def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out
 
     Returns
     -------
-    dict
-        The JSON report (also written to ``report``).
+    PipelineReport
+        What the pipeline did, read by name; its JSON form (:meth:`PipelineReport.to_dict` with the
+        run's inputs, seed, device and time) is what goes to ``report``.
     """
     pipe = Pipeline(pipeline, configs)  # validate the spec before opening anything heavy
     resolve_device(device)
@@ -330,7 +397,7 @@ def defend(data: str | os.PathLike, model: str | os.PathLike, pipeline: str, out
         })
     if report is not None:
         atomic_write_json(report, summary)
-    return summary
+    return result
 
 
 def _config_dict(config: Any) -> dict:
