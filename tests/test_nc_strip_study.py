@@ -111,3 +111,26 @@ def test_mask_grid_frames_flagged_and_target():
 def test_mask_dir_is_not_part_of_the_config():
     assert "mask_dir" not in NeuralCleanse(mask_dir="x").config()
     assert NeuralCleanse(mask_dir="x").config() == NeuralCleanse().config()
+
+
+def test_a_quick_config_names_nc_and_strip_columns(tmp_path):
+    """A user's TOML names the catalog ids; --quick keeps them as columns (and caps FP's fine-tuning only)."""
+    from backdoorlab.experiments.config import load_config
+
+    cfg = tmp_path / "study.toml"
+    cfg.write_text('name = "q"\nseeds = [0]\n'
+                   'defences = ["none", "nc", "nc-prune", "strip", "nc>fp", "ac>nc", "strip>fp"]\n'
+                   '[datasets.toy]\nsource = "toy"\nmodel = "gtsrb_cnn"\ntrain = { preset = "gtsrb" }\n'
+                   '[[settings]]\ndataset = "toy"\ntrigger = "yellow square"\nshares = [0.5]\n'
+                   'recipe = { trigger = "square:4:yellow", source_class = 0, target_class = 1 }\n'
+                   '[quick]\nepochs = 1\n')
+    study = load_config(cfg, quick=True)
+    by_id = {d.id: d for d in study.defences}
+    assert [by_id[i].pipeline for i in ("nc", "nc-prune", "strip", "nc>fp", "ac>nc", "strip>fp")] == \
+        ["nc", "nc", "strip", "nc>fp", "ac>nc", "strip>fp"]
+    assert by_id["nc-prune"].configs == {"nc": {"repair": "prune"}}
+    assert by_id["strip"].kind == "filter" and by_id["nc"].kind == "repair"
+    assert by_id["nc>fp"].configs["fp"]["finetune_epochs"] == 1  # the quick cap reaches FP inside a combination
+    with pytest.raises(ValueError, match="nc-unknown"):
+        cfg.write_text(cfg.read_text().replace('"nc-prune"', '"nc-unknown"'))
+        load_config(cfg, quick=True)
