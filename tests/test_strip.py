@@ -83,8 +83,8 @@ def test_run_time_detector_only_leaves_model_and_training_set(ctx, monkeypatch):
     step, result = report.steps[0], report.results[0]
     assert "train" not in scored and {"clean", "test_triggered", "test"} <= set(scored)
     assert report.context.model is ctx.model and len(report.context.train) == len(ctx.train)
-    assert not result.flags.any() and step["removed_poisoned"] == step["removed_clean"] == 0
-    assert "test_triggered_rejected_pct" in step["report"] and "train_entropy_mean" not in step["report"]
+    assert not result.flags.any() and step.removal.removed_poisoned == step.removal.removed_clean == 0
+    assert "test_triggered_rejected_pct" in step.report and "train_entropy_mean" not in step.report
     with pytest.raises(ValueError, match="retrain='none'"):
         Strip(filter_train=False, retrain="scratch")
 

@@ -10,6 +10,8 @@ For one variant and its backdoored model (seed 0, CPU), writes a JSON with
   reversed triggers that a ``defend --pipeline nc`` run recorded (mask from the report, mask x pattern
   from its ``trigger_class_K.png``: the stamp ``(1 - m) x + m p`` needs only those two, to uint8
   rounding), at each ``--unlearn-lr``, without repeating the search.
+* ``control_finetune`` (part ``control``): the same fine-tune with an empty mask (no image stamped): the
+  clean-accuracy cost of fine-tuning one epoch on the clean split alone.
 * ``true_trigger_unlearning``: Neural Cleanse's unlearning repair (same code, same schedule: one
   epoch on the clean split, 20 % stamped, true labels, the recipe's optimizer and rate) fed the *real*
   trigger instead of a reversed one: the best that repair can do on this model, which separates a poor
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="unlearning rates to try (default: the recipe's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nc-report", help="a `defend --pipeline nc --report` JSON whose mask PNGs exist")
+    ap.add_argument("--parts", nargs="*", default=["transfer", "true", "reversed"],
+                    choices=["transfer", "true", "reversed", "control"], help="which diagnostics to run (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -105,6 +109,50 @@ def main(argv: list[str] | None = None) -> int:
                  "source_classes": recipe.source_classes}
 
     # 1. does the real trigger flip every class, or only the source?
+    if "transfer" in args.parts:
+        transfer(ctx, trigger, target, recipe, out)
+        before = evaluate(ctx.model, ctx.test, ctx.test_triggered, target_class=target, device="cpu")
+        out["before"] = {"clean_accuracy": before["clean_accuracy"], "attack_success_rate": before["attack_success_rate"]}
+
+    # 2. NC's unlearning with the real trigger (the ceiling of the repair)
+    mask, pattern = trigger_tensors(trigger, tuple(ctx.clean.load_images().shape[1:3]))
+    clean_x = to_float_chw(ctx.clean.load_images())
+    clean_y = torch.from_numpy(np.asarray(ctx.clean.labels, dtype=np.int64))
+    out["true_trigger_mask_pixels"] = float(mask.sum())
+    if "true" in args.parts:
+        rows = []
+        for lr in args.unlearn_lr:
+            nc = NeuralCleanse(unlearn_lr=lr)
+            model, used = nc._unlearn(ctx, clean_x, clean_y, mask[None], pattern[None], progress=False)
+            ev = evaluate(model, ctx.test, ctx.test_triggered, target_class=target, device="cpu")
+            rows.append({"unlearn_lr": used, "unlearn_epochs": nc.unlearn_epochs, "unlearn_share": nc.unlearn_share,
+                         "clean_accuracy": ev["clean_accuracy"], "attack_success_rate": ev["attack_success_rate"]})
+            print(f"true-trigger unlearning lr {used:g}: clean acc {ev['clean_accuracy']:.4f}, "
+                  f"attack success {ev['attack_success_rate']:.4f}", flush=True)
+        out["true_trigger_unlearning"] = rows
+    if "control" in args.parts:
+        # the same fine-tune with an empty mask: no image carries a trigger, so what it costs in clean accuracy
+        # is the cost of fine-tuning on the clean split alone
+        rows = []
+        for lr in args.unlearn_lr:
+            model, used = NeuralCleanse(unlearn_lr=lr)._unlearn(ctx, clean_x, clean_y, torch.zeros_like(mask)[None],
+                                                                pattern[None], progress=False)
+            ev = evaluate(model, ctx.test, ctx.test_triggered, target_class=target, device="cpu")
+            rows.append({"unlearn_lr": used, "clean_accuracy": ev["clean_accuracy"],
+                         "attack_success_rate": ev["attack_success_rate"]})
+            print(f"control fine-tune (no trigger) lr {used:g}: clean acc {ev['clean_accuracy']:.4f}, "
+                  f"attack success {ev['attack_success_rate']:.4f}", flush=True)
+        out["control_finetune"] = rows
+    if args.nc_report and "reversed" in args.parts:
+        out["reversed_trigger_unlearning"] = reversed_unlearning(ctx, args.nc_report, clean_x, clean_y, args.unlearn_lr)
+    out["seconds"] = time.perf_counter() - started
+    atomic_write_json(args.json, out)
+    print(json.dumps({k: v for k, v in out.items() if k in ("before", "true_trigger_unlearning")}, indent=1))
+    return 0
+
+
+def transfer(ctx, trigger, target: int, recipe, out: dict) -> None:
+    """The real trigger on every clean test image; the share of each class predicted as the target."""
     images = ctx.test.load_images().numpy().copy()
     labels = np.asarray(ctx.test.labels)
     trigger.apply_batch(images)
@@ -120,31 +168,6 @@ def main(argv: list[str] | None = None) -> int:
                        "other_classes_mean": float(np.mean(others)), "other_classes_median": float(np.median(others)),
                        "other_classes_min": float(np.min(others)), "other_classes_max": float(np.max(others)),
                        "all_non_target_mean": float((preds[labels != target] == target).mean())}
-    before = evaluate(ctx.model, ctx.test, ctx.test_triggered, target_class=target, device="cpu")
-    out["before"] = {"clean_accuracy": before["clean_accuracy"], "attack_success_rate": before["attack_success_rate"]}
-
-    # 2. NC's unlearning with the real trigger (the ceiling of the repair)
-    mask, pattern = trigger_tensors(trigger, tuple(ctx.clean.load_images().shape[1:3]))
-    clean_x = to_float_chw(ctx.clean.load_images())
-    clean_y = torch.from_numpy(np.asarray(ctx.clean.labels, dtype=np.int64))
-    out["true_trigger_mask_pixels"] = float(mask.sum())
-    rows = []
-    for lr in args.unlearn_lr:
-        nc = NeuralCleanse(unlearn_lr=lr)
-        model, used = nc._unlearn(ctx, clean_x, clean_y, mask[None], pattern[None], progress=False)
-        ev = evaluate(model, ctx.test, ctx.test_triggered, target_class=target, device="cpu")
-        rows.append({"unlearn_lr": used, "unlearn_epochs": nc.unlearn_epochs, "unlearn_share": nc.unlearn_share,
-                     "clean_accuracy": ev["clean_accuracy"], "attack_success_rate": ev["attack_success_rate"]})
-        print(f"true-trigger unlearning lr {used:g}: clean acc {ev['clean_accuracy']:.4f}, "
-              f"attack success {ev['attack_success_rate']:.4f}", flush=True)
-    out["true_trigger_unlearning"] = rows
-    if args.nc_report:
-        out["reversed_trigger_unlearning"] = reversed_unlearning(ctx, args.nc_report, clean_x, clean_y, args.unlearn_lr)
-    out["seconds"] = time.perf_counter() - started
-    atomic_write_json(args.json, out)
-    print(json.dumps({"transfer": {k: v for k, v in out["transfer"].items() if k != "per_class"},
-                      "before": out["before"]}, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
