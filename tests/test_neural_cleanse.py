@@ -18,7 +18,7 @@ from backdoorlab.defences import NeuralCleanse, Pipeline, make_defence
 from backdoorlab.defences.neural_cleanse import anomaly_index, reverse_triggers, save_masks, stamp
 
 # a short search: enough on 16x16 toys, keeps each NC run to a few seconds
-FAST = {"steps": 300, "batch_size": 16, "unlearn_epochs": 20}
+FAST = {"epochs": 60, "epoch_steps": 5, "batch_size": 16, "unlearn_epochs": 20}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,8 +100,8 @@ def test_batched_search_is_reproducible(planted_ctx):
     from backdoorlab.data import to_float_chw
 
     images = to_float_chw(planted_ctx.clean.load_images())
-    a = reverse_triggers(planted_ctx.model, images, steps=20, batch_size=8, classes=[1, TARGET], seed=5, progress=False)
-    b = reverse_triggers(planted_ctx.model, images, steps=20, batch_size=8, classes=[1, TARGET], seed=5, progress=False)
+    a = reverse_triggers(planted_ctx.model, images, epochs=4, epoch_steps=5, batch_size=8, classes=[1, TARGET], seed=5, progress=False)
+    b = reverse_triggers(planted_ctx.model, images, epochs=4, epoch_steps=5, batch_size=8, classes=[1, TARGET], seed=5, progress=False)
     np.testing.assert_array_equal(a["masks"], b["masks"])
     assert a["masks"].shape == (2, *IMAGE_SIZE) and a["patterns"].shape == (2, 3, *IMAGE_SIZE)
     assert ((a["masks"] >= 0) & (a["masks"] <= 1)).all()
@@ -124,7 +124,7 @@ def test_anomaly_index_and_stamp():
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"steps": 0}, "steps"), ({"repair": "retrain"}, "repair"), ({"threshold": -1}, "threshold"),
+    ({"epochs": 0}, "epochs"), ({"epoch_steps": 0}, "epoch_steps"), ({"repair": "retrain"}, "repair"), ({"threshold": -1}, "threshold"),
     ({"unlearn_share": 1.5}, "unlearn_share"), ({"lr": float("nan")}, "lr"), ({"bogus": 1}, "unexpected"),
 ])
 def test_bad_parameters_fail_before_any_work(params, match):

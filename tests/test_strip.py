@@ -71,6 +71,24 @@ def test_pipeline_step_reports_filter_and_test_time_columns(ctx):
     assert 0 <= rep["test_clean_rejected_pct"] <= 100
 
 
+def test_run_time_detector_only_leaves_model_and_training_set(ctx, monkeypatch):
+    import backdoorlab.defences.strip as strip_mod
+
+    scored = []
+    real = strip_mod.strip_entropy
+    monkeypatch.setattr(strip_mod, "strip_entropy",
+                        lambda model, dataset, *a, **k: scored.append(getattr(dataset, "split", None)) or
+                        real(model, dataset, *a, **k))
+    report = Pipeline("strip", {"strip": dict(FAST, filter_train=False)}).run(ctx, progress=False)
+    step, result = report.steps[0], report.results[0]
+    assert "train" not in scored and {"clean", "test_triggered", "test"} <= set(scored)
+    assert report.context.model is ctx.model and len(report.context.train) == len(ctx.train)
+    assert not result.flags.any() and step.removal.removed_poisoned == step.removal.removed_clean == 0
+    assert "test_triggered_rejected_pct" in step.report and "train_entropy_mean" not in step.report
+    with pytest.raises(ValueError, match="retrain='none'"):
+        Strip(filter_train=False, retrain="scratch")
+
+
 def test_seeded_and_reproducible(ctx):
     pool = to_float_chw(ctx.clean.load_images())
     a = strip_entropy(ctx.model, ctx.test_triggered, pool, n_overlays=4, seed=3, salt=1)
@@ -108,7 +126,7 @@ def test_quick_study_shows_nc_and_strip_columns(tmp_path):
     study = tiny_study()
     study["defences"] = [
         "none",
-        {"id": "nc", "pipeline": "nc", "configs": {"nc": {"steps": 10, "batch_size": 4, "unlearn_epochs": 1}}},
+        {"id": "nc", "pipeline": "nc", "configs": {"nc": {"epochs": 5, "epoch_steps": 2, "batch_size": 4}}},
         {"id": "strip", "pipeline": "strip", "configs": {"strip": {"n_overlays": 4}}},
     ]
     study.pop("fp_thresholds", None)

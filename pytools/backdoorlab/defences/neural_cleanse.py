@@ -3,13 +3,17 @@
 A backdoored class is one that a *small* patch flips every input to. For every class ``k`` we look
 for the smallest mask ``m`` (H x W, in [0, 1]) and pattern ``p`` (3 x H x W, in [0, 1]) such that
 ``(1 - m) * x + m * p`` is classified as ``k`` for clean ``x``: minimise
-``CE(f(x'), k) + cost_k * |m|_1`` with Adam, the mask and pattern kept in range through
-``(tanh(w) + 1) / 2``. The cost follows the paper's schedule: 0 until the trigger first flips
-``attack_threshold`` of a batch, then ``init_cost``; it is raised
-(x ``cost_up``) after ``patience`` steps in a row that reach the attack-success threshold, lowered
-(/ ``cost_down``) after ``patience`` steps in a row that miss it; a class stops early once its best
-mask norm has not improved by 1 % for ``early_stop_patience`` steps (while the cost is active). The
-schedule counts optimisation steps, not epochs as the paper does (ours: one step is one mini-batch).
+``CE(f(x'), k) + cost_k * |m|_1`` with Adam (lr 0.1, betas 0.5/0.9), the mask and pattern kept in range
+through ``(tanh(w) + 1) / 2``. The cost follows the paper's schedule, counted in *epochs* of
+``epoch_steps`` mini-batches and judged on an epoch's mean attack success: 0 until an epoch reaches
+``attack_threshold`` (0.99), then ``init_cost`` (1e-3); raised (x ``cost_up`` = 1.5) after ``patience``
+(5) epochs in a row that reach the threshold, lowered (/ ``cost_down`` = 1.5^1.5) after ``patience``
+epochs in a row that miss it. The best trigger of a class is the smallest mask at the end of an epoch
+that reached the threshold. A class stops early, as in the paper, once its cost has been both raised
+and lowered and its best mask norm has not shrunk by ``early_stop_gain`` (1 %) for
+``early_stop_patience`` epochs. Where we differ from the paper's code (1,000 clean images per epoch,
+31 mini-batches of 32, up to 1,000 epochs, early-stop patience 25): ``epoch_steps`` (default 8 mini-batches)
+and ``early_stop_patience`` (10) are smaller so that 43 classes fit a CPU budget; both are parameters.
 
 All classes are optimised *at once*: the masks live in one ``(K, H, W)`` tensor and each step runs one
 clean mini-batch stamped with every still-active class's trigger (``K x B`` images) through the model,
@@ -18,8 +22,10 @@ the trusted clean split of the :class:`DefenceContext`.
 
 Detection: the anomaly index of class ``k`` is ``|L1_k - median| / (1.4826 * MAD)`` over the best mask
 norms; a class is flagged when its norm is *below* the median and its index exceeds ``threshold``
-(2, the paper's). Repairs (``repair=``): ``"unlearn"`` fine-tunes on the clean split with a share of
-the images stamped with the flagged classes' reversed triggers and their *true* labels;
+(2, the paper's). Repairs (``repair=``): ``"unlearn"`` is the paper's unlearning: fine-tune for one
+epoch (``unlearn_epochs``) on the clean split (our variants hold out 10 % of the training pool as it,
+the paper's "10 % of the training data"), ``unlearn_share`` (20 %) of the images stamped with a flagged
+class's reversed trigger and kept at their *true* labels, with the training recipe's optimizer;
 ``"prune"`` silences the channels of one layer that the reversed trigger excites most (largest rise of
 mean activation from clean to stamped images), as many as the clean-set accuracy budget allows,
 reusing Fine-Pruning's search; ``"none"`` only detects. A model with no flagged class is returned
@@ -103,11 +109,11 @@ def anomaly_index(norms: np.ndarray) -> np.ndarray:
     return np.abs(norms - median) / max(mad, 1e-12)
 
 
-def reverse_triggers(model: nn.Module, images: torch.Tensor, *, steps: int = 300, batch_size: int = 32,
-                     lr: float = 0.1, init_cost: float = 1e-3, attack_threshold: float = 0.99,
-                     patience: int = 10, cost_up: float = 1.5, cost_down: float = 1.5 ** 1.5,
-                     early_stop_patience: int = 30, classes: list[int] | None = None, seed: int = 0,
-                     device: str | torch.device = "auto", progress: bool = True) -> dict:
+def reverse_triggers(model: nn.Module, images: torch.Tensor, *, epochs: int = 100, epoch_steps: int = 8,
+                     batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3, attack_threshold: float = 0.99,
+                     patience: int = 5, cost_up: float = 1.5, cost_down: float = 1.5 ** 1.5,
+                     early_stop_patience: int = 10, early_stop_gain: float = 0.01, classes: list[int] | None = None,
+                     seed: int = 0, device: str | torch.device = "auto", progress: bool = True) -> dict:
     """Reverse-engineer a trigger for every class, all classes in one batched optimisation.
 
     Parameters
@@ -117,12 +123,19 @@ def reverse_triggers(model: nn.Module, images: torch.Tensor, *, steps: int = 300
         its output gives the classes.
     images : Tensor of shape (n, 3, H, W) in [0, 1]
         Clean images (the defender's trusted data); mini-batches are drawn from them.
-    steps : int
-        Most optimisation steps (one mini-batch per step for all active classes).
+    epochs : int
+        Most schedule epochs per class.
+    epoch_steps : int
+        Mini-batches per epoch (one step runs one mini-batch for all active classes). The cost schedule,
+        the best-trigger record and the early stop look at an epoch's *mean* attack success, as the paper's.
     batch_size : int
         Clean images per class per step.
-    lr, init_cost, attack_threshold, patience, cost_up, cost_down, early_stop_patience
-        Adam's learning rate and the paper's cost schedule (see the module docstring).
+    lr, init_cost, attack_threshold, patience, cost_up, cost_down
+        Adam's learning rate and the paper's cost schedule (see the module docstring); ``patience`` counts
+        epochs.
+    early_stop_patience, early_stop_gain
+        A class stops once its cost has been both raised and lowered and its best mask norm has not
+        shrunk by ``early_stop_gain`` (relative) for ``early_stop_patience`` epochs.
     classes : list of int, optional
         Classes to reverse (default: all).
     seed : int
@@ -132,19 +145,21 @@ def reverse_triggers(model: nn.Module, images: torch.Tensor, *, steps: int = 300
     -------
     dict
         ``masks`` float32 (K, H, W) and ``patterns`` float32 (K, 3, H, W) (the best found per class:
-        smallest L1 norm among steps that reached ``attack_threshold``, else the last), ``l1`` (K,),
-        ``attack_success`` (K,) of the returned trigger on the last batch that tested it, ``reached`` (K,)
-        bool, ``steps_run`` (K,), ``classes`` (K,).
+        smallest L1 norm at the end of an epoch whose mean attack success reached ``attack_threshold``,
+        else the last), ``l1`` (K,), ``attack_success`` (K,) mean of the last epoch, ``reached`` (K,) bool,
+        ``epochs_run`` (K,), ``cost`` (K,) final cost, ``classes`` (K,).
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be a float tensor (n, 3, H, W), got "
                          f"{getattr(images, 'shape', type(images).__name__)}")
     if images.shape[0] == 0:
         raise ValueError("reverse_triggers needs at least one clean image")
-    steps = check_positive_int("steps", steps)
+    epochs = check_positive_int("epochs", epochs)
+    epoch_steps = check_positive_int("epoch_steps", epoch_steps)
     batch_size = check_positive_int("batch_size", batch_size)
     patience = check_positive_int("patience", patience)
     early_stop_patience = check_positive_int("early_stop_patience", early_stop_patience)
+    early_stop_gain = check_fraction("early_stop_gain", early_stop_gain)
     lr, init_cost = _check_positive_float("lr", lr), _check_positive_float("init_cost", init_cost)
     if not (_check_positive_float("cost_up", cost_up) > 1 and _check_positive_float("cost_down", cost_down) > 1):
         raise ValueError(f"cost_up and cost_down must be > 1, got {cost_up!r} and {cost_down!r}")
@@ -165,77 +180,79 @@ def reverse_triggers(model: nn.Module, images: torch.Tensor, *, steps: int = 300
     optimizer = torch.optim.Adam([mask_w, pattern_w], lr=lr, betas=(0.5, 0.9))
     targets = torch.tensor(classes, device=dev)
 
-    cost = np.zeros(k)  # 0 until the first success: the paper finds a working trigger first
+    cost = np.zeros(k)  # 0 until the first successful epoch: find a working trigger first, then shrink it
     cost_set = np.zeros(k, dtype=bool)
-    up_count = np.zeros(k, dtype=int)
-    down_count = np.zeros(k, dtype=int)
+    raised, lowered = np.zeros(k, dtype=bool), np.zeros(k, dtype=bool)
+    up_count, down_count = np.zeros(k, dtype=int), np.zeros(k, dtype=int)
     best_l1 = np.full(k, np.inf)
-    best_mask = torch.zeros(k, h, w)
-    best_pattern = torch.zeros(k, 3, h, w)
+    best_mask, best_pattern = torch.zeros(k, h, w), torch.zeros(k, 3, h, w)
     last_asr = np.zeros(k)
     no_gain = np.zeros(k, dtype=int)
     anchor = np.full(k, np.inf)
     active = np.ones(k, dtype=bool)
-    steps_run = np.zeros(k, dtype=int)
+    epochs_run = np.zeros(k, dtype=int)
     n = images.shape[0]
     # only the trigger is optimised; the flags are restored as they were (some models freeze layers)
     saved_flags = [(p, p.requires_grad) for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        with tqdm(total=steps, desc=f"neural cleanse ({k} classes)", disable=not progress, leave=False) as bar:
-            for step in range(steps):
+        with tqdm(total=epochs, desc=f"neural cleanse ({k} classes)", unit="epoch", disable=not progress,
+                  leave=False) as bar:
+            for _epoch in range(epochs):
                 act = np.flatnonzero(active)
                 if act.size == 0:
                     break
-                rows = torch.randint(0, n, (batch_size,), generator=gen)
-                x = images[rows].to(dev)
                 idx = torch.as_tensor(act, device=dev)
-                m = (torch.tanh(mask_w[idx]) + 1) / 2  # (a, H, W)
-                pat = (torch.tanh(pattern_w[idx]) + 1) / 2  # (a, 3, H, W)
-                # (a, B, 3, H, W): every active class's trigger on the same clean batch
-                x_adv = (1 - m[:, None, None]) * x[None] + m[:, None, None] * pat[:, None]
-                logits = model(x_adv.reshape(-1, 3, h, w)).reshape(act.size, batch_size, -1)
                 y = targets[idx].repeat_interleave(batch_size)
-                ce = nn.functional.cross_entropy(logits.reshape(act.size * batch_size, -1), y, reduction="none")
-                ce = ce.reshape(act.size, batch_size).mean(1)
-                l1 = m.flatten(1).sum(1)
-                c = torch.as_tensor(cost[act], dtype=l1.dtype, device=dev)
-                loss = (ce + c * l1).sum()  # the classes' parameters are disjoint: one backward serves all
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                asr_sum = np.zeros(act.size)
+                for _ in range(epoch_steps):
+                    x = images[torch.randint(0, n, (batch_size,), generator=gen)].to(dev)
+                    m = (torch.tanh(mask_w[idx]) + 1) / 2  # (a, H, W)
+                    pat = (torch.tanh(pattern_w[idx]) + 1) / 2  # (a, 3, H, W)
+                    # (a, B, 3, H, W): every active class's trigger on the same clean batch
+                    x_adv = (1 - m[:, None, None]) * x[None] + m[:, None, None] * pat[:, None]
+                    logits = model(x_adv.reshape(-1, 3, h, w))
+                    ce = nn.functional.cross_entropy(logits, y, reduction="none").reshape(act.size, batch_size).mean(1)
+                    l1 = m.flatten(1).sum(1)
+                    c = torch.as_tensor(cost[act], dtype=l1.dtype, device=dev)
+                    loss = (ce + c * l1).sum()  # the classes' parameters are disjoint: one backward serves all
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        hits = logits.argmax(1).reshape(act.size, batch_size) == targets[idx][:, None]
+                        asr_sum += hits.float().mean(1).cpu().numpy()
+                # the trigger as the epoch left it, and the epoch's mean attack success
                 with torch.no_grad():
-                    asr = (logits.argmax(2) == targets[idx][:, None]).float().mean(1).cpu().numpy()
-                    l1_np = l1.detach().cpu().numpy()
-                steps_run[act] += 1
+                    m_end = ((torch.tanh(mask_w[idx]) + 1) / 2).cpu()
+                    pat_end = ((torch.tanh(pattern_w[idx]) + 1) / 2).cpu()
+                asr = asr_sum / epoch_steps
+                epochs_run[act] += 1
                 for j, cls in enumerate(act):
                     last_asr[cls] = asr[j]
                     ok = asr[j] >= attack_threshold
-                    if ok and l1_np[j] < best_l1[cls]:
-                        best_l1[cls] = l1_np[j]
-                        best_mask[cls] = m[j].detach().cpu()
-                        best_pattern[cls] = pat[j].detach().cpu()
-                    # early stop: a "gain" must beat the norm of the last gain by 1 % (compared with the
-                    # running best, a slow steady shrink would never count and stop the class too soon)
-                    if ok and l1_np[j] < 0.99 * anchor[cls]:
-                        anchor[cls], no_gain[cls] = l1_np[j], 0
-                    elif cost_set[cls]:
-                        no_gain[cls] += 1
-                    if cost_set[cls] and no_gain[cls] >= early_stop_patience:
-                        active[cls] = False
-                        continue
+                    l1_end = float(m_end[j].sum())
+                    if ok and l1_end < best_l1[cls]:
+                        best_l1[cls], best_mask[cls], best_pattern[cls] = l1_end, m_end[j], pat_end[j]
                     if not cost_set[cls]:
                         if ok:
-                            cost[cls], cost_set[cls], no_gain[cls] = init_cost, True, 0
+                            cost[cls], cost_set[cls] = init_cost, True
+                            anchor[cls], no_gain[cls] = best_l1[cls], 0
+                        continue
+                    # early stop (the paper's): the cost has gone both ways and the best norm stalls
+                    if best_l1[cls] < (1 - early_stop_gain) * anchor[cls]:
+                        anchor[cls], no_gain[cls] = best_l1[cls], 0
+                    else:
+                        no_gain[cls] += 1
+                    if raised[cls] and lowered[cls] and no_gain[cls] >= early_stop_patience:
+                        active[cls] = False
                         continue
                     up_count[cls], down_count[cls] = (up_count[cls] + 1, 0) if ok else (0, down_count[cls] + 1)
                     if up_count[cls] >= patience:
-                        cost[cls] *= cost_up
-                        up_count[cls] = 0
+                        cost[cls], up_count[cls], raised[cls] = cost[cls] * cost_up, 0, True
                     elif down_count[cls] >= patience:
-                        cost[cls] /= cost_down
-                        down_count[cls] = 0
+                        cost[cls], down_count[cls], lowered[cls] = cost[cls] / cost_down, 0, True
                 bar.update(1)
                 bar.set_postfix(active=int(active.sum()))
     finally:
@@ -250,7 +267,7 @@ def reverse_triggers(model: nn.Module, images: torch.Tensor, *, steps: int = 300
             best_pattern[cls] = ((torch.tanh(pattern_w[cls]) + 1) / 2).cpu()
             best_l1[cls] = float(best_mask[cls].sum())
     return {"masks": best_mask.numpy(), "patterns": best_pattern.numpy(), "l1": best_l1,
-            "attack_success": last_asr, "reached": reached, "steps_run": steps_run,
+            "attack_success": last_asr, "reached": reached, "epochs_run": epochs_run, "cost": cost,
             "classes": np.asarray(classes, dtype=np.int64)}
 
 
@@ -293,24 +310,31 @@ class NeuralCleanse(Defence):
 
     Parameters
     ----------
-    steps : int
-        Most optimisation steps of the batched trigger search (default 300).
+    epochs : int
+        Most epochs of the batched trigger search (default 100).
+    epoch_steps : int
+        Mini-batches per epoch of the cost schedule (default 8; the paper: 31, i.e. 1,000 images).
     batch_size : int
-        Clean images per class per step (default 32).
+        Clean images per class per mini-batch (default 32; the paper's).
     lr : float
         Adam learning rate of the mask and pattern (default 0.1).
     init_cost : float
         First weight of the mask's L1 norm (default 1e-3; the paper's).
     attack_threshold : float in (0, 1)
         Share of a batch a trigger must flip to count as working (default 0.99; the paper's).
-    patience, early_stop_patience : int
-        Steps before the cost changes (default 10) and without a 1 % gain before a class stops (default 30).
+    patience : int
+        Epochs in a row that reach (miss) the threshold before the cost is raised (lowered) (default 5; the paper's).
+    early_stop_patience : int
+        Epochs without a gain of ``early_stop_gain`` in the best mask norm before a class stops, once its
+        cost went both ways (default 10; the paper's: 25).
+    early_stop_gain : float in (0, 1)
+        Relative shrink of the best mask norm that counts as a gain (default 0.01).
     threshold : float
         Anomaly index above which a class with a small norm is flagged (default 2.0; the paper's).
     repair : {"unlearn", "prune", "none"}
         What to do with a flagged class (default ``"unlearn"``).
     unlearn_epochs : int
-        Fine-tuning epochs of the unlearning repair (default 5).
+        Fine-tuning epochs of the unlearning repair (default 1; the paper's).
     unlearn_share : float in (0, 1)
         Share of the clean images stamped with a reversed trigger while unlearning (default 0.2; the paper's).
     unlearn_lr : float or None
@@ -327,18 +351,21 @@ class NeuralCleanse(Defence):
 
     name = "nc"
 
-    def __init__(self, steps: int = 300, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
-                 attack_threshold: float = 0.99, patience: int = 10, early_stop_patience: int = 30,
-                 threshold: float = 2.0, repair: str = "unlearn", unlearn_epochs: int = 5,
+    def __init__(self, epochs: int = 100, epoch_steps: int = 8, batch_size: int = 32, lr: float = 0.1,
+                 init_cost: float = 1e-3, attack_threshold: float = 0.99, patience: int = 5,
+                 early_stop_patience: int = 10, early_stop_gain: float = 0.01,
+                 threshold: float = 2.0, repair: str = "unlearn", unlearn_epochs: int = 1,
                  unlearn_share: float = 0.2, unlearn_lr: float | None = None, layer: str = "last_conv",
                  prune_threshold: float = 0.04, max_prune_share: float = 0.5, mask_dir: str | None = None) -> None:
-        self.steps = check_positive_int("steps", steps)
+        self.epochs = check_positive_int("epochs", epochs)
+        self.epoch_steps = check_positive_int("epoch_steps", epoch_steps)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.lr = _check_positive_float("lr", lr)
         self.init_cost = _check_positive_float("init_cost", init_cost)
         self.attack_threshold = check_fraction("attack_threshold", attack_threshold)
         self.patience = check_positive_int("patience", patience)
         self.early_stop_patience = check_positive_int("early_stop_patience", early_stop_patience)
+        self.early_stop_gain = check_fraction("early_stop_gain", early_stop_gain)
         self.threshold = _check_positive_float("threshold", threshold)
         self.repair = check_choice("repair", repair, REPAIRS)
         self.unlearn_epochs = check_positive_int("unlearn_epochs", unlearn_epochs)
@@ -353,6 +380,11 @@ class NeuralCleanse(Defence):
             raise TypeError(f"mask_dir must be a path or None, got {mask_dir!r}")
         self.mask_dir = None if mask_dir is None else str(mask_dir)
 
+    def config(self) -> dict:
+        """The parameters, less ``mask_dir``: where the PNGs go does not change the result, so it must not
+        change the keys that cache a step's result (a study gives every cell its own folder)."""
+        return {k: v for k, v in super().config().items() if k != "mask_dir"}
+
     # ---------------------------------------------------------------- detection
 
     def detect(self, ctx: DefenceContext, *, progress: bool = True) -> dict:
@@ -361,9 +393,10 @@ class NeuralCleanse(Defence):
             raise ValueError("Neural Cleanse needs a non-empty clean split (the defender's data)")
         images = to_float_chw(ctx.clean.load_images())
         started = time.perf_counter()
-        rev = reverse_triggers(ctx.model, images, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                               init_cost=self.init_cost, attack_threshold=self.attack_threshold,
-                               patience=self.patience, early_stop_patience=self.early_stop_patience,
+        rev = reverse_triggers(ctx.model, images, epochs=self.epochs, epoch_steps=self.epoch_steps,
+                               batch_size=self.batch_size, lr=self.lr, init_cost=self.init_cost,
+                               attack_threshold=self.attack_threshold, patience=self.patience,
+                               early_stop_patience=self.early_stop_patience, early_stop_gain=self.early_stop_gain,
                                seed=ctx.seed, device=ctx.device, progress=progress)
         index = anomaly_index(rev["l1"])
         median = float(np.median(rev["l1"]))
@@ -461,7 +494,8 @@ class NeuralCleanse(Defence):
             "target_detected": ctx.target_class in flagged,
             "reached": rev["reached"].tolist(),
             "trigger_attack_success": rev["attack_success"].tolist(),
-            "steps_run": rev["steps_run"].tolist(),
+            "epochs_run": rev["epochs_run"].tolist(),
+            "final_cost": rev["cost"].tolist(),
             "search_seconds": found["search_seconds"],
             "masks": masks_u8.tolist(),
             "repair": self.repair,

@@ -12,7 +12,9 @@ Blending (``blend=``): ``"add"`` is the paper's image addition, saturated at 1; 
 two images (what several re-implementations do).
 
 As a pipeline step STRIP is a data filter (like AC): it flags the training rows it would reject and
-retrains without them (``retrain=``). At test time it reports, with the same model and threshold, the
+retrains without them (``retrain=``). With ``filter_train=False`` it is only the run-time detector of
+the paper (no training row is scored or removed, the model passes unchanged; ``retrain`` must then be
+``"none"``): scoring a GTSRB-sized training set costs ``n_overlays`` forward passes per row. At test time it reports, with the same model and threshold, the
 share of triggered test inputs it rejects (``test_triggered_rejected_pct``) and of clean test inputs it
 wrongly rejects (``test_clean_rejected_pct``).
 """
@@ -130,7 +132,7 @@ class Strip(FilteringDefence):
     Parameters
     ----------
     n_overlays : int
-        Clean images superimposed on each input (default 20).
+        Clean images superimposed on each input (default 100; the paper's N).
     frr : float in (0, 1)
         Target false-rejection rate on clean inputs; sets the threshold (default 0.05).
     blend : {"add", "mean"}
@@ -141,15 +143,19 @@ class Strip(FilteringDefence):
         Also score the test splits and report rejection rates (default True).
     batch_size : int
         Inputs per forward pass (default 64).
+    filter_train : bool
+        Score the training split and remove the rows below the threshold (default True); False: the
+        run-time detector only (requires ``retrain="none"``).
     test_sample : int
-        Most clean test rows scored for the test-time false rejections (a seeded sample; default 2000:
-        a GTSRB-sized test split would otherwise cost 20 forward passes for each of its 12,630 images).
+        Most rows of each test split scored for the test-time false rejections (a seeded sample; default 2000:
+        a GTSRB-sized test split would otherwise cost ``n_overlays`` forward passes for each of its 12,630 images).
     """
 
     name = "strip"
 
-    def __init__(self, n_overlays: int = 20, frr: float = 0.05, blend: str = "add", retrain: str = "scratch",
-                 test_time: bool = True, batch_size: int = 64, test_sample: int = 2000) -> None:
+    def __init__(self, n_overlays: int = 100, frr: float = 0.05, blend: str = "add", retrain: str = "scratch",
+                 test_time: bool = True, batch_size: int = 64, test_sample: int = 2000,
+                 filter_train: bool = True) -> None:
         self.n_overlays = check_positive_int("n_overlays", n_overlays)
         self.frr = check_fraction("frr", frr)
         self.blend = check_choice("blend", blend, BLENDS)
@@ -159,6 +165,12 @@ class Strip(FilteringDefence):
         self.test_time = test_time
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.test_sample = check_positive_int("test_sample", test_sample)
+        if not isinstance(filter_train, bool):
+            raise TypeError(f"filter_train must be True or False, got {filter_train!r}")
+        if not filter_train and (self.retrain != "none" or not test_time):
+            raise ValueError(f"filter_train=False removes no training row: it needs retrain='none' (got "
+                             f"{self.retrain!r}) and test_time=True (got {test_time!r})")
+        self.filter_train = filter_train
 
     def _score(self, ctx: DefenceContext, split: str, pool: torch.Tensor, progress: bool,
                dataset: Any = None) -> np.ndarray:
@@ -179,14 +191,17 @@ class Strip(FilteringDefence):
     def detect(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
         threshold, pool, clean = self.calibrate(ctx, progress=progress)
-        train = self._score(ctx, "train", pool, progress)
-        flags = train < threshold
         report: dict[str, Any] = {
             "threshold": threshold,
             "clean_entropy_mean": float(clean.mean()),
             "clean_rejected_pct": 100.0 * float((clean < threshold).mean()),
-            "train_entropy_mean": float(train.mean()),
         }
+        if self.filter_train:
+            train = self._score(ctx, "train", pool, progress)
+            flags = train < threshold
+            report["train_entropy_mean"] = float(train.mean())
+        else:
+            flags = np.zeros(len(ctx.train), dtype=bool)
         if self.test_time:
             for split, key in (("test_triggered", "test_triggered_rejected_pct"), ("test", "test_clean_rejected_pct")):
                 data = getattr(ctx, split)
@@ -200,3 +215,9 @@ class Strip(FilteringDefence):
                     report[f"{split}_scored"] = len(data)
         report["detect_seconds"] = time.perf_counter() - started
         return flags, report
+
+    def run(self, ctx: DefenceContext, *, progress: bool = True):
+        flags, report = self.detect(ctx, progress=progress)
+        if not self.filter_train:  # the run-time detector only: the model and the training set pass unchanged
+            return self._remove_and_retrain(ctx, flags, report, progress=progress, model=ctx.model, kept=ctx.train)
+        return self._remove_and_retrain(ctx, flags, report, progress=progress)

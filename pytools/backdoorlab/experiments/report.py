@@ -35,7 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from datasets_gen.atomic import atomic_write_json, atomic_write_text
+import numpy as np
+
+from datasets_gen.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 from . import claims as claims_mod
 from . import findings as findings_mod
@@ -362,9 +364,161 @@ def _paper_section_note(tables: Sequence[Table]) -> str | None:
             "checked above._")
 
 
+
+# ---------------------------------------------------------------------------- NC and STRIP details
+
+#: Pixels per mask pixel in the NC mask grids, and masks per grid row.
+_MASK_SCALE, _MASK_COLS = 2, 11
+
+
+def mask_grid(masks: np.ndarray, flagged: Iterable[int] = (), target: int | None = None) -> np.ndarray:
+    """Every class's reversed mask in one BGR image (white = mask on), classes in rows of 11.
+
+    The frame of a flagged class is red, the attack's target's (when not flagged) blue, others grey;
+    a flagged target's frame is red: the reader sees at once whether NC named the right class.
+
+    Parameters
+    ----------
+    masks : array of shape (K, H, W), uint8 (255 = fully on)
+    flagged : class ids NC flagged
+    target : the attack's target class, if known
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or masks.shape[0] == 0 or masks.dtype != np.uint8:
+        raise ValueError(f"masks must be a non-empty uint8 array (K, H, W), got {masks.dtype} {masks.shape}")
+    k, h, w = masks.shape
+    flagged = {int(c) for c in flagged}
+    pad = 2
+    cell_h, cell_w = h * _MASK_SCALE + 2 * pad, w * _MASK_SCALE + 2 * pad
+    cols = min(k, _MASK_COLS)
+    rows = -(-k // cols)
+    grid = np.full((rows * (cell_h + 2), cols * (cell_w + 2), 3), 255, np.uint8)
+    for i in range(k):
+        colour = (0, 0, 220) if i in flagged else (220, 90, 0) if i == target else (170, 170, 170)
+        r, c = divmod(i, cols)
+        y, x = r * (cell_h + 2), c * (cell_w + 2)
+        grid[y:y + cell_h, x:x + cell_w] = colour
+        big = np.repeat(np.repeat(masks[i], _MASK_SCALE, 0), _MASK_SCALE, 1)
+        grid[y + pad:y + cell_h - pad, x + pad:x + cell_w - pad] = big[:, :, None]
+    return grid
+
+
+def _defence_steps(cells: Sequence[Mapping[str, Any]], name: str) -> list[tuple[Mapping[str, Any], Mapping]]:
+    """(cell, step) for every step named ``name`` in the defence cells, in report order."""
+    found = [(c, st) for c in cells for st in (c.get("steps") or []) if st.get("name") == name]
+    return sorted(found, key=lambda cs: (str(cs[0]["setting"]), str(cs[0]["defence"]), int(cs[0]["seed"])))
+
+
+def _rel_if_inside(path: str | None, root: Path) -> str | None:
+    if not path:
+        return None
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(root.resolve()).as_posix() if p.is_file() else None
+    except ValueError:
+        return None
+
+
+def nc_strip_details(cells: Sequence[Mapping[str, Any]], root: Path) -> tuple[list[Table], list[dict]]:
+    """The Neural Cleanse and STRIP tables of a study and one mask-grid figure per NC step.
+
+    The grids are drawn from the masks every NC step records (``report["masks"]``) into
+    ``root/figures/nc_masks/``; the flagged classes' reversed triggers (mask x pattern) are linked when
+    the step wrote them inside ``root`` (the runner gives every cell a mask folder).
+    """
+    import cv2
+
+    nc_table = Table("nc_details", "Neural Cleanse: reversed triggers",
+                     "Per NC step: the classes flagged (anomaly index > 2 on the small side), the attack's target "
+                     "with its anomaly index and mask L1 norm (pixels), the median norm over classes, how many "
+                     "classes' searches reached the attack-success threshold, and the model after the step.",
+                     ["setting", "defence", "seed", "flagged", "target: index / L1", "median L1", "converged",
+                      "accuracy after", "attack success after"])
+    strip_table = Table("strip_details", "STRIP: rejection at test time",
+                        "Per STRIP step: the entropy threshold (nats) set on the clean split at the chosen false-"
+                        "rejection rate, the triggered test inputs rejected, the clean test inputs wrongly rejected, "
+                        "and the mean entropies.",
+                        ["setting", "defence", "seed", "threshold", "triggered rejected", "clean rejected",
+                         "entropy triggered / clean"])
+    figures: list[dict] = []
+    for cell, st in _defence_steps(cells, "nc"):
+        rep = st.get("report") or {}
+        keys = [cell.get("key") or ""]
+        flagged = [int(c) for c in rep.get("flagged_classes", [])]
+        target = cell.get("target_class")
+        index, l1 = rep.get("anomaly_index") or [], rep.get("mask_l1") or []
+        tgt = (f"{index[target]:.2f} / {l1[target]:.1f}" if isinstance(target, int) and target < len(index)
+               else "–")
+        nc_table.add([cell["setting"], cell["defence"], cell["seed"], ", ".join(map(str, flagged)) or "none", tgt,
+                      f"{rep.get('median_l1', float('nan')):.1f}",
+                      f"{sum(map(bool, rep.get('reached', [])))}/{len(rep.get('reached', []))}",
+                      pct(st.get("clean_accuracy")), pct(st.get("attack_success_rate"))], keys)
+        masks = rep.get("masks")
+        if not masks:
+            continue
+        rel = Path("figures") / "nc_masks" / f"{_slug_name(cell)}_step{st.get('step', 1)}.png"
+        ok, png = cv2.imencode(".png", mask_grid(np.asarray(masks, dtype=np.uint8), flagged, target))
+        if not ok:
+            raise RuntimeError(f"could not encode the NC mask grid of {rel}")
+        atomic_write_bytes(root / rel, png.tobytes())
+        triggers = [(c, _rel_if_inside(str(Path(p).with_name(f"trigger_class_{c}.png")), root))
+                    for c, p in zip(rep.get("classes", []), rep.get("mask_pngs") or []) if c in flagged]
+        figures.append({"title": f"NC masks: {cell['setting']} / {cell['defence']} (seed {cell['seed']})",
+                        "caption": (f"Reversed masks of all {len(masks)} classes, class 0 top left, 11 per row "
+                                    f"(white = on). Red frame: flagged ({', '.join(map(str, flagged)) or 'none'}); "
+                                    f"blue frame: the attack's target {target} when not flagged."),
+                        "path": rel.as_posix(), "triggers": [(c, r) for c, r in triggers if r]})
+    for cell, st in _defence_steps(cells, "strip"):
+        rep = st.get("report") or {}
+
+        def _pct_or_dash(k: str) -> str:
+            return f"{rep[k]:.1f} %" if rep.get(k) is not None else "–"
+
+        ent = (f"{rep['test_triggered_entropy_mean']:.3f} / {rep['test_entropy_mean']:.3f}"
+               if rep.get("test_triggered_entropy_mean") is not None and rep.get("test_entropy_mean") is not None
+               else "–")
+        strip_table.add([cell["setting"], cell["defence"], cell["seed"], f"{rep.get('threshold', float('nan')):.3f}",
+                         _pct_or_dash("test_triggered_rejected_pct"), _pct_or_dash("test_clean_rejected_pct"), ent],
+                        [cell.get("key") or ""])
+    tables = [t for t in (nc_table, strip_table) if t.rows]
+    return tables, figures
+
+
+def _slug_name(cell: Mapping[str, Any]) -> str:
+    s = f"{cell['setting']}_{cell['defence']}_s{cell['seed']}"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
+
+
+def _details_markdown(tables: Sequence[Table], figures: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not tables:
+        return []
+    out = ["## Neural Cleanse and STRIP", ""]
+    for t in tables:
+        out.append(table_markdown(t))
+    for fig in figures:
+        out += [f"### {fig['title']}", "", fig["caption"], "", f"![{fig['title']}]({fig['path']})", ""]
+        for c, rel in fig["triggers"]:
+            out += [f"Reversed trigger of class {c} (mask x pattern): ![trigger {c}]({rel})", ""]
+    return out
+
+
+def _details_html(tables: Sequence[Table], figures: Sequence[Mapping[str, Any]], root: Path) -> list[str]:
+    if not tables:
+        return []
+    e = html.escape
+    body = ["<h2>Neural Cleanse and STRIP</h2>"] + [table_html(t) for t in tables]
+    for fig in figures:
+        body.append(f"<h3>{e(fig['title'])}</h3><p class='caption'>{e(fig['caption'])}</p>"
+                    f"<img alt='{e(fig['title'])}' src='{_img_data_uri(root / fig['path'])}'>")
+        for c, rel in fig["triggers"]:
+            body.append(f"<p>Reversed trigger of class {c} (mask x pattern): <img alt='trigger {c}' "
+                        f"style='width:96px;image-rendering:pixelated' src='{_img_data_uri(root / rel)}'></p>")
+    return body
+
+
 def render_markdown(meta: Mapping[str, Any], tables: Sequence[Table], figures: Mapping[str, Mapping[str, str]],
                     previews: Mapping[str, str], findings: Sequence[str],
-                    claims: Sequence[claims_mod.Claim] = ()) -> str:
+                    claims: Sequence[claims_mod.Claim] = (), details: tuple = ((), ())) -> str:
     """The Markdown report; figures and previews are linked relative to the results folder."""
     out = [f"# backdoorlab study report: {meta.get('name', 'study')}", ""]
     out += _meta_lines(meta) + [""]
@@ -387,6 +541,7 @@ def render_markdown(meta: Mapping[str, Any], tables: Sequence[Table], figures: M
         out += [f"### {fig['title']}", "", fig["caption"], ""]
         out.append(f"![{fig['title']}]({fig['path']})" if fig.get("path") else f"_{fig.get('missing', 'not drawn')}_")
         out.append("")
+    out += _details_markdown(*details)
     out += ["## Trigger previews", "", "Clean (top) vs poisoned (bottom) training samples of each variant, as "
             "written by datasets_gen beside the variant.", ""]
     if previews:
@@ -432,7 +587,7 @@ def _meta_lines(meta: Mapping[str, Any]) -> list[str]:
 
 def render_html(meta: Mapping[str, Any], tables: Sequence[Table], figures: Mapping[str, Mapping[str, str]],
                 previews: Mapping[str, str], findings: Sequence[str], root: Path,
-                claims: Sequence[claims_mod.Claim] = ()) -> str:
+                claims: Sequence[claims_mod.Claim] = (), details: tuple = ((), ())) -> str:
     """A self-contained HTML page: the same content as the Markdown, images embedded as base64."""
     e = html.escape
     body = [f"<h1>backdoorlab study report: {e(str(meta.get('name', 'study')))}</h1><ul>"]
@@ -459,6 +614,7 @@ def render_html(meta: Mapping[str, Any], tables: Sequence[Table], figures: Mappi
             body.append(f"<img alt='{e(fig['title'])}' src='{_img_data_uri(root / fig['path'])}'>")
         else:
             body.append(f"<p><em>{e(fig.get('missing', 'not drawn'))}</em></p>")
+    body += _details_html(*details, root)
     body.append("<h2>Trigger previews</h2><p class='caption'>Clean vs poisoned training samples of each variant.</p>")
     for setting, rel in previews.items():
         body.append(f"<h4>{e(setting)}</h4><img alt='preview {e(setting)}' src='{_img_data_uri(root / rel)}'>")
@@ -525,6 +681,7 @@ def write_report(out: str | Path, cells: Sequence[Mapping[str, Any]], meta: Mapp
     figures = plots.make_figures(agg, out / "figures", root=out)
     found = findings_mod.compute_findings(agg)
     claims = claims_mod.check_claims(agg)
+    details = nc_strip_details(cells, out)
     previews: dict[str, str] = {}
     for r in agg:
         rel = r.get("preview")
@@ -539,9 +696,9 @@ def write_report(out: str | Path, cells: Sequence[Mapping[str, Any]], meta: Mapp
         "paper_source": paper.SOURCE,
         "figures": {k: v.get("path") for k, v in figures.items()}, "previews": previews})
     paths["report_md"] = atomic_write_text(out / "report.md",
-                                           render_markdown(meta, tables, figures, previews, found, claims))
+                                           render_markdown(meta, tables, figures, previews, found, claims, details))
     paths["report_html"] = atomic_write_text(out / "report.html",
-                                             render_html(meta, tables, figures, previews, found, out, claims))
+                                             render_html(meta, tables, figures, previews, found, out, claims, details))
     for name, fig in figures.items():
         if fig.get("path"):
             paths[name] = out / fig["path"]

@@ -467,7 +467,10 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
     else:
         from backdoorlab.defences import DefenceContext, Pipeline
 
-        pipe = Pipeline(df.pipeline, copy.deepcopy(df.configs))
+        configs = copy.deepcopy(df.configs)
+        if any(t.strip().startswith("nc") for t in df.pipeline.split(">")):  # NC's reversed masks, per cell
+            configs.setdefault("nc", {}).setdefault("mask_dir", str(ws.out / "masks" / plan.key))
+        pipe = Pipeline(df.pipeline, configs)
         ctx = DefenceContext(model=model, train=splits["train"], clean=splits["clean"], test=splits["test"],
                              test_triggered=splits["test_triggered"], target_class=target,
                              train_config=train_config(d), device=study.device, seed=seed)
