@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from _model_helpers import one_thread, toy_variant
-from backdoorlab.activations import channel_means, channel_stats, extract, extract_by_class, iter_activations
+from backdoorlab.activations import (channel_means, channel_stats, extract, extract_by_class, image_channel_means,
+                                     iter_activations)
 from backdoorlab.data import H5Split
 from backdoorlab.models import build_model
 
@@ -102,3 +103,19 @@ def test_channel_means_native_matches_reference(setup):
     native = channel_means(model, ds, "last_conv", backend="native", device="cpu", progress=False)
     ref = channel_means(model, ds, "last_conv", backend="reference", device="cpu", progress=False)
     np.testing.assert_allclose(native, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_image_channel_means_of_images_in_memory(setup):
+    """Images held in memory (e.g. stamped with a reversed trigger) go through the same forward loop."""
+    model, ds = setup
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.zeros(len(ds), dtype=torch.long)
+    batches = [(x[i:i + 30], y[i:i + 30]) for i in range(0, len(ds), 30)]
+    ref = _full_forward(model, ds, "last_conv").double().mean(dim=(0, 2, 3)).numpy()
+    np.testing.assert_allclose(image_channel_means(model, batches, "last_conv", device="cpu"), ref, rtol=1e-5, atol=1e-7)
+    dense = _full_forward(model, ds, "penultimate").double().mean(dim=0).numpy()
+    np.testing.assert_allclose(image_channel_means(model, batches, "penultimate", device="cpu"), dense, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one image"):
+        image_channel_means(model, [], "last_conv", device="cpu")
+    with pytest.raises(KeyError):
+        image_channel_means(model, batches, "no_such_layer", device="cpu")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -57,9 +57,24 @@ def iter_activations(model: BackdoorModel, dataset: H5Split, layer: str, *, batc
         training labels).
     """
     check_compatible(model, dataset)
-    module = model.layer(layer)  # KeyError naming the valid layers
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    yield from iter_layer_outputs(model, layer, row_batches(dataset, int(batch_size), dev),
+                                  total=len(dataset), device=dev, progress=progress)
+
+
+def iter_layer_outputs(model: BackdoorModel, layer: str, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+                       total: int | None = None, device: str | torch.device = "auto", progress: bool = False,
+                       ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The one forward loop of the house: the output of ``layer`` for each ``(x, y)`` of ``batches``.
+
+    ``batches`` are image tensors with their labels (a variant's rows through
+    :func:`iter_activations`, or images held in memory, e.g. stamped with a reversed trigger);
+    each is moved to ``device``. The forward stops at ``layer``. Yields ``(start, acts, labels)``
+    as :func:`iter_activations`.
+    """
+    module = model.layer(layer)  # KeyError naming the valid layers
     dev = resolve_device(device)
     captured: list[torch.Tensor] = []
 
@@ -72,12 +87,12 @@ def iter_activations(model: BackdoorModel, dataset: H5Split, layer: str, *, batc
     handle = module.register_forward_hook(hook)
     try:
         start = 0
-        with torch.no_grad(), tqdm(total=len(dataset), desc=f"activations {layer}", unit="img",
+        with torch.no_grad(), tqdm(total=total, desc=f"activations {layer}", unit="img",
                                    disable=not progress, leave=False) as bar:
-            for x, y in row_batches(dataset, int(batch_size), dev):
+            for x, y in batches:
                 captured.clear()
                 try:
-                    model(x)
+                    model(x.to(dev))
                 except _StopForward:
                     pass
                 if len(captured) != 1:
@@ -89,6 +104,20 @@ def iter_activations(model: BackdoorModel, dataset: H5Split, layer: str, *, batc
     finally:
         handle.remove()
         model.train(was_training)
+
+
+def image_channel_means(model: BackdoorModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], layer: str, *,
+                        device: str | torch.device = "auto") -> np.ndarray:
+    """Mean over all images of each channel's spatial mean at ``layer`` (a dense layer: each unit),
+    for images held in memory; float64 ``(C,)``."""
+    total, n = None, 0
+    for _, acts, _ in iter_layer_outputs(model, layer, batches, device=device):
+        s = _reduce(acts, "channel_mean").double().sum(0)
+        total = s if total is None else total + s
+        n += acts.shape[0]
+    if total is None:
+        raise ValueError("image_channel_means needs at least one image")
+    return (total / n).numpy()
 
 
 def layer_width(model: BackdoorModel, layer: str, reduce: str = "flatten") -> int:

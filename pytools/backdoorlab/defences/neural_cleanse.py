@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from backdoorlab.activations import image_channel_means
 from backdoorlab.data import to_float_chw
 from backdoorlab.devices import resolve_device
 from backdoorlab.seeding import keyed_generator
@@ -446,27 +447,22 @@ class NeuralCleanse(Defence):
         accuracy budget (Fine-Pruning's search and masks, a different order)."""
         dev = resolve_device(ctx.device)
         model = copy.deepcopy(ctx.model).to(dev).eval()
-        layer_name, module = resolve_layer(model, self.layer)
-        sums = {"clean": None, "stamped": None}
-        key = ["clean"]
+        layer_name, _ = resolve_layer(model, self.layer)  # the clear error for an unknown layer
+        n = images.shape[0]
+        dummy = torch.zeros(0, dtype=torch.long)  # labels the activation stage carries along
 
-        def hook(_m, _i, out):
-            s = out.detach().float().flatten(2).mean(2).sum(0) if out.dim() > 2 else out.detach().float().sum(0)
-            sums[key[0]] = s if sums[key[0]] is None else sums[key[0]] + s
+        def clean():
+            for start in range(0, n, 256):
+                yield images[start:start + 256], dummy
 
-        handle = module.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                for start in range(0, images.shape[0], 256):
-                    x = images[start:start + 256]
-                    key[0] = "clean"
-                    model(x.to(dev))
-                    key[0] = "stamped"
-                    j = torch.arange(start, start + x.shape[0]) % masks.shape[0]
-                    model(stamp(x, masks[j], patterns[j]).to(dev))
-        finally:
-            handle.remove()
-        excitation = ((sums["stamped"] - sums["clean"]) / images.shape[0]).cpu().numpy()
+        def stamped():  # image i carries the reversed trigger of flagged class i mod (number flagged)
+            for start in range(0, n, 256):
+                x = images[start:start + 256]
+                j = torch.arange(start, start + x.shape[0]) % masks.shape[0]
+                yield stamp(x, masks[j], patterns[j]), dummy
+
+        excitation = (image_channel_means(model, stamped(), layer_name, device=dev)
+                      - image_channel_means(model, clean(), layer_name, device=dev))
         order = np.argsort(-excitation, kind="stable").astype(np.int64)  # most excited first
         evaluator = FinePruning(layer=self.layer).evaluator(model, ctx.clean, ctx.device, progress=progress)
         search = PruningSearch(evaluator.accuracy, order, self.prune_threshold)
