@@ -109,8 +109,7 @@ def test_image_channel_means_of_images_in_memory(setup):
     """Images held in memory (e.g. stamped with a reversed trigger) go through the same forward loop."""
     model, ds = setup
     x = torch.stack([ds[i][0] for i in range(len(ds))])
-    y = torch.zeros(len(ds), dtype=torch.long)
-    batches = [(x[i:i + 30], y[i:i + 30]) for i in range(0, len(ds), 30)]
+    batches = [x[i:i + 30] for i in range(0, len(ds), 30)]
     ref = _full_forward(model, ds, "last_conv").double().mean(dim=(0, 2, 3)).numpy()
     np.testing.assert_allclose(image_channel_means(model, batches, "last_conv", device="cpu"), ref, rtol=1e-5, atol=1e-7)
     dense = _full_forward(model, ds, "penultimate").double().mean(dim=0).numpy()

@@ -106,12 +106,13 @@ def iter_layer_outputs(model: BackdoorModel, layer: str, batches: Iterable[tuple
         model.train(was_training)
 
 
-def image_channel_means(model: BackdoorModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], layer: str, *,
+def image_channel_means(model: BackdoorModel, images: Iterable[torch.Tensor], layer: str, *,
                         device: str | torch.device = "auto") -> np.ndarray:
     """Mean over all images of each channel's spatial mean at ``layer`` (a dense layer: each unit),
-    for images held in memory; float64 ``(C,)``."""
+    for batches of images held in memory (no labels); float64 ``(C,)``."""
+    unlabelled = ((x, torch.full((x.shape[0],), -1, dtype=torch.long)) for x in images)
     total, n = None, 0
-    for _, acts, _ in iter_layer_outputs(model, layer, batches, device=device):
+    for _, acts, _ in iter_layer_outputs(model, layer, unlabelled, device=device):
         s = _reduce(acts, "channel_mean").double().sum(0)
         total = s if total is None else total + s
         n += acts.shape[0]

@@ -449,17 +449,16 @@ class NeuralCleanse(Defence):
         model = copy.deepcopy(ctx.model).to(dev).eval()
         layer_name, _ = resolve_layer(model, self.layer)  # the clear error for an unknown layer
         n = images.shape[0]
-        dummy = torch.zeros(0, dtype=torch.long)  # labels the activation stage carries along
 
         def clean():
             for start in range(0, n, 256):
-                yield images[start:start + 256], dummy
+                yield images[start:start + 256]
 
         def stamped():  # image i carries the reversed trigger of flagged class i mod (number flagged)
             for start in range(0, n, 256):
                 x = images[start:start + 256]
                 j = torch.arange(start, start + x.shape[0]) % masks.shape[0]
-                yield stamp(x, masks[j], patterns[j]), dummy
+                yield stamp(x, masks[j], patterns[j])
 
         excitation = (image_channel_means(model, stamped(), layer_name, device=dev)
                       - image_channel_means(model, clean(), layer_name, device=dev))
