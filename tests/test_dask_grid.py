@@ -19,23 +19,13 @@ import pytest
 
 from _experiments_helpers import tiny_study
 from backdoorlab.experiments.cache import CellCache
+from backdoorlab.experiments.records import without_run_fields
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 # a subset of the tiny study's columns that still has every kind of task: the attack cell, a
 # filter (ac), a pruning (fp-last), a pipeline reusing ac's step (ac>fp) and the clean model
 DEFENCES = ["none", "ac", "fp-last", "ac>fp", "clean"]
-# what differs between two runs of the same cell by design (wall times, when, which command)
-VOLATILE = {"timings", "created", "command", "versions"}
-
-
-def _stable(obj):
-    """``obj`` without what two runs of the same cell differ in by design (any ``*seconds`` too)."""
-    if isinstance(obj, dict):
-        return {k: _stable(v) for k, v in obj.items() if k not in VOLATILE and not k.endswith("seconds")}
-    if isinstance(obj, list):
-        return [_stable(v) for v in obj]
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +58,7 @@ def test_local2_cells_equal_the_serial_run(serial_and_dask):
     assert [(c["setting"], c["defence"]) for c in a] == [(c["setting"], c["defence"]) for c in b]
     assert {c["defence"] for c in a} == set(DEFENCES)
     for x, y in zip(a, b):
-        assert _stable(x) == _stable(y), (x["defence"], x["setting"])
+        assert without_run_fields(x) == without_run_fields(y), (x["defence"], x["setting"])
     # the metrics themselves, by name (the comparison above would pass on two empty records)
     for x, y in zip(a, b):
         assert x["accuracy"] == y["accuracy"] and x["attack_success"] == y["attack_success"], x["defence"]
@@ -91,7 +81,7 @@ def test_local2_rerun_is_all_cached(serial_and_dask):
     run_study(tiny_study(), dask, progress=False, defences=DEFENCES, dask="local:2", dask_threads=1)
     run = json.loads((dask / "run.json").read_text())
     assert run["n_computed"] == 0 and run["n_cached"] == run["n_cells"]
-    assert _stable(json.loads(before)) == _stable(json.loads((dask / "cells.json").read_text()))
+    assert without_run_fields(json.loads(before)) == without_run_fields(json.loads((dask / "cells.json").read_text()))
 
 
 # ---------------------------------------------------------------------------------------------

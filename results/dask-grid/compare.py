@@ -5,16 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-VOLATILE = {"timings", "created", "command", "versions"}
-
-
-def stable(o):
-    if isinstance(o, dict):
-        return {k: stable(v) for k, v in o.items() if k not in VOLATILE and not k.endswith("seconds")}
-    if isinstance(o, list):
-        return [stable(v) for v in o]
-    return o
-
+from backdoorlab.experiments.records import without_run_fields
 
 root = Path(sys.argv[1])
 runs = {p.name: json.loads((p / "cells.json").read_text()) for p in sorted(root.iterdir())
@@ -31,5 +22,5 @@ print()
 for a in names:
     for b in names:
         if a < b:
-            same = [stable(x) == stable(y) for x, y in zip(runs[a], runs[b])]
+            same = [without_run_fields(x) == without_run_fields(y) for x, y in zip(runs[a], runs[b])]
             print(f"- {a} vs {b}: {sum(same)} of {len(same)} cells equal in every field but wall times")

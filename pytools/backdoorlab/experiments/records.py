@@ -25,6 +25,21 @@ import math
 import statistics
 from typing import Any, Iterable, Mapping
 
+# What two runs of the same cell differ in by design: when, by which command, with which versions
+# and how long (with every key ending in "seconds"). The rest of a cell is its result.
+RUN_FIELDS: frozenset[str] = frozenset({"timings", "created", "command", "versions"})
+
+
+def without_run_fields(obj: Any) -> Any:
+    """``obj`` (a cell, a list of cells, any nesting) without :data:`RUN_FIELDS` and ``*seconds`` keys:
+    what two runs of the same cells must agree on."""
+    if isinstance(obj, dict):
+        return {k: without_run_fields(v) for k, v in obj.items() if k not in RUN_FIELDS and not k.endswith("seconds")}
+    if isinstance(obj, list):
+        return [without_run_fields(v) for v in obj]
+    return obj
+
+
 # Flat fields of a cell, in CSV column order. The CSV holds exactly these; cells.json holds the
 # whole record (these plus config, steps, versions, timings).
 CSV_COLUMNS: tuple[str, ...] = (
