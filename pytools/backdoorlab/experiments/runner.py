@@ -466,9 +466,10 @@ def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
         timings["evaluate_s"] = time.perf_counter() - t0
     else:
         from backdoorlab.defences import DefenceContext, Pipeline
+        from backdoorlab.defences.pipeline import parse_spec
 
         configs = copy.deepcopy(df.configs)
-        if any(t.strip().startswith("nc") for t in df.pipeline.split(">")):  # NC's reversed masks, per cell
+        if any(t.startswith("nc") for t in parse_spec(df.pipeline)):  # NC's reversed masks, per cell
             configs.setdefault("nc", {}).setdefault("mask_dir", str(ws.out / "masks" / plan.key))
         pipe = Pipeline(df.pipeline, configs)
         ctx = DefenceContext(model=model, train=splits["train"], clean=splits["clean"], test=splits["test"],
