@@ -372,14 +372,88 @@ bool sym_eig_top_krylov(const SimdKernels& K, const double* A, i64 d, i64 k, i64
   return false;
 }
 
+// The top eigenpair alone (k = 1: spectral signatures) by single-vector Lanczos with full
+// re-orthogonalisation. Why not the block Krylov above: its block of 4 is there to see up to four
+// copies of a repeated eigenvalue among the k wanted; for k = 1 any unit vector of the top
+// eigenspace is a right answer, and one vector per step reads A once per basis vector instead of
+// once per 4 while the Rayleigh-Ritz matrix stays tridiagonal (alpha, beta): a test needs no
+// Householder reduction, only the top eigenvalue of T (bisection) and its vector (inverse
+// iteration), and its residual is beta_j |s_j| (the Lanczos relation), checked once against
+// |A y - theta y| before it is accepted. Same tolerance as the block path; false (nothing written)
+// when max_steps pass first, and the caller takes the dense path.
+bool sym_eig_top1_lanczos(const SimdKernels& K, const double* A, i64 d, i64 max_steps, double* eval, double* evec) {
+  std::vector<double> V(max_steps * d), alpha(max_steps), beta(max_steps), w(d), coef(max_steps), coef2(max_steps);
+  std::vector<double> s(max_steps), y(d);
+  TridiagLU lu;
+  Rng rng(0x5eed, 1);
+  for (i64 i = 0; i < d; ++i) V[i] = rng.uniform() - 0.5;
+  normalize(V.data(), d);
+  i64 next_check = 8;
+  for (i64 j = 0; j < max_steps; ++j) {
+    const i64 n = j + 1;  // basis vectors so far, and the size of T
+    K.symm_rows(A, d, V.data() + j * d, 1, w.data());
+    // w minus its components along V[0..j], twice; alpha_j is v_j's coefficient
+    K.dot_rows(V.data(), n, d, w.data(), coef.data());
+    K.axpy_rows(V.data(), n, d, coef.data(), w.data());
+    K.dot_rows(V.data(), n, d, w.data(), coef2.data());
+    K.axpy_rows(V.data(), n, d, coef2.data(), w.data());
+    alpha[j] = coef[j] + coef2[j];
+    double bn = 0.0;
+    for (i64 i = 0; i < d; ++i) bn += w[i] * w[i];
+    beta[j] = std::sqrt(bn);
+    const bool exhausted = n == max_steps || n == d || !(beta[j] > 0.0);
+    if (n >= next_check || exhausted) {
+      next_check = n + std::max<i64>(4, n / 4);
+      double theta = 0.0;
+      K.tridiagonal_top_eigenvalues(alpha.data(), beta.data(), n, 1, &theta);
+      double tnorm = 0.0;
+      for (i64 i = 0; i < n; ++i) tnorm = std::max(tnorm, std::abs(alpha[i]) + (i > 0 ? std::abs(beta[i - 1]) : 0.0) + (i + 1 < n ? std::abs(beta[i]) : 0.0));
+      if (tnorm == 0.0) tnorm = 1.0;
+      lu.factor(alpha.data(), beta.data(), n, theta, DBL_EPSILON * tnorm);
+      for (i64 i = 0; i < n; ++i) s[i] = 1.0;
+      for (int it = 0; it < 3; ++it) {
+        lu.solve(s.data(), n);
+        normalize(s.data(), n);
+      }
+      double rq = 0.0;  // the Ritz value as s's Rayleigh quotient (bisection stops at 1e-12)
+      for (i64 i = 0; i < n; ++i) rq += alpha[i] * s[i] * s[i];
+      for (i64 i = 0; i + 1 < n; ++i) rq += 2.0 * beta[i] * s[i] * s[i + 1];
+      const double bound = KRYLOV_TOL * std::max(std::abs(rq), DBL_MIN);
+      if (beta[j] * std::abs(s[j]) <= bound || exhausted) {
+        std::fill(y.begin(), y.end(), 0.0);
+        for (i64 q = 0; q < n; ++q)
+          for (i64 i = 0; i < d; ++i) y[i] += s[q] * V[q * d + i];
+        normalize(y.data(), d);
+        K.symm_rows(A, d, y.data(), 1, w.data());
+        double res = 0.0;
+        for (i64 i = 0; i < d; ++i) res += (w[i] - rq * y[i]) * (w[i] - rq * y[i]);
+        if (std::sqrt(res) <= bound) {
+          *eval = rq;
+          std::copy(y.begin(), y.end(), evec);
+          return true;
+        }
+        if (exhausted) return false;
+      }
+    }
+    if (exhausted) return false;
+    double* next = V.data() + n * d;
+    for (i64 i = 0; i < d; ++i) next[i] = w[i] / beta[j];
+  }
+  return false;
+}
+
 }  // namespace
 
 void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, double* evecs) {
   if (k < 1 || k > d) throw std::invalid_argument("sym_eig_top: k out of range");
   // Krylov when its basis stays well below d (else the dense reduction is as cheap and sure)
   const i64 max_basis = std::min<i64>(d / 2, 8 * k + 64) / KRYLOV_BLOCK * KRYLOV_BLOCK;
-  if (d < 64 || max_basis < k + 2 * KRYLOV_BLOCK || !sym_eig_top_krylov(K, A, d, k, max_basis, evals, evecs))
-    sym_eig_top_dense(K, A, d, k, evals, evecs);
+  bool done = false;
+  if (d >= 64 && k == 1)
+    done = sym_eig_top1_lanczos(K, A, d, std::min<i64>(d / 2, 96), evals, evecs);
+  else if (d >= 64 && max_basis >= k + 2 * KRYLOV_BLOCK)
+    done = sym_eig_top_krylov(K, A, d, k, max_basis, evals, evecs);
+  if (!done) sym_eig_top_dense(K, A, d, k, evals, evecs);
   // a fixed sign whichever path answered: the largest |entry| of every vector positive
   for (i64 i = 0; i < k; ++i) {
     double* x = evecs + i * d;
