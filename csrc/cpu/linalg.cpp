@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common/rng.hpp"
 #include "cpu/parallel.hpp"
@@ -40,10 +41,23 @@ void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls) 
 }
 
 double pow2_scale(const float* X, i64 n, i64 d, const double* mean) {
-  double top = 0.0;
-  for (i64 r = 0; r < n; ++r) {
+  // |x - mean| is largest at a column's smallest or largest value, so one pass of float min/max
+  // per column (vector instructions, exact) and a last look at those 2 d values give the same
+  // maximum as visiting every entry in float64 (which did not vectorise: ~7 % of spectral_scores)
+  if (n < 1 || d < 1) return 1.0;
+  std::vector<float> lo(X, X + d), hi(X, X + d);
+  for (i64 r = 1; r < n; ++r) {
     const float* row = X + r * d;
-    for (i64 a = 0; a < d; ++a) top = std::max(top, std::abs(mean ? row[a] - mean[a] : static_cast<double>(row[a])));
+#pragma omp simd
+    for (i64 a = 0; a < d; ++a) {
+      lo[a] = std::min(lo[a], row[a]);
+      hi[a] = std::max(hi[a], row[a]);
+    }
+  }
+  double top = 0.0;
+  for (i64 a = 0; a < d; ++a) {
+    const double m = mean ? mean[a] : 0.0;
+    top = std::max(top, std::max(std::abs(static_cast<double>(lo[a]) - m), std::abs(static_cast<double>(hi[a]) - m)));
   }
   if (!(top > 0.0)) return 1.0;
   int e = 0;
