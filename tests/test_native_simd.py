@@ -190,7 +190,7 @@ def _check_top_eigenpairs(A: np.ndarray, k: int, evals: np.ndarray, evecs: np.nd
 
 
 @pytest.mark.parametrize("spectrum", SPECTRA)
-@pytest.mark.parametrize("d, k", [(20, 10), (300, 10), (512, 1)])  # dense path; block Krylov
+@pytest.mark.parametrize("d, k", [(20, 10), (300, 10), (160, 1), (512, 1)])  # dense; block Krylov; Lanczos (k = 1)
 def test_top_eigenpairs_equal_numpy_eigh(level, spectrum, d, k):
     from backdoorlab import _core
 

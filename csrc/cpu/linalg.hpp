@@ -48,8 +48,9 @@ void gram(const SimdKernels& K, const float* XT, i64 d, i64 d_pad, i64 n, double
 
 // The k largest eigenpairs of the symmetric matrix A[d, d] (may be overwritten). evals: (k,)
 // descending; evecs: (k, d), row i the unit eigenvector of evals[i], signed so that its largest
-// |entry| is positive. Block Krylov iteration when k is small next to d, else (or when it does
-// not converge within d / 2 basis vectors) the dense Householder path.
+// |entry| is positive. For d >= 64: single-vector Lanczos when k = 1, block Krylov when k is
+// small next to d; else (or when they do not converge within d / 2 basis vectors) the dense
+// Householder path.
 void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, double* evecs);
 
 // All eigenpairs of a small symmetric matrix A[m, m] (overwritten) by cyclic Jacobi.

@@ -1,11 +1,11 @@
 // Spectral-signature scores: the top right singular vector of the class matrix is the top
 // eigenvector of its d x d Gram matrix (of the m x m one when the class has fewer rows m than
-// features d). Only that one vector is needed, so it comes from sym_eig_top's block Krylov
-// iteration (linalg.hpp: an accelerated power iteration, a few dozen d^2 block products after the
-// one m d^2 Gram product, stopped on the residual |C v - lambda v| <= 1e-10 lambda), not from a
-// full eigen-decomposition; when that does not converge the dense solver answers, so a result
-// is always the top vector. Plain power iteration, used before, needed up to thousands of
-// products when the top eigenvalue is weakly separated.
+// features d). Only that one vector is needed, so it comes from sym_eig_top's single-vector
+// Lanczos iteration for k = 1 (linalg.cpp: a few dozen d^2 products after the one m d^2 Gram
+// product, stopped on the residual |C v - lambda v| <= 1e-10 lambda), not from a full
+// eigen-decomposition; when that does not converge the dense solver answers, so a result is
+// always the top vector. Plain power iteration, used before, needed up to thousands of products
+// when the top eigenvalue is weakly separated.
 #include "cpu/spectral.hpp"
 
 #include <algorithm>
