@@ -395,7 +395,8 @@ bool sym_eig_top_krylov(const SimdKernels& K, const double* A, i64 d, i64 k, i64
 // iteration), and its residual is beta_j |s_j| (the Lanczos relation), checked once against
 // |A y - theta y| before it is accepted. Same tolerance as the block path; false (nothing written)
 // when max_steps pass first, and the caller takes the dense path.
-bool sym_eig_top1_lanczos(const SimdKernels& K, const double* A, i64 d, i64 max_steps, double* eval, double* evec) {
+template <class Apply>
+bool lanczos_top1(const SimdKernels& K, Apply apply, i64 d, i64 max_steps, double* eval, double* evec) {
   std::vector<double> V(max_steps * d), alpha(max_steps), beta(max_steps), w(d), coef(max_steps), coef2(max_steps);
   std::vector<double> s(max_steps), y(d);
   TridiagLU lu;
@@ -405,7 +406,7 @@ bool sym_eig_top1_lanczos(const SimdKernels& K, const double* A, i64 d, i64 max_
   i64 next_check = 8;
   for (i64 j = 0; j < max_steps; ++j) {
     const i64 n = j + 1;  // basis vectors so far, and the size of T
-    K.symm_rows(A, d, V.data() + j * d, 1, w.data());
+    apply(V.data() + j * d, w.data());
     // w minus its components along V[0..j], twice; alpha_j is v_j's coefficient
     K.dot_rows(V.data(), n, d, w.data(), coef.data());
     K.axpy_rows(V.data(), n, d, coef.data(), w.data());
@@ -438,7 +439,7 @@ bool sym_eig_top1_lanczos(const SimdKernels& K, const double* A, i64 d, i64 max_
         for (i64 q = 0; q < n; ++q)
           for (i64 i = 0; i < d; ++i) y[i] += s[q] * V[q * d + i];
         normalize(y.data(), d);
-        K.symm_rows(A, d, y.data(), 1, w.data());
+        apply(y.data(), w.data());
         double res = 0.0;
         for (i64 i = 0; i < d; ++i) res += (w[i] - rq * y[i]) * (w[i] - rq * y[i]);
         if (std::sqrt(res) <= bound) {
@@ -464,7 +465,8 @@ void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, d
   const i64 max_basis = std::min<i64>(d / 2, 8 * k + 64) / KRYLOV_BLOCK * KRYLOV_BLOCK;
   bool done = false;
   if (d >= 64 && k == 1)
-    done = sym_eig_top1_lanczos(K, A, d, std::min<i64>(d / 2, 96), evals, evecs);
+    done = lanczos_top1(
+        K, [&](const double* v, double* w) { K.symm_rows(A, d, v, 1, w); }, d, std::min<i64>(d / 2, 96), evals, evecs);
   else if (d >= 64 && max_basis >= k + 2 * KRYLOV_BLOCK)
     done = sym_eig_top_krylov(K, A, d, k, max_basis, evals, evecs);
   if (!done) sym_eig_top_dense(K, A, d, k, evals, evecs);
@@ -477,6 +479,12 @@ void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, d
     if (x[best] < 0)
       for (i64 a = 0; a < d; ++a) x[a] = -x[a];
   }
+}
+
+bool gram_top1_implicit(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec) {
+  if (d < 1 || m < 1) return false;
+  return lanczos_top1(
+      K, [&](const double* v, double* w) { K.gram_apply(Xr, m, d, v, w); }, d, std::min<i64>(d / 2, 96), eval, evec);
 }
 
 void jacobi_eig(double* A, int m, double* evals, double* V) {

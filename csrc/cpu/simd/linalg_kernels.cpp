@@ -216,5 +216,20 @@ void axpy_rows(const double* A, i64 rows, i64 d, const double* coef, double* x) 
   }
 }
 
+// w = Xr^T (Xr v): one pass over the rows, each row's dot product with v and then its axpy into w,
+// both in float64 (the Lanczos iteration that calls it stops at a residual of 1e-10, which
+// float32 sums over 512 features could not reach). The row stays in L1 between its two uses.
+void gram_apply(const float* Xr, i64 m, i64 d, const double* v, double* w) {
+  std::fill(w, w + d, 0.0);
+  for (i64 r = 0; r < m; ++r) {
+    const float* x = Xr + r * d;
+    double t = 0.0;
+#pragma omp simd reduction(+ : t)
+    for (i64 a = 0; a < d; ++a) t += static_cast<double>(x[a]) * v[a];
+#pragma omp simd
+    for (i64 a = 0; a < d; ++a) w[a] += t * static_cast<double>(x[a]);
+  }
+}
+
 }  // namespace BDL_LEVEL_NS
 }  // namespace backdoorlab
