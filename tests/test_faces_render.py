@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets_gen.synthetic.faces import EYE_Y, EYE_DX, SynthFacesSource, _pose_matrix
+from datasets_gen.synthetic.faces import EYE_Y, EYE_DX, SynthFacesSource, _pose_matrix, frame_noise, render_frames
 
 
 def _reference_render_face(size_hw, ident, sess, f, noise):
@@ -160,3 +160,9 @@ def test_v2_renderer_draws_the_same_faces_reproducibly():
 def test_unknown_renderer_is_refused_by_name():
     with pytest.raises(ValueError, match="renderer must be one of .*'v3'"):
         SynthFacesSource(n_identities=2, images_per_identity=8, renderer="v3")
+    with pytest.raises(ValueError, match="renderer must be one of .*'V2'"):
+        frame_noise(0, 1, 2, (4, 4, 3), renderer="V2")
+    src = SynthFacesSource(n_identities=2, images_per_identity=8, session_length=4)
+    sess, _ = src._session(0)
+    with pytest.raises(ValueError, match="renderer must be one of .*None"):
+        render_frames((55, 47), src._identity(0), sess, [0], np.zeros((1, 55, 47, 3), np.float32), renderer=None)

@@ -127,6 +127,8 @@ _NOISE_TABLE = _noise_table()
 
 def frame_noise(seed: int, session: int, frame: int, shape: tuple[int, ...], renderer: str = "v1") -> np.ndarray:
     """Sensor noise of one frame (float32, unit variance), from the frame's own random stream."""
+    if renderer not in RENDERERS:
+        raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 9, session, frame]))
     if renderer == "v2":
         return np.take(_NOISE_TABLE, rng.integers(0, 256, shape, dtype=np.uint8))
