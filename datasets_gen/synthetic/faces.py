@@ -101,9 +101,10 @@ def eye_positions(size_hw: tuple[int, int], ident: dict, sess: dict, frames: np.
 #: Renderer versions. ``"v1"`` (the default): the images every synth-faces variant was built with so
 #: far — small outputs drawn on a 4x canvas, Gaussian sensor noise. ``"v2"``: the same faces, poses,
 #: light and eyes, drawn on a 2x canvas (a quarter of the pixels to draw, warp and reduce) with the
-#: noise read from a 256-level Gaussian table by random bytes (a sixth of the cost of a float32
-#: normal draw); ~2.3x faster to render, every pixel different from v1 (edges a little less smooth,
-#: noise quantised to 256 levels), equally a pure function of (seed, identity, session, frame).
+#: noise read from a 256-level Gaussian table by random bytes (about a third of the cost of a
+#: float32 normal draw); ~3x faster to render (1.6-1.8x a whole gzip-compressed build; measured in
+#: results/ytaf-scale/README.md), every pixel different from v1 (edges a little less smooth, noise
+#: quantised to 256 levels), equally a pure function of (seed, identity, session, frame).
 RENDERERS = ("v1", "v2")
 
 
@@ -316,7 +317,7 @@ class SynthFacesSource(Source):
     strict : bool
         Accepted for interface symmetry.
     renderer : {"v1", "v2"}
-        ``"v1"`` (default): the images synth-faces has always made. ``"v2"``: ~2.3x faster to
+        ``"v1"`` (default): the images synth-faces has always made. ``"v2"``: ~3x faster to
         render, different pixels (see :data:`RENDERERS`); recorded in the source's config (and so
         in the variant) only when not v1, so v1 variants keep their bytes.
     """
