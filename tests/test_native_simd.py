@@ -240,7 +240,7 @@ def test_fastica_matches_sklearn(level, k):
     assert (best_abs_corr(ours, theirs.astype(np.float64)) > 0.999).all()
 
 
-@pytest.mark.parametrize("d, k", [(24, 6), (160, 10)])  # dense eigen-path; block Krylov
+@pytest.mark.parametrize("d, k", [(24, 6), (160, 10), (300, 10)])  # dense eigen-path (d < 256); block Krylov
 def test_pca_matches_sklearn(level, d, k):
     rng = np.random.default_rng(d)
     scales = np.logspace(1, -4, d)  # ill-conditioned covariance

@@ -48,9 +48,9 @@ void gram(const SimdKernels& K, const float* XT, i64 d, i64 d_pad, i64 n, double
 
 // The k largest eigenpairs of the symmetric matrix A[d, d] (may be overwritten). evals: (k,)
 // descending; evecs: (k, d), row i the unit eigenvector of evals[i], signed so that its largest
-// |entry| is positive. For d >= 64: single-vector Lanczos when k = 1, block Krylov when k is
-// small next to d; else (or when they do not converge within d / 2 basis vectors) the dense
-// Householder path.
+// |entry| is positive. Single-vector Lanczos when k = 1 and d >= 64, block Krylov when k > 1,
+// d >= 256 and k is small next to d; else (or when they do not converge within d / 2 basis
+// vectors) the dense Householder path.
 void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, double* evecs);
 
 // The top eigenpair of G = Xr^T Xr (Xr: m x d float32 rows) by the same Lanczos iteration as

@@ -42,6 +42,7 @@ bool top_vector_implicit(const SimdKernels& K, const float* X, i64 m, i64 d, con
   for (i64 s = 0; s < m; ++s) {
     const float* x = Xr.data() + s * d;
     double t = 0.0;
+#pragma omp simd reduction(+ : t)
     for (i64 a = 0; a < d; ++a) t += static_cast<double>(x[a]) * v[a];
     proj[s] = t;
   }
