@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-trigger", action="store_true", help="also run every setting with the real trigger")
     ap.add_argument("--control", action="store_true",
                     help="also the same fine-tune with an empty mask (no image stamped): the cost of fine-tuning alone")
+    ap.add_argument("--no-test", action="store_true",
+                    help="selection only: skip the whole-split fit and the test split (choose first, then test the choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     # held-out accuracy also under the training class mix (the clean split's is flat, the test split's is not)
     wmix = torch.from_numpy(class_mix_weights(np.asarray(ctx.train.labels), y.numpy(), int(ctx.model.n_classes)))
     folds = [(a, ~a), (~a, a)]
-    before_test = evaluate(ctx.model, ctx.test, ctx.test_triggered, target_class=target, device="cpu")
+    before_test = ({"clean_accuracy": None, "attack_success_rate": None} if args.no_test else
+                   evaluate(ctx.model, ctx.test, ctx.test_triggered, target_class=target, device="cpu"))
     out = {"data": args.data, "model": args.model, "nc_report": args.nc_report, "flagged": flagged,
            "mask_l1": masks.sum((1, 2)).tolist(), "halves": [int(a.sum()), int((~a).sum())],
            "before": {"heldout_accuracy": [accuracy(ctx.model, x[h], y[h]) for _, h in folds],
@@ -139,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             sel_acc.append(accuracy(model, x[held], y[held]))
             sel_acc_mix.append(accuracy(model, x[held], y[held], wmix[held]))
             sel_asr.append(reversed_asr(model, x[held], y[held], flagged, masks, patterns))
-        model, _ = nc._unlearn(ctx, x, y, tm, tp, progress=False)
-        ev = evaluate(model, ctx.test, ctx.test_triggered, target_class=target, device="cpu")
+        if args.no_test:
+            ev = {"clean_accuracy": None, "attack_success_rate": None}
+        else:
+            model, _ = nc._unlearn(ctx, x, y, tm, tp, progress=False)
+            ev = evaluate(model, ctx.test, ctx.test_triggered, target_class=target, device="cpu")
         row = {"trigger": tname, "lr": lr, "epochs": epochs, "share": share, "class_weight": cw,
                "heldout_accuracy": sel_acc, "heldout_accuracy_mean": float(np.mean(sel_acc)),
                "heldout_accuracy_drop_pts": 100 * float(np.mean(out["before"]["heldout_accuracy"]) - np.mean(sel_acc)),
@@ -149,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                    100 * float(np.mean(out["before"]["heldout_accuracy_trainmix"]) - np.mean(sel_acc_mix)),
                "heldout_reversed_asr": sel_asr, "heldout_reversed_asr_mean": float(np.mean(sel_asr)),
                "test_clean_accuracy": ev["clean_accuracy"], "test_attack_success": ev["attack_success_rate"],
-               "test_accuracy_drop_pts": 100 * (before_test["clean_accuracy"] - ev["clean_accuracy"])}
+               "test_accuracy_drop_pts": None if args.no_test else 100 * (before_test["clean_accuracy"] - ev["clean_accuracy"])}
         out["rows"].append(row)
+        test_part = "" if args.no_test else (f" | test acc {ev['clean_accuracy']:.4f} (drop {row['test_accuracy_drop_pts']:+.2f}),"
+                                             f" ASR {ev['attack_success_rate']:.4f}")
         print(f"{tname:8s} lr {lr:g} ep {epochs} share {share:g} weight {cw}: held-out acc drop "
-              f"{row['heldout_accuracy_drop_pts']:+.2f} pts (train mix {row['heldout_accuracy_trainmix_drop_pts']:+.2f}), held-out reversed ASR {row['heldout_reversed_asr_mean']:.3f} | test acc {ev['clean_accuracy']:.4f} "
-              f"(drop {row['test_accuracy_drop_pts']:+.2f}), ASR {ev['attack_success_rate']:.4f}", flush=True)
+              f"{row['heldout_accuracy_drop_pts']:+.2f} pts (train mix {row['heldout_accuracy_trainmix_drop_pts']:+.2f}), "
+              f"held-out reversed ASR {row['heldout_reversed_asr_mean']:.3f}{test_part}", flush=True)
     out["seconds"] = time.perf_counter() - started
     atomic_write_json(args.json, out)
     return 0

@@ -75,8 +75,11 @@ def superimpose(inputs: torch.Tensor, overlays: torch.Tensor, blend: str = "add"
 
 
 def weighted_quantile(values, weights, q: float) -> float:
-    """The ``q`` quantile of ``values`` under row ``weights``: the smallest value whose weighted share of
-    rows at or below it reaches ``q`` (``np.quantile(..., method="inverted_cdf")`` when all weights are equal).
+    """The ``q`` quantile of ``values`` under row ``weights``, interpolated linearly.
+
+    Sorted values sit at positions ``(S_i - w_i) / (S_n - w_n)`` (``S`` the running sum of the weights),
+    which are ``i / (n - 1)`` for equal weights: then it is ``np.quantile(values, q)`` (numpy's default
+    ``"linear"`` method), the rule Strip used before weights existed.
 
     Parameters
     ----------
@@ -91,10 +94,15 @@ def weighted_quantile(values, weights, q: float) -> float:
         raise ValueError("values must be finite and weights finite, non-negative, with a positive sum")
     if isinstance(q, bool) or not isinstance(q, (int, float, np.floating)) or not 0 <= q <= 1:
         raise ValueError(f"q must be a number in [0, 1], got {q!r}")
+    keep = w > 0  # a row of weight 0 takes no part
+    v, w = v[keep], w[keep]
     order = np.argsort(v, kind="stable")
-    cum = np.cumsum(w[order])
-    i = int(np.searchsorted(cum, q * cum[-1], side="left"))
-    return float(v[order][min(i, v.size - 1)])
+    v, w = v[order], w[order]
+    if v.size == 1:
+        return float(v[0])
+    cum = np.cumsum(w)
+    pos = (cum - w) / (cum[-1] - w[-1])
+    return float(np.interp(q, pos, v))
 
 
 @torch.no_grad()
@@ -181,15 +189,15 @@ class Strip(FilteringDefence):
         Most rows of each test split scored for the test-time false rejections (a seeded sample; default 2000:
         a GTSRB-sized test split would otherwise cost ``n_overlays`` forward passes for each of its 12,630 images).
     class_weight : {"train", "none"}
-        ``"train"`` (default): the threshold is the ``frr`` quantile of the clean entropies under the
-        training split's class mix (see the module docstring); ``"none"``: the plain quantile.
+        ``"train"``: the threshold is the ``frr`` quantile of the clean entropies under the training
+        split's class mix (see the module docstring); ``"none"`` (default): the plain quantile.
     """
 
     name = "strip"
 
     def __init__(self, n_overlays: int = 100, frr: float = 0.05, blend: str = "add", retrain: str = "scratch",
                  test_time: bool = True, batch_size: int = 64, test_sample: int = 2000,
-                 filter_train: bool = True, class_weight: str = "train") -> None:
+                 filter_train: bool = True, class_weight: str = "none") -> None:
         self.n_overlays = check_positive_int("n_overlays", n_overlays)
         self.frr = check_fraction("frr", frr)
         self.blend = check_choice("blend", blend, BLENDS)
