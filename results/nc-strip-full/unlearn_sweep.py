@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -62,6 +63,15 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = N
 
 
 @torch.no_grad()
+def class_accuracy(model, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> np.ndarray:
+    """Per-class accuracy on (x, y), NaN for a class absent from y."""
+    model.eval()
+    pred = torch.cat([model(x[i:i + 512]).argmax(1) for i in range(0, x.shape[0], 512)]).numpy()
+    yy = y.numpy()
+    return np.array([np.mean(pred[yy == c] == c) if (yy == c).any() else np.nan for c in range(n_classes)])
+
+
+@torch.no_grad()
 def reversed_asr(model, x: torch.Tensor, y: torch.Tensor, flagged: list[int], masks, patterns) -> float:
     """Share of the images of non-flagged classes that a flagged class's reversed trigger sends to it."""
     model.eval()
@@ -84,11 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--share", type=float, nargs="+", default=[0.2])
     ap.add_argument("--class-weight", nargs="+", default=["none", "train"], choices=["none", "train"])
+    ap.add_argument("--optimizer", nargs="+", default=[None], choices=["adam", "sgd", "adadelta"],
+                    help="unlearning optimizer (default: the training recipe's; sgd uses the recipe's momentum)")
     ap.add_argument("--real-trigger", action="store_true", help="also run every setting with the real trigger")
     ap.add_argument("--control", action="store_true",
                     help="also the same fine-tune with an empty mask (no image stamped): the cost of fine-tuning alone")
     ap.add_argument("--no-test", action="store_true",
                     help="selection only: skip the whole-split fit and the test split (choose first, then test the choice)")
+    ap.add_argument("--classes", type=int, nargs="+",
+                    help="unlearn only these of the report's flagged classes (default: all flagged, as the NC step does)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -100,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         flagged, masks, patterns = reversed_triggers_from_report(args.nc_report)
         if not flagged:
             raise SystemExit(f"{args.nc_report} flags no class: nothing to unlearn")
+        if args.classes:
+            if not set(args.classes) <= set(flagged):
+                raise SystemExit(f"--classes {args.classes} are not all flagged ({flagged})")
+            pos = [flagged.index(c) for c in args.classes]
+            flagged, masks, patterns = list(args.classes), masks[pos], patterns[pos]
         triggers = {"reversed": (masks, patterns)}
     elif not args.real_trigger:
         raise SystemExit("without --nc-report, --real-trigger is needed: there is no trigger to unlearn")
@@ -119,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.from_numpy(np.asarray(ctx.clean.labels, dtype=np.int64))
     a = torch.from_numpy(track_halves(y.numpy(), np.asarray(ctx.clean.provenance)))
     # held-out accuracy also under the training class mix (the clean split's is flat, the test split's is not)
+    n_classes = int(ctx.model.n_classes)
     wmix = torch.from_numpy(class_mix_weights(np.asarray(ctx.train.labels), y.numpy(), int(ctx.model.n_classes)))
     folds = [(a, ~a), (~a, a)]
     before_test = ({"clean_accuracy": None, "attack_success_rate": None} if args.no_test else
@@ -133,34 +153,44 @@ def main(argv: list[str] | None = None) -> int:
                       "test_attack_success": before_test["attack_success_rate"]},
            "rows": []}
     print(json.dumps(out["before"]), flush=True)
-    for (tname, (tm, tp)), lr, epochs, share, cw in itertools.product(triggers.items(), args.lr, args.epochs,
-                                                                      args.share, args.class_weight):
+    base_ctx = ctx
+    for (tname, (tm, tp)), lr, epochs, share, cw, opt in itertools.product(
+            triggers.items(), args.lr, args.epochs, args.share, args.class_weight, args.optimizer):
+        ctx = base_ctx if opt is None else base_ctx.replace(
+            train_config=dataclasses.replace(base_ctx.train_config, optimizer=opt))
+        opt = ctx.train_config.optimizer
         nc = NeuralCleanse(unlearn_lr=lr, unlearn_epochs=epochs, unlearn_share=share, unlearn_class_weight=cw)
-        sel_acc, sel_acc_mix, sel_asr = [], [], []
+        sel_acc, sel_acc_mix, sel_asr, sel_class_drop = [], [], [], []
         for fit, held in folds:
             model, _ = nc._unlearn(ctx, x[fit], y[fit], tm, tp, progress=False)
             sel_acc.append(accuracy(model, x[held], y[held]))
             sel_acc_mix.append(accuracy(model, x[held], y[held], wmix[held]))
+            # the class hurt most on the held-out half: a repair that erases a class's own feature shows here
+            sel_class_drop.append(np.nanmax(class_accuracy(ctx.model, x[held], y[held], n_classes)
+                                            - class_accuracy(model, x[held], y[held], n_classes)))
             sel_asr.append(reversed_asr(model, x[held], y[held], flagged, masks, patterns))
         if args.no_test:
             ev = {"clean_accuracy": None, "attack_success_rate": None}
         else:
             model, _ = nc._unlearn(ctx, x, y, tm, tp, progress=False)
             ev = evaluate(model, ctx.test, ctx.test_triggered, target_class=target, device="cpu")
-        row = {"trigger": tname, "lr": lr, "epochs": epochs, "share": share, "class_weight": cw,
+        row = {"trigger": tname, "lr": lr, "epochs": epochs, "share": share, "class_weight": cw, "optimizer": opt,
                "heldout_accuracy": sel_acc, "heldout_accuracy_mean": float(np.mean(sel_acc)),
                "heldout_accuracy_drop_pts": 100 * float(np.mean(out["before"]["heldout_accuracy"]) - np.mean(sel_acc)),
                "heldout_accuracy_trainmix": sel_acc_mix,
                "heldout_accuracy_trainmix_drop_pts":
                    100 * float(np.mean(out["before"]["heldout_accuracy_trainmix"]) - np.mean(sel_acc_mix)),
+               "heldout_worst_class_drop": [float(d) for d in sel_class_drop],
                "heldout_reversed_asr": sel_asr, "heldout_reversed_asr_mean": float(np.mean(sel_asr)),
                "test_clean_accuracy": ev["clean_accuracy"], "test_attack_success": ev["attack_success_rate"],
+               "test_per_class_accuracy": ev.get("per_class_accuracy"),
                "test_accuracy_drop_pts": None if args.no_test else 100 * (before_test["clean_accuracy"] - ev["clean_accuracy"])}
         out["rows"].append(row)
         test_part = "" if args.no_test else (f" | test acc {ev['clean_accuracy']:.4f} (drop {row['test_accuracy_drop_pts']:+.2f}),"
                                              f" ASR {ev['attack_success_rate']:.4f}")
-        print(f"{tname:8s} lr {lr:g} ep {epochs} share {share:g} weight {cw}: held-out acc drop "
+        print(f"{tname:8s} {opt} lr {lr:g} ep {epochs} share {share:g} weight {cw}: held-out acc drop "
               f"{row['heldout_accuracy_drop_pts']:+.2f} pts (train mix {row['heldout_accuracy_trainmix_drop_pts']:+.2f}), "
+              f"worst class {max(row['heldout_worst_class_drop']):.2f}, "
               f"held-out reversed ASR {row['heldout_reversed_asr_mean']:.3f}{test_part}", flush=True)
     out["seconds"] = time.perf_counter() - started
     atomic_write_json(args.json, out)
