@@ -4,7 +4,7 @@ The hot loops are compiled once per x86-64 level (sse2, avx2, avx512) and one is
 time; each level this CPU runs is forced here with ``native.set_simd_level`` (and once through
 ``BACKDOORLAB_SIMD`` in a subprocess) and checked on the same seeded inputs as the reference:
 FastICA (k = 10, the compiled size, and run-time k on both sides of the small-k limit), PCA and
-spectral scores (dense and block-Krylov eigen-paths), k-means, silhouettes, the batched polar
+spectral scores (dense, Lanczos and implicit-Gram eigen-paths), k-means, silhouettes, the batched polar
 factor, and the top-k eigen-solver itself against ``numpy.linalg.eigh``, including
 ill-conditioned, repeated and rank-deficient spectra. Levels not compiled in or not supported
 by this CPU are skipped with the reason; forcing one fails with a message that names it.
@@ -190,7 +190,7 @@ def _check_top_eigenpairs(A: np.ndarray, k: int, evals: np.ndarray, evecs: np.nd
 
 
 @pytest.mark.parametrize("spectrum", SPECTRA)
-@pytest.mark.parametrize("d, k", [(20, 10), (300, 10), (512, 1)])  # dense path; block Krylov
+@pytest.mark.parametrize("d, k", [(20, 10), (300, 10), (160, 1), (512, 1)])  # dense; block Krylov; Lanczos (k = 1)
 def test_top_eigenpairs_equal_numpy_eigh(level, spectrum, d, k):
     from backdoorlab import _core
 
@@ -240,7 +240,7 @@ def test_fastica_matches_sklearn(level, k):
     assert (best_abs_corr(ours, theirs.astype(np.float64)) > 0.999).all()
 
 
-@pytest.mark.parametrize("d, k", [(24, 6), (160, 10)])  # dense eigen-path; block Krylov
+@pytest.mark.parametrize("d, k", [(24, 6), (160, 10), (300, 10)])  # dense eigen-path (d < 256); block Krylov
 def test_pca_matches_sklearn(level, d, k):
     rng = np.random.default_rng(d)
     scales = np.logspace(1, -4, d)  # ill-conditioned covariance
@@ -251,7 +251,9 @@ def test_pca_matches_sklearn(level, d, k):
     np.testing.assert_allclose(ours, ref, atol=2e-4 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("d", [40, 256, 700])  # dense; Krylov on d x d; Krylov on the m x m Gram
+# d = 40: dense eigen-path; 160: Lanczos on the d x d Gram; 256: Lanczos on Xc^T (Xc v) without the
+# Gram (classes of 300 and 500 rows) and on the m x m Gram (180 rows); 700: the m x m Gram only
+@pytest.mark.parametrize("d", [40, 160, 256, 700])
 def test_spectral_scores_equal_numpy_svd(level, d):
     rng = np.random.default_rng(d)
     X, off = relu_classes(rng, [300, 1, 0, 180, 500], d)

@@ -48,9 +48,16 @@ void gram(const SimdKernels& K, const float* XT, i64 d, i64 d_pad, i64 n, double
 
 // The k largest eigenpairs of the symmetric matrix A[d, d] (may be overwritten). evals: (k,)
 // descending; evecs: (k, d), row i the unit eigenvector of evals[i], signed so that its largest
-// |entry| is positive. Block Krylov iteration when k is small next to d, else (or when it does
-// not converge within d / 2 basis vectors) the dense Householder path.
+// |entry| is positive. Single-vector Lanczos when k = 1 and d >= 64, block Krylov when k > 1,
+// d >= 256 and k is small next to d; else (or when they do not converge within d / 2 basis
+// vectors) the dense Householder path.
 void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, double* evecs);
+
+// The top eigenpair of G = Xr^T Xr (Xr: m x d float32 rows) by the same Lanczos iteration as
+// sym_eig_top's k = 1, applying G as Xr^T (Xr v) instead of forming it: 2 m d per step instead of
+// m d^2 once, the better deal when d is large (spectral.cpp decides). Returns false (nothing
+// written) when it does not converge within min(d / 2, 96) steps.
+bool gram_top1_implicit(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec);
 
 // All eigenpairs of a small symmetric matrix A[m, m] (overwritten) by cyclic Jacobi.
 // evals: (m,) unsorted; V[m, m]: column j is the eigenvector of evals[j].

@@ -35,6 +35,8 @@ struct SimdKernels {
   // out[i] = <A[i, :], x> for the rows of A (rows x d); x -= sum_i coef[i] A[i, :]
   void (*dot_rows)(const double* A, i64 rows, i64 d, const double* x, double* out);
   void (*axpy_rows)(const double* A, i64 rows, i64 d, const double* coef, double* x);
+  // w = Xr^T (Xr v) in float64, Xr m x d float32 row-major: the Gram operator without the Gram
+  void (*gram_apply)(const float* Xr, i64 m, i64 d, const double* v, double* w);
   // decompose.cpp
   void (*project)(const double* A, int k, const float* XT, i64 d, i64 m, float* Y);
   void (*ica_step)(const float* X1, int k, i64 m, const float* W, double* GX, double* gp, float* buf);

@@ -1,11 +1,13 @@
 // Spectral-signature scores: the top right singular vector of the class matrix is the top
 // eigenvector of its d x d Gram matrix (of the m x m one when the class has fewer rows m than
-// features d). Only that one vector is needed, so it comes from sym_eig_top's block Krylov
-// iteration (linalg.hpp: an accelerated power iteration, a few dozen d^2 block products after the
-// one m d^2 Gram product, stopped on the residual |C v - lambda v| <= 1e-10 lambda), not from a
-// full eigen-decomposition; when that does not converge the dense solver answers, so a result
-// is always the top vector. Plain power iteration, used before, needed up to thousands of
-// products when the top eigenvalue is weakly separated.
+// features d). Only that one vector is needed, so it comes from sym_eig_top's single-vector
+// Lanczos iteration for k = 1 (linalg.cpp: a few dozen d^2 products after the one m d^2 Gram
+// product, stopped on the residual |C v - lambda v| <= 1e-10 lambda), not from a full
+// eigen-decomposition; when that does not converge the dense solver answers, so a result is
+// always the top vector. Plain power iteration, used before, needed up to thousands of products
+// when the top eigenvalue is weakly separated.
+// From d = 256 features on (and m >= d) the Gram matrix is not formed at all: the same Lanczos
+// iteration applies it as Xc^T (Xc v) (top_vector_implicit below).
 #include "cpu/spectral.hpp"
 
 #include <algorithm>
@@ -19,6 +21,35 @@
 #include "cpu/simd.hpp"
 
 namespace backdoorlab {
+
+namespace {
+
+// From this many features on, the top vector comes from Lanczos on Xc^T (Xc v) (2 m d a step,
+// ~40 steps) rather than from the d x d Gram matrix (m d^2 once, then d^2 a step): on GTSRB's
+// 820 x 512 classes that is ~30 M multiply-adds instead of ~120 M; at YTAF's d = 160 the two are
+// even and the Gram path stays (its products run in float32 with twice the vector width).
+constexpr i64 IMPLICIT_MIN_D = 256;
+
+// proj[s] = <Xc[s], v> for the top right singular vector v of the centred, scaled class rows,
+// without the Gram matrix. False when the iteration did not converge (the caller forms it).
+bool top_vector_implicit(const SimdKernels& K, const float* X, i64 m, i64 d, const double* mu, double scale,
+                         double* proj) {
+  std::vector<float> Xr(m * d);
+  rows_centred(X, m, d, mu, 1.0 / scale, Xr.data(), m);
+  std::vector<double> v(d);
+  double lambda = 0.0;
+  if (!gram_top1_implicit(K, Xr.data(), m, d, &lambda, v.data())) return false;
+  for (i64 s = 0; s < m; ++s) {
+    const float* x = Xr.data() + s * d;
+    double t = 0.0;
+#pragma omp simd reduction(+ : t)
+    for (i64 a = 0; a < d; ++a) t += static_cast<double>(x[a]) * v[a];
+    proj[s] = t;
+  }
+  return true;
+}
+
+}  // namespace
 
 void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bool center, float* out) {
   check_offsets(offsets, G, n);
@@ -46,7 +77,7 @@ void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bo
       sym_eig_top(K, gm.data(), m, 1, &lambda, u.data());
       const double root = std::sqrt(std::max(lambda, 0.0));
       for (i64 s = 0; s < m; ++s) proj[s] = root * u[s];
-    } else {
+    } else if (!(d >= IMPLICIT_MIN_D && top_vector_implicit(K, X + r0 * d, m, d, mu, scale, proj.data()))) {
       std::vector<double> C(d * d), v(d);
       std::vector<float> XT(dp * m);
       transpose_centred(X + r0 * d, m, d, mu, 1.0 / scale, XT.data(), dp);

@@ -15,6 +15,7 @@ void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i
 void symm_rows(const double* C, i64 d, const double* Q, int nq, double* Y);
 void dot_rows(const double* A, i64 rows, i64 d, const double* x, double* out);
 void axpy_rows(const double* A, i64 rows, i64 d, const double* coef, double* x);
+void gram_apply(const float* Xr, i64 m, i64 d, const double* v, double* w);
 void project(const double* A, int k, const float* XT, i64 d, i64 m, float* Y);
 void ica_step(const float* X1, int k, i64 m, const float* W, double* GX, double* gp, float* buf);
 void ica_step_small(const float* X1, int k, i64 m, i64 mp, const float* W, double* GX, double* gp, float* G);

@@ -124,11 +124,15 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
 // Sturm counts (LAPACK dstebz's method). Why not QL for all d: whitening wants 10 of 160+, and
 // each QL step is a dependent chain of a square root and two divisions. Here the k bisections run
 // side by side, one per vector lane, so the dependent chain of a Sturm count is paid once for W
-// eigenvalues (W doubles: two vector registers at this level). Each lane narrows its interval until it is a few ulps wide: a bracket that
-// cannot shrink further stays put, so the result does not depend on how long other lanes run.
+// eigenvalues (W doubles: two vector registers at this level). Each lane narrows its interval until
+// it is 1e-12 of the spectrum's scale wide (about 40 halvings, not the ~52 to a few ulps): the caller
+// takes the eigenvector by inverse iteration from that shift and the eigenvalue as its Rayleigh
+// quotient, which is then accurate to round-off (its error is the square of the vector's). A
+// bracket that is narrow enough stays put, so the result does not depend on how long other lanes run.
 constexpr int W = BDL_F32_LANES;  // doubles in two vector registers
 using vd16 = double __attribute__((vector_size(W * sizeof(double))));
 using vm16 = std::int64_t __attribute__((vector_size(W * sizeof(double))));
+constexpr double BISECTION_RTOL = 1e-12;
 
 void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i64 k, double* out) {
   std::vector<double> off2(d > 1 ? d - 1 : 1);
@@ -155,7 +159,7 @@ void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i
     for (int step = 0; step < 128; ++step) {
       const vd16 abs_lo = lo < 0 ? -lo : lo, abs_hi = hi < 0 ? -hi : hi;
       const vd16 scale = abs_lo > abs_hi ? abs_lo : abs_hi;
-      const vm16 open = hi - lo > 4.0 * DBL_EPSILON * scale + 2.0 * pivmin;
+      const vm16 open = hi - lo > BISECTION_RTOL * scale + 2.0 * pivmin;
       bool any = false;
       for (int l = 0; l < W; ++l) any = any || open[l] != 0;
       if (!any) break;
@@ -209,6 +213,39 @@ void axpy_rows(const double* A, i64 rows, i64 d, const double* coef, double* x) 
     const double c = coef[i];
 #pragma omp simd
     for (i64 j = 0; j < d; ++j) x[j] -= c * a[j];
+  }
+}
+
+// w = Xr^T (Xr v): one pass over the rows, four at a time: their four dot products with v share
+// the loads of v, and one sweep of w adds all four rows (w is loaded and stored once per four
+// rows), in float64 (the Lanczos iteration that calls it stops at a residual of 1e-10, which
+// float32 sums over 512 features could not reach). The rows stay in L1 between their two uses.
+void gram_apply(const float* Xr, i64 m, i64 d, const double* v, double* w) {
+  std::fill(w, w + d, 0.0);
+  i64 r = 0;
+  for (; r + 4 <= m; r += 4) {
+    const float *x0 = Xr + r * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+    double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
+#pragma omp simd reduction(+ : t0, t1, t2, t3)
+    for (i64 a = 0; a < d; ++a) {
+      const double va = v[a];
+      t0 += static_cast<double>(x0[a]) * va;
+      t1 += static_cast<double>(x1[a]) * va;
+      t2 += static_cast<double>(x2[a]) * va;
+      t3 += static_cast<double>(x3[a]) * va;
+    }
+#pragma omp simd
+    for (i64 a = 0; a < d; ++a)
+      w[a] += t0 * static_cast<double>(x0[a]) + t1 * static_cast<double>(x1[a]) + t2 * static_cast<double>(x2[a]) +
+              t3 * static_cast<double>(x3[a]);
+  }
+  for (; r < m; ++r) {
+    const float* x = Xr + r * d;
+    double t = 0.0;
+#pragma omp simd reduction(+ : t)
+    for (i64 a = 0; a < d; ++a) t += static_cast<double>(x[a]) * v[a];
+#pragma omp simd
+    for (i64 a = 0; a < d; ++a) w[a] += t * static_cast<double>(x[a]);
   }
 }
 
