@@ -262,7 +262,10 @@ def class_mix_weights(reference_labels, labels, n_classes: int) -> np.ndarray:
     tracks, one or two per class (synth-signs, GTSRB), so their class mix is nearly flat while the
     training set (and a test set drawn like it) follows GTSRB's skewed class frequencies; a threshold
     set on the clean split (STRIP) or a fine-tune on it (Neural Cleanse's unlearning) inherits the
-    flat mix unless it is reweighted. A class of ``labels`` absent from the reference gets weight 0.
+    flat mix unless it is reweighted. A defender's reference is the training labels, which include
+    an attack's relabelled rows (all-to-one poisoning inflates the target's share): measured in
+    results/nc-strip-full, neither reweighting helped, so both are options, off by default. A class
+    of ``labels`` absent from the reference gets weight 0.
 
     Parameters
     ----------

@@ -344,7 +344,8 @@ class NeuralCleanse(Defence):
     unlearn_class_weight : {"train", "none"}
         ``"train"``: weight the unlearning loss of each clean image by its class's share of the training
         split over its share of the clean split (:func:`~backdoorlab.defences.base.class_mix_weights`), so
-        the fine-tune keeps the class mix the model was trained on; ``"none"``: the plain mean.
+        the fine-tune keeps the class mix the model was trained on; ``"none"`` (default): the plain mean
+        (measured in results/nc-strip-full: the weighting did not remove the repair's cost).
     layer : str
         Layer the pruning repair prunes (default ``"last_conv"``).
     prune_threshold : float in (0, 1)
