@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             sel_acc.append(accuracy(model, x[held], y[held]))
             sel_acc_mix.append(accuracy(model, x[held], y[held], wmix[held]))
             # the class hurt most on the held-out half: a repair that erases a class's own feature shows here
-            sel_class_drop.append(np.nanmax(class_accuracy(ctx.model, x[held], y[held], n_classes)
-                                            - class_accuracy(model, x[held], y[held], n_classes)))
+            drop = class_accuracy(ctx.model, x[held], y[held], n_classes) - class_accuracy(model, x[held], y[held], n_classes)
+            sel_class_drop.append((int(np.nanargmax(drop)), float(np.nanmax(drop))))
             sel_asr.append(reversed_asr(model, x[held], y[held], flagged, masks, patterns))
         if args.no_test:
             ev = {"clean_accuracy": None, "attack_success_rate": None}
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                "heldout_accuracy_trainmix": sel_acc_mix,
                "heldout_accuracy_trainmix_drop_pts":
                    100 * float(np.mean(out["before"]["heldout_accuracy_trainmix"]) - np.mean(sel_acc_mix)),
-               "heldout_worst_class_drop": [float(d) for d in sel_class_drop],
+               "heldout_worst_class_drop": [{"class": c, "drop": d} for c, d in sel_class_drop],
                "heldout_reversed_asr": sel_asr, "heldout_reversed_asr_mean": float(np.mean(sel_asr)),
                "test_clean_accuracy": ev["clean_accuracy"], "test_attack_success": ev["attack_success_rate"],
                "test_per_class_accuracy": ev.get("per_class_accuracy"),
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                                              f" ASR {ev['attack_success_rate']:.4f}")
         print(f"{tname:8s} {opt} lr {lr:g} ep {epochs} share {share:g} weight {cw}: held-out acc drop "
               f"{row['heldout_accuracy_drop_pts']:+.2f} pts (train mix {row['heldout_accuracy_trainmix_drop_pts']:+.2f}), "
-              f"worst class {max(row['heldout_worst_class_drop']):.2f}, "
+              f"worst class {' / '.join(f'{c}: {d:.2f}' for c, d in sel_class_drop)}, "
               f"held-out reversed ASR {row['heldout_reversed_asr_mean']:.3f}{test_part}", flush=True)
     out["seconds"] = time.perf_counter() - started
     atomic_write_json(args.json, out)
