@@ -130,3 +130,49 @@ def test_anomaly_index_and_stamp():
 def test_bad_parameters_fail_before_any_work(params, match):
     with pytest.raises((ValueError, TypeError), match=match):
         Pipeline("nc>fp", {"nc": params})
+
+
+def test_class_mix_weights_give_the_reference_mix():
+    from backdoorlab.defences.base import class_mix_weights
+
+    ref = np.array([0] * 6 + [1] * 3 + [2])  # 60 / 30 / 10 %
+    lab = np.array([0, 0, 1, 1, 2, 2])  # flat
+    w = class_mix_weights(ref, lab, 4)
+    np.testing.assert_allclose(w, [1.8, 1.8, 0.9, 0.9, 0.3, 0.3])
+    for c, share in ((0, 0.6), (1, 0.3), (2, 0.1)):  # a weighted share is the reference's share
+        assert np.isclose((w * (lab == c)).sum() / w.sum(), share)
+    np.testing.assert_allclose(class_mix_weights(lab, lab, 3), 1.0)  # same mix: all ones
+    assert class_mix_weights(np.array([0, 0]), np.array([0, 1]), 2)[1] == 0  # absent from the reference
+    with pytest.raises(ValueError, match="labels must lie in"):
+        class_mix_weights(ref, np.array([0, 5]), 4)
+    with pytest.raises(ValueError, match="reference_labels must be a non-empty"):
+        class_mix_weights(np.array([]), lab, 4)
+    with pytest.raises(ValueError, match="n_classes"):
+        class_mix_weights(ref, lab, 0)
+
+
+def test_unlearning_class_weight_follows_the_training_mix(planted_ctx):
+    """Regression guard of the weighted unlearning loss: with the clean split's own class mix as the
+    training mix every weight is 1 and the weighted loss is the plain mean (same fine-tune, to float
+    rounding); with another mix the fine-tune differs."""
+    from types import SimpleNamespace
+
+    from backdoorlab.data import to_float_chw
+
+    x = to_float_chw(planted_ctx.clean.load_images())
+    y = torch.from_numpy(np.asarray(planted_ctx.clean.labels, dtype=np.int64))
+    mask, pattern = torch.zeros(1, *IMAGE_SIZE), torch.ones(1, 3, *IMAGE_SIZE)
+    mask[0, 11:15, 11:15] = 1
+
+    def params(cw, train_labels):
+        ctx = planted_ctx.replace(train=SimpleNamespace(labels=train_labels))
+        model, _ = NeuralCleanse(unlearn_class_weight=cw)._unlearn(ctx, x, y, mask, pattern, progress=False)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    plain = params("none", planted_ctx.train.labels)
+    same_mix = params("train", y.numpy())
+    skewed = params("train", np.r_[y.numpy(), np.zeros(5 * len(y), dtype=np.int64)])  # class 0 six times as common
+    torch.testing.assert_close(same_mix, plain, rtol=1e-4, atol=1e-5)
+    assert (skewed - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="unlearn_class_weight"):
+        NeuralCleanse(unlearn_class_weight="test")

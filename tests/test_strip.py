@@ -138,3 +138,55 @@ def test_quick_study_shows_nc_and_strip_columns(tmp_path):
     assert all(len(c) == 1 for c in cols.values()), main[0]
     for (col,) in cols.values():
         assert all(row[col] not in ("", "–") for row in main[1:])
+
+
+def test_weighted_quantile_matches_numpy():
+    from backdoorlab.defences.strip import weighted_quantile
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=101)
+    for q in (0.0, 0.05, 0.5, 0.97, 1.0):  # equal weights: numpy's default (linear) quantile, Strip's old rule
+        assert np.isclose(weighted_quantile(v, np.full(v.size, 3.0), q), np.quantile(v, q))
+    w = np.where(v < 0, 4.0, 1.0)  # negatives four times as heavy: the median moves into them
+    m = weighted_quantile(v, w, 0.5)
+    assert m < 0 and np.isclose((w * (v <= m)).sum() / w.sum(), 0.5, atol=0.02)
+    assert weighted_quantile(v, np.where(v > 1, 1.0, 0.0), 0.0) == v[v > 1].min()  # weight 0 rows take no part
+    with pytest.raises(ValueError, match="weights"):
+        weighted_quantile(v, -np.ones(v.size), 0.5)
+    with pytest.raises(ValueError, match="q must"):
+        weighted_quantile(v, np.ones(v.size), 1.5)
+
+
+@pytest.mark.parametrize("class_weight", ["train", "none"])
+def test_threshold_holds_the_rate_under_the_training_class_mix(class_weight, monkeypatch):
+    """Regression guard of results/nc-strip's 15 % clean-test FRR at a 5 % threshold: the clean split
+    is flat over classes (whole tracks, 1-2 per class), the inputs at run time follow the training
+    mix, and clean entropy depends on the class. Here class 0 (12.5 % of the clean split, 1 % of the
+    training split) scores low: a plain 5 % quantile lands inside class 0 and rejects far fewer
+    training-mix inputs than 5 %; the class-weighted one holds 5 % under the training mix."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(1)
+    clean_y = np.repeat(np.arange(8), 200)
+    entropy = np.where(clean_y == 0, rng.uniform(0.5, 0.6, clean_y.size), rng.uniform(1.0, 2.0, clean_y.size))
+    train_y = np.r_[np.zeros(10, np.int64), np.repeat(np.arange(1, 8), 141)]  # class 0: 1 %
+
+    class CleanSplit:  # what calibrate reads of the clean split; the scores themselves are patched in
+        labels, n_classes = clean_y, 8
+
+        def __len__(self):
+            return clean_y.size
+
+        def load_images(self):
+            return torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
+
+    ctx = SimpleNamespace(clean=CleanSplit(), train=SimpleNamespace(labels=train_y))
+    monkeypatch.setattr(Strip, "_score", lambda self, ctx, split, pool, progress, dataset=None: entropy)
+    threshold, _, _ = Strip(class_weight=class_weight).calibrate(ctx, progress=False)
+    # inputs drawn with the training mix: class 0 at 1 %, each row's entropy from its class's range
+    w = np.bincount(train_y, minlength=8)[clean_y] / 200
+    rate = float((w * (entropy < threshold)).sum() / w.sum())
+    if class_weight == "train":
+        assert abs(rate - 0.05) < 0.005
+    else:
+        assert rate < 0.02 and (entropy < threshold).mean() <= 0.05 + 1e-9  # 5 % of the flat split only

@@ -33,6 +33,7 @@ __all__ = [
     "Defence",
     "FilteringDefence",
     "removal_report",
+    "class_mix_weights",
 ]
 
 
@@ -251,3 +252,41 @@ def removal_report(flags: np.ndarray, is_poisoned: np.ndarray) -> dict:
         "removed_total": removed_poisoned + removed_clean,
         "kept_total": n - removed_poisoned - removed_clean,
     }
+
+
+def class_mix_weights(reference_labels, labels, n_classes: int) -> np.ndarray:
+    """Per-row weights that give ``labels`` the class mix of ``reference_labels``.
+
+    Row ``i`` of class ``c`` gets ``share_ref(c) / share(c)``: a weighted mean over the rows then
+    estimates the same mean under the reference class mix. Our clean splits are held out by whole
+    tracks, one or two per class (synth-signs, GTSRB), so their class mix is nearly flat while the
+    training set (and a test set drawn like it) follows GTSRB's skewed class frequencies; a threshold
+    set on the clean split (STRIP) or a fine-tune on it (Neural Cleanse's unlearning) inherits the
+    flat mix unless it is reweighted. A defender's reference is the training labels, which include
+    an attack's relabelled rows (all-to-one poisoning inflates the target's share): measured in
+    results/nc-strip-full, neither reweighting helped, so both are options, off by default. A class
+    of ``labels`` absent from the reference gets weight 0.
+
+    Parameters
+    ----------
+    reference_labels : array-like of int, shape (m,)
+        Labels whose class mix is wanted (the training split's, as the model saw them).
+    labels : array-like of int, shape (n,)
+        Labels of the rows to weight.
+    n_classes : int
+
+    Returns
+    -------
+    ndarray of float64, shape (n,), mean 1 under the reference mix
+    """
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
+    ref, lab = np.asarray(reference_labels), np.asarray(labels)
+    for name, arr in (("reference_labels", ref), ("labels", lab)):
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{name} must be a non-empty 1-D integer array, got dtype {arr.dtype} shape {arr.shape}")
+        if arr.min() < 0 or arr.max() >= n_classes:
+            raise ValueError(f"{name} must lie in [0, {n_classes}), got min {arr.min()}, max {arr.max()}")
+    ref_share = np.bincount(ref, minlength=n_classes) / ref.size
+    share = np.bincount(lab, minlength=n_classes) / lab.size
+    return ref_share[lab] / share[lab]

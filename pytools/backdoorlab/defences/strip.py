@@ -8,6 +8,15 @@ whose entropy falls *below* a threshold. The threshold is the ``frr`` quantile o
 clean split itself, so about ``frr`` of clean inputs are rejected by construction (the paper fits a
 normal distribution to the clean entropies; the empirical quantile needs no such assumption).
 
+``class_weight="train"`` takes that quantile under the *training* split's class mix (each clean row
+weighted by its class's share of the training split over its share of the clean split,
+:func:`~backdoorlab.defences.base.class_mix_weights`): the clean entropy depends on the class, and our
+clean splits are held out by whole tracks, one or two per class, so their class mix is flat while
+run-time inputs follow the training mix. It is off by default (``"none"``, the plain quantile): on a
+fully trained synth-signs model (results/nc-strip-full) the plain 5 % threshold rejected 7.6 % of the
+clean test inputs and the weighted one 15.8 % — the training labels a defender holds include the
+attack's relabelled rows, which inflate the target class's weight.
+
 Blending (``blend=``): ``"add"`` is the paper's image addition, saturated at 1; ``"mean"`` averages the
 two images (what several re-implementations do).
 
@@ -33,12 +42,13 @@ from backdoorlab.data import row_batches, to_float_chw
 from backdoorlab.devices import resolve_device
 from backdoorlab.seeding import keyed_generator
 
-from .base import DefenceContext, FilteringDefence
+from .base import DefenceContext, FilteringDefence, class_mix_weights
 from .params import check_choice, check_fraction, check_positive_int
 
-__all__ = ["Strip", "superimpose", "strip_entropy", "BLENDS"]
+__all__ = ["Strip", "superimpose", "strip_entropy", "weighted_quantile", "BLENDS", "CLASS_WEIGHTS"]
 
 BLENDS = ("add", "mean")
+CLASS_WEIGHTS = ("train", "none")
 #: Salts of the keyed overlay streams: each scored split draws its own overlays.
 _SALTS = {"clean": 1, "train": 2, "test": 3, "test_triggered": 4}
 
@@ -64,6 +74,37 @@ def superimpose(inputs: torch.Tensor, overlays: torch.Tensor, blend: str = "add"
     if blend == "add":
         return (inputs[:, None] + overlays).clamp_(max=1.0)
     return (inputs[:, None] + overlays) * 0.5
+
+
+def weighted_quantile(values, weights, q: float) -> float:
+    """The ``q`` quantile of ``values`` under row ``weights``, interpolated linearly.
+
+    Sorted values sit at positions ``(S_i - w_i) / (S_n - w_n)`` (``S`` the running sum of the weights),
+    which are ``i / (n - 1)`` for equal weights: then it is ``np.quantile(values, q)`` (numpy's default
+    ``"linear"`` method), the rule Strip used before weights existed.
+
+    Parameters
+    ----------
+    values : array-like of float, shape (n,)
+    weights : array-like of float, shape (n,), non-negative, positive sum
+    q : float in [0, 1]
+    """
+    v, w = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0 or w.shape != v.shape:
+        raise ValueError(f"values and weights must be non-empty 1-D arrays of one length, got {v.shape} and {w.shape}")
+    if not (np.isfinite(v).all() and np.isfinite(w).all()) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("values must be finite and weights finite, non-negative, with a positive sum")
+    if isinstance(q, bool) or not isinstance(q, (int, float, np.floating)) or not 0 <= q <= 1:
+        raise ValueError(f"q must be a number in [0, 1], got {q!r}")
+    keep = w > 0  # a row of weight 0 takes no part
+    v, w = v[keep], w[keep]
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    if v.size == 1:
+        return float(v[0])
+    cum = np.cumsum(w)
+    pos = (cum - w) / (cum[-1] - w[-1])
+    return float(np.interp(q, pos, v))
 
 
 @torch.no_grad()
@@ -149,13 +190,16 @@ class Strip(FilteringDefence):
     test_sample : int
         Most rows of each test split scored for the test-time false rejections (a seeded sample; default 2000:
         a GTSRB-sized test split would otherwise cost ``n_overlays`` forward passes for each of its 12,630 images).
+    class_weight : {"train", "none"}
+        ``"train"``: the threshold is the ``frr`` quantile of the clean entropies under the training
+        split's class mix (see the module docstring); ``"none"`` (default): the plain quantile.
     """
 
     name = "strip"
 
     def __init__(self, n_overlays: int = 100, frr: float = 0.05, blend: str = "add", retrain: str = "scratch",
                  test_time: bool = True, batch_size: int = 64, test_sample: int = 2000,
-                 filter_train: bool = True) -> None:
+                 filter_train: bool = True, class_weight: str = "none") -> None:
         self.n_overlays = check_positive_int("n_overlays", n_overlays)
         self.frr = check_fraction("frr", frr)
         self.blend = check_choice("blend", blend, BLENDS)
@@ -171,6 +215,7 @@ class Strip(FilteringDefence):
             raise ValueError(f"filter_train=False removes no training row: it needs retrain='none' (got "
                              f"{self.retrain!r}) and test_time=True (got {test_time!r})")
         self.filter_train = filter_train
+        self.class_weight = check_choice("class_weight", class_weight, CLASS_WEIGHTS)
 
     def _score(self, ctx: DefenceContext, split: str, pool: torch.Tensor, progress: bool,
                dataset: Any = None) -> np.ndarray:
@@ -179,14 +224,25 @@ class Strip(FilteringDefence):
                              batch_size=self.batch_size, seed=ctx.seed, salt=_SALTS[split], device=ctx.device,
                              progress=progress)
 
+    def clean_weights(self, ctx: DefenceContext) -> np.ndarray:
+        """Row weights of the clean split in the calibration: the training class mix, or all ones."""
+        labels = np.asarray(ctx.clean.labels, dtype=np.int64)
+        if self.class_weight == "none":
+            return np.ones(labels.size)
+        train = np.asarray(ctx.train.labels, dtype=np.int64)
+        n_classes = int(max(getattr(ctx.clean, "n_classes", 0), labels.max() + 1, train.max() + 1))
+        return class_mix_weights(train, labels, n_classes)
+
     def calibrate(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[float, torch.Tensor, np.ndarray]:
         """``(threshold, overlay pool, clean entropies)`` from the clean split."""
         if len(ctx.clean) < 2:
             raise ValueError(f"STRIP needs at least 2 clean images to draw overlays from, got {len(ctx.clean)}")
         pool = to_float_chw(ctx.clean.load_images())
         clean = self._score(ctx, "clean", pool, progress)
-        # reject below the frr quantile: on the clean split, at most frr of rows fall below it
-        return float(np.quantile(clean, self.frr)), pool, clean
+        # reject below the frr quantile: on the clean split (under the weights), at most about frr falls below it
+        if self.class_weight == "none":
+            return float(np.quantile(clean, self.frr)), pool, clean
+        return weighted_quantile(clean, self.clean_weights(ctx), self.frr), pool, clean
 
     def detect(self, ctx: DefenceContext, *, progress: bool = True) -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
@@ -195,7 +251,11 @@ class Strip(FilteringDefence):
             "threshold": threshold,
             "clean_entropy_mean": float(clean.mean()),
             "clean_rejected_pct": 100.0 * float((clean < threshold).mean()),
+            "class_weight": self.class_weight,
         }
+        if self.class_weight != "none":  # the rate the threshold was set to: the clean split under the training mix
+            w = self.clean_weights(ctx)
+            report["clean_rejected_weighted_pct"] = 100.0 * float((w * (clean < threshold)).sum() / w.sum())
         if self.filter_train:
             train = self._score(ctx, "train", pool, progress)
             flags = train < threshold
