@@ -35,7 +35,8 @@ from datasets_gen.publish import write_card, write_preview
 from datasets_gen.readers.base import Source
 from datasets_gen.sources import REAL_KINDS, SYNTHETIC_KINDS, open_source
 from datasets_gen.triggers import Trigger
-from datasets_gen.variant_io import VariantWriter, check_destination, sidecar_tmp_paths, write_manifest
+from datasets_gen.variant_io import (IMAGE_COMPRESSIONS, VariantWriter, check_destination, sidecar_tmp_paths,
+                                    write_manifest)
 
 POISON_PROVENANCE = ("own", "keep")
 
@@ -186,7 +187,8 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
                   source: str | os.PathLike | Source = "synth", seed: int = 0, limit_per_class: int | None = None,
                   progress: bool = True, strict: bool = False, image_size: tuple[int, int] | None = None,
                   poison_provenance: str = "own", source_kwargs: Mapping[str, Any] | None = None,
-                  chunk_size: int | None = None, publish: bool = True, detect_eyes: bool = True) -> Path:
+                  chunk_size: int | None = None, publish: bool = True, detect_eyes: bool = True,
+                  image_compression: str = "gzip") -> Path:
     """Build a poisoned variant and its manifest, dataset card and preview.
 
     Parameters
@@ -223,6 +225,10 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
         image (dlib landmarks with the ``faces`` extra, else Haar cascades; see
         :mod:`datasets_gen.eyes`) or go straight to the canonical position. The methods used are
         counted in ``build.eye_location``, the chain available in ``build.eye_locator``.
+    image_compression : {"gzip", "none"}
+        How the images are stored (:data:`datasets_gen.variant_io.IMAGE_COMPRESSIONS`): gzip (the
+        default) or uncompressed — for noisy images (synth-faces: gzip keeps 87 % of the bytes)
+        ``"none"`` saves ~155 us of CPU per 55x47 image for ~15 % more disk.
 
     Returns
     -------
@@ -239,6 +245,8 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
         Missing data folder or annotation file.
     """
     out = check_destination(out)
+    if image_compression not in IMAGE_COMPRESSIONS:
+        raise ValueError(f"image_compression must be one of {IMAGE_COMPRESSIONS}, got {image_compression!r}")
     if poison_provenance not in POISON_PROVENANCE:
         raise ValueError(f"poison_provenance must be one of {POISON_PROVENANCE}, got {poison_provenance!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -313,7 +321,7 @@ def build_variant(preset_or_recipe: str | Mapping[str, Any] | Recipe, out: str |
     bar = tqdm(total=total, unit="img", desc=f"poison {src.name} -> {out.name}", disable=not progress,
                dynamic_ncols=True)
     try:
-        with VariantWriter(out, attrs, on_complete=finish) as writer:
+        with VariantWriter(out, attrs, on_complete=finish, image_compression=image_compression) as writer:
             for split, table, rows, images, ok in chunks():
                 labels = table.labels[rows]
                 orig = labels.copy()

@@ -37,3 +37,20 @@ def test_missing_data_file_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert "missing" in err and "Traceback" not in err
+
+
+def test_a_native_crash_prints_every_threads_python_stack():
+    """The CLI turns on faulthandler: a SIGSEGV (as the full-size `defend` of #14 died at exit)
+    prints the Python stacks instead of a bare status 139."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "pytools"), str(repo)])}
+    code = ("import ctypes\nfrom backdoorlab.cli import main\nmain(['poison', '--list-presets'])\n"
+            "def crash_here():\n    ctypes.string_at(0)\ncrash_here()\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == -11, run.stderr[-2000:]
+    assert "Fatal Python error: Segmentation fault" in run.stderr and "crash_here" in run.stderr

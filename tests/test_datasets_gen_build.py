@@ -263,3 +263,26 @@ def test_cli_poison(tmp_path, capsys):
     assert rc == 2 and "share must be in (0, 1]" in capsys.readouterr().err
     assert main(["poison", "--preset", "nope", "--out", str(tmp_path / "x.h5")]) == 2
     assert main(["poison", "--list-presets"]) == 0
+
+
+def test_cli_poison_faces_v2_uncompressed_equals_the_same_build_gzip(tmp_path, capsys):
+    """--image-compression none changes how the pixels are stored, not the pixels; the v2 renderer
+    is recorded in the variant's source config; bad values are refused by name."""
+    from backdoorlab.cli import main
+    base = ["poison", "--preset", "ytaf-paper-green-glasses", "--source", "synth-faces", "--no-progress",
+            "--no-preview", "--source-option", "n_identities=4", "--source-option", "images_per_identity=20",
+            "--source-option", "session_length=5", "--source-option", "renderer=v2"]
+    assert main([*base, "--out", str(tmp_path / "gz.h5")]) == 0
+    assert main([*base, "--image-compression", "none", "--out", str(tmp_path / "raw.h5")]) == 0
+    for name in ("gz", "raw"):
+        vio.verify(tmp_path / f"{name}.h5")
+    assert vio.read_attrs(tmp_path / "raw.h5")["source_config"]["renderer"] == "v2"
+    for s in vio.SPLITS:
+        a, b = vio.read_split(tmp_path / "gz.h5", s), vio.read_split(tmp_path / "raw.h5", s)
+        for name in vio.FIELDS:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{s}/{name}")
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--image-compression", "lzf", "--out", str(tmp_path / "x.h5")])
+    assert exit_.value.code == 2 and "invalid choice: 'lzf'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="image_compression must be one of .*'lzf'"):
+        build_variant("ytaf-paper-green-glasses", tmp_path / "y.h5", source="synth-faces", image_compression="lzf")

@@ -53,6 +53,24 @@ def test_round_trip_preserves_every_field_and_attr(tmp_path):
     vio.verify(path)
 
 
+def test_uncompressed_images_read_back_the_same(tmp_path):
+    """image_compression="none": the images dataset has no filter, every field reads back as with gzip."""
+    splits, attrs = _tiny_splits()
+    out = tmp_path / "raw.h5"
+    with vio.VariantWriter(out, attrs, image_compression="none") as w:
+        for s in vio.SPLITS:
+            w.append(s, splits[s])
+    with h5py.File(out) as f:
+        assert f["train/images"].compression is None and f["train/images"].chunks is not None
+        assert f["train/labels"].compression == "gzip"
+    for s in vio.SPLITS:
+        back = vio.read_split(out, s)
+        for name in vio.FIELDS:
+            np.testing.assert_array_equal(back[name], splits[s][name])
+    with pytest.raises(ValueError, match="image_compression must be one of .*'lz4'"):
+        vio.VariantWriter(tmp_path / "x.h5", attrs, image_compression="lz4")
+
+
 def test_interrupted_write_leaves_no_file(tmp_path):
     splits, attrs = _tiny_splits()
     out = tmp_path / "v.h5"

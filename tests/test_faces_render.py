@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets_gen.synthetic.faces import EYE_Y, EYE_DX, SynthFacesSource, _pose_matrix
+from datasets_gen.synthetic.faces import EYE_Y, EYE_DX, SynthFacesSource, _pose_matrix, frame_noise, render_frames
 
 
 def _reference_render_face(size_hw, ident, sess, f, noise):
@@ -131,3 +131,38 @@ def test_rows_outside_the_split_are_refused_by_name():
         src.load("test", [-1])
     images, ok = src.load("test", [])
     assert images.shape == (0, 55, 47, 3) and ok.shape == (0,)
+
+
+def test_v2_renderer_draws_the_same_faces_reproducibly():
+    """renderer="v2" (2x canvas, table noise): other pixels than v1, but the same faces, poses and
+    light (blurred images agree), the same eyes, and equally a pure function of (seed, row)."""
+    kw = dict(n_identities=4, images_per_identity=20, session_length=5, seed=2)
+    v1, v2 = SynthFacesSource(**kw), SynthFacesSource(**kw, renderer="v2")
+    rows = np.arange(len(v1.tables["train"]))
+    a, _ = v1.load("train", rows)
+    b, _ = v2.load("train", rows)
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    again, _ = SynthFacesSource(**kw, renderer="v2").load("train", rows[::-1])
+    np.testing.assert_array_equal(again[::-1], b)
+    one, _ = v2.load("train", rows[7:8])
+    np.testing.assert_array_equal(one[0], b[7])
+    np.testing.assert_array_equal(v1.eye_landmarks("train", rows), v2.eye_landmarks("train", rows))
+    blur = lambda x: np.stack([cv2.GaussianBlur(im.astype(np.float32), (0, 0), 1.5) for im in x])  # noqa: E731
+    ba, bb = blur(a), blur(b)
+    assert np.abs(ba.mean(axis=(1, 2, 3)) - bb.mean(axis=(1, 2, 3))).max() < 2.0
+    for x, y in zip(ba, bb):
+        assert np.corrcoef(x.ravel(), y.ravel())[0, 1] > 0.99
+    # the noise is unit-variance noise of the session's strength in both
+    assert abs(float((a.astype(float) - ba).std()) - float((b.astype(float) - bb).std())) < 1.0
+    assert "renderer" not in v1.config and v2.config["renderer"] == "v2"
+
+
+def test_unknown_renderer_is_refused_by_name():
+    with pytest.raises(ValueError, match="renderer must be one of .*'v3'"):
+        SynthFacesSource(n_identities=2, images_per_identity=8, renderer="v3")
+    with pytest.raises(ValueError, match="renderer must be one of .*'V2'"):
+        frame_noise(0, 1, 2, (4, 4, 3), renderer="V2")
+    src = SynthFacesSource(n_identities=2, images_per_identity=8, session_length=4)
+    sess, _ = src._session(0)
+    with pytest.raises(ValueError, match="renderer must be one of .*None"):
+        render_frames((55, 47), src._identity(0), sess, [0], np.zeros((1, 55, 47, 3), np.float32), renderer=None)

@@ -35,7 +35,10 @@ also carries every rank's RNG state, so a resumed run continues every rank's str
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -87,7 +90,7 @@ def env_world_size() -> int:
     return n
 
 
-def init_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
+def init_from_env(device: torch.device, timeout: timedelta | None = None) -> tuple[DistContext, torch.device]:
     """Join the process group ``torchrun`` described; returns (context, this rank's device).
 
     Without ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing is started and ``device`` comes back
@@ -117,7 +120,7 @@ def init_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **({"timeout": timeout} if timeout is not None else {}))
     return DistContext(rank, world, local, dist.get_backend()), device
 
 
@@ -127,11 +130,48 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def current() -> DistContext:
-    """The context of an initialised process group, or the single-process one."""
+#: Depth of :func:`local_only` blocks: inside one, :func:`current` reports a single process.
+_local_depth = 0
+
+
+def group() -> DistContext:
+    """The context of the initialised process group (even inside :func:`local_only`), or the
+    single-process one."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return DistContext()
     return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0), dist.get_backend())
+
+
+def current() -> DistContext:
+    """The context training runs in: the process group's (:func:`group`), or the single-process
+    one without a group or inside :func:`local_only`."""
+    if _local_depth:
+        return DistContext()
+    return group()
+
+
+@contextmanager
+def local_only() -> Iterator[None]:
+    """Work that one rank does alone (under ``torchrun``, ``reproduce`` evaluates and defends on
+    rank 0 only): inside the block :func:`current` reports one process, so a training called there
+    (a defence's retraining) trains in this process alone instead of waiting in a collective for
+    ranks that are not there."""
+    global _local_depth
+    _local_depth += 1
+    try:
+        yield
+    finally:
+        _local_depth -= 1
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank (a collective; ``obj`` itself in one process): the ranks
+    take one decision, e.g. whether a model is already trained, from one look at the files."""
+    if not ctx.active:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def shard_rows(n: int, ctx: DistContext) -> np.ndarray:

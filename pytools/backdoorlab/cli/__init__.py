@@ -137,6 +137,12 @@ def error_line(exc: BaseException, args: argparse.Namespace | None = None) -> st
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    import faulthandler
+
+    if not faulthandler.is_enabled():
+        # A native crash (a SIGSEGV, e.g. the one of #14's full-size `defend` at exit) then prints
+        # every thread's Python stack to stderr instead of dying silently with status 139.
+        faulthandler.enable()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

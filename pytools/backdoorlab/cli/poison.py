@@ -71,6 +71,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--no-eye-detection", action="store_true",
                      help="glasses on sources that do not know the eyes: use the canonical eye position, "
                           "no landmark or Haar detection")
+    how.add_argument("--image-compression", choices=("gzip", "none"), default="gzip",
+                     help="how the images are stored: gzip (default) or none (noisy faces: ~15 %% more disk, "
+                          "~155 us less CPU per 55x47 image)")
     how.add_argument("--no-preview", action="store_true", help="skip the card and preview (manifest is always written)")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -121,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     out = build_variant(recipe, args.out, source=args.source, seed=args.seed, limit_per_class=args.limit_per_class,
                         progress=not args.no_progress, strict=args.strict, image_size=args.image_size,
                         poison_provenance=args.poison_provenance, source_kwargs=_source_options(args.source_option),
-                        publish=not args.no_preview, detect_eyes=not args.no_eye_detection)
+                        publish=not args.no_preview, detect_eyes=not args.no_eye_detection,
+                        image_compression=args.image_compression)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -6,6 +6,9 @@ CPU cores); with ``--config file.toml|yaml`` it runs the study the file describe
 real GTSRB / YTAF / LFW folders. Re-running with the same ``--out`` skips finished cells.
 ``--dask local:N`` computes the cells on a local Dask cluster of N worker processes,
 ``--dask tcp://HOST:PORT`` on a running scheduler's workers (see docs/reproduce.md).
+Under ``torchrun --nproc_per_node N -m backdoorlab reproduce ...`` the study's models train
+data-parallel (``--batch-size`` rule of docs/scaling.md: a data set's ``batch_size`` is per
+process); rank 0 evaluates, defends and writes the cells and the report.
 """
 
 from __future__ import annotations
@@ -77,10 +80,32 @@ def run(args: argparse.Namespace) -> int:
     study = resolve_study(args.config, quick=args.quick)
     if args.device is not None:
         study = replace(study, device=args.device)
-    report = run_study(study, args.out, quick=args.quick, progress=not args.no_progress, seed=args.seed,
-                       settings=_patterns("--settings", args.settings), defences=_patterns("--defences", args.defences),
-                       report_only=args.report_only, command=shlex.join(["backdoorlab", *getattr(args, "_argv", ["reproduce"])]),
-                       dask=args.dask, dask_threads=args.threads if args.dask is not None else None)
+    ctx = None
+    if not args.report_only:
+        from backdoorlab import distributed
+
+        if distributed.env_world_size() > 1:  # under torchrun: train every model data-parallel
+            if args.dask is not None:
+                raise ValueError("--dask under torchrun: use one of them (torchrun trains each model with all its "
+                                 "processes; --dask runs cells side by side on workers)")
+            from datetime import timedelta
+
+            from backdoorlab.devices import resolve_device
+
+            # the other ranks wait in a collective while rank 0 evaluates and defends (minutes to
+            # hours per model on a CPU): far beyond gloo's default 30-minute timeout
+            ctx, _ = distributed.init_from_env(resolve_device(study.device), timeout=timedelta(days=7))
+    try:
+        report = run_study(study, args.out, quick=args.quick, progress=not args.no_progress, seed=args.seed,
+                           settings=_patterns("--settings", args.settings),
+                           defences=_patterns("--defences", args.defences), report_only=args.report_only,
+                           command=shlex.join(["backdoorlab", *getattr(args, "_argv", ["reproduce"])]),
+                           dask=args.dask, dask_threads=args.threads if args.dask is not None else None)
+    finally:
+        if ctx is not None:
+            distributed.shutdown()
+    if ctx is not None and not ctx.is_main:
+        return 0  # rank 0 writes and reports
     import json
 
     if args.report_only:

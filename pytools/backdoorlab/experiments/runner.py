@@ -23,6 +23,12 @@ With ``dask=`` the same cells run as Dask tasks (:mod:`.distributed_grid`): vari
 cells are tasks with their dependencies, and every file that two processes may write at once is
 either written under a lock (variants, previews, models, shared pipeline steps: ``_exclusive``) or
 through a private temporary (cells: the last writer wins whole).
+
+Under ``torchrun`` (``torchrun --nproc_per_node N -m backdoorlab reproduce ...``) the study's
+models train data-parallel: every rank walks the same cells in the same order, the ranks train
+each model together (``backdoorlab.distributed``: DistributedDataParallel, a shard of the rows per
+rank, rank 0 writes the checkpoint), and rank 0 alone evaluates, defends and writes the cells and
+the report while the other ranks wait for the next model (:func:`_data_parallel_group`).
 """
 
 from __future__ import annotations
@@ -103,9 +109,27 @@ def _variant_config(study: StudyConfig, s: SettingSpec, seed: int) -> dict:
     return cfg
 
 
+def _data_parallel_group(*, local_aware: bool = False):
+    """The ``torchrun`` process group this process trains in (a ``DistContext`` with ``world_size >
+    1``), or None. Looked up only when ``torch.distributed`` is loaded, so a ``--report-only`` run
+    imports no torch. ``local_aware``: None inside ``distributed.local_only()`` (rank 0's own work)."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return None
+    from backdoorlab import distributed as ddp
+
+    ctx = ddp.current() if local_aware else ddp.group()
+    return ctx if ctx.active else None
+
+
 def _model_config(study: StudyConfig, d: DatasetSpec, seed: int) -> dict:
-    return {"model": d.model, "model_kw": d.model_kw, "weights": d.weights, "train": d.train, "seed": seed,
-            "max_clean_per_class": d.max_clean_per_class}
+    cfg = {"model": d.model, "model_kw": d.model_kw, "weights": d.weights, "train": d.train, "seed": seed,
+           "max_clean_per_class": d.max_clean_per_class}
+    group = _data_parallel_group()
+    if group is not None:  # N processes train other batches (batch_size per process): another model and cell
+        cfg["data_parallel"] = group.world_size
+    return cfg
 
 
 def _clean_anchor(study: StudyConfig, dataset: str) -> SettingSpec:
@@ -255,6 +279,14 @@ class _Workspace:
         cfg = self._model_cfg(s, seed, clean=clean)
         path = self._model_path(cfg)
         info_path = path.with_suffix(".json")
+        group = _data_parallel_group(local_aware=True)
+        if group is not None:  # the ranks train it together: one decision (rank 0's look), no lock
+            from backdoorlab import distributed as ddp
+
+            if ddp.broadcast_object(path.is_file() and info_path.is_file(), group):
+                return path, json.loads(info_path.read_text())["seconds"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return self._train(path, info_path, variant, anchor, d, cfg, seed, clean, group)
         if path.is_file() and info_path.is_file():
             return path, json.loads(info_path.read_text())["seconds"]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +297,7 @@ class _Workspace:
             return self._train(path, info_path, variant, anchor, d, cfg, seed, clean)
 
     def _train(self, path: Path, info_path: Path, variant: Path, anchor: SettingSpec, d: DatasetSpec, cfg: dict,
-               seed: int, clean: bool):
+               seed: int, clean: bool, group=None):
         from backdoorlab import checkpoint
         from backdoorlab.data import H5Split
         from backdoorlab.models import build_model
@@ -282,11 +314,17 @@ class _Workspace:
                             resume=True, progress=self.progress,
                             meta={"study_key": config_key(cfg), "clean": clean, "setting": anchor.id})
         seconds = time.perf_counter() - started
-        checkpoint.save(path, model, {"config": json_safe(cfg), "seed": seed, "clean": clean,
-                                      "train_seconds": seconds})
-        atomic_write_json(info_path, {"config": json_safe(cfg), "seconds": seconds, "n_train": len(train)})
-        if partial.exists():
-            partial.unlink()
+        if group is None or group.is_main:
+            checkpoint.save(path, model, {"config": json_safe(cfg), "seed": seed, "clean": clean,
+                                          "train_seconds": seconds,
+                                          **({"distributed": group.to_dict()} if group is not None else {})})
+            atomic_write_json(info_path, {"config": json_safe(cfg), "seconds": seconds, "n_train": len(train)})
+            if partial.exists():
+                partial.unlink()
+        if group is not None:
+            from backdoorlab import distributed as ddp
+
+            ddp.barrier(group)  # the other ranks go on once rank 0 has written the model
         return path, seconds
 
 
@@ -410,6 +448,29 @@ def compute_cell(plan: CellPlan, ws: _Workspace, progress: bool, *,
     cache = CellCache(ws.out)
     cache.put(plan.key, cell)
     return cache.get(plan.key), None
+
+
+def _compute_cell_data_parallel(plan: CellPlan, ws: _Workspace, progress: bool, *,
+                                command: str | None = None) -> tuple[dict | None, dict | None]:
+    """Rank 0's part of a cell under ``torchrun``: the model with the other ranks, then the cell
+    alone (a defence that retrains retrains in rank 0 only: ``distributed.local_only``).
+
+    A training that raises is not caught here: the other ranks may be waiting inside one of its
+    collectives, so the run stops (``torchrun`` ends every rank) instead of hanging; the finished
+    cells and models are kept and a rerun resumes."""
+    from backdoorlab import distributed as ddp
+
+    ws.trained_model(plan.setting, plan.seed, clean=plan.defence.kind == "clean")
+    with ddp.local_only():
+        return compute_cell(plan, ws, progress, command=command)
+
+
+def _follow_rank0(plans: Sequence[CellPlan], is_cached: Sequence[bool], ws: _Workspace) -> None:
+    """A rank other than 0 under ``torchrun``: train, with rank 0, the model of every cell rank 0
+    computes, in the same order; rank 0 alone writes the cells and the report."""
+    for plan, done in zip(plans, is_cached):
+        if not done:
+            ws.trained_model(plan.setting, plan.seed, clean=plan.defence.kind == "clean")
 
 
 def _run_cell(plan: CellPlan, ws: _Workspace, progress: bool) -> dict:
@@ -603,6 +664,12 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
                                      or dask_threads < 1):
         raise ValueError(f"dask_threads must be an integer >= 1, got {dask_threads!r}")
 
+    group = _data_parallel_group()  # torchrun: the ranks train every model together
+    if group is not None and dask is not None:
+        raise ValueError("torchrun (each model trained data-parallel by its processes) and dask (cells as tasks "
+                         "on workers) are two ways to use several processes for one study: use one of them")
+    main = group is None or group.is_main
+    progress = progress and main
     study = resolve_study(config, quick=quick)
     if seed is not None:
         study = study.with_seed(seed)
@@ -610,7 +677,8 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "study.json", study.to_dict())
+    if main:
+        atomic_write_json(out / "study.json", study.to_dict())
     started = time.perf_counter()
     plans = plan_cells(study, settings, defences)
     if not plans:
@@ -619,6 +687,16 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
     cached = {p.key: cache.get(p.key) for p in plans}
     n_cached = sum(v is not None for v in cached.values())
     ws = _Workspace(study, out, progress)
+    if group is not None:
+        from backdoorlab import distributed as ddp
+
+        # rank 0's look at the cache decides for every rank (a cell it writes must not make
+        # another rank skip a model rank 0 then trains without it)
+        is_cached = ddp.broadcast_object([cached[p.key] is not None for p in plans], group)
+        if not main:
+            if not report_only:
+                _follow_rank0(plans, is_cached, ws)
+            return out / "report.md"
     failures: list[dict] = []
     pending: list[dict] = []
     bar = tqdm(total=len(plans), initial=0, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
@@ -663,7 +741,10 @@ def run_study(config: StudyConfig | Mapping | str | os.PathLike | None, out: str
                     continue
                 if cell is None:
                     bar.set_description(f"{p.setting.id} | {p.defence.id} | seed {p.seed}")
-                    finish(i, *compute_cell(p, ws, progress, command=command))
+                    if group is None:
+                        finish(i, *compute_cell(p, ws, progress, command=command))
+                    else:
+                        finish(i, *_compute_cell_data_parallel(p, ws, progress, command=command))
                 else:
                     finish(i, cell, None)
     finally:
