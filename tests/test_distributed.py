@@ -10,8 +10,6 @@ single-process training (same shuffling order, same seed).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +24,7 @@ from backdoorlab.data import H5Split
 from backdoorlab.train import epoch_order
 
 from _model_helpers import state_equal, toy_variant
-
-REPO = Path(__file__).resolve().parents[1]
+from _torchrun_helpers import child_env, torchrun_backdoorlab
 
 
 @pytest.mark.parametrize("n, world", [(10, 2), (11, 2), (7, 3), (240, 4), (3, 3)])
@@ -62,21 +59,8 @@ def test_one_process_hooks_are_the_single_process_training():
 
 
 def _torchrun(tmp_path: Path, *args: str, nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "pytools"), str(REPO)]),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "backdoorlab", "train", "--model", "gtsrb_cnn", "--batch-size", "16", "--threads", "1",
-           "--no-progress", *args]
-    # Its own session, so a hung run (ranks waiting for each other) is killed whole: torchrun and its workers.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return torchrun_backdoorlab(tmp_path, "train", "--model", "gtsrb_cnn", "--batch-size", "16", "--threads", "1",
+                                "--no-progress", *args, nproc=nproc, timeout=timeout)
 
 
 def test_two_gloo_processes_train_a_checkpoint_that_loads_and_resumes(tmp_path):
@@ -94,7 +78,7 @@ def test_two_gloo_processes_train_a_checkpoint_that_loads_and_resumes(tmp_path):
     assert payload["history"][0]["images_per_s"] > 0
 
     # the checkpoint of 2 processes is an ordinary one: single-process `evaluate` reads it
-    eval_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "pytools"), str(REPO)])}
+    eval_env = child_env()
     eval_env.pop("WORLD_SIZE", None)
     evaluated = subprocess.run([sys.executable, "-m", "backdoorlab", "evaluate", "--data", data, "--model", "resumed.pt",
                                 "--json", "metrics.json", "--device", "cpu", "--no-progress"],
@@ -116,7 +100,7 @@ def test_two_gloo_processes_train_a_checkpoint_that_loads_and_resumes(tmp_path):
     assert not state_equal(model, whole)  # the second epoch did train
 
     # one process cannot continue a two-process run (other shards, other batches)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "pytools"), str(REPO)])}
+    env = child_env()
     env.pop("WORLD_SIZE", None)
     single = subprocess.run([sys.executable, "-m", "backdoorlab", "train", "--data", data, "--model", "gtsrb_cnn",
                              "--out", "resumed.pt", "--epochs", "3", "--resume", "--batch-size", "16", "--no-progress",

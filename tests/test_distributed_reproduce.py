@@ -11,19 +11,16 @@ every cell cached. ``--dask`` under torchrun is refused before anything starts.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from _experiments_helpers import tiny_study
+from _torchrun_helpers import torchrun_backdoorlab
 from backdoorlab import checkpoint as ckpt
 from backdoorlab.experiments.runner import plan_cells, resolve_study
 
-REPO = Path(__file__).resolve().parents[1]
 DEFENCES = "none,ac,clean"
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -32,19 +29,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def _torchrun_reproduce(tmp_path: Path, out: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps(tiny_study()))  # JSON is YAML
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "pytools"), str(REPO)]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "backdoorlab", "reproduce", "--config", str(config), "--out", str(out), "--defences", DEFENCES,
-           "--threads", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                            start_new_session=True)  # a hung run (ranks waiting for each other) is killed whole
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    return torchrun_backdoorlab(tmp_path, "reproduce", "--config", str(config), "--out", str(out), "--defences",
+                                DEFENCES, "--threads", "1", "--no-progress", timeout=timeout)
 
 
 def test_two_gloo_processes_train_the_studys_models_and_rank0_writes_the_cells(tmp_path):
