@@ -187,6 +187,25 @@ void normalize(double* x, i64 n) {
     for (i64 i = 0; i < n; ++i) x[i] /= s;
 }
 
+// Infinity norm of the symmetric tridiagonal (diag, off) of size n; 1 for the zero matrix (it
+// scales the pivot floor and the cluster gap of inverse iteration).
+double tridiag_norm(const double* diag, const double* off, i64 n) {
+  double t = 0.0;
+  for (i64 i = 0; i < n; ++i)
+    t = std::max(t, std::abs(diag[i]) + (i > 0 ? std::abs(off[i - 1]) : 0.0) + (i + 1 < n ? std::abs(off[i]) : 0.0));
+  return t == 0.0 ? 1.0 : t;
+}
+
+// z^T T z for the tridiagonal T = (diag, off) and a unit vector z: the eigenvalue that goes with
+// an inverse-iteration vector (the bisection stops at 1e-12 of the scale; the quotient's error is
+// the square of the vector's, so it is exact to round-off).
+double tridiag_rayleigh(const double* diag, const double* off, i64 n, const double* z) {
+  double rq = 0.0;
+  for (i64 i = 0; i < n; ++i) rq += diag[i] * z[i] * z[i];
+  for (i64 i = 0; i + 1 < n; ++i) rq += 2.0 * off[i] * z[i] * z[i + 1];
+  return rq;
+}
+
 // The dense path: Householder, bisection, inverse iteration (see the top of this file).
 void sym_eig_top_dense(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, double* evecs) {
   if (d == 1) {
@@ -198,12 +217,7 @@ void sym_eig_top_dense(const SimdKernels& K, double* A, i64 d, i64 k, double* ev
   K.tridiagonalize(A, d, diag.data(), off.data(), beta.data(), work.data());
   K.tridiagonal_top_eigenvalues(diag.data(), off.data(), d, k, lam.data());
 
-  double tnorm = 0.0;  // infinity norm of T
-  for (i64 i = 0; i < d; ++i) {
-    const double row = std::abs(diag[i]) + (i > 0 ? std::abs(off[i - 1]) : 0.0) + (i + 1 < d ? std::abs(off[i]) : 0.0);
-    tnorm = std::max(tnorm, row);
-  }
-  if (tnorm == 0.0) tnorm = 1.0;
+  const double tnorm = tridiag_norm(diag.data(), off.data(), d);
   const double tiny = DBL_EPSILON * tnorm;
   const double cluster = 1e-3 * tnorm;  // vectors of eigenvalues this close are re-orthogonalised
   // Successive shifts inside a cluster are pushed apart a little so their factorisations differ.
@@ -232,12 +246,7 @@ void sym_eig_top_dense(const SimdKernels& K, double* A, i64 d, i64 k, double* ev
       }
       normalize(z, d);
     }
-    // the eigenvalue as z's Rayleigh quotient: the bisection stopped at 1e-12 of the scale, the
-    // quotient of the (unit) inverse-iteration vector is exact to round-off
-    double rq = 0.0;
-    for (i64 i = 0; i < d; ++i) rq += diag[i] * z[i] * z[i];
-    for (i64 i = 0; i + 1 < d; ++i) rq += 2.0 * off[i] * z[i] * z[i + 1];
-    evals[j] = rq;
+    evals[j] = tridiag_rayleigh(diag.data(), off.data(), d, z);
   }
   // Rayleigh quotients of a cluster's vectors may come out of order by round-off: keep the
   // pairs descending (insertion sort; k is small)
@@ -394,9 +403,10 @@ bool sym_eig_top_krylov(const SimdKernels& K, const double* A, i64 d, i64 k, i64
 // Householder reduction, only the top eigenvalue of T (bisection) and its vector (inverse
 // iteration), and its residual is beta_j |s_j| (the Lanczos relation), checked once against
 // |A y - theta y| before it is accepted. Same tolerance as the block path; false (nothing written)
-// when max_steps pass first, and the caller takes the dense path.
+// when min(d / 2, 96) steps pass first, and the caller takes the dense path.
 template <class Apply>
-bool lanczos_top1(const SimdKernels& K, Apply apply, i64 d, i64 max_steps, double* eval, double* evec) {
+bool lanczos_top1(const SimdKernels& K, Apply apply, i64 d, double* eval, double* evec) {
+  const i64 max_steps = std::min<i64>(d / 2, 96);
   std::vector<double> V(max_steps * d), alpha(max_steps), beta(max_steps), w(d), coef(max_steps), coef2(max_steps);
   std::vector<double> s(max_steps), y(d);
   TridiagLU lu;
@@ -421,18 +431,13 @@ bool lanczos_top1(const SimdKernels& K, Apply apply, i64 d, i64 max_steps, doubl
       next_check = n + std::max<i64>(4, n / 4);
       double theta = 0.0;
       K.tridiagonal_top_eigenvalues(alpha.data(), beta.data(), n, 1, &theta);
-      double tnorm = 0.0;
-      for (i64 i = 0; i < n; ++i) tnorm = std::max(tnorm, std::abs(alpha[i]) + (i > 0 ? std::abs(beta[i - 1]) : 0.0) + (i + 1 < n ? std::abs(beta[i]) : 0.0));
-      if (tnorm == 0.0) tnorm = 1.0;
-      lu.factor(alpha.data(), beta.data(), n, theta, DBL_EPSILON * tnorm);
+      lu.factor(alpha.data(), beta.data(), n, theta, DBL_EPSILON * tridiag_norm(alpha.data(), beta.data(), n));
       for (i64 i = 0; i < n; ++i) s[i] = 1.0;
       for (int it = 0; it < 3; ++it) {
         lu.solve(s.data(), n);
         normalize(s.data(), n);
       }
-      double rq = 0.0;  // the Ritz value as s's Rayleigh quotient (bisection stops at 1e-12)
-      for (i64 i = 0; i < n; ++i) rq += alpha[i] * s[i] * s[i];
-      for (i64 i = 0; i + 1 < n; ++i) rq += 2.0 * beta[i] * s[i] * s[i + 1];
+      const double rq = tridiag_rayleigh(alpha.data(), beta.data(), n, s.data());  // the Ritz value
       const double bound = KRYLOV_TOL * std::max(std::abs(rq), DBL_MIN);
       if (beta[j] * std::abs(s[j]) <= bound || exhausted) {
         std::fill(y.begin(), y.end(), 0.0);
@@ -468,8 +473,7 @@ void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, d
   const i64 max_basis = std::min<i64>(d / 2, 8 * k + 64) / KRYLOV_BLOCK * KRYLOV_BLOCK;
   bool done = false;
   if (d >= 64 && k == 1)
-    done = lanczos_top1(
-        K, [&](const double* v, double* w) { K.symm_rows(A, d, v, 1, w); }, d, std::min<i64>(d / 2, 96), evals, evecs);
+    done = lanczos_top1(K, [&](const double* v, double* w) { K.symm_rows(A, d, v, 1, w); }, d, evals, evecs);
   else if (d >= 256 && max_basis >= k + 2 * KRYLOV_BLOCK)
     done = sym_eig_top_krylov(K, A, d, k, max_basis, evals, evecs);
   if (!done) sym_eig_top_dense(K, A, d, k, evals, evecs);
@@ -486,8 +490,7 @@ void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, d
 
 bool gram_top1_implicit(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec) {
   if (d < 1 || m < 1) return false;
-  return lanczos_top1(
-      K, [&](const double* v, double* w) { K.gram_apply(Xr, m, d, v, w); }, d, std::min<i64>(d / 2, 96), eval, evec);
+  return lanczos_top1(K, [&](const double* v, double* w) { K.gram_apply(Xr, m, d, v, w); }, d, eval, evec);
 }
 
 void jacobi_eig(double* A, int m, double* evals, double* V) {
