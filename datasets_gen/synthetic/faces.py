@@ -108,6 +108,11 @@ def eye_positions(size_hw: tuple[int, int], ident: dict, sess: dict, frames: np.
 RENDERERS = ("v1", "v2")
 
 
+def _check_renderer(renderer: str) -> None:
+    if renderer not in RENDERERS:
+        raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
+
+
 def _supersample(h: int, w: int, renderer: str = "v1") -> int:
     """Supersampling factor: small outputs are drawn larger and area-reduced (smooth edges)."""
     if renderer == "v2":
@@ -128,8 +133,7 @@ _NOISE_TABLE = _noise_table()
 
 def frame_noise(seed: int, session: int, frame: int, shape: tuple[int, ...], renderer: str = "v1") -> np.ndarray:
     """Sensor noise of one frame (float32, unit variance), from the frame's own random stream."""
-    if renderer not in RENDERERS:
-        raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
+    _check_renderer(renderer)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 9, session, frame]))
     if renderer == "v2":
         return np.take(_NOISE_TABLE, rng.integers(0, 256, shape, dtype=np.uint8))
@@ -263,8 +267,7 @@ def render_frames(size_hw: tuple[int, int], ident: dict, sess: dict, frames: Seq
     ``renderer="v1"`` every pixel equals the one-frame-at-a-time computation (same operations in
     the same dtypes, only hoisted or batched); ``"v2"`` draws on a 2x canvas (see :data:`RENDERERS`).
     """
-    if renderer not in RENDERERS:
-        raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
+    _check_renderer(renderer)
     h, w = size_hw
     sf = _SessionFrame(size_hw, ident, sess, renderer)
     H, W = sf.canvas.shape[:2]
@@ -332,8 +335,7 @@ class SynthFacesSource(Source):
                  images_per_identity: int = 100, session_length: int = 25,
                  shares: tuple[float, float, float] = (0.75, 0.20, 0.05), seed: int = 0, strict: bool = False,
                  renderer: str = "v1"):
-        if renderer not in RENDERERS:
-            raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
+        _check_renderer(renderer)
         self.renderer = renderer
         for name, v, lo in (("n_identities", n_identities, 2), ("images_per_identity", images_per_identity, 4),
                             ("session_length", session_length, 1)):
