@@ -128,6 +128,21 @@ def test_analyse_clusters_on_planted_activations():
     assert per_class[1]["mean_silhouette"] > 0.5 > per_class[0]["mean_silhouette"]
 
 
+def test_ac_flags_are_those_of_full_fastica(ctx, ac_detected, monkeypatch):
+    """AC skips FastICA's unmixing rotation (distances, hence clusters, do not change): computing it
+    gives the same flags and the same per-class figures."""
+    from backdoorlab.defences import activation_clustering as ac_mod
+
+    original = ac_mod.cluster_classes
+    monkeypatch.setattr(ac_mod, "cluster_classes", lambda *a, **k: original(*a, **k, ica_rotation=True))
+    flags, report = ActivationClustering().detect(ctx, progress=False)
+    np.testing.assert_array_equal(flags, ac_detected[0])
+    assert ac_detected[1]["ica_rotation"] is False
+    for full, skipped in zip(report["per_class"], ac_detected[1]["per_class"]):
+        assert sorted(full["cluster_sizes"]) == sorted(skipped["cluster_sizes"])
+        assert full["mean_silhouette"] == pytest.approx(skipped["mean_silhouette"], abs=1e-5)
+
+
 def test_ac_flags_line_up_with_rows_in_any_order(ctx):
     """Pitfall (BackdoorBench): flags must follow the rows of ctx.train, whatever their order."""
     perm = np.random.default_rng(1).permutation(len(ctx.train))

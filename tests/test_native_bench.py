@@ -66,9 +66,13 @@ def test_kernels_benchmark_runs_end_to_end(monkeypatch, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "extrapolated x2.00 from 3 classes" in text and "goal (AC on YTAF" in text
     result = json.loads(out.read_text())["results"][0]
-    for step in ("AC", "spectral"):
+    for step in ("AC", "AC+rotation", "spectral"):
         fig = result["steps"][step]
         assert fig["ratio"] > 0 and fig["cpu_ratio"] > 0 and 0 <= fig["f1_native"] <= 1
+    # AC skips FastICA's rotation: the same 2-means partition as with it, and less time than with it
+    level = next(iter(result["levels"].values()))
+    assert level["same_partition_classes"] == 6 and "same 2-means partition with and without" in text
+    assert level["ac_gflop"] < level["ac_rot_gflop"]
 
 
 def test_kernels_benchmark_reports_every_simd_level(monkeypatch, tmp_path, capsys):

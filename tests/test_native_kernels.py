@@ -166,6 +166,37 @@ def test_fastica_class_result_does_not_depend_on_its_batch(rng):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_whiten_matches_sklearn_and_is_unit_variance(rng, device):
+    scales = np.linspace(0.2, 4.0, 24)[::-1]
+    X = (rng.standard_normal((700, 24)) * scales + 3.0).astype(np.float32)
+    off = np.array([0, 300, 300, 700])  # with an empty class
+    ours = native.whiten(X, off, 6, device=device)
+    np.testing.assert_allclose(ours, reference.whiten(X, off, 6), atol=2e-5 * np.abs(ours).max())
+    for a, b in ((0, 300), (300, 700)):  # FastICA's whitening: identity covariance, ddof 0
+        np.testing.assert_allclose(np.cov(ours[a:b].T, ddof=0), np.eye(6), atol=1e-5)
+    with pytest.raises(ValueError, match="class 0 has 1 rows"):
+        native.whiten(X[:3], np.array([0, 1, 3]), 1, device=device)
+
+
+def test_whitened_rows_are_fastica_sources_up_to_a_rotation(rng):
+    """FastICA's sources are the whitened rows times an orthogonal matrix, converged or not: the
+    same Gram matrix in every class, so k-means finds the same partition (the AC shortcut)."""
+    sizes = [120, 80, 200, 60, 150, 90, 110, 70, 130, 100, 95]
+    X, off = relu_classes(rng, sizes, 12)
+    sources, n_iter = native.fastica(X, off, 5, max_iter=300, tol=5e-3, seed=7, return_n_iter=True)
+    assert (n_iter == 300).any() and (n_iter < 300).any(), n_iter  # converged and not: both orthogonal
+    white = native.whiten(X, off, 5)
+    for a, b in zip(off[:-1], off[1:]):
+        s, w = sources[a:b].astype(np.float64), white[a:b].astype(np.float64)
+        np.testing.assert_allclose(s @ s.T, w @ w.T, atol=1e-4 * np.abs(w @ w.T).max())
+    km_s = native.kmeans(sources, off, 2, n_init=10, seed=3).labels
+    km_w = native.kmeans(white, off, 2, n_init=10, seed=3).labels
+    for a, b in zip(off[:-1], off[1:]):
+        same = (km_s[a:b] == km_w[a:b]).all() or (km_s[a:b] != km_w[a:b]).all()
+        assert same, (a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_pca_matches_sklearn(rng, device):
     scales = np.linspace(0.2, 4.0, 24)[::-1]
     X = (rng.standard_normal((700, 24)) * scales + 3.0).astype(np.float32)

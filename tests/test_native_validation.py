@@ -26,6 +26,7 @@ def X(rng):
 BATCHED = {
     "fastica": lambda X, off, **kw: native.fastica(X, off, 3, max_iter=20, **kw),
     "pca": lambda X, off, **kw: native.pca(X, off, 3, **kw),
+    "whiten": lambda X, off, **kw: native.whiten(X, off, 3, **kw),
     "kmeans": lambda X, off, **kw: native.kmeans(X, off, 2, n_init=2, **kw),
     "silhouette": lambda X, off, **kw: native.silhouette_samples(X, off, np.zeros(np.shape(X)[0] if np.ndim(X) else 0, np.int32), **kw),
     "spectral": lambda X, off, **kw: native.spectral_scores(X, off, **kw),

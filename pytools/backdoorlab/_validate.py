@@ -164,6 +164,14 @@ def fastica_args(shape: tuple[int, ...], offsets: np.ndarray, n_components: int,
     return offsets, n_components, check_int(max_iter, "max_iter", 1), check_tol(tol)
 
 
+def whiten_args(shape: tuple[int, ...], offsets: np.ndarray, n_components: int) -> tuple[np.ndarray, int]:
+    """``(offsets, n_components)`` of a whitening call, checked (FastICA's row minimum: a variance needs 2 rows)."""
+    offsets = check_offsets(offsets, shape[0])
+    n_components = check_components(n_components, shape[1])
+    check_min_rows(offsets, max(n_components, 2), "n_components (and at least 2)")
+    return offsets, n_components
+
+
 def pca_args(shape: tuple[int, ...], offsets: np.ndarray, n_components: int) -> tuple[np.ndarray, int]:
     """``(offsets, n_components)`` of a PCA call, checked."""
     offsets = check_offsets(offsets, shape[0])

@@ -71,6 +71,7 @@ from backdoorlab._validate import (
     pca_args,
     pruning_mask_args,
     stats_classes,
+    whiten_args,
 )
 from backdoorlab.errors import DeviceUnavailableError
 from backdoorlab.reference import KMeansResult, group_by_class
@@ -570,6 +571,47 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: str 
     offsets, n_components = pca_args(X.shape, offsets, n_components)
     mod = _backend(device, "pca")
     return mod.pca(_arg(mod, X, device=device), offsets, n_components)
+
+
+def whiten(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: str = "cpu") -> np.ndarray:
+    """Per-class whitening: the top ``n_components`` principal components scaled to unit variance.
+
+    This is FastICA's whitening step (scikit-learn's ``whiten="unit-variance"``: ddof 0) without
+    the unmixing rotation that follows it. What k-means, silhouettes and every Activation-Clustering
+    analysis read of the reduced rows is their Euclidean distances within a class, and an orthogonal
+    rotation keeps those: on whitened rows they give FastICA's clusters, for the whitening's cost
+    alone (:func:`backdoorlab.defences.activation_clustering.cluster_classes`). Computed as
+    :func:`pca` (same signs), each class's columns divided by their deviation.
+
+    Parameters
+    ----------
+    X : ndarray or DLPack tensor of shape (n, d), float32
+        Rows grouped by class.
+    offsets : ndarray of shape (n_classes + 1,), int64
+    n_components : int
+        ``1 <= n_components <= d``; every non-empty class needs at least ``max(n_components, 2)`` rows.
+    device : {"cpu", "cuda", "auto"}
+
+    Returns
+    -------
+    ndarray of shape (n, n_components), float32
+        NaN in a class with fewer than ``n_components`` independent directions (a zero deviation;
+        FastICA's whitening divides by zero there too).
+    """
+    X = _matrix(X, device)
+    offsets, n_components = whiten_args(X.shape, offsets, n_components)
+    mod = _backend(device, "pca")
+    projected = np.asarray(mod.pca(_arg(mod, X, device=device), offsets, n_components), dtype=np.float32)
+    sizes = np.diff(offsets)
+    present = sizes > 0
+    if not present.any():
+        return projected
+    # the projection is centred: its variance is the mean square; float64 sums per class
+    sq = np.add.reduceat(np.square(projected, dtype=np.float64), offsets[:-1][present], axis=0)
+    deviation = np.sqrt(sq / sizes[present, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = (1.0 / deviation).astype(np.float32)
+    return projected * np.repeat(scale, sizes[present], axis=0)
 
 
 # ---- 3. k-means and silhouette ---------------------------------------------------------------

@@ -40,6 +40,7 @@ from backdoorlab._validate import (
     pca_args,
     pruning_mask_args,
     stats_classes,
+    whiten_args,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "ActivationStats",
     "fastica",
     "pca",
+    "whiten",
     "kmeans",
     "silhouette_samples",
     "spectral_scores",
@@ -259,6 +261,30 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.ndarra
         if stop - start == 1:
             continue  # one row: centred it is zero, so is its projection
         out[start:stop] = PCA(n_components=n_components, svd_solver="full").fit_transform(rows)
+    return out
+
+
+def whiten(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.ndarray:
+    """Per-class whitening to ``n_components`` unit-variance (ddof 0) dimensions: FastICA's first step.
+
+    scikit-learn's ``PCA(whiten=True)`` (which divides by the ddof-1 deviation), rescaled by
+    ``sqrt(m / (m - 1))`` for a class of ``m`` rows; signs as :func:`pca`.
+
+    Returns
+    -------
+    ndarray of shape (n, n_components), float32
+    """
+    from sklearn.decomposition import PCA
+
+    X = check_matrix(X)
+    offsets, n_components = whiten_args(X.shape, offsets, n_components)
+    out = np.zeros((X.shape[0], n_components), dtype=np.float32)
+    for _, start, stop in _classes(offsets):
+        m = stop - start
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = PCA(n_components=n_components, svd_solver="full", whiten=True).fit_transform(
+                X[start:stop].astype(np.float64))
+        out[start:stop] = z * np.sqrt(m / (m - 1))
     return out
 
 
