@@ -256,19 +256,9 @@ void sym_eig_top_dense(const SimdKernels& K, double* A, i64 d, i64 k, double* ev
       std::swap_ranges(Z.begin() + i * d, Z.begin() + (i + 1) * d, Z.begin() + (i - 1) * d);
     }
   // Back to A's basis: x = H_0 (H_1 (... H_{d-3} z)).
-  for (i64 j = 0; j < k; ++j) {
-    double* x = evecs + j * d;
-    std::copy(Z.begin() + j * d, Z.begin() + (j + 1) * d, x);
-    for (i64 s = d - 3; s >= 0; --s) {
-      if (beta[s] == 0.0) continue;
-      const double* v = A + s * d + s + 1;
-      double t = 0.0;
-      for (i64 i = 0; i < d - s - 1; ++i) t += v[i] * x[s + 1 + i];
-      t *= beta[s];
-      for (i64 i = 0; i < d - s - 1; ++i) x[s + 1 + i] -= t * v[i];
-    }
-    normalize(x, d);
-  }
+  std::copy(Z.begin(), Z.begin() + k * d, evecs);
+  K.householder_apply(A, d, beta.data(), k, evecs);
+  for (i64 j = 0; j < k; ++j) normalize(evecs + j * d, d);
 }
 
 // w minus its components along the nv orthonormal rows of V, twice (classical Gram-Schmidt with

@@ -45,6 +45,9 @@ struct SimdKernels {
   // cluster.cpp
   double (*assign)(const float* XT, i64 m, i64 d, const double* C, int k, std::int32_t* labels, double* dist,
                    double* dj);
+  // linalg.cpp again (last, so the table's order above stays): X <- Q X for the k rows of X, Q the
+  // product of the reflectors tridiagonalize() left in A and beta
+  void (*householder_apply)(const double* A, i64 d, const double* beta, i64 k, double* X);
 };
 
 // The level in use (set once per kernel call: read it at the entry and pass it down).

@@ -12,6 +12,7 @@ using i64 = std::int64_t;
 void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out);
 void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, double* p);
 void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i64 k, double* out);
+void householder_apply(const double* A, i64 d, const double* beta, i64 k, double* X);
 void symm_rows(const double* C, i64 d, const double* Q, int nq, double* Y);
 void dot_rows(const double* A, i64 rows, i64 d, const double* x, double* out);
 void axpy_rows(const double* A, i64 rows, i64 d, const double* coef, double* x);
