@@ -1,16 +1,18 @@
-"""STRIP with blend="mean" on the seed-0 model, a quick check behind report.md (as run, paths fixed).
+"""STRIP with blend="mean" on one model, a quick check behind report.md (seed 0 by default, as first run).
 
 300 seeded rows of each of the clean split, the clean test split and the triggered test split are
 scored with N = 100 averaged overlays from the clean split; the threshold is the 5 % quantile of those
 300 clean-split scores. Writes the rejection rates and mean entropies to the JSON named on the
-command line. Expects /tmp/ncfull/a2o.h5 and /tmp/ncfull/a2o_s0.pt (report.md's commands).
+command line. Variant and model: the 2nd and 3rd arguments, by default /tmp/ncfull/a2o.h5 and
+/tmp/ncfull/a2o_s0.pt (report.md's commands).
 """
 import sys, json, numpy as np, torch
 torch.set_num_threads(1)
 from backdoorlab.data import to_float_chw
 from backdoorlab.defences.pipeline import load_context
 from backdoorlab.defences.strip import strip_entropy, _SALTS
-ctx, _ = load_context('/tmp/ncfull/a2o.h5', '/tmp/ncfull/a2o_s0.pt', device='cpu')
+data_path, model_path = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else ('/tmp/ncfull/a2o.h5', '/tmp/ncfull/a2o_s0.pt')
+ctx, _ = load_context(data_path, model_path, device='cpu')
 pool = to_float_chw(ctx.clean.load_images())
 out = {}
 for blend in ("mean",):
