@@ -143,14 +143,13 @@ void householder_apply(const double* A, i64 d, const double* beta, i64 k, double
 
 // The k largest eigenvalues of the symmetric tridiagonal (diag, off), descending, by bisection on
 // Sturm counts (LAPACK dstebz's method). Why not QL for all d: whitening wants 10 of 160+, and
-// each QL step is a dependent chain of a square root and two divisions. Here the k bisections run
-// side by side, one per vector lane, so the dependent chain of a Sturm count is paid once for W
-// eigenvalues (W doubles: two vector registers at this level). Each lane narrows its interval until
-// it is 1e-12 of the spectrum's scale wide (about 40 halvings, not the ~52 to a few ulps): the caller
-// takes the eigenvector by inverse iteration from that shift and the eigenvalue as its Rayleigh
-// quotient, which is then accurate to round-off (its error is the square of the vector's). A
-// bracket that is narrow enough stays put, so the result does not depend on how long other lanes run.
-// For k = 1 all W lanes work on the one eigenvalue (multisection, see below).
+// each QL step is a dependent chain of a square root and two divisions. Here one sweep computes the
+// Sturm counts of W shifts side by side, one per vector lane, so the dependent chain of a count is
+// paid once for W shifts (W doubles: two vector registers at this level); how the shifts are
+// chosen and shared is said below. Each eigenvalue's bracket narrows until it is 1e-12 of the
+// spectrum's scale wide (not the ~52 halvings to a few ulps): the caller takes the eigenvector by
+// inverse iteration from that shift and the eigenvalue as its Rayleigh quotient, which is then
+// accurate to round-off (its error is the square of the vector's).
 constexpr int W = BDL_F32_LANES;  // doubles in two vector registers
 using vd16 = double __attribute__((vector_size(W * sizeof(double))));
 using vm16 = std::int64_t __attribute__((vector_size(W * sizeof(double))));
@@ -184,52 +183,49 @@ void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i
     }
     return below;
   };
-  if (k == 1) {
-    // One eigenvalue (the Lanczos tests of spectral scores): every lane on it, W shifts cutting
-    // its bracket into W + 1 parts a sweep — about 10 sweeps to 1e-12 instead of 40 halvings.
-    const i64 t = d - 1;
-    double lo = lo0, hi = hi0;
-    for (int step = 0; step < 64; ++step) {
-      const double scale = std::max(std::abs(lo), std::abs(hi));
-      if (!(hi - lo > BISECTION_RTOL * scale + 2.0 * pivmin)) break;
-      vd16 x;
-      for (int l = 0; l < W; ++l) x[l] = lo + (hi - lo) * static_cast<double>(l + 1) / static_cast<double>(W + 1);
-      const vm16 below = below_count(x);
-      double new_lo = lo, new_hi = hi;
-      for (int l = 0; l < W; ++l) {  // counts rise with x: the first shift above the eigenvalue closes it
-        if (below[l] > t) {
-          new_hi = x[l];
-          break;
-        }
-        new_lo = x[l];
+  // Each wanted eigenvalue j (the j-th largest: number t = d - 1 - j ascending) has a bracket
+  // [lo_j, hi_j]. A sweep evaluates W shifts at once, spread over the open brackets (one bracket
+  // shared by several eigenvalues counts once: at the start they all share the Gershgorin one), and
+  // every count narrows every open bracket it falls in — a count at x says, for all t at once,
+  // whether eigenvalue t lies below x. So the lanes left over by few wanted eigenvalues multisect
+  // (k = 1: W + 1 parts a sweep, ~10 sweeps to 1e-12 instead of 40 halvings) and the first sweeps
+  // serve all k. A closed bracket is not touched again.
+  std::vector<double> lo(k, lo0), hi(k, hi0), blo, bhi;
+  auto open = [&](i64 j) {
+    const double scale = std::max(std::abs(lo[j]), std::abs(hi[j]));
+    return hi[j] - lo[j] > BISECTION_RTOL * scale + 2.0 * pivmin;
+  };
+  for (int sweep = 0; sweep < 256; ++sweep) {
+    blo.clear();
+    bhi.clear();
+    for (i64 j = 0; j < k; ++j)  // the distinct open brackets, largest eigenvalue first
+      if (open(j) && (blo.empty() || blo.back() != lo[j] || bhi.back() != hi[j])) {
+        blo.push_back(lo[j]);
+        bhi.push_back(hi[j]);
       }
-      if (new_lo == lo && new_hi == hi) break;  // the shifts no longer split the bracket (round-off)
-      lo = new_lo;
-      hi = new_hi;
+    if (blo.empty()) break;
+    const int nb = static_cast<int>(std::min<std::size_t>(blo.size(), W));
+    vd16 x;
+    for (int b = 0, l = 0; b < nb; ++b) {
+      const int lanes = W / nb + (b < W % nb ? 1 : 0);
+      for (int i = 0; i < lanes; ++i, ++l)
+        x[l] = blo[b] + (bhi[b] - blo[b]) * static_cast<double>(i + 1) / static_cast<double>(lanes + 1);
     }
-    out[0] = 0.5 * (lo + hi);
-    return;
-  }
-  for (i64 j0 = 0; j0 < k; j0 += W) {
-    // lane l looks for eigenvalue number t = d - 1 - (j0 + l) in ascending order; spare lanes
-    // repeat the last wanted one
-    vm16 t;
-    for (int l = 0; l < W; ++l) t[l] = d - 1 - std::min(j0 + l, k - 1);
-    vd16 lo = vd16{} + lo0, hi = vd16{} + hi0;
-    for (int step = 0; step < 128; ++step) {
-      const vd16 abs_lo = lo < 0 ? -lo : lo, abs_hi = hi < 0 ? -hi : hi;
-      const vd16 scale = abs_lo > abs_hi ? abs_lo : abs_hi;
-      const vm16 open = hi - lo > BISECTION_RTOL * scale + 2.0 * pivmin;
-      bool any = false;
-      for (int l = 0; l < W; ++l) any = any || open[l] != 0;
-      if (!any) break;
-      const vd16 x = 0.5 * (lo + hi);
-      const vm16 go_down = below_count(x) > t;  // eigenvalue t lies below x
-      hi = open & go_down ? x : hi;
-      lo = open & ~go_down ? x : lo;
+    const vm16 below = below_count(x);
+    bool moved = false;
+    for (i64 j = 0; j < k; ++j) {
+      if (!open(j)) continue;
+      const i64 t = d - 1 - j;
+      for (int l = 0; l < W; ++l) {
+        if (!(x[l] > lo[j] && x[l] < hi[j])) continue;
+        if (below[l] > t) hi[j] = x[l];  // eigenvalue t lies below x
+        else lo[j] = x[l];
+        moved = true;
+      }
     }
-    for (int l = 0; l < W && j0 + l < k; ++l) out[j0 + l] = 0.5 * (lo[l] + hi[l]);
+    if (!moved) break;  // the shifts no longer split any bracket (round-off)
   }
+  for (i64 j = 0; j < k; ++j) out[j] = 0.5 * (lo[j] + hi[j]);
 }
 
 // Y[i, :] = C Q[i, :] for the nq (<= 16) rows of Q: one pass over the rows of C serves all nq
