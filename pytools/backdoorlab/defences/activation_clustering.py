@@ -2,7 +2,8 @@
 
 A backdoored model separates, inside the target class, the genuine samples from the triggered ones
 it learnt to relabel: their last-hidden-layer activations form two groups. Per class we reduce the
-activations (FastICA to 10 dimensions by default, or PCA), split them with 2-means and decide which
+activations (FastICA to 10 dimensions by default — its whitening, which yields FastICA's clusters: see
+:func:`cluster_classes` — or PCA), split them with 2-means and decide which
 cluster, if any, is poisoned. Everything numeric (grouping, ICA/PCA, k-means, silhouettes, per-class
 means) runs in the native core (``backdoorlab.native``); this module only wires it and decides.
 
