@@ -176,6 +176,16 @@ def test_whiten_matches_sklearn_and_is_unit_variance(rng, device):
         np.testing.assert_allclose(np.cov(ours[a:b].T, ddof=0), np.eye(6), atol=1e-5)
     with pytest.raises(ValueError, match="class 0 has 1 rows"):
         native.whiten(X[:3], np.array([0, 1, 3]), 1, device=device)
+    # a caller holding the PCA projection gets the same whitening from unit_variance alone
+    np.testing.assert_array_equal(native.unit_variance(native.pca(X, off, 6, device=device), off), ours)
+
+
+def test_unit_variance_rejects_bad_input():
+    Y = np.ones((5, 2), np.float32)
+    with pytest.raises(TypeError, match="Y must have dtype float32"):
+        native.unit_variance(Y.astype(np.float64), np.array([0, 5]))
+    with pytest.raises(ValueError, match="offsets"):
+        native.unit_variance(Y, np.array([0, 4]))
 
 
 def test_whitened_rows_are_fastica_sources_up_to_a_rotation(rng):

@@ -74,7 +74,7 @@ from backdoorlab._validate import (
     whiten_args,
 )
 from backdoorlab.errors import DeviceUnavailableError
-from backdoorlab.reference import KMeansResult, group_by_class
+from backdoorlab.reference import KMeansResult, group_by_class, unit_variance
 
 # The reference's API (every kernel has its twin there), plus what only the compiled core has.
 __all__ = [*_ref.__all__, "build_info", "set_num_threads", "get_num_threads",
@@ -581,7 +581,7 @@ def whiten(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: s
     analysis read of the reduced rows is their Euclidean distances within a class, and an orthogonal
     rotation keeps those: on whitened rows they give FastICA's clusters, for the whitening's cost
     alone (:func:`backdoorlab.defences.activation_clustering.cluster_classes`). Computed as
-    :func:`pca` (same signs), each class's columns divided by their deviation.
+    :func:`pca` (same signs), each class's columns divided by their deviation (:func:`unit_variance`).
 
     Parameters
     ----------
@@ -602,16 +602,7 @@ def whiten(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, device: s
     offsets, n_components = whiten_args(X.shape, offsets, n_components)
     mod = _backend(device, "pca")
     projected = np.asarray(mod.pca(_arg(mod, X, device=device), offsets, n_components), dtype=np.float32)
-    sizes = np.diff(offsets)
-    present = sizes > 0
-    if not present.any():
-        return projected
-    # the projection is centred: its variance is the mean square; float64 sums per class
-    sq = np.add.reduceat(np.square(projected, dtype=np.float64), offsets[:-1][present], axis=0)
-    deviation = np.sqrt(sq / sizes[present, None])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = (1.0 / deviation).astype(np.float32)
-    return projected * np.repeat(scale, sizes[present], axis=0)
+    return unit_variance(projected, offsets)
 
 
 # ---- 3. k-means and silhouette ---------------------------------------------------------------

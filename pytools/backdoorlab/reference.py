@@ -51,6 +51,7 @@ __all__ = [
     "fastica",
     "pca",
     "whiten",
+    "unit_variance",
     "kmeans",
     "silhouette_samples",
     "spectral_scores",
@@ -244,6 +245,24 @@ def fastica(X: np.ndarray, offsets: np.ndarray, n_components: int = 10, max_iter
     return (out, n_iter) if return_n_iter else out
 
 
+def _sklearn_pca(X: np.ndarray, offsets: np.ndarray, n_components: int, whiten: bool) -> np.ndarray:
+    """scikit-learn's ``PCA`` fitted on every class (float64 rows), float32 out; ``whiten``: to unit
+    ddof-0 variance."""
+    from sklearn.decomposition import PCA
+
+    out = np.zeros((X.shape[0], n_components), dtype=np.float32)
+    for _, start, stop in _classes(offsets):
+        m = stop - start
+        if m == 1:
+            continue  # one row: centred it is zero, so is its projection (whiten needs 2 rows)
+        with np.errstate(divide="ignore", invalid="ignore"):  # whiten: a zero variance gives NaN, as FastICA
+            z = PCA(n_components=n_components, svd_solver="full", whiten=whiten).fit_transform(
+                X[start:stop].astype(np.float64))
+        # scikit-learn whitens to ddof-1 unit variance, FastICA (and whiten below) to ddof 0
+        out[start:stop] = z * np.sqrt(m / (m - 1)) if whiten else z
+    return out
+
+
 def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.ndarray:
     """Per-class PCA projection (centred, not whitened), signs as scikit-learn's ``svd_flip``.
 
@@ -251,17 +270,9 @@ def pca(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.ndarra
     -------
     ndarray of shape (n, n_components), float32
     """
-    from sklearn.decomposition import PCA
-
     X = check_matrix(X)
     offsets, n_components = pca_args(X.shape, offsets, n_components)
-    out = np.zeros((X.shape[0], n_components), dtype=np.float32)
-    for _, start, stop in _classes(offsets):
-        rows = X[start:stop].astype(np.float64)
-        if stop - start == 1:
-            continue  # one row: centred it is zero, so is its projection
-        out[start:stop] = PCA(n_components=n_components, svd_solver="full").fit_transform(rows)
-    return out
+    return _sklearn_pca(X, offsets, n_components, whiten=False)
 
 
 def whiten(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.ndarray:
@@ -274,18 +285,40 @@ def whiten(X: np.ndarray, offsets: np.ndarray, n_components: int = 10) -> np.nda
     -------
     ndarray of shape (n, n_components), float32
     """
-    from sklearn.decomposition import PCA
-
     X = check_matrix(X)
     offsets, n_components = whiten_args(X.shape, offsets, n_components)
-    out = np.zeros((X.shape[0], n_components), dtype=np.float32)
-    for _, start, stop in _classes(offsets):
-        m = stop - start
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = PCA(n_components=n_components, svd_solver="full", whiten=True).fit_transform(
-                X[start:stop].astype(np.float64))
-        out[start:stop] = z * np.sqrt(m / (m - 1))
-    return out
+    return _sklearn_pca(X, offsets, n_components, whiten=True)
+
+
+def unit_variance(Y: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Every class's columns of ``Y`` divided by their deviation (ddof 0, about 0: ``Y`` is centred).
+
+    What turns a per-class PCA projection (:func:`pca`) into its whitening (:func:`whiten`), so a
+    caller that has the projection does not decompose the classes again.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (n, k), float32
+        Centred per class, rows grouped like ``offsets``.
+    offsets : ndarray of shape (n_classes + 1,), int64
+
+    Returns
+    -------
+    ndarray of shape (n, k), float32
+        NaN in a column whose deviation is zero (a class with fewer than ``k`` independent
+        directions; FastICA's whitening divides by zero there too).
+    """
+    Y = check_matrix(Y, "Y", check_finite=False)
+    offsets = check_offsets(offsets, Y.shape[0])
+    sizes = np.diff(offsets)
+    present = sizes > 0
+    if not present.any():
+        return Y.copy()
+    sq = np.add.reduceat(np.square(Y, dtype=np.float64), offsets[:-1][present], axis=0)
+    deviation = np.sqrt(sq / sizes[present, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = (1.0 / deviation).astype(np.float32)
+    return Y * np.repeat(scale, sizes[present], axis=0)
 
 
 # ---- 3. k-means and silhouette per class -----------------------------------------------------

@@ -79,7 +79,7 @@ def _group(acts: np.ndarray, labels: np.ndarray, min_class_size: int, class_name
 
 def cluster_classes(
     x_sorted: np.ndarray, offsets: np.ndarray, *, reduce: str, n_components: int, seed: int, device: str,
-    n_init: int = 50, ica_rotation: bool = False,
+    n_init: int = 50, ica_rotation: bool = False, projected: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reduce each class and split it in two. Returns ``(reduced (n, n_components), clusters (n,))``.
 
@@ -91,10 +91,14 @@ def cluster_classes(
     the tests check them equal — without its iterations, half to three quarters of the AC core's
     time on the GTSRB and YTAF shapes (with ART's ``max_iter=1000, tol=0.005`` most classes of
     near-Gaussian activations run all 1,000).
-    ``ica_rotation=True`` computes the sources themselves.
+    ``ica_rotation=True`` computes the sources themselves. ``projected``: the classes' PCA
+    projection to ``n_components`` when the caller has it (AC measures silhouettes there); the
+    whitening then only rescales it instead of decomposing every class again.
     """
     try:
-        if reduce == "fastica" and not ica_rotation:
+        if reduce == "fastica" and not ica_rotation and projected is not None:
+            reduced = native.unit_variance(projected, offsets)
+        elif reduce == "fastica" and not ica_rotation:
             reduced = native.whiten(x_sorted, offsets, n_components=n_components, device=device)
         elif reduce == "fastica":
             reduced = native.fastica(x_sorted, offsets, n_components=n_components, seed=seed, device=device)
@@ -294,9 +298,14 @@ class ActivationClustering(FilteringDefence):
         min_size = max(self.n_components + 1, 4)
         present, x_sorted, offsets, order = _group(acts, labels, min_size, class_names)
         dev = native_device(ctx.device)
+        sil_space = None  # silhouettes in the classes' PCA projection, computed once: it also gives the whitening
+        if self.silhouette_space == "pca" and self.reduce != "pca":
+            sil_space = np.ascontiguousarray(
+                native.pca(x_sorted, offsets, n_components=self.n_components, device=dev), dtype=np.float32
+            )
         reduced, clusters = cluster_classes(
             x_sorted, offsets, reduce=self.reduce, n_components=self.n_components, seed=ctx.seed, device=dev,
-            n_init=self.n_init,
+            n_init=self.n_init, projected=sil_space,
         )
         if not np.isfinite(reduced).all():
             bad = sorted({int(present[c]) for c in range(offsets.size - 1)
@@ -304,11 +313,6 @@ class ActivationClustering(FilteringDefence):
             raise ValueError(
                 f"{self.reduce} to {self.n_components} dimensions gave NaN/inf for classes {bad}: their "
                 f"activations have fewer than {self.n_components} independent directions; lower n_components"
-            )
-        sil_space = None
-        if self.silhouette_space == "pca" and self.reduce != "pca":
-            sil_space = np.ascontiguousarray(
-                native.pca(x_sorted, offsets, n_components=self.n_components, device=dev), dtype=np.float32
             )
         flags_sorted, per_class = analyse_clusters(
             x_sorted,
