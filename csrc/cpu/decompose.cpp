@@ -48,7 +48,7 @@ constexpr int SMALL_K = 16;  // largest k of the small-k step (simd/ica_kernels.
 i64 pad4(i64 d) { return (d + 3) / 4 * 4; }
 
 // Covariance eigenpairs of one class: fills mean (d), XT (d_pad x m, centred and divided by
-// `scale`, see pow2_scale), evals/evecs (k, eigenvalues of the scaled covariance — whitening with
+// `scale`, see column_mean_scale), evals/evecs (k, eigenvalues of the scaled covariance — whitening with
 // them undoes the scale by itself; eigenvectors in feature space, k x d). Returns false when the
 // class has no variance at all.
 //
@@ -61,8 +61,7 @@ bool class_eigen(const SimdKernels& K, const float* X, i64 m, i64 d, i64 row0, i
                  std::vector<float>& XT, double& scale, std::vector<double>& evals, std::vector<double>& evecs) {
   const i64 dp = pad4(d);
   mean.resize(d);
-  column_mean(X, m, d, mean.data(), row0, cls);
-  scale = pow2_scale(X, m, d, mean.data());
+  scale = column_mean_scale(K, X, m, d, mean.data(), true, row0, cls);
   XT.resize(dp * m);
   transpose_centred(X, m, d, mean.data(), 1.0 / scale, XT.data(), dp);
   evals.resize(k);

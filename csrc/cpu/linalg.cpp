@@ -22,47 +22,48 @@
 
 namespace backdoorlab {
 
-void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls) {
-  std::fill(mean, mean + d, 0.0);
-  for (i64 r = 0; r < n; ++r) {
-    const float* row = X + r * d;
-    bool finite = true;
-#pragma omp simd reduction(&& : finite)
-    for (i64 a = 0; a < d; ++a) {
-      finite = finite && std::isfinite(row[a]);
-      mean[a] += row[a];
-    }
-    if (!finite)
-      throw std::invalid_argument("X contains NaN or Inf at row " + std::to_string(row0 + r) + " (class " +
-                                  std::to_string(cls) + ")");
-  }
-  const double inv = 1.0 / static_cast<double>(n);
-  for (i64 a = 0; a < d; ++a) mean[a] *= inv;
+namespace {
+
+// The first row of X[n, d] holding a NaN or Inf, named in the error (the slow path: only after
+// column_stats found one).
+[[noreturn]] void throw_non_finite(const float* X, i64 n, i64 d, i64 row0, i64 cls) {
+  i64 r = 0;
+  while (r < n && std::all_of(X + r * d, X + (r + 1) * d, [](float x) { return std::isfinite(x); })) ++r;
+  throw std::invalid_argument("X contains NaN or Inf at row " + std::to_string(row0 + std::min(r, n - 1)) +
+                              " (class " + std::to_string(cls) + ")");
 }
 
-double pow2_scale(const float* X, i64 n, i64 d, const double* mean) {
-  // |x - mean| is largest at a column's smallest or largest value, so one pass of float min/max
-  // per column (vector instructions, exact) and a last look at those 2 d values give the same
-  // maximum as visiting every entry in float64 (which did not vectorise: ~7 % of spectral_scores)
-  if (n < 1 || d < 1) return 1.0;
-  std::vector<float> lo(X, X + d), hi(X, X + d);
-  for (i64 r = 1; r < n; ++r) {
-    const float* row = X + r * d;
-#pragma omp simd
-    for (i64 a = 0; a < d; ++a) {
-      lo[a] = std::min(lo[a], row[a]);
-      hi[a] = std::max(hi[a], row[a]);
-    }
+}  // namespace
+
+double column_mean_scale(const SimdKernels& K, const float* X, i64 n, i64 d, double* mean, bool center, i64 row0,
+                         i64 cls) {
+  if (n < 1 || d < 1) {
+    std::fill(mean, mean + d, 0.0);
+    return 1.0;
+  }
+  // one vectorised pass (column_stats) for the sums, the finiteness check and the column extremes:
+  // |x - mean| is largest at a column's smallest or largest value, so those 2 d values give the
+  // same maximum as visiting every entry in float64
+  std::vector<float> lo(d), hi(d);
+  K.column_stats(X, n, d, mean, lo.data(), hi.data());
+  const double inv = 1.0 / static_cast<double>(n);
+  for (i64 a = 0; a < d; ++a) {
+    if (!std::isfinite(mean[a])) throw_non_finite(X, n, d, row0, cls);
+    mean[a] *= inv;
   }
   double top = 0.0;
   for (i64 a = 0; a < d; ++a) {
-    const double m = mean ? mean[a] : 0.0;
+    const double m = center ? mean[a] : 0.0;
     top = std::max(top, std::max(std::abs(static_cast<double>(lo[a]) - m), std::abs(static_cast<double>(hi[a]) - m)));
   }
   if (!(top > 0.0)) return 1.0;
   int e = 0;
   std::frexp(top, &e);  // top = f 2^e with f in [0.5, 1)
   return std::ldexp(1.0, e);
+}
+
+void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls) {
+  column_mean_scale(simd(), X, n, d, mean, false, row0, cls);
 }
 
 void transpose_centred(const float* X, i64 n, i64 d, const double* mean, double inv_scale, float* XT, i64 d_pad) {

@@ -14,20 +14,22 @@
 namespace backdoorlab {
 
 
-// Column means of rows X[n, d] in float64. Throws std::invalid_argument naming the row
-// (row0 + r) and class when a value is NaN or Inf.
+// Column means of rows X[n, d] in float64 (zeros when n = 0). Throws std::invalid_argument naming
+// the row (row0 + r) and class when a value is NaN or Inf.
 void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls);
 
-// The power of two s with max |X[r, a] - mean[a]| in [s/2, s) (mean == nullptr: max |X[r, a]|;
-// 1 when every value is 0). Why: the Gram kernel squares float32 values, so data near 1e19
-// overflow to Inf (then NaN) and data near 1e-23 underflow to 0; dividing by s first keeps every
-// centred value in (-1, 1), and a power of two divides exactly, so ordinary data give the very
-// same bits as unscaled. Dividing in float64 also keeps x - mean (up to 2 FLT_MAX) finite.
-double pow2_scale(const float* X, i64 n, i64 d, const double* mean);
+// column_mean, and in the same pass over X the power of two s with max |X[r, a] - mean[a]| in
+// [s/2, s) (center false: max |X[r, a]|; 1 when every value is 0). Why the scale: the Gram kernel
+// squares float32 values, so data near 1e19 overflow to Inf (then NaN) and data near 1e-23
+// underflow to 0; dividing by s first keeps every centred value in (-1, 1), and a power of two
+// divides exactly, so ordinary data give the very same bits as unscaled. Dividing in float64 also
+// keeps x - mean (up to 2 FLT_MAX) finite.
+double column_mean_scale(const SimdKernels& K, const float* X, i64 n, i64 d, double* mean, bool center, i64 row0,
+                         i64 cls);
 
 // XT[a, s] = (X[s, a] - mean[a]) * inv_scale (mean == nullptr: not centred) as float32, XT of
 // shape (d_pad, n) with rows d..d_pad-1 zero (d_pad a multiple of 4 for the Gram kernel's blocks).
-// inv_scale: 1 / pow2_scale(...), or 1.0 for unscaled rows.
+// inv_scale: 1 / column_mean_scale(...), or 1.0 for unscaled rows.
 void transpose_centred(const float* X, i64 n, i64 d, const double* mean, double inv_scale, float* XT, i64 d_pad);
 
 // Xr[s, a] = (X[s, a] - mean[a]) * inv_scale (mean == nullptr: not centred) as float32, Xr of shape

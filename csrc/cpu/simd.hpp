@@ -48,6 +48,9 @@ struct SimdKernels {
   // linalg.cpp again (last, so the table's order above stays): X <- Q X for the k rows of X, Q the
   // product of the reflectors tridiagonalize() left in A and beta
   void (*householder_apply)(const double* A, i64 d, const double* beta, i64 k, double* X);
+  // column sums (float64), minima and maxima (float32) of the n >= 1 rows X[n, d], one pass; a
+  // NaN or Inf leaves its column's sum non-finite
+  void (*column_stats)(const float* X, i64 n, i64 d, double* sum, float* lo, float* hi);
 };
 
 // The level in use (set once per kernel call: read it at the entry and pass it down).

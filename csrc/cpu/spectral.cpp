@@ -58,11 +58,10 @@ void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bo
     const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
     const i64 dp = (d + 3) / 4 * 4;
     std::vector<double> mean(d);
-    column_mean(X + r0 * d, m, d, mean.data(), r0, c);
+    // rows divided by a power of two first (column_mean_scale): the Gram product must not square
+    // 1e19 into float32 Inf; the scores are scaled back at the end
+    const double scale = column_mean_scale(K, X + r0 * d, m, d, mean.data(), center, r0, c);
     const double* mu = center ? mean.data() : nullptr;
-    // rows divided by a power of two first (pow2_scale): the Gram product must not square 1e19
-    // into float32 Inf; the scores are scaled back at the end
-    const double scale = pow2_scale(X + r0 * d, m, d, mu);
     std::vector<double> proj(m, 0.0);
     if (m < d) {
       // Fewer rows than features: top eigenvector u of the m x m Gram G = Xc Xc^T. Then

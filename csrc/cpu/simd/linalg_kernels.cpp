@@ -14,20 +14,28 @@ namespace BDL_LEVEL_NS {
 // Four rows a..a+3 of the Gram matrix against the rows b..b+3 for every b in [a, d_pad) (step
 // 4): out gets the 16 entries of each 4 x 4 block (row-major), block after block. Samples are the
 // vector lanes (LN per step): 8 loads feed 16 multiply-adds. Each product keeps one float32
-// partial sum per lane over a chunk of 32 LN samples (32 per lane), chunk sums go into float64
-// lane sums, and lanes are added once at the end, so the loop has no horizontal sums (a
-// per-chunk reduction cost as much as the products at d = 160). One call per row block. Lanes:
-// one vector register of floats at this level (16 accumulators x 1 register each: AVX2's 16 ymm
-// registers would spill with AVX-512's 16-float rows).
+// partial sum per lane over a chunk of 32 LN samples (32 per lane, 33 in the last chunk), and
+// each chunk's lanes are summed in float64 into the entry: at the shapes AC meets (n = 412 ...
+// 820) that is one or two chunks, one pairwise horizontal sum each. Lanes: one vector register of floats
+// at this level (16 accumulators x 1 register each: AVX2's 16 ymm registers would spill with
+// AVX-512's 16-float rows). The last n % LN samples are one more vector step over zero-padded
+// copies. Why so (perf annotate, YTAF's 412 x 160 classes): the scalar float64 loop over those
+// samples cost about half of the 25 vector steps, and zeroing and adding a 16 x LN float64 array
+// of lane sums per block another tenth.
 void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out) {
   constexpr int LN = BDL_F32_LANES;
-  constexpr i64 CHUNK = 32 * LN;  // 32 samples per lane in float32, then float64
+  constexpr i64 CHUNK = 32 * LN;
   const float* x[4] = {XT + a * n, XT + (a + 1) * n, XT + (a + 2) * n, XT + (a + 3) * n};
-  const i64 n_vec = n / LN * LN;
+  const i64 n_vec = n / LN * LN, tail = n - n_vec;
+  float xt[4][LN] = {}, yt[4][LN] = {};  // the tail samples, zero-padded to a full step
+  for (int i = 0; i < 4; ++i)
+    for (i64 l = 0; l < tail; ++l) xt[i][l] = x[i][n_vec + l];
   for (i64 b = a; b < d_pad; b += 4) {
     const float* y[4] = {XT + b * n, XT + (b + 1) * n, XT + (b + 2) * n, XT + (b + 3) * n};
-    double dsum[16][LN] = {};
-    for (i64 s0 = 0; s0 < n_vec; s0 += CHUNK) {
+    for (int j = 0; j < 4; ++j)
+      for (i64 l = 0; l < tail; ++l) yt[j][l] = y[j][n_vec + l];
+    double* o = out + (b - a) * 4;  // 16 entries per block of 4 rows b
+    for (i64 s0 = 0; s0 == 0 || s0 < n_vec; s0 += CHUNK) {
       const i64 s1 = std::min(n_vec, s0 + CHUNK);
       float acc[16][LN] = {};
       for (i64 s = s0; s < s1; s += LN) {
@@ -43,18 +51,43 @@ void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out) {
           }
         }
       }
+      if (tail > 0 && s1 == n_vec) {
+#pragma omp simd
+        for (int l = 0; l < LN; ++l)
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) acc[4 * i + j][l] += xt[i][l] * yt[j][l];
+      }
+      // the lanes of each entry summed pairwise in float64, all 16 entries level by level (a
+      // per-entry reduction compiled to a serial chain of LN scalar additions: ~40 % of the time)
+      double h[16][LN];
       for (int q = 0; q < 16; ++q)
 #pragma omp simd
-        for (int l = 0; l < LN; ++l) dsum[q][l] += acc[q][l];
+        for (int l = 0; l < LN; ++l) h[q][l] = acc[q][l];
+      for (int w = LN / 2; w > 1; w /= 2)
+        for (int q = 0; q < 16; ++q)
+#pragma omp simd
+          for (int l = 0; l < w; ++l) h[q][l] += h[q][l + w];
+      for (int q = 0; q < 16; ++q) o[q] = (s0 == 0 ? 0.0 : o[q]) + (h[q][0] + h[q][1]);
     }
-    for (i64 s = n_vec; s < n; ++s)  // the last n % LN samples
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) dsum[4 * i + j][0] += static_cast<double>(x[i][s]) * y[j][s];
-    double* o = out + (b - a) * 4;  // 16 entries per block of 4 rows b
-    for (int q = 0; q < 16; ++q) {
-      double t = 0.0;
-      for (int l = 0; l < LN; ++l) t += dsum[q][l];
-      o[q] = t;
+  }
+}
+
+// Column sums (float64), minima and maxima (float32) of the n >= 1 rows X[n, d], in one pass. A
+// NaN or Inf leaves its column's sum non-finite (finite floats cannot overflow a float64 sum),
+// which is how the caller finds it; min/max are then meaningless and not read.
+void column_stats(const float* X, i64 n, i64 d, double* sum, float* lo, float* hi) {
+  for (i64 a = 0; a < d; ++a) {
+    sum[a] = X[a];
+    lo[a] = hi[a] = X[a];
+  }
+  for (i64 r = 1; r < n; ++r) {
+    const float* row = X + r * d;
+#pragma omp simd
+    for (i64 a = 0; a < d; ++a) {
+      const float x = row[a];
+      sum[a] += x;
+      lo[a] = lo[a] < x ? lo[a] : x;
+      hi[a] = hi[a] > x ? hi[a] : x;
     }
   }
 }
