@@ -175,15 +175,25 @@ carray<float> silhouette_samples(const carray<float>& X, const carray<i64>& offs
   return out;
 }
 
-carray<float> spectral_scores(const carray<float>& X, const carray<i64>& offsets, bool center) {
+carray<float> spectral_scores_paths(const carray<float>& X, const carray<i64>& offsets, bool center,
+                                    bool float32_first) {
   const Batch b = batch(X, offsets);
   carray<float> out(b.n);
   float* o = out.mutable_data();
   {
     py::gil_scoped_release release;
-    backdoorlab::spectral_scores(b.X, b.n, b.d, b.offsets, b.G, center, o);
+    backdoorlab::spectral_scores(b.X, b.n, b.d, b.offsets, b.G, center, o, float32_first);
   }
   return out;
+}
+
+carray<float> spectral_scores(const carray<float>& X, const carray<i64>& offsets, bool center) {
+  return spectral_scores_paths(X, offsets, center, true);
+}
+
+// Test hook: spectral_scores answered by the float64 paths alone (see cpu/spectral.hpp).
+carray<float> spectral_scores_float64(const carray<float>& X, const carray<i64>& offsets, bool center) {
+  return spectral_scores_paths(X, offsets, center, false);
 }
 
 // Test hook: the vectorised tanh of the FastICA step, so tests can compare it with np.tanh.
@@ -283,6 +293,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("labels").noconvert());
   m.def("spectral_scores", &spectral_scores, py::arg("X").noconvert(), py::arg("offsets").noconvert(),
         py::arg("center"));
+  m.def("_spectral_scores_float64", &spectral_scores_float64, py::arg("X").noconvert(), py::arg("offsets").noconvert(),
+        py::arg("center"), "Test hook: spectral_scores by the float64 eigen-paths alone.");
   m.def("_tanh_f", &tanh_f, py::arg("x").noconvert(), "Test hook: the FastICA kernel's tanh, elementwise.");
   m.def("_polar_factor_batch", &polar_factor_batch, py::arg("W").noconvert(),
         "Test hook: FastICA's batched polar factor (W W^T)^{-1/2} W of up to 8 k x k matrices.");

@@ -293,6 +293,11 @@ double orthonormalize(const SimdKernels& K, const double* V, i64 nv, i64 d, doub
 // (nothing written) when the basis reaches max_basis first; the caller then takes the dense path.
 constexpr int KRYLOV_BLOCK = 4;
 constexpr double KRYLOV_TOL = 1e-10;
+// The tolerance of gram_top1_float32: its operator's own float32 rounding sits around 1e-7 of
+// |theta| on activation-like classes (up to ~1e-5 on isotropic noise, where the test then fails
+// and the float64 paths answer), and a residual r moves the vector by r / gap: 1e-6 keeps the
+// scores within ~1e-5 of exact for a 10 % gap, where float32 data carry ~1e-7 themselves.
+constexpr double FLOAT32_GRAM_TOL = 1e-6;
 
 bool sym_eig_top_krylov(const SimdKernels& K, const double* A, i64 d, i64 k, i64 max_basis, double* evals,
                         double* evecs) {
@@ -393,10 +398,11 @@ bool sym_eig_top_krylov(const SimdKernels& K, const double* A, i64 d, i64 k, i64
 // once per 4 while the Rayleigh-Ritz matrix stays tridiagonal (alpha, beta): a test needs no
 // Householder reduction, only the top eigenvalue of T (bisection) and its vector (inverse
 // iteration), and its residual is beta_j |s_j| (the Lanczos relation), checked once against
-// |A y - theta y| before it is accepted. Same tolerance as the block path; false (nothing written)
-// when min(d / 2, 96) steps pass first, and the caller takes the dense path.
+// |A y - theta y| before it is accepted: tol relative to |theta| (KRYLOV_TOL, the block path's,
+// for an operator applied in float64); false (nothing written) when min(d / 2, 96) steps pass
+// first, and the caller takes another path.
 template <class Apply>
-bool lanczos_top1(const SimdKernels& K, Apply apply, i64 d, double* eval, double* evec) {
+bool lanczos_top1(const SimdKernels& K, Apply apply, i64 d, double tol, double* eval, double* evec) {
   const i64 max_steps = std::min<i64>(d / 2, 96);
   std::vector<double> V(max_steps * d), alpha(max_steps), beta(max_steps), w(d), coef(max_steps), coef2(max_steps);
   std::vector<double> s(max_steps), y(d);
@@ -429,7 +435,7 @@ bool lanczos_top1(const SimdKernels& K, Apply apply, i64 d, double* eval, double
         normalize(s.data(), n);
       }
       const double rq = tridiag_rayleigh(alpha.data(), beta.data(), n, s.data());  // the Ritz value
-      const double bound = KRYLOV_TOL * std::max(std::abs(rq), DBL_MIN);
+      const double bound = tol * std::max(std::abs(rq), DBL_MIN);
       if (beta[j] * std::abs(s[j]) <= bound || exhausted) {
         std::fill(y.begin(), y.end(), 0.0);
         for (i64 q = 0; q < n; ++q)
@@ -464,7 +470,8 @@ void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, d
   const i64 max_basis = std::min<i64>(d / 2, 8 * k + 64) / KRYLOV_BLOCK * KRYLOV_BLOCK;
   bool done = false;
   if (d >= 64 && k == 1)
-    done = lanczos_top1(K, [&](const double* v, double* w) { K.symm_rows(A, d, v, 1, w); }, d, evals, evecs);
+    done = lanczos_top1(K, [&](const double* v, double* w) { K.symm_rows(A, d, v, 1, w); }, d, KRYLOV_TOL, evals,
+                        evecs);
   else if (d >= 256 && max_basis >= k + 2 * KRYLOV_BLOCK)
     done = sym_eig_top_krylov(K, A, d, k, max_basis, evals, evecs);
   if (!done) sym_eig_top_dense(K, A, d, k, evals, evecs);
@@ -481,7 +488,18 @@ void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, d
 
 bool gram_top1_implicit(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec) {
   if (d < 1 || m < 1) return false;
-  return lanczos_top1(K, [&](const double* v, double* w) { K.gram_apply(Xr, m, d, v, w); }, d, eval, evec);
+  return lanczos_top1(K, [&](const double* v, double* w) { K.gram_apply(Xr, m, d, v, w); }, d, KRYLOV_TOL, eval,
+                      evec);
+}
+
+bool gram_top1_float32(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec) {
+  if (d < 1 || m < 1) return false;
+  std::vector<float> vf(d), wf(d);
+  auto apply = [&](const double* v, double* w) {
+    for (i64 a = 0; a < d; ++a) vf[a] = static_cast<float>(v[a]);
+    K.gram_apply_f32(Xr, m, d, vf.data(), wf.data(), w);
+  };
+  return lanczos_top1(K, apply, d, FLOAT32_GRAM_TOL, eval, evec);
 }
 
 void jacobi_eig(double* A, int m, double* evals, double* V) {

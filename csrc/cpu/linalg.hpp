@@ -61,6 +61,12 @@ void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, d
 // written) when it does not converge within min(d / 2, 96) steps.
 bool gram_top1_implicit(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec);
 
+// The same top eigenpair with the operator applied in float32 (gram_apply_f32: twice the vector
+// lanes, no conversions) and accepted at a residual of 1e-6 |lambda| (linalg.cpp says why);
+// false when that is not reached — the operator's own rounding can sit above it on classes
+// without a dominant direction — and the caller takes a float64 path.
+bool gram_top1_float32(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec);
+
 // All eigenpairs of a small symmetric matrix A[m, m] (overwritten) by cyclic Jacobi.
 // evals: (m,) unsorted; V[m, m]: column j is the eigenvector of evals[j].
 void jacobi_eig(double* A, int m, double* evals, double* V);

@@ -51,6 +51,8 @@ struct SimdKernels {
   // column sums (float64), minima and maxima (float32) of the n >= 1 rows X[n, d], one pass; a
   // NaN or Inf leaves its column's sum non-finite
   void (*column_stats)(const float* X, i64 n, i64 d, double* sum, float* lo, float* hi);
+  // gram_apply with float32 products (v float32; wf: d floats of scratch), w still float64
+  void (*gram_apply_f32)(const float* Xr, i64 m, i64 d, const float* v, float* wf, double* w);
 };
 
 // The level in use (set once per kernel call: read it at the entry and pass it down).

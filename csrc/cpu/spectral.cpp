@@ -6,8 +6,10 @@
 // eigen-decomposition; when that does not converge the dense solver answers, so a result is
 // always the top vector. Plain power iteration, used before, needed up to thousands of products
 // when the top eigenvalue is weakly separated.
-// From d = 256 features on (and m >= d) the Gram matrix is not formed at all: the same Lanczos
-// iteration applies it as Xc^T (Xc v) (top_vector_implicit below).
+// From d = 64 features on (and m >= d) the Gram matrix is first not formed at all: the same
+// Lanczos iteration applies it as Xc^T (Xc v) with float32 products to a 1e-6 residual
+// (top_vector_implicit below); where that does not converge, from d = 256 on in float64 to 1e-10,
+// then the Gram matrix.
 #include "cpu/spectral.hpp"
 
 #include <algorithm>
@@ -29,16 +31,21 @@ namespace {
 // 820 x 512 classes that is ~30 M multiply-adds instead of ~120 M; at YTAF's d = 160 the two are
 // even and the Gram path stays (its products run in float32 with twice the vector width).
 constexpr i64 IMPLICIT_MIN_D = 256;
+// From this many features on, that Lanczos iteration is tried first with float32 products
+// (gram_top1_float32): on activation-like classes it converges to its 1e-6 residual in ~15-25
+// steps of half the cost, far below the Gram product at YTAF's d = 160 too; classes where it does
+// not (no dominant direction: float32 rounding above that residual) take the float64 paths.
+constexpr i64 FLOAT32_MIN_D = 64;
 
-// proj[s] = <Xc[s], v> for the top right singular vector v of the centred, scaled class rows,
-// without the Gram matrix. False when the iteration did not converge (the caller forms it).
-bool top_vector_implicit(const SimdKernels& K, const float* X, i64 m, i64 d, const double* mu, double scale,
+// proj[s] = <Xr[s], v> for the top right singular vector v of the centred, scaled class rows Xr
+// (m x d), without the Gram matrix. False when the iteration did not converge.
+bool top_vector_implicit(const SimdKernels& K, const std::vector<float>& Xr, i64 m, i64 d, bool float32,
                          double* proj) {
-  std::vector<float> Xr(m * d);
-  rows_centred(X, m, d, mu, 1.0 / scale, Xr.data(), m);
   std::vector<double> v(d);
   double lambda = 0.0;
-  if (!gram_top1_implicit(K, Xr.data(), m, d, &lambda, v.data())) return false;
+  const bool done = float32 ? gram_top1_float32(K, Xr.data(), m, d, &lambda, v.data())
+                            : gram_top1_implicit(K, Xr.data(), m, d, &lambda, v.data());
+  if (!done) return false;
   for (i64 s = 0; s < m; ++s) {
     const float* x = Xr.data() + s * d;
     double t = 0.0;
@@ -51,7 +58,8 @@ bool top_vector_implicit(const SimdKernels& K, const float* X, i64 m, i64 d, con
 
 }  // namespace
 
-void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bool center, float* out) {
+void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bool center, float* out,
+                     bool float32_first) {
   check_offsets(offsets, G, n);
   const SimdKernels& K = simd();  // one level for the whole call
   for_each_class(offsets, G, [&](i64 c, bool inner) {
@@ -76,17 +84,27 @@ void spectral_scores(const float* X, i64 n, i64 d, const i64* offsets, i64 G, bo
       sym_eig_top(K, gm.data(), m, 1, &lambda, u.data());
       const double root = std::sqrt(std::max(lambda, 0.0));
       for (i64 s = 0; s < m; ++s) proj[s] = root * u[s];
-    } else if (!(d >= IMPLICIT_MIN_D && top_vector_implicit(K, X + r0 * d, m, d, mu, scale, proj.data()))) {
-      std::vector<double> C(d * d), v(d);
-      std::vector<float> XT(dp * m);
-      transpose_centred(X + r0 * d, m, d, mu, 1.0 / scale, XT.data(), dp);
-      gram(K, XT.data(), d, dp, m, C.data(), inner);
-      double lambda = 0.0;
-      sym_eig_top(K, C.data(), d, 1, &lambda, v.data());
-      for (i64 a = 0; a < d; ++a) {
-        const float* x = XT.data() + a * m;
-        const double w = v[a];
-        for (i64 s = 0; s < m; ++s) proj[s] += w * x[s];
+    } else {
+      const bool try_float32 = float32_first && d >= FLOAT32_MIN_D;
+      std::vector<float> Xr;
+      if (try_float32 || d >= IMPLICIT_MIN_D) {
+        Xr.resize(m * d);
+        rows_centred(X + r0 * d, m, d, mu, 1.0 / scale, Xr.data(), m);
+      }
+      const bool done = (try_float32 && top_vector_implicit(K, Xr, m, d, true, proj.data())) ||
+                        (d >= IMPLICIT_MIN_D && top_vector_implicit(K, Xr, m, d, false, proj.data()));
+      if (!done) {
+        std::vector<double> C(d * d), v(d);
+        std::vector<float> XT(dp * m);
+        transpose_centred(X + r0 * d, m, d, mu, 1.0 / scale, XT.data(), dp);
+        gram(K, XT.data(), d, dp, m, C.data(), inner);
+        double lambda = 0.0;
+        sym_eig_top(K, C.data(), d, 1, &lambda, v.data());
+        for (i64 a = 0; a < d; ++a) {
+          const float* x = XT.data() + a * m;
+          const double w = v[a];
+          for (i64 s = 0; s < m; ++s) proj[s] += w * x[s];
+        }
       }
     }
     for (i64 s = 0; s < m; ++s) out[r0 + s] = to_float_output(std::abs(proj[s]) * scale, "spectral_scores", r0 + s, c);

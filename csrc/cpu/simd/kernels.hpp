@@ -17,6 +17,7 @@ void householder_apply(const double* A, i64 d, const double* beta, i64 k, double
 void symm_rows(const double* C, i64 d, const double* Q, int nq, double* Y);
 void dot_rows(const double* A, i64 rows, i64 d, const double* x, double* out);
 void axpy_rows(const double* A, i64 rows, i64 d, const double* coef, double* x);
+void gram_apply_f32(const float* Xr, i64 m, i64 d, const float* v, float* wf, double* w);
 void gram_apply(const float* Xr, i64 m, i64 d, const double* v, double* w);
 void project(const double* A, int k, const float* XT, i64 d, i64 m, float* Y);
 void ica_step(const float* X1, int k, i64 m, const float* W, double* GX, double* gp, float* buf);

@@ -352,5 +352,43 @@ void gram_apply(const float* Xr, i64 m, i64 d, const double* v, double* w) {
   }
 }
 
+// w = Xr^T (Xr v) with float32 products (Xr m x d row-major, v float32): t_r = <x_r, v> in
+// float32, w summed in float32 (wf: d floats of scratch) over chunks of 32 rows and the chunk
+// sums in float64. Twice the lanes of gram_apply and no conversions; its result carries float32
+// rounding (~1e-7 of |x_r| |v| per row), which the caller's tolerance must allow for.
+void gram_apply_f32(const float* Xr, i64 m, i64 d, const float* v, float* wf, double* w) {
+  constexpr i64 CHUNK = 32;
+  std::fill(w, w + d, 0.0);
+  for (i64 r0 = 0; r0 < m; r0 += CHUNK) {
+    const i64 r1 = std::min(m, r0 + CHUNK);
+    std::fill(wf, wf + d, 0.0f);
+    i64 r = r0;
+    for (; r + 4 <= r1; r += 4) {
+      const float *x0 = Xr + r * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+      float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f, t3 = 0.0f;
+#pragma omp simd reduction(+ : t0, t1, t2, t3)
+      for (i64 a = 0; a < d; ++a) {
+        const float va = v[a];
+        t0 += x0[a] * va;
+        t1 += x1[a] * va;
+        t2 += x2[a] * va;
+        t3 += x3[a] * va;
+      }
+#pragma omp simd
+      for (i64 a = 0; a < d; ++a) wf[a] += t0 * x0[a] + t1 * x1[a] + t2 * x2[a] + t3 * x3[a];
+    }
+    for (; r < r1; ++r) {
+      const float* x = Xr + r * d;
+      float t = 0.0f;
+#pragma omp simd reduction(+ : t)
+      for (i64 a = 0; a < d; ++a) t += x[a] * v[a];
+#pragma omp simd
+      for (i64 a = 0; a < d; ++a) wf[a] += t * x[a];
+    }
+#pragma omp simd
+    for (i64 a = 0; a < d; ++a) w[a] += wf[a];
+  }
+}
+
 }  // namespace BDL_LEVEL_NS
 }  // namespace backdoorlab

@@ -22,7 +22,8 @@ const SimdKernels& BDL_TABLE_FN() {
   static const SimdKernels table{BDL_LEVEL_NAME, &L::gram_rows, &L::tridiagonalize, &L::tridiagonal_top_eigenvalues,
                                  &L::symm_rows,  &L::dot_rows,  &L::axpy_rows,      &L::gram_apply, &L::project,
                                  &L::ica_step,   &L::ica_step_small, &L::polar_batch, &L::assign,
-                                 &L::householder_apply, &L::column_stats};
+                                 &L::householder_apply, &L::column_stats,
+                                 &L::gram_apply_f32};
   return table;
 }
 
