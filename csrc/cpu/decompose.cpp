@@ -57,8 +57,18 @@ i64 pad4(i64 d) { return (d + 3) / 4 * 4; }
 // eigenvalues, and e = Xc^T u / sqrt(m lambda) maps G's eigenvector u to the covariance's. That
 // costs m^2 d + m^3 instead of d^2 m + d^3 — minutes become milliseconds for d in the thousands —
 // and never allocates a d x d matrix.
-bool class_eigen(const SimdKernels& K, const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool inner, std::vector<double>& mean,
-                 std::vector<float>& XT, double& scale, std::vector<double>& evals, std::vector<double>& evecs) {
+// The buffers of class_eigen and its callers, reused from class to class (PerThread).
+struct ClassWork {
+  std::vector<double> mean, evals, evecs, C, U;
+  std::vector<float> XT, Xr, Y;
+};
+
+bool class_eigen(const SimdKernels& K, const float* X, i64 m, i64 d, i64 row0, i64 cls, int k, bool inner,
+                 ClassWork& w, double& scale) {
+  std::vector<double>& mean = w.mean;
+  std::vector<float>& XT = w.XT;
+  std::vector<double>& evals = w.evals;
+  std::vector<double>& evecs = w.evecs;
   const i64 dp = pad4(d);
   mean.resize(d);
   scale = column_mean_scale(K, X, m, d, mean.data(), true, row0, cls);
@@ -68,10 +78,12 @@ bool class_eigen(const SimdKernels& K, const float* X, i64 m, i64 d, i64 row0, i
   evecs.resize(static_cast<i64>(k) * d);
   const bool dual = m < d;
   const i64 p = dual ? m : d;  // size of the matrix decomposed
-  std::vector<double> C(p * p);
+  std::vector<double>& C = w.C;  // every entry is written by gram()
+  C.resize(p * p);
   if (dual) {
     const i64 mp = pad4(m);
-    std::vector<float> Xr(mp * d);
+    std::vector<float>& Xr = w.Xr;
+    Xr.resize(mp * d);
     rows_centred(X, m, d, mean.data(), 1.0 / scale, Xr.data(), mp);
     gram(K, Xr.data(), m, mp, d, C.data(), inner);
   } else {
@@ -86,7 +98,8 @@ bool class_eigen(const SimdKernels& K, const float* X, i64 m, i64 d, i64 row0, i
     sym_eig_top(K, C.data(), d, k, evals.data(), evecs.data());
     return evals[0] > 0.0;
   }
-  std::vector<double> U(static_cast<i64>(k) * m);
+  std::vector<double>& U = w.U;
+  U.resize(static_cast<i64>(k) * m);
   sym_eig_top(K, C.data(), m, k, evals.data(), U.data());
   if (!(evals[0] > 0.0)) return false;
   const double floor = evals[0] * 1e-12;  // below: a null direction of the class, left at 0
@@ -230,14 +243,15 @@ struct IcaClass {
 
 // Whitening and the random orthogonal start of class c.
 void ica_prepare(const SimdKernels& K, IcaClass& st, const float* X, i64 d, const i64* offsets, i64 c, int k, std::uint64_t seed,
-                 bool inner, double* scratch) {
+                 bool inner, double* scratch, ClassWork& w) {
   st.c = c;
   st.r0 = offsets[c];
   st.m = offsets[c + 1] - st.r0;
-  std::vector<double> mean, evals, evecs;
-  std::vector<float> XT;
   double scale = 1.0;  // not needed: whitening is scale-free (XT and evals are scaled alike)
-  if (!class_eigen(K, X + st.r0 * d, st.m, d, st.r0, c, k, inner, mean, XT, scale, evals, evecs)) return;  // constant rows
+  if (!class_eigen(K, X + st.r0 * d, st.m, d, st.r0, c, k, inner, w, scale)) return;  // constant rows
+  const std::vector<float>& XT = w.XT;
+  std::vector<double>& evecs = w.evecs;
+  const std::vector<double>& evals = w.evals;
   st.whitened = true;
   // whitening matrix K = diag(lambda^-1/2) E^T; eigenvalues at round-off level are clipped so a
   // rank-deficient class (dead ReLU channels) does not blow up
@@ -332,11 +346,12 @@ void fastica(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, int
   std::fill(out, out + n * k, 0.0f);
   const SimdKernels& K = simd();  // one level for the whole call
   const bool batched_polar = k <= POLAR_MAX_K;
+  PerThread<ClassWork> work;
   for_each_class_batch(offsets, G, POLAR_LANES, [&](const i64* classes, int count, bool inner) {
     std::vector<IcaClass> batch(count);
     std::vector<double> scratch(4 * k * k + k);
     std::vector<float> buf(static_cast<i64>(k) * BLOCK);
-    for (int b = 0; b < count; ++b) ica_prepare(K, batch[b], X, d, offsets, classes[b], k, seed, inner, scratch.data());
+    for (int b = 0; b < count; ++b) ica_prepare(K, batch[b], X, d, offsets, classes[b], k, seed, inner, scratch.data(), work.local());
     std::vector<IcaClass*> running;
     std::vector<double*> mats;  // the running classes' W1, one polar lane each (count <= POLAR_LANES)
     for (;;) {
@@ -378,12 +393,13 @@ void pca(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, float* 
   }
   std::fill(out, out + n * k, 0.0f);
   const SimdKernels& K = simd();  // one level for the whole call
+  PerThread<ClassWork> work;
   for_each_class(offsets, G, [&](i64 c, bool inner) {
     const i64 r0 = offsets[c], m = offsets[c + 1] - r0;
-    std::vector<double> mean, evals, evecs;
-    std::vector<float> XT;
+    ClassWork& w = work.local();
     double scale = 1.0;
-    if (!class_eigen(K, X + r0 * d, m, d, r0, c, k, inner, mean, XT, scale, evals, evecs)) return;
+    if (!class_eigen(K, X + r0 * d, m, d, r0, c, k, inner, w, scale)) return;
+    std::vector<double>& evecs = w.evecs;
     for (int i = 0; i < k; ++i) {  // svd_flip: the largest |entry| of every component positive
       double* v = evecs.data() + i * d;
       i64 best = 0;
@@ -392,8 +408,9 @@ void pca(const float* X, i64 n, i64 d, const i64* offsets, i64 G, int k, float* 
       if (v[best] < 0)
         for (i64 a = 0; a < d; ++a) v[a] = -v[a];
     }
-    std::vector<float> Y(static_cast<i64>(k) * m);
-    K.project(evecs.data(), k, XT.data(), d, m, Y.data());
+    std::vector<float>& Y = w.Y;
+    Y.resize(static_cast<i64>(k) * m);
+    K.project(evecs.data(), k, w.XT.data(), d, m, Y.data());
     for (int i = 0; i < k; ++i)  // projections of the scaled rows, scaled back
       for (i64 s = 0; s < m; ++s) out[(r0 + s) * k + i] = to_float_output(Y[i * m + s] * scale, "pca", r0 + s, c);
   });

@@ -16,6 +16,14 @@ namespace {
 std::atomic<int> g_threads{0};  // 0: not set, use max_threads()
 }
 
+int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 bool openmp_enabled() {
 #ifdef _OPENMP
   return true;
