@@ -28,15 +28,6 @@ namespace backdoorlab {
 
 namespace {
 
-inline double sqdist(const float* x, const double* c, i64 d) {
-  double s = 0.0;
-  for (i64 a = 0; a < d; ++a) {
-    const double t = x[a] - c[a];
-    s += t * t;
-  }
-  return s;
-}
-
 struct RunResult {
   std::vector<std::int32_t> labels;
   std::vector<double> centers;
@@ -44,14 +35,18 @@ struct RunResult {
   int n_iter = 0;
 };
 
-void kmeans_plusplus(const float* X, i64 m, i64 d, int k, Rng& rng, double* C) {
+// Squared distances run through K.sqdist_rows (rows as vector lanes, features summed in order in
+// float64: the same values as a per-row loop); the potentials are summed row by row in order.
+void kmeans_plusplus(const SimdKernels& K, const float* X, const float* XT, i64 m, i64 d, int k, Rng& rng,
+                     double* C) {
   const int n_trials = 2 + static_cast<int>(std::log(static_cast<double>(k)));
-  std::vector<double> closest(m), cand_dist(m), best_dist(m), cumsum(m);
+  std::vector<double> closest(m), cand_dist(m), best_dist(m), cumsum(m), cen(d);
   i64 first = static_cast<i64>(rng.uniform() * static_cast<double>(m));
   first = std::min(first, m - 1);
   for (i64 a = 0; a < d; ++a) C[a] = X[first * d + a];
+  K.sqdist_rows(XT, m, d, C, closest.data());
   double pot = 0.0;
-  for (i64 s = 0; s < m; ++s) pot += (closest[s] = sqdist(X + s * d, C, d));
+  for (i64 s = 0; s < m; ++s) pot += closest[s];
   for (int c = 1; c < k; ++c) {
     double acc = 0.0;
     for (i64 s = 0; s < m; ++s) cumsum[s] = (acc += closest[s]);
@@ -61,10 +56,11 @@ void kmeans_plusplus(const float* X, i64 m, i64 d, int k, Rng& rng, double* C) {
       const double r = rng.uniform() * pot;
       i64 id = std::lower_bound(cumsum.begin(), cumsum.end(), r) - cumsum.begin();
       id = std::min(id, m - 1);
+      std::copy(X + id * d, X + (id + 1) * d, cen.begin());
+      K.sqdist_rows(XT, m, d, cen.data(), cand_dist.data());
       double cand_pot = 0.0;
-      std::vector<double> cen(X + id * d, X + (id + 1) * d);
       for (i64 s = 0; s < m; ++s) {
-        const double dd = std::min(closest[s], sqdist(X + s * d, cen.data(), d));
+        const double dd = std::min(closest[s], cand_dist[s]);
         cand_dist[s] = dd;
         cand_pot += dd;
       }
@@ -84,20 +80,14 @@ void kmeans_plusplus(const float* X, i64 m, i64 d, int k, Rng& rng, double* C) {
 RunResult lloyd(const SimdKernels& K, const float* X, const float* XT, i64 m, i64 d, int k, int max_iter, double tol_scaled, Rng rng) {
   RunResult res;
   res.centers.assign(static_cast<i64>(k) * d, 0.0);
-  kmeans_plusplus(X, m, d, k, rng, res.centers.data());
-  std::vector<double> newc(static_cast<i64>(k) * d), dist(m), scratch(m);
+  kmeans_plusplus(K, X, XT, m, d, k, rng, res.centers.data());
+  std::vector<double> newc(static_cast<i64>(k) * d), part(4 * static_cast<i64>(k) * d), dist(m), scratch(m);
   std::vector<i64> count(k);
   std::vector<std::int32_t> labels(m, -1), old(m, -1);
   int it = 0;
   for (; it < max_iter;) {
     K.assign(XT, m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
-    std::fill(newc.begin(), newc.end(), 0.0);
-    std::fill(count.begin(), count.end(), 0);
-    for (i64 s = 0; s < m; ++s) {
-      const int j = labels[s];
-      ++count[j];
-      for (i64 a = 0; a < d; ++a) newc[j * d + a] += X[s * d + a];
-    }
+    K.cluster_sums(X, m, d, labels.data(), k, newc.data(), part.data(), count.data());
     // empty clusters take the rows farthest from their current centre (farthest first)
     int n_empty = 0;
     for (int j = 0; j < k; ++j) n_empty += count[j] == 0;
