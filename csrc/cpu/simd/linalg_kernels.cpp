@@ -16,14 +16,18 @@ namespace BDL_LEVEL_NS {
 // vector lanes (LN per step): 8 loads feed 16 multiply-adds. Each product keeps one float32
 // partial sum per lane over a chunk of 32 LN samples (32 per lane, 33 in the last chunk), and
 // each chunk's lanes are summed in float64 into the entry: at the shapes AC meets (n = 412 ...
-// 820) that is one or two chunks, one pairwise horizontal sum each. Lanes: one vector register of floats
-// at this level (16 accumulators x 1 register each: AVX2's 16 ymm registers would spill with
-// AVX-512's 16-float rows). The last n % LN samples are one more vector step over zero-padded
-// copies. Why so (perf annotate, YTAF's 412 x 160 classes): the scalar float64 loop over those
+// 820) that is one or two chunks, one pairwise horizontal sum each. Lanes: one vector register of
+// floats at this level; with 16 registers (AVX2, SSE2) the four rows b go two at a time (8
+// accumulators: 4 x 4 spilled; 412 x 160 Gram at AVX2 282 -> 269 us, one core). The last n % LN
+// samples are one more vector step over zero-padded copies. Why so (perf annotate, YTAF's 412 x 160 classes): the scalar float64 loop over those
 // samples cost about half of the 25 vector steps, and zeroing and adding a 16 x LN float64 array
 // of lane sums per block another tenth.
 void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out) {
   constexpr int LN = BDL_F32_LANES;
+  // rows b taken JG at a time: 4 x JG accumulators, plus the 4 + JG rows' vectors, must fit the
+  // register file (AVX-512: 32; AVX2 and SSE2: 16, where 4 x 4 spilled)
+  constexpr int JG = BDL_VREGS >= 32 ? 4 : 2;
+  constexpr int NA = 4 * JG;  // accumulators
   constexpr i64 CHUNK = 32 * LN;
   const float* x[4] = {XT + a * n, XT + (a + 1) * n, XT + (a + 2) * n, XT + (a + 3) * n};
   const i64 n_vec = n / LN * LN, tail = n - n_vec;
@@ -31,43 +35,48 @@ void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out) {
   for (int i = 0; i < 4; ++i)
     for (i64 l = 0; l < tail; ++l) xt[i][l] = x[i][n_vec + l];
   for (i64 b = a; b < d_pad; b += 4) {
-    const float* y[4] = {XT + b * n, XT + (b + 1) * n, XT + (b + 2) * n, XT + (b + 3) * n};
     for (int j = 0; j < 4; ++j)
-      for (i64 l = 0; l < tail; ++l) yt[j][l] = y[j][n_vec + l];
+      for (i64 l = 0; l < tail; ++l) yt[j][l] = XT[(b + j) * n + n_vec + l];
     double* o = out + (b - a) * 4;  // 16 entries per block of 4 rows b
-    for (i64 s0 = 0; s0 == 0 || s0 < n_vec; s0 += CHUNK) {
-      const i64 s1 = std::min(n_vec, s0 + CHUNK);
-      float acc[16][LN] = {};
-      for (i64 s = s0; s < s1; s += LN) {
+    for (int j0 = 0; j0 < 4; j0 += JG) {
+      const float* y[JG];
+      for (int j = 0; j < JG; ++j) y[j] = XT + (b + j0 + j) * n;
+      for (i64 s0 = 0; s0 == 0 || s0 < n_vec; s0 += CHUNK) {
+        const i64 s1 = std::min(n_vec, s0 + CHUNK);
+        float acc[NA][LN] = {};
+        for (i64 s = s0; s < s1; s += LN) {
 #pragma omp simd
-        for (int l = 0; l < LN; ++l) {
-          const float u0 = y[0][s + l], u1 = y[1][s + l], u2 = y[2][s + l], u3 = y[3][s + l];
-          for (int i = 0; i < 4; ++i) {
-            const float v = x[i][s + l];
-            acc[4 * i + 0][l] += v * u0;
-            acc[4 * i + 1][l] += v * u1;
-            acc[4 * i + 2][l] += v * u2;
-            acc[4 * i + 3][l] += v * u3;
+          for (int l = 0; l < LN; ++l) {
+            float u[JG];
+            for (int j = 0; j < JG; ++j) u[j] = y[j][s + l];
+            for (int i = 0; i < 4; ++i) {
+              const float v = x[i][s + l];
+              for (int j = 0; j < JG; ++j) acc[JG * i + j][l] += v * u[j];
+            }
           }
         }
+        if (tail > 0 && s1 == n_vec) {
+#pragma omp simd
+          for (int l = 0; l < LN; ++l)
+            for (int i = 0; i < 4; ++i)
+              for (int j = 0; j < JG; ++j) acc[JG * i + j][l] += xt[i][l] * yt[j0 + j][l];
+        }
+        // the lanes of each entry summed pairwise in float64, all entries level by level (a
+        // per-entry reduction compiled to a serial chain of LN scalar additions: ~40 % of the time)
+        double h[NA][LN];
+        for (int q = 0; q < NA; ++q)
+#pragma omp simd
+          for (int l = 0; l < LN; ++l) h[q][l] = acc[q][l];
+        for (int w = LN / 2; w > 1; w /= 2)
+          for (int q = 0; q < NA; ++q)
+#pragma omp simd
+            for (int l = 0; l < w; ++l) h[q][l] += h[q][l + w];
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < JG; ++j) {
+            double& e = o[4 * i + j0 + j];
+            e = (s0 == 0 ? 0.0 : e) + (h[JG * i + j][0] + h[JG * i + j][1]);
+          }
       }
-      if (tail > 0 && s1 == n_vec) {
-#pragma omp simd
-        for (int l = 0; l < LN; ++l)
-          for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < 4; ++j) acc[4 * i + j][l] += xt[i][l] * yt[j][l];
-      }
-      // the lanes of each entry summed pairwise in float64, all 16 entries level by level (a
-      // per-entry reduction compiled to a serial chain of LN scalar additions: ~40 % of the time)
-      double h[16][LN];
-      for (int q = 0; q < 16; ++q)
-#pragma omp simd
-        for (int l = 0; l < LN; ++l) h[q][l] = acc[q][l];
-      for (int w = LN / 2; w > 1; w /= 2)
-        for (int q = 0; q < 16; ++q)
-#pragma omp simd
-          for (int l = 0; l < w; ++l) h[q][l] += h[q][l + w];
-      for (int q = 0; q < 16; ++q) o[q] = (s0 == 0 ? 0.0 : o[q]) + (h[q][0] + h[q][1]);
     }
   }
 }
