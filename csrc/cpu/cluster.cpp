@@ -81,13 +81,14 @@ RunResult lloyd(const SimdKernels& K, const float* X, const float* XT, i64 m, i6
   RunResult res;
   res.centers.assign(static_cast<i64>(k) * d, 0.0);
   kmeans_plusplus(K, X, XT, m, d, k, rng, res.centers.data());
-  std::vector<double> newc(static_cast<i64>(k) * d), part(4 * static_cast<i64>(k) * d), dist(m), scratch(m);
+  std::vector<double> newc(static_cast<i64>(k) * d), dist(m), scratch(m);
+  std::vector<float> member(m);
   std::vector<i64> count(k);
   std::vector<std::int32_t> labels(m, -1), old(m, -1);
   int it = 0;
   for (; it < max_iter;) {
     K.assign(XT, m, d, res.centers.data(), k, labels.data(), dist.data(), scratch.data());
-    K.cluster_sums(X, m, d, labels.data(), k, newc.data(), part.data(), count.data());
+    K.cluster_sums(XT, m, d, labels.data(), k, newc.data(), count.data(), member.data());
     // empty clusters take the rows farthest from their current centre (farthest first)
     int n_empty = 0;
     for (int j = 0; j < k; ++j) n_empty += count[j] == 0;

@@ -54,10 +54,10 @@ struct SimdKernels {
   // gram_apply with float32 products (v float32; wf: d floats of scratch), w still float64
   void (*gram_apply_f32)(const float* Xr, i64 m, i64 d, const float* v, float* wf, double* w);
   // cluster.cpp: out[s] = |X[s] - c|^2 (XT the class transposed, features summed in order in
-  // float64); sums[j, :] / counts[j] of the rows labelled j (part: 4 k d doubles of scratch)
+  // float64); sums[j, :] / counts[j] of the rows labelled j (float64 sums; w: m floats of scratch)
   void (*sqdist_rows)(const float* XT, i64 m, i64 d, const double* c, double* out);
-  void (*cluster_sums)(const float* X, i64 m, i64 d, const std::int32_t* labels, int k, double* sums, double* part,
-                       i64* counts);
+  void (*cluster_sums)(const float* XT, i64 m, i64 d, const std::int32_t* labels, int k, double* sums, i64* counts,
+                       float* w);
 };
 
 // The level in use (set once per kernel call: read it at the entry and pass it down).

@@ -1,5 +1,6 @@
 // The hot loops of k-means (cluster.cpp), compiled once per SIMD level (cpu/simd.hpp).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "cpu/simd/level.hpp"
@@ -14,20 +15,34 @@ namespace BDL_LEVEL_NS {
 // over the features (a blocked pass over the rows), not in memory once per feature.
 void sqdist_rows(const float* XT, i64 m, i64 d, const double* c, double* out) {
   constexpr i64 B = 4 * BDL_F32_LANES;  // rows per block: a few vector registers of doubles
-  for (i64 s0 = 0; s0 < m; s0 += B) {
-    const i64 nb = std::min(B, m - s0);
+  i64 s0 = 0;
+  for (; s0 + B <= m; s0 += B) {  // full blocks: a constant trip count keeps acc in registers
     double acc[B] = {};
     for (i64 a = 0; a < d; ++a) {
       const double ca = c[a];
       const float* x = XT + a * m + s0;
 #pragma omp simd
-      for (i64 l = 0; l < nb; ++l) {
+      for (i64 l = 0; l < B; ++l) {
         const double t = x[l] - ca;
         acc[l] += t * t;
       }
     }
-    std::copy(acc, acc + nb, out + s0);
+#pragma omp simd
+    for (i64 l = 0; l < B; ++l) out[s0 + l] = acc[l];
   }
+  const i64 nb = m - s0;
+  if (nb == 0) return;
+  double acc[B] = {};
+  for (i64 a = 0; a < d; ++a) {
+    const double ca = c[a];
+    const float* x = XT + a * m + s0;
+#pragma omp simd
+    for (i64 l = 0; l < nb; ++l) {
+      const double t = x[l] - ca;
+      acc[l] += t * t;
+    }
+  }
+  for (i64 l = 0; l < nb; ++l) out[s0 + l] = acc[l];
 }
 
 // Nearest centre of every row (ties: lowest index); returns the inertia; dist gets each row's
@@ -54,28 +69,72 @@ double assign(const float* XT, i64 m, i64 d, const double* C, int k, std::int32_
   return (part[0] + part[1]) + (part[2] + part[3]);
 }
 
-// sums[j, :] = the sum of the rows X[s, :] (row-major, m x d) with labels[s] == j, in float64;
-// counts[j] their number. Rows go round-robin into four partial sums (part: 4 k d doubles of
-// scratch), added in a fixed order at the end: consecutive rows of one cluster would otherwise
-// wait on each other's stores into sums[j] (a loop-carried chain that made this update, compiled
-// for the baseline, cost more than the vectorised assignment). A masked sum over XT's rows as
-// lanes, tried instead, did not vectorise (GCC 12: a conditional float64 reduction) and ran 3x
-// slower.
-void cluster_sums(const float* X, i64 m, i64 d, const std::int32_t* labels, int k, double* sums, double* part,
-                  i64* counts) {
-  const i64 kd = static_cast<i64>(k) * d;
-  std::fill(part, part + 4 * kd, 0.0);
-  std::fill(counts, counts + k, i64{0});
-  for (i64 s = 0; s < m; ++s) {
-    const int j = labels[s];
-    ++counts[j];
-    double* p = part + (s % 4) * kd + j * d;
-    const float* x = X + s * d;
+namespace {
+
+// t[i] = sum over the rows s of x[i][s] * w[s] for the four rows x of XT, accumulated in Acc per
+// lane (four independent accumulators: one alone is a chain of dependent additions) over chunks
+// of 32 rows per lane, the chunks' lanes added in float64 (the Gram kernel's scheme: a float32
+// sum stays short whatever the class size).
+template <class Acc>
+void masked_row_sums(const float* const* x, const float* w, i64 m, double* t) {
+  constexpr int LN = BDL_F32_LANES;
+  constexpr i64 CHUNK = 32 * LN;
+  for (int i = 0; i < 4; ++i) t[i] = 0.0;
+  for (i64 s0 = 0; s0 < m; s0 += CHUNK) {
+    const i64 s1 = std::min(m, s0 + CHUNK);
+    Acc acc[4][LN] = {};
+    i64 s = s0;
+    for (; s + LN <= s1; s += LN) {
 #pragma omp simd
-    for (i64 a = 0; a < d; ++a) p[a] += x[a];
+      for (int l = 0; l < LN; ++l) {
+        const float wl = w[s + l];
+        for (int i = 0; i < 4; ++i) acc[i][l] += static_cast<Acc>(x[i][s + l] * wl);
+      }
+    }
+    for (; s < s1; ++s)
+      for (int i = 0; i < 4; ++i) acc[i][0] += static_cast<Acc>(x[i][s] * w[s]);
+    for (int i = 0; i < 4; ++i) {
+      double r = 0.0;
+      for (int l = 0; l < LN; ++l) r += acc[i][l];
+      t[i] += r;
+    }
   }
-#pragma omp simd
-  for (i64 i = 0; i < kd; ++i) sums[i] = (part[i] + part[kd + i]) + (part[2 * kd + i] + part[3 * kd + i]);
+}
+
+}  // namespace
+
+// sums[j, :] = the sum of the rows labelled j and counts[j] their number. XT is the class
+// transposed (d x m), w m floats of scratch: per cluster, w holds its 0/1 membership and each
+// entry is the product sum of one row of XT with w over the rows as vector lanes (x * w is exact),
+// four features at a time, in float32 lanes — scikit-learn sums float32 data in float32 — and
+// again in float64 for the features where that overflowed (rows near FLT_MAX). Why not the
+// row-by-row update (sums[labels[s]] += X[s], baseline-compiled before): it waits on its own
+// stores whenever consecutive rows share a cluster, and with AC's 10 features a row is barely one
+// vector. A select instead of the 0/1 product did not vectorise (GCC 12: a conditional float64
+// reduction ran scalar, 3x slower than the baseline).
+void cluster_sums(const float* XT, i64 m, i64 d, const std::int32_t* labels, int k, double* sums, i64* counts,
+                  float* w) {
+  for (int j = 0; j < k; ++j) {
+    i64 n = 0;
+#pragma omp simd reduction(+ : n)
+    for (i64 s = 0; s < m; ++s) {
+      const bool in = labels[s] == j;
+      w[s] = in ? 1.0f : 0.0f;
+      n += in;
+    }
+    counts[j] = n;
+    for (i64 a0 = 0; a0 < d; a0 += 4) {
+      const int na = static_cast<int>(std::min<i64>(4, d - a0));
+      const float* x[4];
+      for (int i = 0; i < 4; ++i) x[i] = XT + (a0 + std::min(i, na - 1)) * m;  // spare slots repeat the last row
+      double t[4];
+      masked_row_sums<float>(x, w, m, t);
+      bool finite = true;
+      for (int i = 0; i < na; ++i) finite = finite && std::isfinite(t[i]);
+      if (!finite) masked_row_sums<double>(x, w, m, t);
+      for (int i = 0; i < na; ++i) sums[j * d + a0 + i] = t[i];
+    }
+  }
 }
 
 }  // namespace BDL_LEVEL_NS
