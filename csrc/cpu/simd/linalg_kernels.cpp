@@ -142,26 +142,74 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
     // p = beta A22 v ; K = beta (p.v) / 2 ; w = p - K v ; A22 -= v w^T + w v^T. Only the upper
     // triangle of A22 is read and kept (it is symmetric): each stored row serves both its dot
     // product and, transposed, an axpy into p, and the rank-2 update touches half the matrix.
+    // Rows go four at a time: one load of v[j], p[j] (and w[j]) serves four rows, and the axpy
+    // into p stores once per four rows (row by row, p's loads and stores outnumbered the
+    // multiply-adds: d = 160, one core, AVX-512 407-419 -> 309-343 us, AVX2 384-389 -> 309 us).
     std::fill(p, p + m, 0.0);
-    for (i64 i = 0; i < m; ++i) {
+    i64 i = 0;
+    for (; i + 4 <= m; i += 4) {
+      const double* r[4] = {A22 + i * d, A22 + (i + 1) * d, A22 + (i + 2) * d, A22 + (i + 3) * d};
+      const double v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
+      double s[4] = {0.0, 0.0, 0.0, 0.0};
+      for (int a = 0; a < 4; ++a) {  // the 4 x 4 diagonal block's upper triangle
+        s[a] += r[a][i + a] * v[i + a];
+        for (int b = a + 1; b < 4; ++b) {
+          s[a] += r[a][i + b] * v[i + b];
+          p[i + b] += v[i + a] * r[a][i + b];
+        }
+      }
+      double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
+      const double *q0 = r[0], *q1 = r[1], *q2 = r[2], *q3 = r[3];
+#pragma omp simd reduction(+ : t0, t1, t2, t3)
+      for (i64 j = i + 4; j < m; ++j) {
+        const double vj = v[j];
+        t0 += q0[j] * vj;
+        t1 += q1[j] * vj;
+        t2 += q2[j] * vj;
+        t3 += q3[j] * vj;
+        p[j] += v0 * q0[j] + v1 * q1[j] + v2 * q2[j] + v3 * q3[j];
+      }
+      p[i] += s[0] + t0;
+      p[i + 1] += s[1] + t1;
+      p[i + 2] += s[2] + t2;
+      p[i + 3] += s[3] + t3;
+    }
+    for (; i < m; ++i) {
       const double* row = A22 + i * d;
       const double vi = v[i];
-      double s = row[i] * vi;
-#pragma omp simd reduction(+ : s)
+      double t = row[i] * vi;
+#pragma omp simd reduction(+ : t)
       for (i64 j = i + 1; j < m; ++j) {
-        s += row[j] * v[j];
+        t += row[j] * v[j];
         p[j] += vi * row[j];
       }
-      p[i] += s;
+      p[i] += t;
     }
     double pv = 0.0;
-    for (i64 i = 0; i < m; ++i) {
-      p[i] *= bk;
-      pv += p[i] * v[i];
+    for (i64 q = 0; q < m; ++q) {
+      p[q] *= bk;
+      pv += p[q] * v[q];
     }
     const double K = 0.5 * bk * pv;
-    for (i64 i = 0; i < m; ++i) p[i] -= K * v[i];  // p now holds w
-    for (i64 i = 0; i < m; ++i) {
+    for (i64 q = 0; q < m; ++q) p[q] -= K * v[q];  // p now holds w
+    i = 0;
+    for (; i + 4 <= m; i += 4) {
+      double* r[4] = {A22 + i * d, A22 + (i + 1) * d, A22 + (i + 2) * d, A22 + (i + 3) * d};
+      for (int a = 0; a < 4; ++a)  // the diagonal block
+        for (int b = a; b < 4; ++b) r[a][i + b] -= v[i + a] * p[i + b] + p[i + a] * v[i + b];
+      const double v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
+      const double w0 = p[i], w1 = p[i + 1], w2 = p[i + 2], w3 = p[i + 3];
+      double *q0 = r[0], *q1 = r[1], *q2 = r[2], *q3 = r[3];
+#pragma omp simd
+      for (i64 j = i + 4; j < m; ++j) {
+        const double vj = v[j], wj = p[j];
+        q0[j] -= v0 * wj + w0 * vj;
+        q1[j] -= v1 * wj + w1 * vj;
+        q2[j] -= v2 * wj + w2 * vj;
+        q3[j] -= v3 * wj + w3 * vj;
+      }
+    }
+    for (; i < m; ++i) {
       double* row = A22 + i * d;
       const double vi = v[i], wi = p[i];
 #pragma omp simd
