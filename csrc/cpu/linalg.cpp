@@ -344,17 +344,12 @@ bool sym_eig_top_krylov(const SimdKernels& K, const double* A, i64 d, i64 k, i64
     const double bound = KRYLOV_TOL * std::max(std::abs(theta[0]), DBL_MIN);
     double worst = 0.0;  // the largest residual of the k wanted pairs, in units of the bound
     for (i64 i = 0; i < k; ++i) {
-      const double* s = S.data() + i * nb;
+      // y = V^T s, r = (A V)^T s by the level's row sums (x -= sum c_j row_j, so c = -s)
+      for (i64 j = 0; j < nb; ++j) coef[j] = -S[i * nb + j];
       std::fill(r.begin(), r.end(), 0.0);
       std::fill(y.begin(), y.end(), 0.0);
-      for (i64 j = 0; j < nb; ++j) {
-        const double* v = V.data() + j * d;
-        const double* av = AV.data() + j * d;
-        for (i64 a = 0; a < d; ++a) {
-          y[a] += s[j] * v[a];
-          r[a] += s[j] * av[a];
-        }
-      }
+      K.axpy_rows(V.data(), nb, d, coef.data(), y.data());
+      K.axpy_rows(AV.data(), nb, d, coef.data(), r.data());
       double res = 0.0;
       for (i64 a = 0; a < d; ++a) res += (r[a] - theta[i] * y[a]) * (r[a] - theta[i] * y[a]);
       worst = std::max(worst, std::sqrt(res) / bound);
@@ -378,11 +373,10 @@ bool sym_eig_top_krylov(const SimdKernels& K, const double* A, i64 d, i64 k, i64
     next_check = nb + step;
     if (!converged) continue;
     for (i64 i = 0; i < k; ++i) {
-      const double* s = S.data() + i * nb;
       double* x = evecs + i * d;
+      for (i64 j = 0; j < nb; ++j) coef[j] = -S[i * nb + j];
       std::fill(x, x + d, 0.0);
-      for (i64 j = 0; j < nb; ++j)
-        for (i64 a = 0; a < d; ++a) x[a] += s[j] * V[j * d + a];
+      K.axpy_rows(V.data(), nb, d, coef.data(), x);
       normalize(x, d);
       evals[i] = theta[i];
     }
