@@ -42,8 +42,9 @@ void rows_centred(const float* X, i64 m, i64 d, const double* mean, double inv_s
 // refused rather than returned as Inf).
 float to_float_output(double value, const char* kernel, i64 row, i64 cls);
 
-// C[d, d] = XT XT^T (full symmetric, float64). Products are summed in float32 over at most 32
-// samples (a vector lane's share of a chunk) and those sums in float64. parallel:
+// C[d, d] = XT XT^T (full symmetric, float64). Products are summed in float32 over at most 33
+// samples (a vector lane's share of a chunk, the last with the zero-padded tail step) and those
+// lane sums pairwise in float64. parallel:
 // split the rows of C over the OpenMP threads (deterministic: every entry is summed by one
 // thread in a fixed order).
 void gram(const SimdKernels& K, const float* XT, i64 d, i64 d_pad, i64 n, double* C, bool parallel);
