@@ -372,12 +372,92 @@ void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i
 // Y[i, :] = C Q[i, :] for the nq (<= 16) rows of Q: one pass over the rows of C serves all nq
 // vectors (the block products of the Lanczos eigen-solver, linalg.cpp). Rows of C go four at a
 // time, so each load of a vector feeds four multiply-adds (one row at a time the loop was bound
-// by loads: at d = 512 the 16 vectors overflow L1). Each output is one dot product summed in an
-// order fixed by its row and d, so the result does not depend on nq.
+// by loads: at d = 512 the 16 vectors overflow L1); at AVX2 and AVX-512 each pass over four rows
+// also serves SYMM_G vectors (rows4_dots). Each output is one dot product summed in an order fixed
+// by its row and d, so the result does not depend on nq.
+#if BDL_LEVEL == 1 || BDL_LEVEL == 2
+#if BDL_LEVEL == 1
+using vd = __m256d;
+constexpr int LD = 4;
+inline vd vdload(const double* p) { return _mm256_loadu_pd(p); }
+inline vd vdzero() { return _mm256_setzero_pd(); }
+inline vd vdfma(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
+inline double vdsum(vd v) {
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+#define BDL_PIN4D(a, b, c, d) __asm__("" : "+x"(a), "+x"(b), "+x"(c), "+x"(d))
+constexpr int SYMM_G = 2;  // vectors per pass: 4 x 2 accumulators + 4 rows + 1 vector in 16 registers
+#else
+using vd = __m512d;
+constexpr int LD = 8;
+inline vd vdload(const double* p) { return _mm512_loadu_pd(p); }
+inline vd vdzero() { return _mm512_setzero_pd(); }
+inline vd vdfma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
+inline double vdsum(vd v) {
+  // the same pairwise halving as the AVX2 version, spelled without _mm512_extractf64x4_pd (GCC 12
+  // warns inside its own header for that one)
+  alignas(64) double h[8];
+  _mm512_store_pd(h, v);
+  const double q0 = (h[0] + h[4]) + (h[2] + h[6]), q1 = (h[1] + h[5]) + (h[3] + h[7]);
+  return q0 + q1;
+}
+#define BDL_PIN4D(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
+constexpr int SYMM_G = 4;
+#endif
+
+// out[g][i] = <r[i], v[g]> for four rows r and G vectors v of length d: per-lane sums over the
+// whole vectors, a fixed horizontal sum, then the last d % LD entries in order — the same
+// arithmetic for an output whatever G, so symm_rows' results do not depend on nq. The four row
+// vectors are pinned in registers (as in gram_steps: GCC folded each row's load into all G
+// multiply-adds that used it).
+template <int G>
+inline void rows4_dots(const double* const* r, const double* const* v, i64 d, double (*out)[4]) {
+  vd a[4 * G];
+  for (int q = 0; q < 4 * G; ++q) a[q] = vdzero();
+  i64 j = 0;
+  for (; j + LD <= d; j += LD) {
+    vd x0 = vdload(r[0] + j), x1 = vdload(r[1] + j), x2 = vdload(r[2] + j), x3 = vdload(r[3] + j);
+    BDL_PIN4D(x0, x1, x2, x3);
+    for (int g = 0; g < G; ++g) {
+      const vd u = vdload(v[g] + j);
+      a[4 * g + 0] = vdfma(x0, u, a[4 * g + 0]);
+      a[4 * g + 1] = vdfma(x1, u, a[4 * g + 1]);
+      a[4 * g + 2] = vdfma(x2, u, a[4 * g + 2]);
+      a[4 * g + 3] = vdfma(x3, u, a[4 * g + 3]);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < 4; ++i) {
+      double t = vdsum(a[4 * g + i]);
+      for (i64 jj = j; jj < d; ++jj) t += r[i][jj] * v[g][jj];
+      out[g][i] = t;
+    }
+}
+#undef BDL_PIN4D
+#endif
+
 void symm_rows(const double* C, i64 d, const double* Q, int nq, double* Y) {
   i64 i = 0;
   for (; i + 4 <= d; i += 4) {
     const double *r0 = C + i * d, *r1 = r0 + d, *r2 = r1 + d, *r3 = r2 + d;
+#if BDL_LEVEL == 1 || BDL_LEVEL == 2
+    const double* rows[4] = {r0, r1, r2, r3};
+    int q = 0;
+    double out[SYMM_G][4];
+    for (; q + SYMM_G <= nq; q += SYMM_G) {
+      const double* vs[SYMM_G];
+      for (int g = 0; g < SYMM_G; ++g) vs[g] = Q + (q + g) * d;
+      rows4_dots<SYMM_G>(rows, vs, d, out);
+      for (int g = 0; g < SYMM_G; ++g)
+        for (int k = 0; k < 4; ++k) Y[(q + g) * d + i + k] = out[g][k];
+    }
+    for (; q < nq; ++q) {
+      const double* vs[1] = {Q + q * d};
+      rows4_dots<1>(rows, vs, d, out);
+      for (int k = 0; k < 4; ++k) Y[q * d + i + k] = out[0][k];
+    }
+#else
     for (int q = 0; q < nq; ++q) {
       const double* v = Q + q * d;
       double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
@@ -395,6 +475,7 @@ void symm_rows(const double* C, i64 d, const double* Q, int nq, double* Y) {
       y[2] = s2;
       y[3] = s3;
     }
+#endif
   }
   for (; i < d; ++i) {
     const double* row = C + i * d;
