@@ -67,18 +67,7 @@ void column_mean(const float* X, i64 n, i64 d, double* mean, i64 row0, i64 cls) 
 }
 
 void transpose_centred(const float* X, i64 n, i64 d, const double* mean, double inv_scale, float* XT, i64 d_pad) {
-  // Blocked transpose: 32 x 32 tiles keep both sides in L1.
-  constexpr i64 B = 32;
-  for (i64 a0 = 0; a0 < d; a0 += B) {
-    const i64 a1 = std::min(d, a0 + B);
-    for (i64 s0 = 0; s0 < n; s0 += B) {
-      const i64 s1 = std::min(n, s0 + B);
-      for (i64 s = s0; s < s1; ++s)
-        for (i64 a = a0; a < a1; ++a)
-          XT[a * n + s] = static_cast<float>((mean ? X[s * d + a] - mean[a] : X[s * d + a]) * inv_scale);
-    }
-  }
-  std::fill(XT + d * n, XT + d_pad * n, 0.0f);
+  simd().transpose_centred(X, n, d, mean, inv_scale, XT, d_pad);  // per level: 8 x 8 register tiles where it can
 }
 
 void rows_centred(const float* X, i64 m, i64 d, const double* mean, double inv_scale, float* Xr, i64 m_pad) {

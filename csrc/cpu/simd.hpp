@@ -58,6 +58,9 @@ struct SimdKernels {
   void (*sqdist_rows)(const float* XT, i64 m, i64 d, const double* c, double* out);
   void (*cluster_sums)(const float* XT, i64 m, i64 d, const std::int32_t* labels, int k, double* sums, i64* counts,
                        float* w);
+  // linalg.hpp's transpose_centred (the centred, scaled class transposed to float32 XT)
+  void (*transpose_centred)(const float* X, i64 n, i64 d, const double* mean, double inv_scale, float* XT,
+                            i64 d_pad);
 };
 
 // The level in use (set once per kernel call: read it at the entry and pass it down).

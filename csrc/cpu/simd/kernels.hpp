@@ -9,6 +9,7 @@ namespace BDL_LEVEL_NS {
 
 using i64 = std::int64_t;
 
+void transpose_centred(const float* X, i64 n, i64 d, const double* mean, double inv_scale, float* XT, i64 d_pad);
 void column_stats(const float* X, i64 n, i64 d, double* sum, float* lo, float* hi);
 void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out);
 void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, double* p);

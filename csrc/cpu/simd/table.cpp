@@ -23,7 +23,8 @@ const SimdKernels& BDL_TABLE_FN() {
                                  &L::symm_rows,  &L::dot_rows,  &L::axpy_rows,      &L::gram_apply, &L::project,
                                  &L::ica_step,   &L::ica_step_small, &L::polar_batch, &L::assign,
                                  &L::householder_apply, &L::column_stats,
-                                 &L::gram_apply_f32, &L::sqdist_rows, &L::cluster_sums};
+                                 &L::gram_apply_f32, &L::sqdist_rows, &L::cluster_sums,
+                                 &L::transpose_centred};
   return table;
 }
 
