@@ -97,6 +97,39 @@ def test_kernels_benchmark_reports_every_simd_level(monkeypatch, tmp_path, capsy
     assert native.build_info()["simd_selected"] == before
 
 
+def test_best_of_keeps_the_first_outputs_and_each_smallest_timing():
+    runs = [{"t_ac": 2.0, "cpu_ac": 3.0, "t_ss": 1.0, "labels": "first"},
+            {"t_ac": 1.5, "cpu_ac": 3.5, "t_ss": 1.2, "labels": "second"}]
+    assert kernels.best_of(runs) == {"t_ac": 1.5, "cpu_ac": 3.0, "t_ss": 1.0, "labels": "first"}
+    with pytest.raises(ValueError, match="at least one run"):
+        kernels.best_of([])
+
+
+def test_kernels_benchmark_repeat(monkeypatch, tmp_path, capsys):
+    """--repeat 2: every side timed twice (the smallest kept), recorded in the JSON; 0 refused."""
+    monkeypatch.setitem(kernels.SHAPES, "gtsrb", (3, 50, 14))
+    calls = {"native": 0, "reference": 0}
+    real_native, real_reference = kernels.run_native, kernels.run_reference
+
+    def counted(side, fn):
+        def wrapper(*a, **kw):
+            calls[side] += 1
+            return fn(*a, **kw)
+        return wrapper
+
+    monkeypatch.setattr(kernels, "run_native", counted("native", real_native))
+    monkeypatch.setattr(kernels, "run_reference", counted("reference", real_reference))
+    out = tmp_path / "bench.json"
+    assert kernels.run(["--shapes", "gtsrb", "--ref-classes", "0", "--n-init", "1", "--ref-threads", "1",
+                        "--repeat", "2", "--json", str(out)]) == 0
+    assert calls["reference"] == 2 + kernels.F1_SEEDS  # the F1-over-seeds runs are not timings
+    assert calls["native"] == 2 + kernels.F1_SEEDS  # all classes: the subset is the full run
+    assert "best of 10" in capsys.readouterr().out
+    assert json.loads(out.read_text())["args"]["repeat"] == 2
+    with pytest.raises(SystemExit):
+        kernels.run(["--repeat", "0"])
+
+
 def test_kernels_benchmark_refuses_an_unknown_level(capsys):
     with pytest.raises(SystemExit) as exc:
         kernels.run(["--simd", "avx9000"])
