@@ -208,6 +208,75 @@ void column_stats(const float* X, i64 n, i64 d, double* sum, float* lo, float* h
   }
 }
 
+#if BDL_LEVEL == 1 || BDL_LEVEL == 2
+#if BDL_LEVEL == 1
+using vd = __m256d;
+constexpr int LD = 4;
+inline vd vdload(const double* p) { return _mm256_loadu_pd(p); }
+inline vd vdzero() { return _mm256_setzero_pd(); }
+inline vd vdset1(double x) { return _mm256_set1_pd(x); }
+inline void vdstore(double* p, vd v) { _mm256_storeu_pd(p, v); }
+inline vd vdfma(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
+inline double vdsum(vd v) {
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+#define BDL_PIN4D(a, b, c, d) __asm__("" : "+x"(a), "+x"(b), "+x"(c), "+x"(d))
+constexpr int SYMM_G = 2;  // vectors per pass: 4 x 2 accumulators + 4 rows + 1 vector in 16 registers
+#else
+using vd = __m512d;
+constexpr int LD = 8;
+inline vd vdload(const double* p) { return _mm512_loadu_pd(p); }
+inline vd vdzero() { return _mm512_setzero_pd(); }
+inline vd vdset1(double x) { return _mm512_set1_pd(x); }
+inline void vdstore(double* p, vd v) { _mm512_storeu_pd(p, v); }
+inline vd vdfma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
+inline double vdsum(vd v) {
+  // the same pairwise halving as the AVX2 version, spelled without _mm512_extractf64x4_pd (GCC 12
+  // warns inside its own header for that one)
+  alignas(64) double h[8];
+  _mm512_store_pd(h, v);
+  const double q0 = (h[0] + h[4]) + (h[2] + h[6]), q1 = (h[1] + h[5]) + (h[3] + h[7]);
+  return q0 + q1;
+}
+#define BDL_PIN4D(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
+constexpr int SYMM_G = 4;
+#endif
+
+// The off-diagonal part of four rows of tridiagonalize's symmetric product: t[i] = <q[i][j0:m],
+// v[j0:m]> and p[j0:m] += sum_i c[i] q[i][j0:m], the four row vectors pinned in registers (each
+// serves a dot product and the update of p; GCC loaded it once for each).
+inline void symv4_rows(const double* const* q, const double* v, double* p, i64 j0, i64 m, const double* c,
+                       double* t) {
+  vd a0 = vdzero(), a1 = vdzero(), a2 = vdzero(), a3 = vdzero();
+  const vd c0 = vdset1(c[0]), c1 = vdset1(c[1]), c2 = vdset1(c[2]), c3 = vdset1(c[3]);
+  i64 j = j0;
+  for (; j + LD <= m; j += LD) {
+    vd x0 = vdload(q[0] + j), x1 = vdload(q[1] + j), x2 = vdload(q[2] + j), x3 = vdload(q[3] + j);
+    BDL_PIN4D(x0, x1, x2, x3);
+    const vd vj = vdload(v + j);
+    a0 = vdfma(x0, vj, a0);
+    a1 = vdfma(x1, vj, a1);
+    a2 = vdfma(x2, vj, a2);
+    a3 = vdfma(x3, vj, a3);
+    vd pj = vdload(p + j);
+    pj = vdfma(c0, x0, pj);
+    pj = vdfma(c1, x1, pj);
+    pj = vdfma(c2, x2, pj);
+    pj = vdfma(c3, x3, pj);
+    vdstore(p + j, pj);
+  }
+  t[0] = vdsum(a0);
+  t[1] = vdsum(a1);
+  t[2] = vdsum(a2);
+  t[3] = vdsum(a3);
+  for (; j < m; ++j) {
+    for (int i = 0; i < 4; ++i) t[i] += q[i][j] * v[j];
+    p[j] += c[0] * q[0][j] + c[1] * q[1][j] + c[2] * q[2][j] + c[3] * q[3][j];
+  }
+}
+#endif  // BDL_LEVEL == 1 || BDL_LEVEL == 2
+
 // Householder reduction of symmetric A (full storage; only its upper triangle is read) to
 // tridiagonal T = Q^T A Q.
 // diag (d,), off (d-1,): T's diagonals. The Householder vector of step k is left in
@@ -252,6 +321,12 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
           p[i + b] += v[i + a] * r[a][i + b];
         }
       }
+#if BDL_LEVEL == 1 || BDL_LEVEL == 2
+      const double c[4] = {v0, v1, v2, v3};
+      double t[4];
+      symv4_rows(r, v, p, i + 4, m, c, t);
+      for (int a = 0; a < 4; ++a) p[i + a] += s[a] + t[a];
+#else
       double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
       const double *q0 = r[0], *q1 = r[1], *q2 = r[2], *q3 = r[3];
 #pragma omp simd reduction(+ : t0, t1, t2, t3)
@@ -267,6 +342,7 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
       p[i + 1] += s[1] + t1;
       p[i + 2] += s[2] + t2;
       p[i + 3] += s[3] + t3;
+#endif
     }
     for (; i < m; ++i) {
       const double* row = A22 + i * d;
@@ -432,36 +508,6 @@ void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i
 // also serves SYMM_G vectors (rows4_dots). Each output is one dot product summed in an order fixed
 // by its row and d, so the result does not depend on nq.
 #if BDL_LEVEL == 1 || BDL_LEVEL == 2
-#if BDL_LEVEL == 1
-using vd = __m256d;
-constexpr int LD = 4;
-inline vd vdload(const double* p) { return _mm256_loadu_pd(p); }
-inline vd vdzero() { return _mm256_setzero_pd(); }
-inline vd vdfma(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
-inline double vdsum(vd v) {
-  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
-}
-#define BDL_PIN4D(a, b, c, d) __asm__("" : "+x"(a), "+x"(b), "+x"(c), "+x"(d))
-constexpr int SYMM_G = 2;  // vectors per pass: 4 x 2 accumulators + 4 rows + 1 vector in 16 registers
-#else
-using vd = __m512d;
-constexpr int LD = 8;
-inline vd vdload(const double* p) { return _mm512_loadu_pd(p); }
-inline vd vdzero() { return _mm512_setzero_pd(); }
-inline vd vdfma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
-inline double vdsum(vd v) {
-  // the same pairwise halving as the AVX2 version, spelled without _mm512_extractf64x4_pd (GCC 12
-  // warns inside its own header for that one)
-  alignas(64) double h[8];
-  _mm512_store_pd(h, v);
-  const double q0 = (h[0] + h[4]) + (h[2] + h[6]), q1 = (h[1] + h[5]) + (h[3] + h[7]);
-  return q0 + q1;
-}
-#define BDL_PIN4D(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
-constexpr int SYMM_G = 4;
-#endif
-
 // out[g][i] = <r[i], v[g]> for four rows r and G vectors v of length d: per-lane sums over the
 // whole vectors, a fixed horizontal sum, then the last d % LD entries in order — the same
 // arithmetic for an output whatever G, so symm_rows' results do not depend on nq. The four row
