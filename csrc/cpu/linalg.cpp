@@ -282,7 +282,7 @@ double orthonormalize(const SimdKernels& K, const double* V, i64 nv, i64 d, doub
 // (nothing written) when the basis reaches max_basis first; the caller then takes the dense path.
 constexpr int KRYLOV_BLOCK = 4;
 constexpr double KRYLOV_TOL = 1e-10;
-// The tolerance of gram_top1_float32: its operator's own float32 rounding sits around 1e-7 of
+// The tolerance of gram_top1 with float32 products: its operator's own float32 rounding sits around 1e-7 of
 // |theta| on activation-like classes (up to ~1e-5 on isotropic noise, where the test then fails
 // and the float64 paths answer), and a residual r moves the vector by r / gap: 1e-6 keeps the
 // scores within ~1e-5 of exact for a 10 % gap, where float32 data carry ~1e-7 themselves.
@@ -469,14 +469,11 @@ void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, d
   }
 }
 
-bool gram_top1_implicit(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec) {
+bool gram_top1(const SimdKernels& K, const float* Xr, i64 m, i64 d, bool float32, double* eval, double* evec) {
   if (d < 1 || m < 1) return false;
-  return lanczos_top1(K, [&](const double* v, double* w) { K.gram_apply(Xr, m, d, v, w); }, d, KRYLOV_TOL, eval,
-                      evec);
-}
-
-bool gram_top1_float32(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec) {
-  if (d < 1 || m < 1) return false;
+  if (!float32)
+    return lanczos_top1(K, [&](const double* v, double* w) { K.gram_apply(Xr, m, d, v, w); }, d, KRYLOV_TOL, eval,
+                        evec);
   std::vector<float> vf(d), wf(d);
   auto apply = [&](const double* v, double* w) {
     for (i64 a = 0; a < d; ++a) vf[a] = static_cast<float>(v[a]);

@@ -58,15 +58,13 @@ void sym_eig_top(const SimdKernels& K, double* A, i64 d, i64 k, double* evals, d
 
 // The top eigenpair of G = Xr^T Xr (Xr: m x d float32 rows) by the same Lanczos iteration as
 // sym_eig_top's k = 1, applying G as Xr^T (Xr v) instead of forming it: 2 m d per step instead of
-// m d^2 once, the better deal when d is large (spectral.cpp decides). Returns false (nothing
-// written) when it does not converge within min(d / 2, 96) steps.
-bool gram_top1_implicit(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec);
-
-// The same top eigenpair with the operator applied in float32 (gram_apply_f32: twice the vector
-// lanes, no conversions) and accepted at a residual of 1e-6 |lambda| (linalg.cpp says why);
-// false when that is not reached — the operator's own rounding can sit above it on classes
-// without a dominant direction — and the caller takes a float64 path.
-bool gram_top1_float32(const SimdKernels& K, const float* Xr, i64 m, i64 d, double* eval, double* evec);
+// m d^2 once (spectral.cpp decides when). float32 = false: products in float64 (gram_apply),
+// accepted at sym_eig_top's residual of 1e-10 |lambda|; true: products in float32
+// (gram_apply_f32: twice the vector lanes, no conversions), accepted at 1e-6 |lambda| (linalg.cpp
+// says why), which the operator's own rounding can sit above on classes without a dominant
+// direction. Returns false (nothing written) when the residual is not reached within
+// min(d / 2, 96) steps; the caller then takes another path.
+bool gram_top1(const SimdKernels& K, const float* Xr, i64 m, i64 d, bool float32, double* eval, double* evec);
 
 // All eigenpairs of a small symmetric matrix A[m, m] (overwritten) by cyclic Jacobi.
 // evals: (m,) unsorted; V[m, m]: column j is the eigenvector of evals[j].

@@ -26,13 +26,14 @@ namespace backdoorlab {
 
 namespace {
 
-// From this many features on, the top vector comes from Lanczos on Xc^T (Xc v) (2 m d a step,
-// ~40 steps) rather than from the d x d Gram matrix (m d^2 once, then d^2 a step): on GTSRB's
-// 820 x 512 classes that is ~30 M multiply-adds instead of ~120 M; at YTAF's d = 160 the two are
-// even and the Gram path stays (its products run in float32 with twice the vector width).
+// Where the float32 iteration below did not converge: from this many features on, the top vector
+// comes from Lanczos on Xc^T (Xc v) in float64 (2 m d a step, ~40 steps) rather than from the
+// d x d Gram matrix (m d^2 once, then d^2 a step): on GTSRB's 820 x 512 classes ~30 M
+// multiply-adds instead of ~120 M; at d = 160 the two are even and the Gram path (float32
+// products, twice the vector width) answers.
 constexpr i64 IMPLICIT_MIN_D = 256;
 // From this many features on, that Lanczos iteration is tried first with float32 products
-// (gram_top1_float32): on activation-like classes it converges to its 1e-6 residual in ~15-25
+// (gram_top1): on activation-like classes it converges to its 1e-6 residual in ~15-25
 // steps of half the cost, far below the Gram product at YTAF's d = 160 too; classes where it does
 // not (no dominant direction: float32 rounding above that residual) take the float64 paths.
 constexpr i64 FLOAT32_MIN_D = 64;
@@ -43,9 +44,7 @@ bool top_vector_implicit(const SimdKernels& K, const std::vector<float>& Xr, i64
                          double* proj) {
   std::vector<double> v(d);
   double lambda = 0.0;
-  const bool done = float32 ? gram_top1_float32(K, Xr.data(), m, d, &lambda, v.data())
-                            : gram_top1_implicit(K, Xr.data(), m, d, &lambda, v.data());
-  if (!done) return false;
+  if (!gram_top1(K, Xr.data(), m, d, float32, &lambda, v.data())) return false;
   for (i64 s = 0; s < m; ++s) {
     const float* x = Xr.data() + s * d;
     double t = 0.0;

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/simd/level.hpp"
 #include "cpu/simd/kernels.hpp"
@@ -13,26 +14,16 @@ namespace BDL_LEVEL_NS {
 // summed over the features in order in float64 — the very arithmetic of a per-row loop, so the
 // k-means++ seeding that reads it is unchanged bit for bit. The lanes' sums stay in registers
 // over the features (a blocked pass over the rows), not in memory once per feature.
-void sqdist_rows(const float* XT, i64 m, i64 d, const double* c, double* out) {
-  constexpr i64 B = 4 * BDL_F32_LANES;  // rows per block: a few vector registers of doubles
-  i64 s0 = 0;
-  for (; s0 + B <= m; s0 += B) {  // full blocks: a constant trip count keeps acc in registers
-    double acc[B] = {};
-    for (i64 a = 0; a < d; ++a) {
-      const double ca = c[a];
-      const float* x = XT + a * m + s0;
-#pragma omp simd
-      for (i64 l = 0; l < B; ++l) {
-        const double t = x[l] - ca;
-        acc[l] += t * t;
-      }
-    }
-#pragma omp simd
-    for (i64 l = 0; l < B; ++l) out[s0 + l] = acc[l];
-  }
-  const i64 nb = m - s0;
-  if (nb == 0) return;
-  double acc[B] = {};
+namespace {
+
+constexpr i64 SQDIST_BLOCK = 4 * BDL_F32_LANES;  // rows per block: a few vector registers of doubles
+
+// sqdist_rows for the nb <= SQDIST_BLOCK rows from s0. Count is i64 for the last, partial block and
+// std::integral_constant<i64, SQDIST_BLOCK> for full ones: a constant trip count keeps acc in
+// registers (with a run-time one GCC zeroed it in memory and stored it every feature).
+template <class Count>
+inline void sqdist_block(const float* XT, i64 m, i64 d, const double* c, i64 s0, Count nb, double* out) {
+  double acc[SQDIST_BLOCK] = {};
   for (i64 a = 0; a < d; ++a) {
     const double ca = c[a];
     const float* x = XT + a * m + s0;
@@ -42,7 +33,17 @@ void sqdist_rows(const float* XT, i64 m, i64 d, const double* c, double* out) {
       acc[l] += t * t;
     }
   }
+#pragma omp simd
   for (i64 l = 0; l < nb; ++l) out[s0 + l] = acc[l];
+}
+
+}  // namespace
+
+void sqdist_rows(const float* XT, i64 m, i64 d, const double* c, double* out) {
+  i64 s0 = 0;
+  for (; s0 + SQDIST_BLOCK <= m; s0 += SQDIST_BLOCK)
+    sqdist_block(XT, m, d, c, s0, std::integral_constant<i64, SQDIST_BLOCK>{}, out);
+  if (s0 < m) sqdist_block(XT, m, d, c, s0, m - s0, out);
 }
 
 // Nearest centre of every row (ties: lowest index); returns the inertia; dist gets each row's

@@ -14,6 +14,57 @@
 namespace backdoorlab {
 namespace BDL_LEVEL_NS {
 
+#if BDL_LEVEL == 1 || BDL_LEVEL == 2
+// The vector types and intrinsics of the kernels below that pin rows in registers (gram_steps,
+// symv4_rows, rows4_dots): float32 (vf) and float64 (vd, LD lanes) vectors of this level.
+// BDL_PIN4 passes four vectors through an empty asm GCC cannot see through, so each is loaded
+// once; written as plain `omp simd` loops, GCC folded a row's load into every multiply-add that
+// used it and the loops were bound by loads.
+#if BDL_LEVEL == 1
+using vf = __m256;
+using vd = __m256d;
+constexpr int LD = 4;
+inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vd vdload(const double* p) { return _mm256_loadu_pd(p); }
+inline vd vdzero() { return _mm256_setzero_pd(); }
+inline vd vdset1(double x) { return _mm256_set1_pd(x); }
+inline void vdstore(double* p, vd v) { _mm256_storeu_pd(p, v); }
+inline vd vdfma(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
+inline double vdsum(vd v) {
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+#define BDL_PIN4(a, b, c, d) __asm__("" : "+x"(a), "+x"(b), "+x"(c), "+x"(d))
+constexpr int SYMM_G = 2;  // symm_rows' vectors per pass: 4 x 2 accumulators + 4 rows + 1 vector in 16 registers
+#else
+using vf = __m512;
+using vd = __m512d;
+constexpr int LD = 8;
+inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vd vdload(const double* p) { return _mm512_loadu_pd(p); }
+inline vd vdzero() { return _mm512_setzero_pd(); }
+inline vd vdset1(double x) { return _mm512_set1_pd(x); }
+inline void vdstore(double* p, vd v) { _mm512_storeu_pd(p, v); }
+inline vd vdfma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
+inline double vdsum(vd v) {
+  // the same pairwise halving as the AVX2 version, spelled without _mm512_extractf64x4_pd (GCC 12
+  // warns inside its own header for that one)
+  alignas(64) double h[8];
+  _mm512_store_pd(h, v);
+  const double q0 = (h[0] + h[4]) + (h[2] + h[6]), q1 = (h[1] + h[5]) + (h[3] + h[7]);
+  return q0 + q1;
+}
+#define BDL_PIN4(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
+constexpr int SYMM_G = 4;
+#endif
+#endif
+
 // Four rows a..a+3 of the Gram matrix against the rows b..b+3 for every b in [a, d_pad) (step
 // 4): out gets the 16 entries of each 4 x 4 block (row-major), block after block. Samples are the
 // vector lanes (LN per step): 8 loads feed 16 multiply-adds. Each product keeps one float32
@@ -27,27 +78,9 @@ namespace BDL_LEVEL_NS {
 // of lane sums per block another tenth.
 #if BDL_LEVEL == 1 || BDL_LEVEL == 2
 // The products of gram_rows over the samples [s0, s1) (whole vectors) for the rows x[0..3] and
-// y[0..JG), into acc (4 JG vectors, overwritten), with intrinsics: written as an `omp simd` loop,
-// GCC folded each x row's load into every multiply-add that used it (JG loads per row and step),
-// which made the loop load-bound; the empty asm pins the four x vectors in registers, so a step
-// loads 4 + JG vectors for 4 JG multiply-adds. One core, 412 x 160 / 820 x 512 Gram: AVX2
+// y[0..JG), into acc (4 JG vectors, overwritten), the four x vectors pinned (BDL_PIN4): a step
+// loads 4 + JG vectors for 4 JG multiply-adds, not 4 JG + JG. One core, 412 x 160 / 820 x 512 Gram: AVX2
 // 245 -> 181 us / 4.96-5.08 -> 3.78-3.80 ms; AVX-512 192-197 -> 173-176 us / 3.89-3.97 -> 3.49-3.51 ms.
-#if BDL_LEVEL == 1
-using vf = __m256;
-inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
-inline vf vzero() { return _mm256_setzero_ps(); }
-inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-#define BDL_PIN4(a, b, c, d) __asm__("" : "+x"(a), "+x"(b), "+x"(c), "+x"(d))
-#else
-using vf = __m512;
-inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
-inline vf vzero() { return _mm512_setzero_ps(); }
-inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-#define BDL_PIN4(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
-#endif
-
 template <int JG>
 inline void gram_steps(const float* const* x, const float* const* y, i64 s0, i64 s1, float (*acc)[BDL_F32_LANES]) {
   constexpr int LN = BDL_F32_LANES;
@@ -64,7 +97,6 @@ inline void gram_steps(const float* const* x, const float* const* y, i64 s0, i64
   }
   for (int q = 0; q < 4 * JG; ++q) vstore(acc[q], a[q]);
 }
-#undef BDL_PIN4
 #endif
 
 void gram_rows(const float* XT, i64 n, i64 a, i64 d_pad, double* out) {
@@ -209,40 +241,6 @@ void column_stats(const float* X, i64 n, i64 d, double* sum, float* lo, float* h
 }
 
 #if BDL_LEVEL == 1 || BDL_LEVEL == 2
-#if BDL_LEVEL == 1
-using vd = __m256d;
-constexpr int LD = 4;
-inline vd vdload(const double* p) { return _mm256_loadu_pd(p); }
-inline vd vdzero() { return _mm256_setzero_pd(); }
-inline vd vdset1(double x) { return _mm256_set1_pd(x); }
-inline void vdstore(double* p, vd v) { _mm256_storeu_pd(p, v); }
-inline vd vdfma(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
-inline double vdsum(vd v) {
-  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
-}
-#define BDL_PIN4D(a, b, c, d) __asm__("" : "+x"(a), "+x"(b), "+x"(c), "+x"(d))
-constexpr int SYMM_G = 2;  // vectors per pass: 4 x 2 accumulators + 4 rows + 1 vector in 16 registers
-#else
-using vd = __m512d;
-constexpr int LD = 8;
-inline vd vdload(const double* p) { return _mm512_loadu_pd(p); }
-inline vd vdzero() { return _mm512_setzero_pd(); }
-inline vd vdset1(double x) { return _mm512_set1_pd(x); }
-inline void vdstore(double* p, vd v) { _mm512_storeu_pd(p, v); }
-inline vd vdfma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
-inline double vdsum(vd v) {
-  // the same pairwise halving as the AVX2 version, spelled without _mm512_extractf64x4_pd (GCC 12
-  // warns inside its own header for that one)
-  alignas(64) double h[8];
-  _mm512_store_pd(h, v);
-  const double q0 = (h[0] + h[4]) + (h[2] + h[6]), q1 = (h[1] + h[5]) + (h[3] + h[7]);
-  return q0 + q1;
-}
-#define BDL_PIN4D(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
-constexpr int SYMM_G = 4;
-#endif
-
 // The off-diagonal part of four rows of tridiagonalize's symmetric product: t[i] = <q[i][j0:m],
 // v[j0:m]> and p[j0:m] += sum_i c[i] q[i][j0:m], the four row vectors pinned in registers (each
 // serves a dot product and the update of p; GCC loaded it once for each).
@@ -253,7 +251,7 @@ inline void symv4_rows(const double* const* q, const double* v, double* p, i64 j
   i64 j = j0;
   for (; j + LD <= m; j += LD) {
     vd x0 = vdload(q[0] + j), x1 = vdload(q[1] + j), x2 = vdload(q[2] + j), x3 = vdload(q[3] + j);
-    BDL_PIN4D(x0, x1, x2, x3);
+    BDL_PIN4(x0, x1, x2, x3);
     const vd vj = vdload(v + j);
     a0 = vdfma(x0, vj, a0);
     a1 = vdfma(x1, vj, a1);
@@ -520,7 +518,7 @@ inline void rows4_dots(const double* const* r, const double* const* v, i64 d, do
   i64 j = 0;
   for (; j + LD <= d; j += LD) {
     vd x0 = vdload(r[0] + j), x1 = vdload(r[1] + j), x2 = vdload(r[2] + j), x3 = vdload(r[3] + j);
-    BDL_PIN4D(x0, x1, x2, x3);
+    BDL_PIN4(x0, x1, x2, x3);
     for (int g = 0; g < G; ++g) {
       const vd u = vdload(v[g] + j);
       a[4 * g + 0] = vdfma(x0, u, a[4 * g + 0]);
@@ -536,15 +534,13 @@ inline void rows4_dots(const double* const* r, const double* const* v, i64 d, do
       out[g][i] = t;
     }
 }
-#undef BDL_PIN4D
 #endif
 
 void symm_rows(const double* C, i64 d, const double* Q, int nq, double* Y) {
   i64 i = 0;
   for (; i + 4 <= d; i += 4) {
-    const double *r0 = C + i * d, *r1 = r0 + d, *r2 = r1 + d, *r3 = r2 + d;
 #if BDL_LEVEL == 1 || BDL_LEVEL == 2
-    const double* rows[4] = {r0, r1, r2, r3};
+    const double* rows[4] = {C + i * d, C + (i + 1) * d, C + (i + 2) * d, C + (i + 3) * d};
     int q = 0;
     double out[SYMM_G][4];
     for (; q + SYMM_G <= nq; q += SYMM_G) {
@@ -560,35 +556,10 @@ void symm_rows(const double* C, i64 d, const double* Q, int nq, double* Y) {
       for (int k = 0; k < 4; ++k) Y[q * d + i + k] = out[0][k];
     }
 #else
-    for (int q = 0; q < nq; ++q) {
-      const double* v = Q + q * d;
-      double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-      for (i64 j = 0; j < d; ++j) {
-        const double vj = v[j];
-        s0 += r0[j] * vj;
-        s1 += r1[j] * vj;
-        s2 += r2[j] * vj;
-        s3 += r3[j] * vj;
-      }
-      double* y = Y + q * d + i;
-      y[0] = s0;
-      y[1] = s1;
-      y[2] = s2;
-      y[3] = s3;
-    }
+    for (int q = 0; q < nq; ++q) dot_rows(C + i * d, 4, d, Q + q * d, Y + q * d + i);
 #endif
   }
-  for (; i < d; ++i) {
-    const double* row = C + i * d;
-    for (int q = 0; q < nq; ++q) {
-      const double* v = Q + q * d;
-      double s = 0.0;
-#pragma omp simd reduction(+ : s)
-      for (i64 j = 0; j < d; ++j) s += row[j] * v[j];
-      Y[q * d + i] = s;
-    }
-  }
+  for (int q = 0; q < nq; ++q) dot_rows(C + i * d, d - i, d, Q + q * d, Y + q * d + i);  // the last d % 4 rows
 }
 
 // Four rows at a time: one load of x (dot_rows) or one load and store of x (axpy_rows) serves
@@ -707,6 +678,10 @@ void gram_apply_f32(const float* Xr, i64 m, i64 d, const float* v, float* wf, do
     for (i64 a = 0; a < d; ++a) w[a] += wf[a];
   }
 }
+
+#ifdef BDL_PIN4
+#undef BDL_PIN4
+#endif
 
 }  // namespace BDL_LEVEL_NS
 }  // namespace backdoorlab
