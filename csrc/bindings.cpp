@@ -22,6 +22,8 @@
 //   spectral_scores(X, offsets, center: bool) -> f32[n]
 //   pruning_order(mean: f64[C]) -> i64[C]
 //   pruning_mask(order: i64[C], n_pruned: int) -> f32[C]
+//   _dropout_noise(state: u8[5056], out: f32, keep: float, scale: float, channels_last: bool) -> None
+//       in place: the CPU generator state (torch.get_rng_state()) and out; see cpu/dropout_noise.hpp
 //
 // Conventions: X is float32 C-contiguous (n, d), rows grouped by class, class c = rows
 // offsets[c]:offsets[c+1]; empty classes are skipped (their outputs: zeros, NaN centres and
@@ -46,6 +48,7 @@
 #include "common/ica_math.hpp"
 #include "cpu/cluster.hpp"
 #include "cpu/decompose.hpp"
+#include "cpu/dropout_noise.hpp"
 #include "cpu/linalg.hpp"
 #include "cpu/parallel.hpp"
 #include "cpu/polar.hpp"
@@ -272,6 +275,25 @@ carray<float> pruning_mask(const carray<i64>& order, i64 n_pruned) {
   return mask;
 }
 
+// Dropout noise as PyTorch's CPU generator draws it (backdoorlab.dropout_noise): `state` is a
+// writable copy of torch.get_rng_state(), advanced in place; `out` is filled in place — in its own
+// C order, or, with channels_last, a 4-D (N, H, W, C) buffer given the draws in (N, C, H, W) order.
+void dropout_noise(carray<std::uint8_t>& state, carray<float>& out, double keep, float scale, bool channels_last) {
+  expect_ndim(state, "state", 1);
+  i64 rows = 1, row_len = out.size(), interleave = 1;
+  if (channels_last) {
+    expect_ndim(out, "out", 4);
+    interleave = out.shape(3);
+    rows = out.shape(0) * interleave;
+    row_len = out.shape(1) * out.shape(2);
+  }
+  std::uint8_t* st = state.mutable_data();  // both throw for a read-only array
+  float* o = out.mutable_data();
+  const i64 n_state = state.shape(0);
+  py::gil_scoped_release release;
+  backdoorlab::dropout_noise(st, n_state, keep, scale, rows, row_len, interleave, o);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -302,4 +324,6 @@ PYBIND11_MODULE(_core, m) {
         "Test hook: the k largest eigenpairs of a symmetric float64 matrix, as the kernels compute them.");
   m.def("pruning_order", &pruning_order, py::arg("mean").noconvert());
   m.def("pruning_mask", &pruning_mask, py::arg("order").noconvert(), py::arg("n_pruned"));
+  m.def("_dropout_noise", &dropout_noise, py::arg("state").noconvert(), py::arg("out").noconvert(), py::arg("keep"),
+        py::arg("scale"), py::arg("channels_last"), "Dropout noise as torch's CPU generator draws it (backdoorlab.dropout_noise).");
 }

@@ -377,6 +377,8 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
         p.requires_grad_(id(p) in trainable_ids)
     optimizer = make_optimizer(params, config, dev)
     channels_last = fastpath.use_channels_last(model, dev, config.fast)
+    if config.fast and dev.type == "cpu":
+        fastpath.retain_freed_memory()
     loss_fn = nn.CrossEntropyLoss()
 
     start_epoch = 0

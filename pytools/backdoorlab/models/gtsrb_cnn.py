@@ -47,7 +47,7 @@ class GTSRBCNN(BackdoorModel):
         # Layout-independent dropout: the same mask for a channels-last batch (see Dropout).
         self.drop1, self.drop2, self.drop3 = Dropout(dropout_conv), Dropout(dropout_conv), Dropout(dropout_conv)
         self.fc1 = LinearReLU(128 * 2 * 2, 512)
-        self.drop_fc = nn.Dropout(dropout_fc)
+        self.drop_fc = Dropout(dropout_fc)
         self.fc2 = nn.Linear(512, self.n_classes)
         self.keras_init()
         self.roles = {"second_last_conv": "conv3_1", "last_conv": "conv3_2", "penultimate": "fc1"}

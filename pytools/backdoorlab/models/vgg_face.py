@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from backdoorlab.models.base import BackdoorModel, ConvReLU, LinearReLU
+from backdoorlab.models.base import BackdoorModel, ConvReLU, Dropout, LinearReLU
 
 #: Per-channel RGB mean of the VGG-Face training data on the 0-255 scale.
 VGG_FACE_MEAN_RGB: tuple[float, float, float] = (129.186279296875, 104.76238250732422, 93.59396362304688)
@@ -70,9 +70,9 @@ class VGG16Face(BackdoorModel):
         for i in range(1, 6):
             self.add_module(f"pool{i}", nn.MaxPool2d(2))
         self.fc6 = LinearReLU(512 * 7 * 7, 4096)
-        self.dropout6 = nn.Dropout(0.5)
+        self.dropout6 = Dropout(0.5)
         self.fc7 = LinearReLU(4096, 4096)
-        self.dropout7 = nn.Dropout(0.5)
+        self.dropout7 = Dropout(0.5)
         self.fc8 = nn.Linear(4096, self.n_classes)
         self.register_buffer("mean_rgb", torch.tensor(VGG_FACE_MEAN_RGB, dtype=torch.float32).view(1, 3, 1, 1))
         self.roles = {"second_last_conv": "conv5_2", "last_conv": "conv5_3", "penultimate": "fc7"}
