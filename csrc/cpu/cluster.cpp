@@ -40,7 +40,8 @@ struct RunResult {
 void kmeans_plusplus(const SimdKernels& K, const float* X, const float* XT, i64 m, i64 d, int k, Rng& rng,
                      double* C) {
   const int n_trials = 2 + static_cast<int>(std::log(static_cast<double>(k)));
-  std::vector<double> closest(m), cand_dist(m), best_dist(m), cumsum(m), cen(d);
+  std::vector<double> closest(m), cand_dist(m), cand_next(m), best_dist(m), cumsum(m), cen(2 * d);
+  std::vector<i64> cand_id(n_trials);
   i64 first = static_cast<i64>(rng.uniform() * static_cast<double>(m));
   first = std::min(first, m - 1);
   for (i64 a = 0; a < d; ++a) C[a] = X[first * d + a];
@@ -52,12 +53,24 @@ void kmeans_plusplus(const SimdKernels& K, const float* X, const float* XT, i64 
     for (i64 s = 0; s < m; ++s) cumsum[s] = (acc += closest[s]);
     double best_pot = std::numeric_limits<double>::infinity();
     i64 best_id = 0;
+    // The candidates are drawn first (the same draws in the same order: nothing else uses rng
+    // between them), so their distances can come two per pass over the rows.
     for (int t = 0; t < n_trials; ++t) {
       const double r = rng.uniform() * pot;
       i64 id = std::lower_bound(cumsum.begin(), cumsum.end(), r) - cumsum.begin();
-      id = std::min(id, m - 1);
-      std::copy(X + id * d, X + (id + 1) * d, cen.begin());
-      K.sqdist_rows(XT, m, d, cen.data(), cand_dist.data());
+      cand_id[t] = std::min(id, m - 1);
+    }
+    for (int t = 0; t < n_trials; ++t) {
+      if (t % 2 == 0) {
+        for (int q = 0; q < 2 && t + q < n_trials; ++q)
+          std::copy(X + cand_id[t + q] * d, X + (cand_id[t + q] + 1) * d, cen.begin() + q * d);
+        if (t + 1 < n_trials)
+          K.sqdist_rows2(XT, m, d, cen.data(), cen.data() + d, cand_dist.data(), cand_next.data());
+        else
+          K.sqdist_rows(XT, m, d, cen.data(), cand_dist.data());
+      } else {
+        cand_dist.swap(cand_next);
+      }
       double cand_pot = 0.0;
       for (i64 s = 0; s < m; ++s) {
         const double dd = std::min(closest[s], cand_dist[s]);
@@ -66,7 +79,7 @@ void kmeans_plusplus(const SimdKernels& K, const float* X, const float* XT, i64 
       }
       if (cand_pot < best_pot) {
         best_pot = cand_pot;
-        best_id = id;
+        best_id = cand_id[t];
         best_dist.swap(cand_dist);
       }
     }
@@ -82,7 +95,7 @@ RunResult lloyd(const SimdKernels& K, const float* X, const float* XT, i64 m, i6
   res.centers.assign(static_cast<i64>(k) * d, 0.0);
   kmeans_plusplus(K, X, XT, m, d, k, rng, res.centers.data());
   std::vector<double> newc(static_cast<i64>(k) * d), dist(m), scratch(m);
-  std::vector<float> member(m);
+  std::vector<float> member(2 * m);  // cluster_sums' scratch
   std::vector<i64> count(k);
   std::vector<std::int32_t> labels(m, -1), old(m, -1);
   int it = 0;

@@ -54,13 +54,15 @@ struct SimdKernels {
   // gram_apply with float32 products (v float32; wf: d floats of scratch), w still float64
   void (*gram_apply_f32)(const float* Xr, i64 m, i64 d, const float* v, float* wf, double* w);
   // cluster.cpp: out[s] = |X[s] - c|^2 (XT the class transposed, features summed in order in
-  // float64); sums[j, :] / counts[j] of the rows labelled j (float64 sums; w: m floats of scratch)
+  // float64); sums[j, :] / counts[j] of the rows labelled j (float64 sums; w: 2m floats of scratch)
   void (*sqdist_rows)(const float* XT, i64 m, i64 d, const double* c, double* out);
   void (*cluster_sums)(const float* XT, i64 m, i64 d, const std::int32_t* labels, int k, double* sums, i64* counts,
                        float* w);
   // linalg.hpp's transpose_centred (the centred, scaled class transposed to float32 XT)
   void (*transpose_centred)(const float* X, i64 n, i64 d, const double* mean, double inv_scale, float* XT,
                             i64 d_pad);
+  // sqdist_rows for two centres in one pass over the rows (the same values as two calls)
+  void (*sqdist_rows2)(const float* XT, i64 m, i64 d, const double* c0, const double* c1, double* out0, double* out1);
 };
 
 // The level in use (set once per kernel call: read it at the entry and pass it down).

@@ -37,6 +37,33 @@ inline void sqdist_block(const float* XT, i64 m, i64 d, const double* c, i64 s0,
   for (i64 l = 0; l < nb; ++l) out[s0 + l] = acc[l];
 }
 
+// The same for two centres in one pass over the rows (each x loaded and widened once for both):
+// every output is summed exactly as sqdist_block sums it. Half the rows per block, so the two
+// centres' sums still fit the vector registers of every level.
+constexpr i64 SQDIST2_BLOCK = 2 * BDL_F32_LANES;
+
+template <class Count>
+inline void sqdist2_block(const float* XT, i64 m, i64 d, const double* c0, const double* c1, i64 s0, Count nb,
+                          double* out0, double* out1) {
+  double acc0[SQDIST2_BLOCK] = {}, acc1[SQDIST2_BLOCK] = {};
+  for (i64 a = 0; a < d; ++a) {
+    const double ca = c0[a], cb = c1[a];
+    const float* x = XT + a * m + s0;
+#pragma omp simd
+    for (i64 l = 0; l < nb; ++l) {
+      const double t = x[l] - ca;
+      acc0[l] += t * t;
+      const double u = x[l] - cb;
+      acc1[l] += u * u;
+    }
+  }
+#pragma omp simd
+  for (i64 l = 0; l < nb; ++l) {
+    out0[s0 + l] = acc0[l];
+    out1[s0 + l] = acc1[l];
+  }
+}
+
 }  // namespace
 
 void sqdist_rows(const float* XT, i64 m, i64 d, const double* c, double* out) {
@@ -46,15 +73,25 @@ void sqdist_rows(const float* XT, i64 m, i64 d, const double* c, double* out) {
   if (s0 < m) sqdist_block(XT, m, d, c, s0, m - s0, out);
 }
 
+void sqdist_rows2(const float* XT, i64 m, i64 d, const double* c0, const double* c1, double* out0, double* out1) {
+  i64 s0 = 0;
+  for (; s0 + SQDIST2_BLOCK <= m; s0 += SQDIST2_BLOCK)
+    sqdist2_block(XT, m, d, c0, c1, s0, std::integral_constant<i64, SQDIST2_BLOCK>{}, out0, out1);
+  if (s0 < m) sqdist2_block(XT, m, d, c0, c1, s0, m - s0, out0, out1);
+}
+
 // Nearest centre of every row (ties: lowest index); returns the inertia; dist gets each row's
 // squared distance to its centre (sqdist_rows: features summed in order, float64). dj: m
 // doubles of scratch. The inertia is summed in four interleaved partial sums (fixed order: the
 // same on every run and thread count; a single running sum was a serial chain of m additions).
 double assign(const float* XT, i64 m, i64 d, const double* C, int k, std::int32_t* labels, double* dist, double* dj) {
-  sqdist_rows(XT, m, d, C, dist);
   std::fill(labels, labels + m, 0);
+  if (k == 1) sqdist_rows(XT, m, d, C, dist);
   for (int j = 1; j < k; ++j) {
-    sqdist_rows(XT, m, d, C + j * d, dj);
+    if (j == 1)  // the first two centres in one pass
+      sqdist_rows2(XT, m, d, C, C + d, dist, dj);
+    else
+      sqdist_rows(XT, m, d, C + j * d, dj);
 #pragma omp simd
     for (i64 s = 0; s < m; ++s) {
       const bool closer = dj[s] < dist[s];
@@ -76,36 +113,40 @@ namespace {
 // lane (four independent accumulators: one alone is a chain of dependent additions) over chunks
 // of 32 rows per lane, the chunks' lanes added in float64 (the Gram kernel's scheme: a float32
 // sum stays short whatever the class size).
-template <class Acc>
-void masked_row_sums(const float* const* x, const float* w, i64 m, double* t) {
+template <class Acc, int NW>
+void masked_row_sums(const float* const* x, const float* const* w, i64 m, double (*t)[4]) {
   constexpr int LN = BDL_F32_LANES;
   constexpr i64 CHUNK = 32 * LN;
-  for (int i = 0; i < 4; ++i) t[i] = 0.0;
+  for (int c = 0; c < NW; ++c)
+    for (int i = 0; i < 4; ++i) t[c][i] = 0.0;
   for (i64 s0 = 0; s0 < m; s0 += CHUNK) {
     const i64 s1 = std::min(m, s0 + CHUNK);
-    Acc acc[4][LN] = {};
+    Acc acc[NW][4][LN] = {};
     i64 s = s0;
     for (; s + LN <= s1; s += LN) {
 #pragma omp simd
-      for (int l = 0; l < LN; ++l) {
-        const float wl = w[s + l];
-        for (int i = 0; i < 4; ++i) acc[i][l] += static_cast<Acc>(x[i][s + l] * wl);
-      }
+      for (int l = 0; l < LN; ++l)
+        for (int c = 0; c < NW; ++c) {
+          const float wl = w[c][s + l];
+          for (int i = 0; i < 4; ++i) acc[c][i][l] += static_cast<Acc>(x[i][s + l] * wl);
+        }
     }
     for (; s < s1; ++s)
-      for (int i = 0; i < 4; ++i) acc[i][0] += static_cast<Acc>(x[i][s] * w[s]);
-    for (int i = 0; i < 4; ++i) {
-      double r = 0.0;
-      for (int l = 0; l < LN; ++l) r += acc[i][l];
-      t[i] += r;
-    }
+      for (int c = 0; c < NW; ++c)
+        for (int i = 0; i < 4; ++i) acc[c][i][0] += static_cast<Acc>(x[i][s] * w[c][s]);
+    for (int c = 0; c < NW; ++c)
+      for (int i = 0; i < 4; ++i) {
+        double r = 0.0;
+        for (int l = 0; l < LN; ++l) r += acc[c][i][l];
+        t[c][i] += r;
+      }
   }
 }
 
 }  // namespace
 
 // sums[j, :] = the sum of the rows labelled j and counts[j] their number. XT is the class
-// transposed (d x m), w m floats of scratch: per cluster, w holds its 0/1 membership and each
+// transposed (d x m), w 2m floats of scratch: per cluster, w holds its 0/1 membership and each
 // entry is the product sum of one row of XT with w over the rows as vector lanes (x * w is exact),
 // four features at a time, in float32 lanes — scikit-learn sums float32 data in float32 — and
 // again in float64 for the features where that overflowed (rows near FLT_MAX). Why not the
@@ -115,25 +156,36 @@ void masked_row_sums(const float* const* x, const float* w, i64 m, double* t) {
 // reduction ran scalar, 3x slower than the baseline).
 void cluster_sums(const float* XT, i64 m, i64 d, const std::int32_t* labels, int k, double* sums, i64* counts,
                   float* w) {
-  for (int j = 0; j < k; ++j) {
-    i64 n = 0;
-#pragma omp simd reduction(+ : n)
+  // clusters two at a time: one pass over the rows serves both (their sums do not interact)
+  for (int j0 = 0; j0 < k; j0 += 2) {
+    const int nj = std::min(2, k - j0);
+    float* const wj[2] = {w, w + m};
+    i64 n0 = 0, n1 = 0;
+#pragma omp simd reduction(+ : n0, n1)
     for (i64 s = 0; s < m; ++s) {
-      const bool in = labels[s] == j;
-      w[s] = in ? 1.0f : 0.0f;
-      n += in;
+      const bool in0 = labels[s] == j0, in1 = labels[s] == j0 + 1;
+      wj[0][s] = in0 ? 1.0f : 0.0f;
+      wj[1][s] = in1 ? 1.0f : 0.0f;
+      n0 += in0;
+      n1 += in1;
     }
-    counts[j] = n;
+    counts[j0] = n0;
+    if (nj == 2) counts[j0 + 1] = n1;
     for (i64 a0 = 0; a0 < d; a0 += 4) {
       const int na = static_cast<int>(std::min<i64>(4, d - a0));
       const float* x[4];
       for (int i = 0; i < 4; ++i) x[i] = XT + (a0 + std::min(i, na - 1)) * m;  // spare slots repeat the last row
-      double t[4];
-      masked_row_sums<float>(x, w, m, t);
-      bool finite = true;
-      for (int i = 0; i < na; ++i) finite = finite && std::isfinite(t[i]);
-      if (!finite) masked_row_sums<double>(x, w, m, t);
-      for (int i = 0; i < na; ++i) sums[j * d + a0 + i] = t[i];
+      double t[2][4];
+      if (nj == 2)
+        masked_row_sums<float, 2>(x, wj, m, t);
+      else
+        masked_row_sums<float, 1>(x, wj, m, t);
+      for (int c = 0; c < nj; ++c) {
+        bool finite = true;
+        for (int i = 0; i < na; ++i) finite = finite && std::isfinite(t[c][i]);
+        if (!finite) masked_row_sums<double, 1>(x, wj + c, m, t + c);
+        for (int i = 0; i < na; ++i) sums[(j0 + c) * d + a0 + i] = t[c][i];
+      }
     }
   }
 }

@@ -25,6 +25,7 @@ void ica_step(const float* X1, int k, i64 m, const float* W, double* GX, double*
 void ica_step_small(const float* X1, int k, i64 m, i64 mp, const float* W, double* GX, double* gp, float* G);
 std::uint32_t polar_batch(double* const* W, int n, int k);
 void sqdist_rows(const float* XT, i64 m, i64 d, const double* c, double* out);
+void sqdist_rows2(const float* XT, i64 m, i64 d, const double* c0, const double* c1, double* out0, double* out1);
 void cluster_sums(const float* XT, i64 m, i64 d, const std::int32_t* labels, int k, double* sums, i64* counts,
                   float* w);
 double assign(const float* XT, i64 m, i64 d, const double* C, int k, std::int32_t* labels, double* dist, double* dj);
