@@ -424,6 +424,9 @@ void householder_apply(const double* A, i64 d, const double* beta, i64 k, double
 constexpr int W = BDL_F32_LANES;  // doubles in two vector registers
 using vd16 = double __attribute__((vector_size(W * sizeof(double))));
 using vm16 = std::int64_t __attribute__((vector_size(W * sizeof(double))));
+constexpr int WH = W / 2;  // doubles in one vector register
+using vdh = double __attribute__((vector_size(WH * sizeof(double))));
+using vmh = std::int64_t __attribute__((vector_size(WH * sizeof(double))));
 constexpr double BISECTION_RTOL = 1e-12;
 
 void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i64 k, double* out) {
@@ -442,15 +445,33 @@ void tridiagonal_top_eigenvalues(const double* diag, const double* off, i64 d, i
   const double pivmin = DBL_MIN * max_off2;  // |pivot| floor of the Sturm recurrence (dstebz)
   lo0 -= 2.0 * DBL_EPSILON * span + pivmin;
   hi0 += 2.0 * DBL_EPSILON * span + pivmin;
-  // Sturm count of every lane's shift: the number of negative pivots of T - x I = eigenvalues below x
+  // Sturm count of every lane's shift: the number of negative pivots of T - x I = eigenvalues below x.
+  // The count over two single-register vectors of W / 2 shifts each (GCC scalarised the
+  // two-register vd16 arithmetic: a compare and a blend per lane)
   auto below_count = [&](const vd16 x) {
-    vd16 q = diag[0] - x;
-    q = (q < 0 ? -q : q) < pivmin ? vd16{} - pivmin : q;
-    vm16 below = vm16{} - (q < 0);
+    vdh xa, xb;
+    for (int l = 0; l < WH; ++l) {
+      xa[l] = x[l];
+      xb[l] = x[WH + l];
+    }
+    const vdh npiv = vdh{} - pivmin;
+    auto guard = [&](vdh q) {
+      const vdh aq = q < 0 ? -q : q;
+      return aq < pivmin ? npiv : q;
+    };
+    vdh qa = guard(diag[0] - xa), qb = guard(diag[0] - xb);
+    vmh ba = vmh{} - (qa < 0), bb = vmh{} - (qb < 0);
     for (i64 i = 1; i < d; ++i) {
-      q = (diag[i] - x) - off2[i - 1] / q;
-      q = (q < 0 ? -q : q) < pivmin ? vd16{} - pivmin : q;
-      below -= (q < 0);
+      const double di = diag[i], oi = off2[i - 1];
+      qa = guard((di - xa) - oi / qa);
+      qb = guard((di - xb) - oi / qb);
+      ba -= (qa < 0);
+      bb -= (qb < 0);
+    }
+    vm16 below;
+    for (int l = 0; l < WH; ++l) {
+      below[l] = ba[l];
+      below[WH + l] = bb[l];
     }
     return below;
   };
