@@ -275,114 +275,186 @@ inline void symv4_rows(const double* const* q, const double* v, double* p, i64 j
 }
 #endif  // BDL_LEVEL == 1 || BDL_LEVEL == 2
 
+namespace {
+
+// Step k of tridiagonalize: the Householder vector of x = A[k, k+1:] (left in place of x), T's
+// diagonal and off-diagonal entry and the vector's scale. Returns false when the column is already
+// tridiagonal (beta = 0: no update).
+inline bool householder_step(double* A, i64 d, i64 k, double* diag, double* off, double* beta) {
+  double* v = A + k * d + k + 1;
+  const i64 m = d - k - 1;
+  double xnorm2 = 0.0;
+  for (i64 j = 0; j < m; ++j) xnorm2 += v[j] * v[j];
+  diag[k] = A[k * d + k];
+  const double tail2 = xnorm2 - v[0] * v[0];
+  if (tail2 <= 0.0) {
+    off[k] = v[0];
+    beta[k] = 0.0;
+    return false;
+  }
+  const double x0 = v[0];
+  const double alpha = x0 >= 0 ? -std::sqrt(xnorm2) : std::sqrt(xnorm2);
+  v[0] = x0 - alpha;
+  off[k] = alpha;
+  beta[k] = 2.0 / (tail2 + v[0] * v[0]);
+  return true;
+}
+
+// p += (the symmetric product's share of) rows i..i+3 of the m x m symmetric S (upper triangle,
+// row stride d) times v: the 4 x 4 diagonal block, then the off-diagonal part (each stored row
+// serves its dot product and, transposed, an axpy into p).
+inline void symv_rows4(const double* S, i64 d, i64 m, const double* v, double* p, i64 i) {
+  const double* r[4] = {S + i * d, S + (i + 1) * d, S + (i + 2) * d, S + (i + 3) * d};
+  const double v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
+  double s[4] = {0.0, 0.0, 0.0, 0.0};
+  for (int a = 0; a < 4; ++a) {  // the 4 x 4 diagonal block's upper triangle
+    s[a] += r[a][i + a] * v[i + a];
+    for (int b = a + 1; b < 4; ++b) {
+      s[a] += r[a][i + b] * v[i + b];
+      p[i + b] += v[i + a] * r[a][i + b];
+    }
+  }
+#if BDL_LEVEL == 1 || BDL_LEVEL == 2
+  const double c[4] = {v0, v1, v2, v3};
+  double t[4];
+  symv4_rows(r, v, p, i + 4, m, c, t);
+  for (int a = 0; a < 4; ++a) p[i + a] += s[a] + t[a];
+#else
+  double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
+  const double *q0 = r[0], *q1 = r[1], *q2 = r[2], *q3 = r[3];
+#pragma omp simd reduction(+ : t0, t1, t2, t3)
+  for (i64 j = i + 4; j < m; ++j) {
+    const double vj = v[j];
+    t0 += q0[j] * vj;
+    t1 += q1[j] * vj;
+    t2 += q2[j] * vj;
+    t3 += q3[j] * vj;
+    p[j] += v0 * q0[j] + v1 * q1[j] + v2 * q2[j] + v3 * q3[j];
+  }
+  p[i] += s[0] + t0;
+  p[i + 1] += s[1] + t1;
+  p[i + 2] += s[2] + t2;
+  p[i + 3] += s[3] + t3;
+#endif
+}
+
+// The same for the single row i (the last m % 4 rows).
+inline void symv_row(const double* S, i64 d, i64 m, const double* v, double* p, i64 i) {
+  const double* row = S + i * d;
+  const double vi = v[i];
+  double t = row[i] * vi;
+#pragma omp simd reduction(+ : t)
+  for (i64 j = i + 1; j < m; ++j) {
+    t += row[j] * v[j];
+    p[j] += vi * row[j];
+  }
+  p[i] += t;
+}
+
+// S -= v w^T + w v^T on rows i..i+3 of the m x m symmetric S (upper triangle, row stride d).
+inline void rank2_rows4(double* S, i64 d, i64 m, const double* v, const double* w, i64 i) {
+  double* r[4] = {S + i * d, S + (i + 1) * d, S + (i + 2) * d, S + (i + 3) * d};
+  for (int a = 0; a < 4; ++a)  // the diagonal block
+    for (int b = a; b < 4; ++b) r[a][i + b] -= v[i + a] * w[i + b] + w[i + a] * v[i + b];
+  const double v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
+  const double w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
+  double *q0 = r[0], *q1 = r[1], *q2 = r[2], *q3 = r[3];
+#pragma omp simd
+  for (i64 j = i + 4; j < m; ++j) {
+    const double vj = v[j], wj = w[j];
+    q0[j] -= v0 * wj + w0 * vj;
+    q1[j] -= v1 * wj + w1 * vj;
+    q2[j] -= v2 * wj + w2 * vj;
+    q3[j] -= v3 * wj + w3 * vj;
+  }
+}
+
+// The same for the single row i.
+inline void rank2_row(double* S, i64 d, i64 m, const double* v, const double* w, i64 i) {
+  double* row = S + i * d;
+  const double vi = v[i], wi = w[i];
+#pragma omp simd
+  for (i64 j = i; j < m; ++j) row[j] -= vi * w[j] + wi * v[j];
+}
+
+}  // namespace
+
 // Householder reduction of symmetric A (full storage; only its upper triangle is read) to
 // tridiagonal T = Q^T A Q.
 // diag (d,), off (d-1,): T's diagonals. The Householder vector of step k is left in
 // A[k, k+1:], its scale in beta[k]; Q = H_0 H_1 ... H_{d-3}.
+//
+// Step k: p = beta A22 v ; K = beta (p.v) / 2 ; w = p - K v ; A22 -= v w^T + w v^T. Only the upper
+// triangle of A22 is read and kept (it is symmetric): the rank-2 update touches half the matrix.
+// Rows go four at a time: one load of v[j], p[j] (and w[j]) serves four rows (row by row, p's loads
+// and stores outnumbered the multiply-adds). The update of step k and the product of step k + 1
+// share one pass over the rows: A22's first row is updated first (it holds step k + 1's vector),
+// then each group of four rows is updated and at once, while it is in L1, multiplied into step
+// k + 1's p — two passes over the trailing matrix a step instead of three. Every entry and every
+// p is computed by the same operations in the same order as in separate passes (p's groups of
+// four start at the trailing matrix's first row either way), so T and Q are the same bit for bit.
 void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, double* p) {
+  std::vector<double> p_next_buf(d > 0 ? d : 1);
+  double* p_cur = p;
+  double* p_next = p_next_buf.data();
+  // step 0's product on its own; later steps get theirs from the previous step's update pass
+  bool reflect = d > 2 && householder_step(A, d, 0, diag, off, beta);
+  if (reflect) {
+    const i64 m = d - 1;
+    const double* v = A + 1;
+    const double* S = A + d + 1;
+    std::fill(p_cur, p_cur + m, 0.0);
+    i64 i = 0;
+    for (; i + 4 <= m; i += 4) symv_rows4(S, d, m, v, p_cur, i);
+    for (; i < m; ++i) symv_row(S, d, m, v, p_cur, i);
+  }
   for (i64 k = 0; k + 2 < d; ++k) {
-    double* v = A + k * d + k + 1;  // x = A[k, k+1:], becomes v
     const i64 m = d - k - 1;
-    double xnorm2 = 0.0;
-    for (i64 j = 0; j < m; ++j) xnorm2 += v[j] * v[j];
-    diag[k] = A[k * d + k];
-    const double tail2 = xnorm2 - v[0] * v[0];
-    if (tail2 <= 0.0) {  // already tridiagonal in this column
-      off[k] = v[0];
-      beta[k] = 0.0;
+    double* A22 = A + (k + 1) * d + (k + 1);
+    const bool has_next = k + 3 < d;  // step k + 1 reflects A[k+1, k+2:]
+    if (!reflect) {  // A22 unchanged: step k + 1 needs its own product pass
+      if (has_next && (reflect = householder_step(A, d, k + 1, diag, off, beta))) {
+        const i64 mn = m - 1;
+        const double* vn = A22 + 1;
+        const double* S = A22 + d + 1;
+        std::fill(p_cur, p_cur + mn, 0.0);
+        i64 i = 0;
+        for (; i + 4 <= mn; i += 4) symv_rows4(S, d, mn, vn, p_cur, i);
+        for (; i < mn; ++i) symv_row(S, d, mn, vn, p_cur, i);
+      }
       continue;
     }
-    const double x0 = v[0];
-    const double alpha = x0 >= 0 ? -std::sqrt(xnorm2) : std::sqrt(xnorm2);
-    v[0] = x0 - alpha;
-    const double vnorm2 = tail2 + v[0] * v[0];
-    const double bk = 2.0 / vnorm2;
-    off[k] = alpha;
-    beta[k] = bk;
-    double* A22 = A + (k + 1) * d + (k + 1);
-    // p = beta A22 v ; K = beta (p.v) / 2 ; w = p - K v ; A22 -= v w^T + w v^T. Only the upper
-    // triangle of A22 is read and kept (it is symmetric): each stored row serves both its dot
-    // product and, transposed, an axpy into p, and the rank-2 update touches half the matrix.
-    // Rows go four at a time: one load of v[j], p[j] (and w[j]) serves four rows, and the axpy
-    // into p stores once per four rows (row by row, p's loads and stores outnumbered the
-    // multiply-adds: d = 160, one core, AVX-512 407-419 -> 309-343 us, AVX2 384-389 -> 309 us).
-    std::fill(p, p + m, 0.0);
-    i64 i = 0;
-    for (; i + 4 <= m; i += 4) {
-      const double* r[4] = {A22 + i * d, A22 + (i + 1) * d, A22 + (i + 2) * d, A22 + (i + 3) * d};
-      const double v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
-      double s[4] = {0.0, 0.0, 0.0, 0.0};
-      for (int a = 0; a < 4; ++a) {  // the 4 x 4 diagonal block's upper triangle
-        s[a] += r[a][i + a] * v[i + a];
-        for (int b = a + 1; b < 4; ++b) {
-          s[a] += r[a][i + b] * v[i + b];
-          p[i + b] += v[i + a] * r[a][i + b];
-        }
-      }
-#if BDL_LEVEL == 1 || BDL_LEVEL == 2
-      const double c[4] = {v0, v1, v2, v3};
-      double t[4];
-      symv4_rows(r, v, p, i + 4, m, c, t);
-      for (int a = 0; a < 4; ++a) p[i + a] += s[a] + t[a];
-#else
-      double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
-      const double *q0 = r[0], *q1 = r[1], *q2 = r[2], *q3 = r[3];
-#pragma omp simd reduction(+ : t0, t1, t2, t3)
-      for (i64 j = i + 4; j < m; ++j) {
-        const double vj = v[j];
-        t0 += q0[j] * vj;
-        t1 += q1[j] * vj;
-        t2 += q2[j] * vj;
-        t3 += q3[j] * vj;
-        p[j] += v0 * q0[j] + v1 * q1[j] + v2 * q2[j] + v3 * q3[j];
-      }
-      p[i] += s[0] + t0;
-      p[i + 1] += s[1] + t1;
-      p[i + 2] += s[2] + t2;
-      p[i + 3] += s[3] + t3;
-#endif
-    }
-    for (; i < m; ++i) {
-      const double* row = A22 + i * d;
-      const double vi = v[i];
-      double t = row[i] * vi;
-#pragma omp simd reduction(+ : t)
-      for (i64 j = i + 1; j < m; ++j) {
-        t += row[j] * v[j];
-        p[j] += vi * row[j];
-      }
-      p[i] += t;
-    }
+    const double* v = A + k * d + k + 1;
+    const double bk = beta[k];
     double pv = 0.0;
     for (i64 q = 0; q < m; ++q) {
-      p[q] *= bk;
-      pv += p[q] * v[q];
+      p_cur[q] *= bk;
+      pv += p_cur[q] * v[q];
     }
     const double K = 0.5 * bk * pv;
-    for (i64 q = 0; q < m; ++q) p[q] -= K * v[q];  // p now holds w
-    i = 0;
-    for (; i + 4 <= m; i += 4) {
-      double* r[4] = {A22 + i * d, A22 + (i + 1) * d, A22 + (i + 2) * d, A22 + (i + 3) * d};
-      for (int a = 0; a < 4; ++a)  // the diagonal block
-        for (int b = a; b < 4; ++b) r[a][i + b] -= v[i + a] * p[i + b] + p[i + a] * v[i + b];
-      const double v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
-      const double w0 = p[i], w1 = p[i + 1], w2 = p[i + 2], w3 = p[i + 3];
-      double *q0 = r[0], *q1 = r[1], *q2 = r[2], *q3 = r[3];
-#pragma omp simd
-      for (i64 j = i + 4; j < m; ++j) {
-        const double vj = v[j], wj = p[j];
-        q0[j] -= v0 * wj + w0 * vj;
-        q1[j] -= v1 * wj + w1 * vj;
-        q2[j] -= v2 * wj + w2 * vj;
-        q3[j] -= v3 * wj + w3 * vj;
-      }
+    for (i64 q = 0; q < m; ++q) p_cur[q] -= K * v[q];  // p_cur now holds w
+    const double* w = p_cur;
+    rank2_row(A22, d, m, v, w, 0);  // step k + 1's x is this row
+    const bool next = has_next && householder_step(A, d, k + 1, diag, off, beta);
+    // rows 1.. of A22 are rows 0.. of step k + 1's trailing matrix S
+    const i64 mn = m - 1;
+    const double* vn = A22 + 1;
+    double* S = A22 + d + 1;
+    // S's rows as seen by rank2_rows4 / rank2_row on A22 start at column 1 of A22: shift v and w
+    const double* vs = v + 1;
+    const double* ws = w + 1;
+    if (next) std::fill(p_next, p_next + mn, 0.0);
+    i64 i = 0;
+    for (; i + 4 <= mn; i += 4) {
+      rank2_rows4(S, d, mn, vs, ws, i);
+      if (next) symv_rows4(S, d, mn, vn, p_next, i);
     }
-    for (; i < m; ++i) {
-      double* row = A22 + i * d;
-      const double vi = v[i], wi = p[i];
-#pragma omp simd
-      for (i64 j = i; j < m; ++j) row[j] -= vi * p[j] + wi * v[j];
+    for (; i < mn; ++i) {
+      rank2_row(S, d, mn, vs, ws, i);
+      if (next) symv_row(S, d, mn, vn, p_next, i);
     }
+    std::swap(p_cur, p_next);
+    reflect = next;
   }
   if (d >= 2) {
     diag[d - 2] = A[(d - 2) * d + d - 2];
