@@ -66,30 +66,37 @@ __attribute__((always_inline)) inline void ica_step_k(const float* X1, int k_rt,
                                                       double* GX, double* gp, float* G) {
   constexpr int KA = KF > 0 ? KF : MAX_SMALL_K;  // array bound
   const int K = KF > 0 ? KF : k_rt;
-  vf gacc[KA];
-  for (int i = 0; i < K; ++i) gacc[i] = vf{};
   for (i64 s = 0; s < mp; s += LANES) {
     vf x[KA];
     for (int j = 0; j < K; ++j) x[j] = load(X1 + j * mp + s);
-    for (int i = 0; i < K; ++i) {
+    // RU rows at a time: each row is a chain of k dependent multiply-adds and then tanh's (a
+    // division among them), so one row alone left the core waiting on latency; five side by side
+    // give it independent work (each row's operations and their order are unchanged). k = 10,
+    // 300 YTAF classes, one thread: 1 -> 2 -> 5 -> 10 rows, AVX2 2.16 -> 2.02 -> 1.88 -> 1.91 s.
+    int i = 0;
+    constexpr int RU = 5;
+    for (; i + RU <= K; i += RU) {
+      vf v[RU] = {};
+      for (int j = 0; j < K; ++j)
+        for (int r = 0; r < RU; ++r) v[r] += W[(i + r) * K + j] * x[j];
+      for (int r = 0; r < RU; ++r) store(G + (i + r) * mp + s, tanh_v(v[r]));
+    }
+    for (; i < K; ++i) {
       vf v = vf{};
       for (int j = 0; j < K; ++j) v += W[i * K + j] * x[j];
-      const vf t = tanh_v(v);
-      store(G + i * mp + s, t);
-      gacc[i] += 1.0f - t * t;
+      store(G + i * mp + s, tanh_v(v));
     }
   }
-  for (int i = 0; i < K; ++i) {
-    double sum = 0.0;
-    for (int l = 0; l < LANES; ++l) sum += gacc[i][l];
-    gp[i] = sum - static_cast<double>(mp - m);
-  }
+  // g' = 1 - g^2 is summed in pass 2, which reads g anyway (in pass 1 its k accumulators beside
+  // the k rows of x overflowed AVX2's 16 registers); per lane the same sums in the same order
   for (int i = 0; i < K; ++i) {
     vf acc[KA];
     for (int j = 0; j < K; ++j) acc[j] = vf{};
+    vf gacc = vf{};
     const float* g = G + i * mp;
     for (i64 s = 0; s < mp; s += LANES) {
       const vf gv = load(g + s);
+      gacc += 1.0f - gv * gv;
       for (int j = 0; j < K; ++j) acc[j] += gv * load(X1 + j * mp + s);
     }
     for (int j = 0; j < K; ++j) {
@@ -97,6 +104,9 @@ __attribute__((always_inline)) inline void ica_step_k(const float* X1, int k_rt,
       for (int l = 0; l < LANES; ++l) sum += acc[j][l];
       GX[i * K + j] = sum;
     }
+    double sum = 0.0;
+    for (int l = 0; l < LANES; ++l) sum += gacc[l];
+    gp[i] = sum - static_cast<double>(mp - m);
   }
 }
 
