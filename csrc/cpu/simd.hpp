@@ -63,6 +63,11 @@ struct SimdKernels {
                             i64 d_pad);
   // sqdist_rows for two centres in one pass over the rows (the same values as two calls)
   void (*sqdist_rows2)(const float* XT, i64 m, i64 d, const double* c0, const double* c1, double* out0, double* out1);
+  // dropout_noise.cpp: rows * row_len draws of the mt19937 words `state` (624, with ATen's `left`
+  // and `next` counters, all advanced), kept when their 53 low bits are below `threshold`,
+  // written as 0 or `scale` (layout: cpu/dropout_noise.hpp)
+  void (*dropout_fill)(std::uint32_t* state, i64* left, i64* next, std::uint64_t threshold, float scale, i64 rows,
+                       i64 row_len, i64 interleave, float* out);
 };
 
 // The level in use (set once per kernel call: read it at the entry and pass it down).

@@ -29,6 +29,8 @@ void sqdist_rows2(const float* XT, i64 m, i64 d, const double* c0, const double*
 void cluster_sums(const float* XT, i64 m, i64 d, const std::int32_t* labels, int k, double* sums, i64* counts,
                   float* w);
 double assign(const float* XT, i64 m, i64 d, const double* C, int k, std::int32_t* labels, double* dist, double* dj);
+void dropout_fill(std::uint32_t* state, i64* left, i64* next, std::uint64_t threshold, float scale, i64 rows,
+                  i64 row_len, i64 interleave, float* out);
 
 }  // namespace BDL_LEVEL_NS
 }  // namespace backdoorlab

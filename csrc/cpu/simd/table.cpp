@@ -24,7 +24,8 @@ const SimdKernels& BDL_TABLE_FN() {
                                  &L::ica_step,   &L::ica_step_small, &L::polar_batch, &L::assign,
                                  &L::householder_apply, &L::column_stats,
                                  &L::gram_apply_f32, &L::sqdist_rows, &L::cluster_sums,
-                                 &L::transpose_centred, &L::sqdist_rows2};
+                                 &L::transpose_centred, &L::sqdist_rows2,
+                                 &L::dropout_fill};
   return table;
 }
 
