@@ -178,3 +178,24 @@ def test_clustering_and_stats_kernels_are_scale_safe(rng, scale):
     ref = reference.activation_stats(Xs)
     for key in ("mean", "std", "max"):
         np.testing.assert_allclose(st[key], ref[key], rtol=1e-6, atol=1e-12 * scale, err_msg=key)
+
+
+@pytest.mark.parametrize("level", native.build_info()["simd_supported"])
+def test_fastica_on_a_class_with_fewer_directions_than_components_is_finite(level):
+    """Fuzz seed 30, case 2724: a 4-row class (rank 3 once centred) asked for 4 components. The
+    float32 Gram leaves its null direction at noise level, whitening blows that up, and W becomes
+    singular; the eigen form of the decorrelation clipped at DBL_MIN and overflowed (NaN at SSE2)."""
+    rows = np.array([[2.4497652, 0.0, 0.6763029, 0.0, 0.0, 2.3165042],
+                     [1.5541795, 0.0, 0.0, 0.0, 0.0, 2.5047028],
+                     [0.0, 0.0, 0.0, 1.3525324, 0.0, 1.7429954],
+                     [0.0, 0.0522614, 1.1221719, 0.0, 0.3406046, 1.8527693]], dtype=np.float32)
+    before = native.build_info()["simd_selected"]
+    try:
+        native.set_simd_level(level)
+        for max_iter in (1, 2, 35):
+            S, n_iter = native.fastica(rows, np.array([0, 0, 4]), n_components=4, max_iter=max_iter, tol=0.1,
+                                       seed=4010537085566861998, return_n_iter=True)
+            assert np.isfinite(S).all(), (level, max_iter, S)
+            assert n_iter[1] >= 1
+    finally:
+        native.set_simd_level(before)

@@ -132,7 +132,14 @@ void sym_decorrelation_eig(double* W, int k, double* scratch) {
       M[i * k + j] = M[j * k + i] = s;
     }
   jacobi_eig(M, k, lam, V);
-  for (int j = 0; j < k; ++j) lam[j] = 1.0 / std::sqrt(std::max(lam[j], DBL_MIN));
+  // Eigenvalues below round-off of the largest are clipped there, not at DBL_MIN: for a singular
+  // W (a class with fewer independent directions than components, whose null direction the
+  // float32 Gram left at noise level) W's component along the null direction is itself round-off,
+  // and 1 / sqrt(DBL_MIN) times it overflowed to Inf/NaN (fuzz seed 30, case 2724, at SSE2).
+  double lam_max = 0.0;
+  for (int j = 0; j < k; ++j) lam_max = std::max(lam_max, lam[j]);
+  const double lam_floor = std::max(lam_max * DBL_EPSILON, DBL_MIN);
+  for (int j = 0; j < k; ++j) lam[j] = 1.0 / std::sqrt(std::max(lam[j], lam_floor));
   // T = V diag(lam^-1/2) V^T, then W <- T W
   for (int i = 0; i < k; ++i)
     for (int j = 0; j < k; ++j) {
