@@ -377,6 +377,18 @@ inline void rank2_row(double* S, i64 d, i64 m, const double* v, const double* w,
   for (i64 j = i; j < m; ++j) row[j] -= vi * w[j] + wi * v[j];
 }
 
+// p = A22 v of step j on its own pass (A22 = A[j+1:, j+1:], v = A[j, j+1:]): for step 0, and after
+// a step without a reflection
+inline void step_product(const double* A, i64 d, i64 j, double* p) {
+  const i64 m = d - j - 1;
+  const double* v = A + j * d + j + 1;
+  const double* S = A + (j + 1) * d + (j + 1);
+  std::fill(p, p + m, 0.0);
+  i64 i = 0;
+  for (; i + 4 <= m; i += 4) symv_rows4(S, d, m, v, p, i);
+  for (; i < m; ++i) symv_row(S, d, m, v, p, i);
+}
+
 }  // namespace
 
 // Householder reduction of symmetric A (full storage; only its upper triangle is read) to
@@ -399,29 +411,13 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
   double* p_next = p_next_buf.data();
   // step 0's product on its own; later steps get theirs from the previous step's update pass
   bool reflect = d > 2 && householder_step(A, d, 0, diag, off, beta);
-  if (reflect) {
-    const i64 m = d - 1;
-    const double* v = A + 1;
-    const double* S = A + d + 1;
-    std::fill(p_cur, p_cur + m, 0.0);
-    i64 i = 0;
-    for (; i + 4 <= m; i += 4) symv_rows4(S, d, m, v, p_cur, i);
-    for (; i < m; ++i) symv_row(S, d, m, v, p_cur, i);
-  }
+  if (reflect) step_product(A, d, 0, p_cur);
   for (i64 k = 0; k + 2 < d; ++k) {
     const i64 m = d - k - 1;
     double* A22 = A + (k + 1) * d + (k + 1);
     const bool has_next = k + 3 < d;  // step k + 1 reflects A[k+1, k+2:]
     if (!reflect) {  // A22 unchanged: step k + 1 needs its own product pass
-      if (has_next && (reflect = householder_step(A, d, k + 1, diag, off, beta))) {
-        const i64 mn = m - 1;
-        const double* vn = A22 + 1;
-        const double* S = A22 + d + 1;
-        std::fill(p_cur, p_cur + mn, 0.0);
-        i64 i = 0;
-        for (; i + 4 <= mn; i += 4) symv_rows4(S, d, mn, vn, p_cur, i);
-        for (; i < mn; ++i) symv_row(S, d, mn, vn, p_cur, i);
-      }
+      if (has_next && (reflect = householder_step(A, d, k + 1, diag, off, beta))) step_product(A, d, k + 1, p_cur);
       continue;
     }
     const double* v = A + k * d + k + 1;
