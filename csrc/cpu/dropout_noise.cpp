@@ -12,7 +12,6 @@
 
 #include "cpu/simd.hpp"
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>

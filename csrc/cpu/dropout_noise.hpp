@@ -9,7 +9,7 @@
 namespace backdoorlab {
 
 // Bytes of PyTorch's CPU generator state (torch.get_rng_state(): the legacy pod + the float
-// normal cache) and the offsets of the fields used here.
+// normal cache); the offsets of the fields read are in dropout_noise.cpp.
 constexpr std::int64_t TORCH_CPU_RNG_STATE_BYTES = 5056;
 
 // Draws rows * row_len Bernoulli(keep) values in order and writes them as 0 or `scale`:

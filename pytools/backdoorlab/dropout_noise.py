@@ -10,9 +10,11 @@ exactly as before and every later draw (the next batch's noise, a data shuffle) 
 
 The equality is not assumed: :func:`available` checks it once per process against ``bernoulli_``
 itself — masks of several shapes and layouts, drawn across the generator's 624-word refills, and
-the generator's state after them — and :func:`noise` returns None (the caller draws with PyTorch)
-when they differ (e.g. a PyTorch build that draws with MKL on an Intel CPU, or another state
-layout), when the native core is missing, or for anything but float32 on the CPU.
+the generator's state after them. Where they differ (e.g. a PyTorch build that draws with MKL on an
+Intel CPU, or another state layout), where the native core is missing, and for anything but
+float32, PyTorch draws the noise: :func:`noise` returns it for a channels-last batch (drawn in
+logical order, so both layouts get the same mask) and None for a contiguous one (the caller's
+``nn.Dropout`` draws exactly that itself).
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ def _draw(shape: tuple[int, ...], keep: float, scale: float, channels_last: bool
     return out
 
 
-def _torch_noise(shape: tuple[int, ...], keep: float, channels_last: bool) -> torch.Tensor:
-    """What PyTorch's dropout multiplies by: noise drawn in logical order, divided by ``keep``."""
-    n = torch.empty(shape, dtype=torch.float32).bernoulli_(keep).div_(keep)
+def _torch_noise(shape: tuple[int, ...], keep: float, channels_last: bool,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """What PyTorch's CPU dropout multiplies a contiguous input by (ATen: ``empty_like(x).bernoulli_(keep)``,
+    divided by ``keep``): drawn in logical order, then laid out channels-last if asked."""
+    n = torch.empty(shape, dtype=dtype).bernoulli_(keep).div_(keep)
     return n.contiguous(memory_format=torch.channels_last) if channels_last else n
 
 
@@ -80,14 +84,16 @@ def available() -> bool:
 
 
 def noise(x: torch.Tensor, p: float) -> torch.Tensor | None:
-    """Dropout noise for ``x`` (drop probability ``p``) in ``x``'s layout, or None where PyTorch must draw it.
+    """Dropout noise for ``x`` (drop probability ``p``) in ``x``'s layout, or None where ``nn.Dropout`` draws it.
 
     The values and the RNG use are those of ``empty(x.shape).bernoulli_(1 - p).div_(1 - p)`` (drawn
     in logical order) from the default CPU generator; for a channels-last 4-D ``x`` the noise is
-    laid out channels-last too, ready to multiply. None when ``x`` is not a float32 CPU tensor in
-    the default or channels-last layout, ``p`` is not inside (0, 1), or :func:`available` is False.
+    laid out channels-last too, ready to multiply. Drawn natively for float32 where
+    :func:`available`, else by PyTorch. None when ``x`` is not a CPU tensor in the default or
+    channels-last layout, ``p`` is not inside (0, 1), or ``x`` is contiguous and the noise would
+    come from PyTorch anyway (``nn.Dropout`` draws the same).
     """
-    if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dtype != torch.float32 or not 0.0 < p < 1.0:
+    if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or not 0.0 < p < 1.0:
         return None
     if x.is_contiguous():
         channels_last = False
@@ -95,7 +101,7 @@ def noise(x: torch.Tensor, p: float) -> torch.Tensor | None:
         channels_last = True
     else:
         return None
-    if not available():
-        return None
     keep = 1.0 - p
-    return _draw(tuple(x.shape), keep, _scale(keep), channels_last)
+    if x.dtype == torch.float32 and available():
+        return _draw(tuple(x.shape), keep, _scale(keep), channels_last)
+    return _torch_noise(tuple(x.shape), keep, True, x.dtype) if channels_last else None

@@ -54,12 +54,21 @@ void fill(u32* s, i64& left, i64& next, u32* out, i64 n) {
   }
 }
 
+// Draw j of a block (words 2j, 2j + 1): `scale_bits` when its 53 low bits are below `threshold`,
+// else 0 — a bit mask, not a branch (a branch on a random draw mispredicts ~p of the time). u <
+// 2^53 and threshold <= 2^53 both fit a signed 64-bit compare, which every level vectorises.
+inline u32 draw_bits(const u32* words, i64 j, std::int64_t threshold, u32 scale_bits) {
+  constexpr u64 MASK53 = (u64{1} << 53) - 1;
+  const std::int64_t u = static_cast<std::int64_t>(((u64{words[2 * j]} << 32) | words[2 * j + 1]) & MASK53);
+  return scale_bits & (0u - static_cast<u32>(u < threshold));
+}
+
 }  // namespace
 
 void dropout_fill(std::uint32_t* state, i64* left, i64* next, std::uint64_t threshold, float scale, i64 rows,
                   i64 row_len, i64 interleave, float* out) {
-  constexpr u64 MASK53 = (u64{1} << 53) - 1;
   constexpr i64 BLOCK = 1024;  // draws per generator block
+  const std::int64_t thr = static_cast<std::int64_t>(threshold);
   u32 words[2 * BLOCK];
   u32 scale_bits;
   std::memcpy(&scale_bits, &scale, sizeof scale_bits);
@@ -71,20 +80,14 @@ void dropout_fill(std::uint32_t* state, i64* left, i64* next, std::uint64_t thre
       const i64 cnt = std::min(BLOCK, row_len - j0);
       fill(state, lft, nxt, words, 2 * cnt);
       float* o = base + j0 * interleave;
-      // select by bit mask, not a branch (a branch on a random draw mispredicts ~p of the time);
-      // u < 2^53 and threshold <= 2^53 both fit a signed 64-bit compare
-      if (interleave == 1) {
+      if (interleave == 1) {  // contiguous: a vector loop into a buffer, one copy out
         u32 bits[BLOCK];
 #pragma omp simd
-        for (i64 j = 0; j < cnt; ++j) {
-          const std::int64_t u = static_cast<std::int64_t>(((u64{words[2 * j]} << 32) | words[2 * j + 1]) & MASK53);
-          bits[j] = scale_bits & (0u - static_cast<u32>(u < static_cast<std::int64_t>(threshold)));
-        }
+        for (i64 j = 0; j < cnt; ++j) bits[j] = draw_bits(words, j, thr, scale_bits);
         std::memcpy(o, bits, static_cast<std::size_t>(cnt) * sizeof(float));
       } else {
         for (i64 j = 0; j < cnt; ++j) {
-          const std::int64_t u = static_cast<std::int64_t>(((u64{words[2 * j]} << 32) | words[2 * j + 1]) & MASK53);
-          const u32 bits = scale_bits & (0u - static_cast<u32>(u < static_cast<std::int64_t>(threshold)));
+          const u32 bits = draw_bits(words, j, thr, scale_bits);
           std::memcpy(o + j * interleave, &bits, sizeof bits);
         }
       }

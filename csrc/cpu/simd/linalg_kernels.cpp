@@ -303,7 +303,7 @@ inline bool householder_step(double* A, i64 d, i64 k, double* diag, double* off,
 // p += (the symmetric product's share of) rows i..i+3 of the m x m symmetric S (upper triangle,
 // row stride d) times v: the 4 x 4 diagonal block, then the off-diagonal part (each stored row
 // serves its dot product and, transposed, an axpy into p).
-inline void symv_rows4(const double* S, i64 d, i64 m, const double* v, double* p, i64 i) {
+inline void product_rows4(const double* S, i64 d, i64 m, const double* v, double* p, i64 i) {
   const double* r[4] = {S + i * d, S + (i + 1) * d, S + (i + 2) * d, S + (i + 3) * d};
   const double v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
   double s[4] = {0.0, 0.0, 0.0, 0.0};
@@ -339,7 +339,7 @@ inline void symv_rows4(const double* S, i64 d, i64 m, const double* v, double* p
 }
 
 // The same for the single row i (the last m % 4 rows).
-inline void symv_row(const double* S, i64 d, i64 m, const double* v, double* p, i64 i) {
+inline void product_row(const double* S, i64 d, i64 m, const double* v, double* p, i64 i) {
   const double* row = S + i * d;
   const double vi = v[i];
   double t = row[i] * vi;
@@ -385,8 +385,8 @@ inline void step_product(const double* A, i64 d, i64 j, double* p) {
   const double* S = A + (j + 1) * d + (j + 1);
   std::fill(p, p + m, 0.0);
   i64 i = 0;
-  for (; i + 4 <= m; i += 4) symv_rows4(S, d, m, v, p, i);
-  for (; i < m; ++i) symv_row(S, d, m, v, p, i);
+  for (; i + 4 <= m; i += 4) product_rows4(S, d, m, v, p, i);
+  for (; i < m; ++i) product_row(S, d, m, v, p, i);
 }
 
 }  // namespace
@@ -443,11 +443,11 @@ void tridiagonalize(double* A, i64 d, double* diag, double* off, double* beta, d
     i64 i = 0;
     for (; i + 4 <= mn; i += 4) {
       rank2_rows4(S, d, mn, vs, ws, i);
-      if (next) symv_rows4(S, d, mn, vn, p_next, i);
+      if (next) product_rows4(S, d, mn, vn, p_next, i);
     }
     for (; i < mn; ++i) {
       rank2_row(S, d, mn, vs, ws, i);
-      if (next) symv_row(S, d, mn, vn, p_next, i);
+      if (next) product_row(S, d, mn, vn, p_next, i);
     }
     std::swap(p_cur, p_next);
     reflect = next;

@@ -303,6 +303,8 @@ def ac_flops(data: Synthetic, n_iter: np.ndarray) -> float:
 def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, rate: float, log,
                 ref_threads: int | None = None, art: bool = False, levels: list[str] | None = None,
                 gflops: float | None = None, repeat: int = 1) -> dict:
+    if repeat < 1:  # before the synthetic data is built
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
     n_classes, per_class, dim = SHAPES[name]
     log(f"\n== {name}: {n_classes} classes x {per_class} rows x {dim} features, "
         f"poison rate {rate:.0%} in class 0 ==")
@@ -323,8 +325,6 @@ def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, r
 
     log(f"reference (scikit-learn FastICA/KMeans, NumPy SVD) on {classes.size} classes"
         + (f" of {n_classes} (poisoned class + {classes.size - 1} drawn at random) ..." if extrapolated else " ..."))
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
     ref = best_of([run_reference(sub, n_init, seed, ref_threads) for _ in range(repeat)])
     log(f"reference, {classes.size} classes: AC {ref['t_ac']:.2f} s (FastICA {ref['t_ica']:.2f} s, "
         f"k-means {ref['t_kmeans']:.2f} s), spectral {ref['t_ss']:.2f} s; FastICA iterations mean "

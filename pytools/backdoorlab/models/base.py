@@ -78,21 +78,15 @@ class Dropout(nn.Dropout):
     differently from the same seed. Here a channels-last input gets the noise drawn in logical
     ``(N, C, H, W)`` order, exactly as ATen draws it for a contiguous input, so both layouts drop
     the same units and consume the RNG alike. On the CPU the noise comes from
-    :func:`backdoorlab.dropout_noise.noise` where that is available (the same values and RNG use as
-    ``bernoulli_``, checked once per process, several times faster); any other input goes to
+    :func:`backdoorlab.dropout_noise.noise` (natively for float32 where that gives ``bernoulli_``'s
+    values and RNG use, checked once per process, several times faster); any other input goes to
     ``nn.Dropout`` unchanged.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and (noise := dropout_noise.noise(x, self.p)) is not None:
             return x.mul_(noise) if self.inplace else x * noise
-        if not (self.training and 0.0 < self.p < 1.0 and x.dim() == 4 and x.device.type == "cpu"
-                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
-            return super().forward(x)
-        # ATen's CPU dropout: noise = empty_like(x).bernoulli_(1 - p); noise /= 1 - p; x * noise.
-        noise = torch.empty(x.shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p)
-        noise.div_(1.0 - self.p)
-        return x * noise.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 class ConvReLU(_MaskedBlock):
