@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from backdoorlab import reference
+from backdoorlab import fastpath, reference
 from backdoorlab.data import H5Split, row_batches
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
@@ -82,28 +82,28 @@ def iter_layer_outputs(model: BackdoorModel, layer: str, batches: Iterable[tuple
         captured.append(output.detach())
         raise _StopForward
 
-    was_training = model.training
-    model.to(dev).eval()
+    model.to(dev)
     handle = module.register_forward_hook(hook)
     try:
         start = 0
-        with torch.no_grad(), tqdm(total=total, desc=f"activations {layer}", unit="img",
-                                   disable=not progress, leave=False) as bar:
+        # no_grad, not inference_mode: callers may write into the yielded activations in place
+        with fastpath.evaluation(model, dev) as channels_last, torch.no_grad(), tqdm(
+                total=total, desc=f"activations {layer}", unit="img", disable=not progress, leave=False) as bar:
             for x, y in batches:
                 captured.clear()
                 try:
-                    model(x.to(dev))
+                    model(fastpath.to_layout(x.to(dev), channels_last))
                 except _StopForward:
                     pass
                 if len(captured) != 1:
                     raise RuntimeError(f"layer {layer!r} produced {len(captured)} outputs in one forward pass; expected 1")
-                acts = captured[0].float().cpu()
+                # contiguous: the channels-last run's outputs in the default layout, as callers expect
+                acts = captured[0].float().cpu().contiguous()
                 yield start, acts, y.cpu()
                 start += acts.shape[0]
                 bar.update(acts.shape[0])
     finally:
         handle.remove()
-        model.train(was_training)
 
 
 def image_channel_means(model: BackdoorModel, images: Iterable[torch.Tensor], layer: str, *,

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from backdoorlab import checkpoint as ckpt
+from backdoorlab import fastpath
 from backdoorlab.data import BatchSource, H5Split, open_variant
 from backdoorlab.devices import resolve_device
 from backdoorlab.models import BackdoorModel
@@ -23,10 +24,12 @@ from backdoorlab.models.compat import check_compatible
 from datasets_gen.atomic import atomic_write_json
 
 
-@torch.no_grad()
 def predict(model: BackdoorModel, dataset: H5Split, *, batch_size: int = 256, device: str | torch.device = "auto",
             progress: bool = False) -> np.ndarray:
     """Predicted class of every row of ``dataset``.
+
+    Runs in inference mode, in the channels-last layout on CPU (:func:`backdoorlab.fastpath.evaluation`;
+    the model is given back as it came, training flag and layout).
 
     Returns
     -------
@@ -34,20 +37,17 @@ def predict(model: BackdoorModel, dataset: H5Split, *, batch_size: int = 256, de
     """
     check_compatible(model, dataset)
     dev = resolve_device(device)
-    was_training = model.training
-    model.to(dev).eval()
+    model.to(dev)
     out = np.empty(len(dataset), dtype=np.int64)
     pos = 0
-    try:
-        source = BatchSource(dataset, dev)
-        with tqdm(total=len(dataset), desc=f"predict {dataset.split}", unit="img", disable=not progress, leave=False) as bar:
-            for x, _ in source.batches(batch_size):
-                pred = model(x).argmax(1).cpu().numpy()
-                out[pos : pos + pred.size] = pred
-                pos += pred.size
-                bar.update(pred.size)
-    finally:
-        model.train(was_training)
+    source = BatchSource(dataset, dev)
+    with fastpath.evaluation(model, dev) as channels_last, torch.inference_mode(), tqdm(
+            total=len(dataset), desc=f"predict {dataset.split}", unit="img", disable=not progress, leave=False) as bar:
+        for x, _ in source.batches(batch_size, channels_last=channels_last):
+            pred = model(x).argmax(1).cpu().numpy()
+            out[pos : pos + pred.size] = pred
+            pos += pred.size
+            bar.update(pred.size)
     return out
 
 

@@ -1,7 +1,9 @@
-"""How a training step runs fast without changing what it computes (used by :mod:`backdoorlab.train`).
+"""How training and inference run fast without changing what they compute.
 
-The training loop asks this module for two things, measured on the GTSRB CNN at the paper's
-batch of 32 (figures and commands in ``docs/models.md``, "Training throughput"):
+Used by :mod:`backdoorlab.train` (the training step) and by the inference loops
+(:func:`backdoorlab.evaluate.predict`, :func:`backdoorlab.activations.iter_layer_outputs`);
+measured on the GTSRB CNN at the paper's batch of 32 (figures and commands in ``docs/models.md``,
+"Training throughput"):
 
 - **Memory layout.** On CPU, oneDNN convolutions run on channels-last ``(N, H, W, C)`` tensors
   without the layout reorders they need around every call on the default ``(N, C, H, W)``
@@ -21,8 +23,12 @@ batch of 32 (figures and commands in ``docs/models.md``, "Training throughput"):
   and 1.2 s of system time in a 7 s GTSRB CNN step loop (``perf stat``). Raising malloc's mmap and trim thresholds keeps them
   in the process. Nothing computed changes (bit for bit); the process keeps up to
   ``KEEP_FREED_BYTES`` of freed memory per malloc arena instead of returning it.
+- **Evaluation in channels-last** (:func:`evaluation`): prediction and activation extraction run
+  the model in eval mode in the same channels-last layout on CPU (the forward without oneDNN's
+  layout reorders: GTSRB CNN predictions ~1.5x faster), and give the model back in the layout it
+  came in. Same outputs up to the convolutions' rounding.
 
-``TrainConfig(fast=False)`` switches the first two off: the plain eager path that the tests compare
+``TrainConfig(fast=False)`` switches the layout and the optimizer off in training: the plain eager path that the tests compare
 against (bit for bit with a hand-written loop) and against which the fast path is checked
 within float tolerance. ``fast`` is not part of a run's resume identity: either path may resume
 the other's checkpoint.
@@ -30,7 +36,9 @@ the other's checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import itertools
 import os
 import platform
 import sys
@@ -74,6 +82,38 @@ def set_layout(model: nn.Module, optimizer: torch.optim.Optimizer | None, channe
         for key, value in state.items():
             if torch.is_tensor(value) and value.dim() == 4:
                 state[key] = value.contiguous(memory_format=fmt)
+
+
+def _in_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s 4-D tensors are all in channels-last memory order (False when it has none)."""
+    four_d = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dim() == 4]
+    return bool(four_d) and all(t.is_contiguous(memory_format=torch.channels_last) for t in four_d) and not all(
+        t.is_contiguous() for t in four_d)
+
+
+@contextlib.contextmanager
+def evaluation(model: nn.Module, device: torch.device):
+    """Run ``model`` for inference: eval mode, and the channels-last layout where it is faster.
+
+    Yields whether the batches should be channels-last (:func:`to_layout`): True on CPU for a
+    model with 2-D convolutions (:func:`use_channels_last`). On leaving, the model gets back its
+    training flag and the layout it came in (a model already in channels-last, e.g. one being
+    trained on the fast path, is left in it). Gradients are not switched off here: the caller
+    chooses ``torch.no_grad`` or ``torch.inference_mode`` for what it does with the outputs.
+    Called inside ``torch.inference_mode`` the layout is left alone: weights converted there would
+    become inference tensors, which no later training step could use.
+    """
+    channels_last = use_channels_last(model, device, True) and not torch.is_inference_mode_enabled()
+    was_training, was_channels_last = model.training, _in_channels_last(model)
+    model.eval()
+    if channels_last and not was_channels_last:
+        set_layout(model, None, True)
+    try:
+        yield channels_last
+    finally:
+        if channels_last and not was_channels_last:
+            set_layout(model, None, False)
+        model.train(was_training)
 
 
 def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
