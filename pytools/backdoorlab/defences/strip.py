@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from backdoorlab import fastpath
 from backdoorlab.data import row_batches, to_float_chw
 from backdoorlab.devices import resolve_device
 from backdoorlab.seeding import keyed_generator
@@ -138,8 +139,7 @@ def strip_entropy(model: nn.Module, dataset: Any, pool: torch.Tensor, *, n_overl
     if not isinstance(pool, torch.Tensor) or pool.dim() != 4 or pool.shape[0] == 0:
         raise ValueError(f"pool must be a non-empty (n, 3, H, W) tensor, got {getattr(pool, 'shape', pool)!r}")
     dev = resolve_device(device)
-    was_training = model.training
-    model.to(dev).eval()
+    model.to(dev)
     gen = keyed_generator(int(seed), int(salt))
     if isinstance(dataset, torch.Tensor):
         if dataset.dim() != 4 or dataset.shape[1:] != pool.shape[1:]:
@@ -150,20 +150,20 @@ def strip_entropy(model: nn.Module, dataset: Any, pool: torch.Tensor, *, n_overl
         batches = row_batches(dataset, batch_size, "cpu")
     out = np.empty(len(dataset), dtype=np.float64)
     pos = 0
-    try:
-        with tqdm(total=len(dataset), desc=f"STRIP {getattr(dataset, 'split', '')}", unit="img",
-                  disable=not progress, leave=False) as bar:
-            for x, _ in batches:
-                b = x.shape[0]
-                picks = torch.randint(0, pool.shape[0], (b, n_overlays), generator=gen)
-                blended = superimpose(x, pool[picks], blend).reshape(-1, *x.shape[1:]).to(dev)
-                logp = torch.log_softmax(model(blended).double(), dim=1)
-                entropy = -(logp.exp() * logp).sum(1).reshape(b, n_overlays).mean(1)
-                out[pos:pos + b] = entropy.cpu().numpy()
-                pos += b
-                bar.update(b)
-    finally:
-        model.train(was_training)
+    # eval mode, channels-last on CPU (the model is handed back as it came): b * n_overlays forwards a batch
+    with fastpath.evaluation(model, dev) as channels_last, tqdm(
+            total=len(dataset), desc=f"STRIP {getattr(dataset, 'split', '')}", unit="img", disable=not progress,
+            leave=False) as bar:
+        for x, _ in batches:
+            b = x.shape[0]
+            picks = torch.randint(0, pool.shape[0], (b, n_overlays), generator=gen)
+            blended = fastpath.to_layout(superimpose(x, pool[picks], blend).reshape(-1, *x.shape[1:]).to(dev),
+                                         channels_last)
+            logp = torch.log_softmax(model(blended).double(), dim=1)
+            entropy = -(logp.exp() * logp).sum(1).reshape(b, n_overlays).mean(1)
+            out[pos:pos + b] = entropy.cpu().numpy()
+            pos += b
+            bar.update(b)
     return out
 
 
