@@ -362,6 +362,16 @@ def test_cli_average_last(variant, tmp_path):
                      "--out", str(out), "--overwrite", "--device", "cpu", "--no-progress"]) == 2
 
 
+def test_cli_precision(variant, tmp_path):
+    out = tmp_path / "mixed_cli.pt"
+    assert cli_main(["train", "--data", str(variant), "--model", "gtsrb_cnn", "--epochs", "1", "--precision", "mixed",
+                     "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert ckpt.load(out)[1]["config"]["precision"] == "mixed"
+    with pytest.raises(SystemExit):  # argparse refuses an unknown choice
+        cli_main(["train", "--data", str(variant), "--model", "gtsrb_cnn", "--precision", "half",
+                  "--out", str(tmp_path / "x.pt"), "--device", "cpu"])
+
+
 @pytest.mark.parametrize("spec,match", [
     (dict(rotate_deg=-1), "rotate_deg must be >= 0"), (dict(rotate_deg=200), "rotate_deg must be <= 180"),
     (dict(scale=1.0), "scale must be < 1"), (dict(brightness=float("nan")), "brightness must be a finite"),

@@ -95,6 +95,63 @@ def test_resume_across_paths_continues_the_same_run(variant, tmp_path):
     assert _distance(full, resumed) <= 0.02 * _distance(_train(ds, cfg, seed=6), full)
 
 
+def test_mixed_precision_trains_under_bfloat16_autocast_on_cpu(variant, tmp_path):
+    """``precision="mixed"``: the forward in bfloat16 on CPU, float32 weights, its own resume identity."""
+    ds = _subset(variant, 64)
+    cfg = PRESETS["gtsrb"].replace(epochs=2, batch_size=16)
+    dtypes = []
+    model = build_model("gtsrb_cnn", 4, seed=0)
+    probe = model.conv2_1.conv.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    path = tmp_path / "mixed.pt"
+    train_model(model, ds, cfg.replace(precision="mixed"), seed=5, device="cpu", progress=False, checkpoint=path)
+    probe.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    hist = model.train_history
+    assert all(np.isfinite(h["loss"]) for h in hist) and hist[1]["loss"] < hist[0]["loss"]
+    plain = _train(ds, cfg)
+    assert not state_equal(plain, model)  # another computation, not a relabelled float32 run
+    # a float32 run cannot continue a mixed one (nor the other way round)
+    with pytest.raises(ValueError, match="cannot resume"):
+        _train(ds, cfg.replace(epochs=3), checkpoint=path, resume=True)
+    resumed = _train(ds, cfg.replace(epochs=3, precision="mixed"), checkpoint=path, resume=True)
+    assert [h["epoch"] for h in resumed.train_history] == [1, 2, 3]
+    # checkpoints written before the field existed are float32 runs
+    old_cfg = cfg.to_dict()
+    del old_cfg["precision"]
+    assert TrainConfig.from_dict(old_cfg)._identity() == cfg._identity()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixed_precision_on_cuda_scales_the_loss_and_checkpoints_the_scaler(variant, tmp_path):
+    ds = _subset(variant, 64)
+    cfg = PRESETS["gtsrb"].replace(epochs=1, batch_size=16, precision="mixed")
+    dtypes = []
+    model = build_model("gtsrb_cnn", 4, seed=0)
+    probe = model.conv2_1.conv.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    path = tmp_path / "mixed_cuda.pt"
+    train_model(model, ds, cfg, seed=5, device="cuda", progress=False, checkpoint=path)
+    probe.remove()
+    assert set(dtypes) == {torch.float16} and np.isfinite(model.train_history[0]["loss"])
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["train_state"]["scaler"]["scale"] > 0
+    resumed = build_model("gtsrb_cnn", 4, seed=0)
+    train_model(resumed, ds, cfg.replace(epochs=2), seed=5, device="cuda", progress=False, checkpoint=path, resume=True)
+    assert [h["epoch"] for h in resumed.train_history] == [1, 2]
+
+
+def test_autocast_dtype_per_device_and_its_checks():
+    assert fastpath.autocast_dtype("float32", CPU) is None
+    assert fastpath.autocast_dtype("mixed", CPU) == torch.bfloat16
+    assert fastpath.autocast_dtype("mixed", torch.device("cuda")) == torch.float16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fastpath.autocast_dtype("fp16", CPU)
+    with pytest.raises(ValueError, match="not 'meta'"):
+        fastpath.autocast_dtype("mixed", torch.device("meta"))
+    with pytest.raises(ValueError, match="TrainConfig.precision must be one of .* got 'half'"):
+        PRESETS["gtsrb"].replace(precision="half")
+
+
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_dropout_mask_does_not_depend_on_the_layout(p):
     x = torch.rand(4, 8, 6, 5) + 0.5  # no zeros: a dropped unit is exactly the zeros of the output
@@ -281,16 +338,18 @@ def test_bench_train_reports_the_fast_path_ratio_and_sgemm_share(tmp_path, capsy
     from backdoorlab.bench.train import run
 
     out = tmp_path / "bench.json"
-    assert run(["--n-train", "20", "--rounds", "1", "--skip-stream", "--plain", "--threads", "1",
+    assert run(["--n-train", "20", "--rounds", "1", "--skip-stream", "--plain", "--mixed", "--threads", "1",
                 "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["images_per_s"]) == {"bare/memory", "trainer/memory", "trainer/plain"}
+    assert set(result["images_per_s"]) == {"bare/memory", "trainer/memory", "trainer/plain", "trainer/memory+mixed"}
     # forward + backward of the GTSRB CNN at 32x32, counted: ~147 MFLOP per image
     assert 0.1 < result["train_gflop_per_image"] < 0.2
     assert result["sgemm_gflops"] > 0
     for key, ips in result["images_per_s"].items():
         share = result["share_of_sgemm"][key]
         assert share == pytest.approx(ips * result["train_gflop_per_image"] / result["sgemm_gflops"], rel=0.01, abs=1e-3)
-    assert "fast path: trainer/memory / trainer/plain" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "fast path: trainer/memory / trainer/plain" in printed
+    assert "mixed precision: trainer/memory+mixed / trainer/memory" in printed
     with pytest.raises(ValueError, match="--rounds"):
         run(["--rounds", "0"])

@@ -116,6 +116,27 @@ def evaluation(model: nn.Module, device: torch.device):
         model.train(was_training)
 
 
+PRECISIONS = ("float32", "mixed")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a training run: None for ``"float32"``; for ``"mixed"``, bfloat16 on
+    CPU (float32's exponent range, so no loss scaling; fast where the CPU has bfloat16 dot products,
+    e.g. AVX512_BF16 or AMX) and float16 on CUDA (the tensor cores' type; the trainer scales the loss).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be a torch.device, got {type(device).__name__}")
+    if precision == "float32":
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    raise ValueError(f"precision='mixed' is for CPU or CUDA devices, not {device.type!r}")
+
+
 def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """The input batch in the run's layout (a copy only when it is not in it already)."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

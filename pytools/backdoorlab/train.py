@@ -101,6 +101,12 @@ class TrainConfig:
         True (default): the speed choices of :mod:`backdoorlab.fastpath` (channels-last on CPU,
         fused/foreach optimizer), which change results by float rounding only. False: the plain
         eager path. Not part of the resume identity (like the feeding options).
+    precision : {"float32", "mixed"}
+        ``"float32"`` (default, the paper's). ``"mixed"``: the forward pass under autocast --
+        bfloat16 on CPU, float16 with a gradient scaler on CUDA -- weights, gradients and the
+        optimizer in float32 (:func:`backdoorlab.fastpath.autocast_dtype`). Faster where the
+        hardware has the lower-precision units, and a different computation: part of the resume
+        identity, never used by the presets.
     """
 
     epochs: int
@@ -117,6 +123,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     average_last: int = 0
     fast: bool = True
+    precision: str = "float32"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "max_memory_mb"):
@@ -145,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.fast must be True or False, got {self.fast!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.precision not in fastpath.PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {fastpath.PRECISIONS}, got {self.precision!r}")
         try:
             # a dict comes back from a checkpoint's recorded config; a name from a CLI or YAML
             object.__setattr__(self, "augment", Augmentation.from_spec(self.augment))
@@ -377,6 +386,9 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
         p.requires_grad_(id(p) in trainable_ids)
     optimizer = make_optimizer(params, config, dev)
     channels_last = fastpath.use_channels_last(model, dev, config.fast)
+    amp_dtype = fastpath.autocast_dtype(config.precision, dev)  # None: float32 throughout
+    # float16 gradients underflow without a loss scale; bfloat16 has float32's range and needs none
+    scaler = torch.amp.GradScaler(dev.type) if amp_dtype == torch.float16 else None
     if config.fast and dev.type == "cpu":
         fastpath.retain_freed_memory()
     loss_fn = nn.CrossEntropyLoss()
@@ -404,6 +416,8 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
         resumed_state = ddp.scatter_rng(state, dist_ctx)
         if average is not None:  # same config, so the checkpoint carries the running mean
             average.load_state_dict(state["average"], dev)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         if start_epoch > config.epochs:
             raise ValueError(f"{str(checkpoint)!r} already has {start_epoch} epochs, more than epochs={config.epochs}")
 
@@ -449,11 +463,17 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                             x = apply_augmentation(aug, x, aug_params[done : done + y.shape[0]])
                             done += y.shape[0]
                             x = fastpath.to_layout(x, channels_last)
-                        logits = net(x)
-                        loss = loss_fn(logits, y)
+                        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                            logits = net(x)
+                            loss = loss_fn(logits, y)  # float32 under autocast too
                         optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
+                        if scaler is None:
+                            loss.backward()
+                            optimizer.step()
+                        else:
+                            scaler.scale(loss).backward()
+                            scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+                            scaler.update()
                         # Accumulate on the device: a .item() per batch would sync a GPU every step.
                         loss_sum += loss.detach() * y.shape[0]
                         correct += (logits.detach().argmax(1) == y).sum()
@@ -480,7 +500,8 @@ def train_model(model: BackdoorModel, dataset: H5Split, config: TrainConfig, *, 
                 if checkpoint is not None:
                     train_state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                                    "rng": _rng_state(dev), "config": config.to_dict(), "seed": int(seed),
-                                   "average": average.state_dict() if average is not None else None}
+                                   "average": average.state_dict() if average is not None else None,
+                                   "scaler": scaler.state_dict() if scaler is not None else None}
                     if dist_ctx.active:  # every rank's streams, so a resume continues all of them
                         train_state.update(world_size=dist_ctx.world_size,
                                            rng_ranks=ddp.gather_rng(train_state["rng"], dist_ctx))
@@ -514,13 +535,13 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
                   preset: str = "gtsrb", seed: int = 0, epochs: int | None = None, batch_size: int | None = None,
                   lr: float | None = None, augment: str | dict | Augmentation | None = None,
                   lr_schedule: str | None = None, average_last: int | None = None,
-                  max_memory_mb: int | None = None, drop_poisoned: bool = False,
+                  max_memory_mb: int | None = None, precision: str | None = None, drop_poisoned: bool = False,
                   resume: bool = False, overwrite: bool = False, verify: bool = True,
                   device: str = "auto", split: str = "train", progress: bool = True, **model_kw) -> Path:
     """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
 
-    ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule``, ``average_last`` and ``max_memory_mb`` override the
-    preset's when given (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True``
+    ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule``, ``average_last``, ``max_memory_mb`` and
+    ``precision`` override the preset's when given (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True``
     trains on the split without its poisoned rows: the clean baseline of the same variant (recorded in
     the meta). The variant is checked against its manifest first (:func:`backdoorlab.data.open_variant`;
     ``verify=False`` skips the SHA-256); what the check found is recorded as ``meta["data_check"]``.
@@ -539,7 +560,8 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
         raise ValueError(f"{str(out)!r} exists; pass resume (continue it) or overwrite")
     config = PRESETS[preset]
     overrides = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("augment", augment),
-                 ("lr_schedule", lr_schedule), ("average_last", average_last), ("max_memory_mb", max_memory_mb))
+                 ("lr_schedule", lr_schedule), ("average_last", average_last), ("max_memory_mb", max_memory_mb),
+                 ("precision", precision))
     changes = {k: v for k, v in overrides if v is not None}
     config = config.replace(**changes)
     from backdoorlab.data import open_variant

@@ -15,7 +15,10 @@ step -- no progress bar, no checkpoint, no bookkeeping. Against it we time, on t
   training-time augmentation (:mod:`backdoorlab.augment`) switched on, i.e. what augmentation costs;
 - ``trainer/plain`` (only with ``--plain``): the in-memory trainer with ``TrainConfig(fast=False)``,
   i.e. without the channels-last layout and fused optimizer of :mod:`backdoorlab.fastpath`, so
-  the fast path's gain is a ratio measured in one run.
+  the fast path's gain is a ratio measured in one run;
+- ``trainer/memory+mixed`` (only with ``--mixed``): the in-memory trainer with
+  ``TrainConfig(precision="mixed")`` (bfloat16 autocast on CPU, float16 with loss scaling on CUDA) --
+  another computation than the paper's float32, timed beside it.
 
 Each variant's images/s is also given as a share of the machine's arithmetic rate measured in
 the same run: the training FLOPs per image (forward and backward, counted by
@@ -70,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-stream", action="store_true", help="time only the in-memory variants")
     p.add_argument("--plain", action="store_true",
                    help="also time the trainer without its fast path (TrainConfig(fast=False))")
+    p.add_argument("--mixed", action="store_true",
+                   help="also time the trainer in mixed precision (TrainConfig(precision='mixed'))")
     return add_run_args(p, batch_size=32, threads=2)
 
 
@@ -134,7 +139,7 @@ def run(argv: list[str]) -> int:
         init = build_model(args.model, ds.n_classes, seed=args.seed)
         models = {}
         for key in ("bare/memory", "trainer/memory", "trainer/stream", "bare/dataloader", "trainer/memory+augment",
-                    "trainer/plain"):
+                    "trainer/plain", "trainer/memory+mixed"):
             m = build_model(args.model, ds.n_classes, seed=args.seed)
             m.load_state_dict(init.state_dict())
             models[key] = m.to(dev)
@@ -143,6 +148,8 @@ def run(argv: list[str]) -> int:
             variants.append("trainer/memory+augment")
         if args.plain:
             variants.append("trainer/plain")
+        if args.mixed:
+            variants.append("trainer/memory+mixed")
         optimizers = {k: make_optimizer(models[k].parameters(), config) for k in ("bare/memory", "bare/dataloader")}
 
         # The reference's data: float32 CHW in memory, converted once, outside the timing.
@@ -162,9 +169,10 @@ def run(argv: list[str]) -> int:
             batches = ((x.to(dev), y.to(dev)) for x, y in loader)
             return _bare_epoch(models["bare/dataloader"], optimizers["bare/dataloader"], batches)
 
-        def trainer(key, in_memory, augment=None, fast=True):
+        def trainer(key, in_memory, augment=None, fast=True, precision="float32"):
             def go(epoch):
-                train_model(models[key], ds, config.replace(in_memory=in_memory, augment=augment, fast=fast),
+                train_model(models[key], ds, config.replace(in_memory=in_memory, augment=augment, fast=fast,
+                                                            precision=precision),
                             seed=args.seed + epoch, device=dev, checkpoint=tmp / f"{key.replace('/', '_')}.pt",
                             progress=False)
                 return n
@@ -173,7 +181,8 @@ def run(argv: list[str]) -> int:
         fns = {"bare/memory": bare_memory, "trainer/memory": trainer("trainer/memory", True),
                "trainer/stream": trainer("trainer/stream", False), "bare/dataloader": bare_dataloader,
                "trainer/memory+augment": trainer("trainer/memory+augment", True, augmentation),
-               "trainer/plain": trainer("trainer/plain", True, fast=False)}
+               "trainer/plain": trainer("trainer/plain", True, fast=False),
+               "trainer/memory+mixed": trainer("trainer/memory+mixed", True, precision="mixed")}
         flops = _train_flops_per_image(init.to(dev), x_all[: args.batch_size], y_all[: args.batch_size])
         times: dict[str, list[float]] = {k: [] for k in variants}
         for epoch in range(args.rounds):
@@ -214,6 +223,9 @@ def run(argv: list[str]) -> int:
         print(f"  ({flops / 1e6:.0f} MFLOP per training image; sgemm {gflops:.1f} GFLOP/s on {args.threads} threads)")
     if args.plain:
         print(f"  fast path: trainer/memory / trainer/plain = {ips['trainer/memory'] / ips['trainer/plain']:.3f}")
+    if args.mixed:
+        print(f"  mixed precision: trainer/memory+mixed / trainer/memory = "
+              f"{ips['trainer/memory+mixed'] / ips['trainer/memory']:.3f}")
     if args.json:
         atomic_write_json(args.json, result)
     return 0

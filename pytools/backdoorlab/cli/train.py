@@ -16,6 +16,7 @@ from backdoorlab import distributed
 from backdoorlab.augment import AUGMENTATIONS
 from backdoorlab.cli import add_device_args, seed_arg
 from backdoorlab.devices import resolve_device
+from backdoorlab.fastpath import PRECISIONS
 from backdoorlab.models import INPUT_NORMS, MODELS
 from backdoorlab.train import LR_SCHEDULES, PRESETS, train_variant
 
@@ -47,6 +48,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "+-10 deg, zoom +-10 %%, shift +-2 px, brightness x0.3-1.7, contrast x0.5-1.5; no flips). "
                              "The trigger of poisoned rows moves with the image. Default: the preset's (off except "
                              "gtsrb-augmented)")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="float32 (the presets', the paper's) or mixed: the forward pass under autocast, bfloat16 "
+                             "on CPU (faster where the CPU has bfloat16 units), float16 with loss scaling on CUDA; "
+                             "another computation, recorded in the checkpoint. Default: the preset's (float32)")
     parser.add_argument("--drop-poisoned", action="store_true",
                         help="train without the split's poisoned rows (the clean baseline of the same variant)")
     parser.add_argument("--input-norm", default=None, choices=INPUT_NORMS,
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         out = train_variant(args.data, args.model, args.out, preset=args.preset, seed=args.seed, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, augment=args.augment,
                             lr_schedule=args.lr_schedule, average_last=args.average_last,
-                            max_memory_mb=args.max_memory_mb,
+                            max_memory_mb=args.max_memory_mb, precision=args.precision,
                             drop_poisoned=args.drop_poisoned, resume=args.resume, overwrite=args.overwrite,
                             device=args.device, progress=not args.no_progress, verify=not args.no_verify, **model_kw)
     finally:
