@@ -92,6 +92,7 @@ def test_kernels_benchmark_reports_every_simd_level(monkeypatch, tmp_path, capsy
     for level, lv in result["levels"].items():
         assert f"-- SIMD {level} --" in text and f"gtsrb at SIMD {level}: AC" in text
         assert lv["ac_gflop"] > 0 and lv["ac_over_bound"] > 0
+        assert lv["ac_over_rot_bound"] == pytest.approx(lv["ac_over_bound"] * lv["ac_bound_s"] / lv["ac_rot_bound_s"])
         assert all(fig["ratio"] > 0 for fig in lv["steps"].values())
     assert payload["gflops_sgemm"] > 0
     assert native.build_info()["simd_selected"] == before

@@ -1,7 +1,8 @@
-"""How training and inference run fast without changing what they compute.
+"""How training and inference run fast without changing what they compute (and mixed precision, which does).
 
 Used by :mod:`backdoorlab.train` (the training step) and by the inference loops
-(:func:`backdoorlab.evaluate.predict`, :func:`backdoorlab.activations.iter_layer_outputs`);
+(:func:`backdoorlab.evaluate.predict`, :func:`backdoorlab.activations.iter_layer_outputs`, STRIP's
+:func:`backdoorlab.defences.strip.strip_entropy`);
 measured on the GTSRB CNN at the paper's batch of 32 (figures and commands in ``docs/models.md``,
 "Training throughput"):
 
@@ -25,12 +26,15 @@ measured on the GTSRB CNN at the paper's batch of 32 (figures and commands in ``
   ``KEEP_FREED_BYTES`` of freed memory per malloc arena instead of returning it.
 - **Evaluation in channels-last** (:func:`evaluation`): prediction and activation extraction run
   the model in eval mode in the same channels-last layout on CPU (the forward without oneDNN's
-  layout reorders: GTSRB CNN predictions ~1.5x faster), and give the model back in the layout it
-  came in. Same outputs up to the convolutions' rounding.
+  layout reorders: predictions 1.3-1.9x faster on our three models), and give the model back in
+  the layout it came in. Same outputs up to the convolutions' rounding.
+- **Mixed precision**, opt-in only (``TrainConfig(precision="mixed")``, :func:`autocast_dtype`): the
+  forward pass under autocast. Unlike everything above it changes what is computed, so it is part
+  of a run's resume identity and no preset uses it.
 
-``TrainConfig(fast=False)`` switches the layout and the optimizer off in training: the plain eager path that the tests compare
-against (bit for bit with a hand-written loop) and against which the fast path is checked
-within float tolerance. ``fast`` is not part of a run's resume identity: either path may resume
+``TrainConfig(fast=False)`` switches the layout and the optimizer off in training: the plain eager
+path that the tests compare against (bit for bit with a hand-written loop) and against which the
+fast path is checked within float tolerance. ``fast`` is not part of a run's resume identity: either path may resume
 the other's checkpoint.
 """
 

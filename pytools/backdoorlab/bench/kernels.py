@@ -33,10 +33,14 @@ and ``SpectralSignatureDefense.spectral_signature_scores``; the optional extra `
 same classes as the reference, in the same process. ``--simd LEVEL ...`` (or ``all``) runs the
 native core at each SIMD level this CPU supports and reports each against the reference (and
 ART) timed once in the same run. The AC line also gives the native time as a multiple of an
-arithmetic bound: the FLOPs of whitening (Gram matrix, projection) and, with the rotation, of the
-FastICA iterations the native run made (``4 m k^2`` multiply-adds and ``m k`` tanh per
-iteration, a tanh counted as ``TANH_FLOPS``), divided by NumPy's float32 matmul rate measured in
-the same run (k-means and the eigen-solves are not counted, which makes the bound lower, not higher).
+arithmetic bound: the FLOPs of AC as issue 19 counts it (and ART runs it) -- whitening (Gram
+matrix, projection) plus the FastICA iterations the native run made (``4 m k^2`` multiply-adds and
+``m k`` tanh per iteration, a tanh counted as ``TANH_FLOPS``) -- divided by NumPy's float32 matmul
+rate measured in the same run (k-means and the eigen-solves are not counted, which makes the bound
+lower, not higher). The goal (``GOAL_BOUND``) is judged on the native AC with the rotation against
+that bound; the defence's own path (whitening only: 2-means is blind to the rotation, so it gives
+the same partitions) is given against the same bound, and, stricter, against a floor of its
+Gram and projection FLOPs alone.
 
 Usage: ``python -m backdoorlab.bench kernels [--shapes ytaf gtsrb] [--ref-classes 64] [--art]
 [--simd all] [--json out.json]`` or ``backdoorlab bench kernels ...``. Run it under ``nice``: it
@@ -66,7 +70,7 @@ AC_COMPONENTS, AC_MAX_ITER, AC_TOL = 10, 1000, 0.005
 AC_SIZE_THRESHOLD = 0.35  # ART ClusteringAnalyzer "size" analysis default
 SS_FACTOR = 1.5           # Tran et al.: remove 1.5 x eps of every class
 GOAL_AC_YTAF = 50.0       # issue 2: AC on the YTAF shape >= 50x the reference
-# issue 19: against IBM ART 1.20 itself, per shape and step; and AC within 3x its arithmetic bound
+# issue 19: against IBM ART 1.20 itself, per shape and step; and AC (with the rotation) within 3x its arithmetic bound
 GOAL_ART = {("ytaf", "AC"): 100.0, ("gtsrb", "AC"): 50.0, ("ytaf", "spectral"): 50.0, ("gtsrb", "spectral"): 50.0}
 GOAL_BOUND = 3.0
 TANH_FLOPS = 20           # one float32 tanh of the FastICA step: ~20 vector operations (polynomial exp)
@@ -367,6 +371,7 @@ def bench_shape(name: str, *, ref_classes: int | None, n_init: int, seed: int, r
             lv: dict = {"steps": {}, "ac_gflop": flops / 1e9, "ac_bound_s": bound_s,
                         "ac_over_bound": nat["t_ac"] / bound_s, "ac_rot_gflop": flops_rot / 1e9,
                         "ac_rot_bound_s": bound_rot_s, "ac_rot_over_bound": nat["t_ac_rot"] / bound_rot_s,
+                        "ac_over_rot_bound": nat["t_ac"] / bound_rot_s,
                         "same_partition_classes": same,
                         "f1_ac_native_all": f1(ac_flags(nat["labels"], data.offsets), data.poisoned),
                         "f1_ss_native_all": f1(ss_flags(nat["scores"], data.offsets, data.rate), data.poisoned),
@@ -526,9 +531,11 @@ def run(argv: list[str]) -> int:
                 f"{f1_nat_mean:.3f} vs {f1_ref_mean:.3f}")
     for r in results:
         for level, lv in r["levels"].items():
-            checks = [f"AC {lv['ac_over_bound']:.1f}x its arithmetic bound (goal <= {GOAL_BOUND:.0f}x: "
-                      f"{'met' if lv['ac_over_bound'] <= GOAL_BOUND else 'NOT met'}; with the rotation "
-                      f"{lv['ac_rot_over_bound']:.1f}x its own)"]
+            rot = lv["ac_rot_over_bound"]
+            checks = [f"AC with the rotation {rot:.1f}x its arithmetic bound (goal <= {GOAL_BOUND:.0f}x: "
+                      f"{'met' if rot <= GOAL_BOUND else 'NOT met'}); the defence's whitening-only AC "
+                      f"{lv['ac_over_rot_bound']:.2f}x that bound, {lv['ac_over_bound']:.1f}x its own Gram and "
+                      f"projection alone"]
             for step, fig in lv["steps"].items():
                 if "art_ratio" in fig and (r["shape"], step) in GOAL_ART:
                     goal = GOAL_ART[(r["shape"], step)]
