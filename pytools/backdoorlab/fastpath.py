@@ -21,8 +21,8 @@ measured on the GTSRB CNN at the paper's batch of 32 (figures and commands in ``
   step allocates and frees the same few-MiB activation and gradient tensors; glibc's malloc hands
   blocks that large back to the kernel (``mmap``/``munmap``, heap trimming), so the next step
   takes them again as fresh pages, each zeroed by the kernel on its first touch: ~450k page faults
-  and 1.2 s of system time in a 7 s GTSRB CNN step loop (``perf stat``). Raising malloc's mmap and trim thresholds keeps them
-  in the process. Nothing computed changes (bit for bit); the process keeps up to
+  and 1.2 s of system time in a 7 s GTSRB CNN step loop (``perf stat``). Raising malloc's mmap
+  and trim thresholds keeps them in the process. Nothing computed changes (bit for bit); the process keeps up to
   ``KEEP_FREED_BYTES`` of freed memory per malloc arena instead of returning it.
 - **Evaluation in channels-last** (:func:`evaluation`): prediction and activation extraction run
   the model in eval mode in the same channels-last layout on CPU (the forward without oneDNN's
@@ -34,8 +34,8 @@ measured on the GTSRB CNN at the paper's batch of 32 (figures and commands in ``
 
 ``TrainConfig(fast=False)`` switches the layout and the optimizer off in training: the plain eager
 path that the tests compare against (bit for bit with a hand-written loop) and against which the
-fast path is checked within float tolerance. ``fast`` is not part of a run's resume identity: either path may resume
-the other's checkpoint.
+fast path is checked within float tolerance. ``fast`` is not part of a run's resume identity:
+either path may resume the other's checkpoint.
 """
 
 from __future__ import annotations
@@ -108,14 +108,15 @@ def evaluation(model: nn.Module, device: torch.device):
     become inference tensors, which no later training step could use.
     """
     channels_last = use_channels_last(model, device, True) and not torch.is_inference_mode_enabled()
-    was_training, was_channels_last = model.training, _in_channels_last(model)
+    convert = channels_last and not _in_channels_last(model)  # and convert back on leaving
+    was_training = model.training
     model.eval()
-    if channels_last and not was_channels_last:
+    if convert:
         set_layout(model, None, True)
     try:
         yield channels_last
     finally:
-        if channels_last and not was_channels_last:
+        if convert:
             set_layout(model, None, False)
         model.train(was_training)
 

@@ -540,9 +540,9 @@ def train_variant(data: str | os.PathLike, model_name: str, out: str | os.PathLi
                   device: str = "auto", split: str = "train", progress: bool = True, **model_kw) -> Path:
     """Build ``model_name`` for the variant ``data`` and train it on its ``train`` split (the CLI's function).
 
-    ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule``, ``average_last``, ``max_memory_mb`` and
-    ``precision`` override the preset's when given (``augment="none"`` switches a preset's augmentation off). ``drop_poisoned=True``
-    trains on the split without its poisoned rows: the clean baseline of the same variant (recorded in
+    ``epochs``, ``batch_size``, ``lr``, ``augment``, ``lr_schedule``, ``average_last``, ``max_memory_mb``
+    and ``precision`` override the preset's when given (``augment="none"`` switches a preset's
+    augmentation off). ``drop_poisoned=True`` trains on the split without its poisoned rows: the clean baseline of the same variant (recorded in
     the meta). The variant is checked against its manifest first (:func:`backdoorlab.data.open_variant`;
     ``verify=False`` skips the SHA-256); what the check found is recorded as ``meta["data_check"]``.
 

@@ -532,10 +532,10 @@ def run(argv: list[str]) -> int:
     for r in results:
         for level, lv in r["levels"].items():
             rot, own = lv["ac_rot_over_bound"], lv["ac_over_bound"]
-            verdict = lambda x: "met" if x <= GOAL_BOUND else "NOT met"  # noqa: E731
+            rot_met, own_met = ("met" if x <= GOAL_BOUND else "NOT met" for x in (rot, own))
             checks = [f"AC against its arithmetic bound (goal <= {GOAL_BOUND:.0f}x), read two ways: with the rotation "
-                      f"(AC as issue 19 counts it) {rot:.1f}x ({verdict(rot)}); the defence's whitening-only AC "
-                      f"against its own Gram and projection {own:.1f}x ({verdict(own)}), "
+                      f"(AC as issue 19 counts it) {rot:.1f}x ({rot_met}); the defence's whitening-only AC "
+                      f"against its own Gram and projection {own:.1f}x ({own_met}), "
                       f"{lv['ac_over_rot_bound']:.2f}x the first bound"]
             for step, fig in lv["steps"].items():
                 if "art_ratio" in fig and (r["shape"], step) in GOAL_ART:
